@@ -1,0 +1,84 @@
+"""Capture: forward hooks on chosen modules stream each batch's activations into statistics.
+Activations are reduced inside the hook and never stored."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .components import get_module
+from .data import as_loader
+from .errors import InputError
+from .stats import Statistic, check_labels
+
+
+@dataclass
+class Request:
+    """Collect ``statistic`` from the ``where`` ("input" or "output") tensor of ``module``."""
+    module: str
+    statistic: Statistic
+    where: str = "output"
+    key: str | None = None
+
+    def __post_init__(self):
+        if self.where not in ("input", "output"):
+            raise InputError(f"hook point must be 'input' or 'output', got {self.where!r}")
+        self.key = self.key or f"{self.module}:{self.where}:{type(self.statistic).__name__}"
+
+
+def model_device(model: nn.Module) -> torch.device:
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def batches(model: nn.Module, data, num_classes: int | None, batch_size: int = 256,
+            max_samples: int | None = None, progress: bool = False, desc: str = "batches"):
+    """Validated (x, y) batches on the model's device: finite inputs, labels in range."""
+    device = model_device(model)
+    seen = 0
+    loader = as_loader(data, batch_size=batch_size)
+    for x, y in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        if max_samples is not None and seen >= max_samples:
+            break
+        if max_samples is not None:
+            x, y = x[: max_samples - seen], y[: max_samples - seen]
+        if not torch.isfinite(x).all():
+            raise InputError("NaN or Inf in the input data")
+        if num_classes is not None:
+            y = check_labels(y, num_classes, x.shape[0])
+        seen += x.shape[0]
+        yield x.to(device), y.to(device)
+
+
+@torch.no_grad()
+def collect(model: nn.Module, data, requests: Iterable[Request], num_classes: int | None = None,
+            batch_size: int = 256, max_samples: int | None = None,
+            progress: bool = False) -> dict[str, Statistic]:
+    """One pass over ``data`` feeding every request; returns statistics by request key.
+    The model's training mode is restored afterwards."""
+    requests = list(requests)
+    current: dict[str, torch.Tensor] = {}
+    handles = []
+
+    def make_hook(req: Request):
+        def hook(module, inputs, output):
+            t = inputs[0] if req.where == "input" else output
+            req.statistic.update(t.detach(), current["labels"])
+        return hook
+
+    for req in requests:
+        handles.append(get_module(model, req.module).register_forward_hook(make_hook(req)))
+    was_training = model.training
+    model.eval()
+    try:
+        for x, y in batches(model, data, num_classes, batch_size, max_samples, progress, "statistics"):
+            current["labels"] = y
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return {req.key: req.statistic for req in requests}

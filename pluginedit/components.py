@@ -1,0 +1,94 @@
+"""Components of a model: stable addresses (module path, kind, index)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import nn
+
+KINDS = ("conv_out", "linear_out", "attn_head", "kernel_slice")
+
+
+@dataclass(frozen=True, order=True)
+class Component:
+    path: str
+    kind: str
+    index: int | tuple[int, int]
+
+    def __str__(self) -> str:
+        return f"{self.path}[{self.kind}:{self.index}]"
+
+
+def kind_of(module: nn.Module) -> str | None:
+    if isinstance(module, nn.Conv2d):
+        return "conv_out"
+    if isinstance(module, nn.Linear):
+        return "linear_out"
+    return None
+
+
+def groups(model: nn.Module) -> dict[str, nn.Module]:
+    """Module paths of the layers whose output units are components, in forward-definition order."""
+    return {name: m for name, m in model.named_modules() if kind_of(m) is not None}
+
+
+def size_of(module: nn.Module) -> int:
+    return module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+
+
+def components(model: nn.Module) -> Iterator[Component]:
+    """Every conv output channel and linear output neuron of ``model``."""
+    for path, module in groups(model).items():
+        kind = kind_of(module)
+        for i in range(size_of(module)):
+            yield Component(path, kind, i)
+
+
+def get_module(model: nn.Module, path: str) -> nn.Module:
+    try:
+        return model.get_submodule(path)
+    except AttributeError as e:
+        known = ", ".join(groups(model)) or "(none)"
+        raise KeyError(f"no module {path!r} in the model; layers with components: {known}") from e
+
+
+def output_layers(model: nn.Module, example) -> list[str]:
+    """Paths of the component layers whose output is the model's output (the classifier head):
+    pruning their units would remove classes, so editors leave them alone."""
+    produced: dict[int, str] = {}
+    handles = [m.register_forward_hook(lambda mod, i, o, p=p: produced.__setitem__(id(o), p))
+               for p, m in groups(model).items()]
+    try:
+        with torch.no_grad():
+            out = model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    outs = out if isinstance(out, (tuple, list)) else [out]
+    return [produced[id(o)] for o in outs if id(o) in produced]
+
+
+def bn_of(model: nn.Module) -> dict[str, str]:
+    """conv path -> path of the BatchNorm2d that directly consumes its output (traced with
+    torch.fx; falls back to definition order for models fx cannot trace)."""
+    try:
+        gm = torch.fx.symbolic_trace(model)
+        mods = dict(model.named_modules())
+        pairs = {}
+        for node in gm.graph.nodes:
+            if node.op == "call_module" and isinstance(mods.get(node.target), nn.Conv2d):
+                users = list(node.users)
+                if len(users) == 1 and users[0].op == "call_module" and \
+                        isinstance(mods.get(users[0].target), nn.BatchNorm2d):
+                    pairs[node.target] = users[0].target
+        return pairs
+    except Exception:
+        pairs, last = {}, None
+        for path, m in model.named_modules():
+            if isinstance(m, nn.Conv2d):
+                last = (path, m.out_channels)
+            elif isinstance(m, nn.BatchNorm2d) and last and last[1] == m.num_features:
+                pairs[last[0]] = path
+                last = None
+        return pairs

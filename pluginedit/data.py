@@ -1,0 +1,168 @@
+"""Data: scikit-learn's digits (the embedded default), MNIST / Fashion-MNIST from idx files on
+disk, plain tensors or any DataLoader. Nothing is ever downloaded."""
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from .errors import InputError
+
+DATA_ENV = "PLUGINEDIT_DATA_DIR"
+_IDX = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+        "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+_SUBDIR = {"mnist": ("mnist", "MNIST"), "fashion-mnist": ("fashion-mnist", "FashionMNIST")}
+FASHION_CLASSES = ("T-shirt", "Trouser", "Pullover", "Dress", "Coat",
+                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+
+
+@dataclass
+class Split:
+    x: torch.Tensor   # [N, C, H, W] float32, normalised
+    y: torch.Tensor   # [N] int64
+
+    def __len__(self):
+        return len(self.y)
+
+    def subset(self, n: int | None = None, classes=None, exclude=None, seed: int = 0) -> "Split":
+        """A class-filtered, optionally random ``n``-sample subset."""
+        keep = torch.ones(len(self.y), dtype=torch.bool)
+        if classes is not None:
+            keep &= torch.isin(self.y, torch.as_tensor(list(classes)))
+        if exclude is not None:
+            keep &= ~torch.isin(self.y, torch.as_tensor(list(exclude)))
+        idx = keep.nonzero().squeeze(1)
+        if n is not None and n < len(idx):
+            g = torch.Generator().manual_seed(seed)
+            idx = idx[torch.randperm(len(idx), generator=g)[:n]].sort().values
+        return Split(self.x[idx], self.y[idx])
+
+
+@dataclass
+class DataBundle:
+    name: str
+    train: Split
+    test: Split
+    num_classes: int
+    class_names: tuple[str, ...]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.x.shape[1:])
+
+
+def _normalise(x: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    return ((x - mean) / std).float()
+
+
+def load_digits(test_fraction: float = 0.25, seed: int = 0) -> DataBundle:
+    """scikit-learn's 8x8 digits (1,797 images, 10 classes), a stratified seeded split."""
+    from sklearn.datasets import load_digits as sk_digits
+    from sklearn.model_selection import train_test_split
+
+    d = sk_digits()
+    x = torch.from_numpy(d.images.astype(np.float32) / 16.0).unsqueeze(1)
+    y = torch.from_numpy(d.target.astype(np.int64))
+    tr, te = train_test_split(np.arange(len(y)), test_size=test_fraction, stratify=d.target,
+                              random_state=seed)
+    mean, std = x[tr].mean().item(), x[tr].std().item()
+    x = _normalise(x, mean, std)
+    names = tuple(str(i) for i in range(10))
+    return DataBundle("digits", Split(x[tr], y[tr]), Split(x[te], y[te]), 10, names)
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """An idx file (gzipped or not) as a numpy array."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise InputError(f"{path} is not an idx file of unsigned bytes")
+    nd = raw[3]
+    dims = struct.unpack(">" + "I" * nd, raw[4:4 + 4 * nd])
+    data = np.frombuffer(raw, np.uint8, offset=4 + 4 * nd)
+    if data.size != int(np.prod(dims)):
+        raise InputError(f"{path} is truncated: header says {dims}, found {data.size} bytes")
+    return data.reshape(dims)
+
+
+def _find_idx(root: Path, stem: str) -> Path:
+    for name in (stem + ".gz", stem, stem.replace("-idx", ".idx") + ".gz", stem.replace("-idx", ".idx")):
+        if (root / name).exists():
+            return root / name
+    raise InputError(f"missing {stem}.gz in {root}")
+
+
+def _idx_root(name: str, root: str | Path) -> Path:
+    """Accept the folder itself, a parent with mnist/ or fashion-mnist/, or torchvision's layout."""
+    root = Path(root)
+    ours, tv = _SUBDIR[name]
+    for cand in (root, root / "raw", root / ours, root / tv / "raw", root / tv):
+        if (cand / (_IDX["test"][1] + ".gz")).exists() or (cand / _IDX["test"][1]).exists():
+            return cand
+    raise InputError(f"no {name} idx files under {root} (looked in ., raw/, {ours}/, {tv}/raw/)")
+
+
+def load_idx_dataset(name: str, root: str | Path | None = None) -> DataBundle:
+    """MNIST or Fashion-MNIST from the official idx files, normalised with the train mean/std."""
+    if name not in _SUBDIR:
+        raise InputError(f"unknown idx data set {name!r}; known: {sorted(_SUBDIR)}")
+    root = root or os.environ.get(DATA_ENV)
+    if root is None:
+        raise InputError(f"{name} needs a data directory: pass one or set {DATA_ENV}")
+    base = _idx_root(name, root)
+    splits = {}
+    for split, (img, lab) in _IDX.items():
+        x = torch.from_numpy(read_idx(_find_idx(base, img)).copy()).float().div_(255).unsqueeze(1)
+        y = torch.from_numpy(read_idx(_find_idx(base, lab)).astype(np.int64))
+        if len(x) != len(y):
+            raise InputError(f"{name} {split}: {len(x)} images but {len(y)} labels")
+        splits[split] = (x, y)
+    mean, std = splits["train"][0].mean().item(), splits["train"][0].std().item()
+    train, test = (Split(_normalise(x, mean, std), y) for x, y in splits.values())
+    names = FASHION_CLASSES if name == "fashion-mnist" else tuple(str(i) for i in range(10))
+    return DataBundle(name, train, test, 10, names)
+
+
+def load_dataset(spec: str, root: str | Path | None = None) -> DataBundle:
+    """``digits``, ``mnist`` or ``fashion-mnist`` (``name:PATH`` also accepted)."""
+    name, _, path = spec.partition(":")
+    if name == "digits":
+        return load_digits()
+    if name in _SUBDIR:
+        return load_idx_dataset(name, path or root)
+    raise InputError(f"unknown data set {spec!r}; known: digits, mnist, fashion-mnist")
+
+
+def as_loader(data, batch_size: int = 256, shuffle: bool = False, seed: int = 0) -> DataLoader:
+    """A DataLoader of (x, y) from a Split, an (x, y) pair of tensors, a Dataset or a DataLoader."""
+    if isinstance(data, DataLoader):
+        return data
+    if isinstance(data, Split):
+        data = TensorDataset(data.x, data.y)
+    elif isinstance(data, (tuple, list)) and len(data) == 2 and all(torch.is_tensor(t) for t in data):
+        if len(data[0]) != len(data[1]):
+            raise InputError(f"{len(data[0])} inputs but {len(data[1])} labels")
+        data = TensorDataset(*data)
+    if not isinstance(data, Dataset):
+        raise InputError(f"cannot make a loader from {type(data).__name__}; "
+                         "pass a Split, (x, y) tensors, a Dataset or a DataLoader")
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=g)
+
+
+def check_classes(y: torch.Tensor, num_classes: int, need: int = 2) -> None:
+    """Labels in range and at least ``need`` distinct classes present."""
+    if len(y) and (y.min() < 0 or y.max() >= num_classes):
+        raise InputError(f"labels out of range: found [{int(y.min())}, {int(y.max())}], "
+                         f"expected [0, {num_classes - 1}]")
+    present = torch.unique(y).numel()
+    if present < need:
+        raise InputError(f"the data has {present} class(es); this needs at least {need}")

@@ -1,0 +1,1 @@
+"""Registers the compiled csrc ops with the dispatch when the extension is built (optional)."""

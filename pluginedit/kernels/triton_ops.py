@@ -1,0 +1,1 @@
+"""Registers the Triton kernels with the dispatch when triton imports (optional)."""

@@ -1,0 +1,30 @@
+"""Weight-magnitude scorers: the norm of each output filter / neuron's weights."""
+from __future__ import annotations
+
+from ..components import get_module
+from ..plugin import Scorer
+
+
+class _NormScorer(Scorer):
+    p: float = 1.0
+
+    def score(self, model, targets, stats, data=None, num_classes=None):
+        out = {}
+        for path in targets:
+            w = get_module(model, path).weight.detach()
+            out[path] = w.reshape(w.shape[0], -1).norm(p=self.p, dim=1)
+        return out
+
+
+class L1Scorer(_NormScorer):
+    """L1 norm of each output unit's weights (Li et al., 2017)."""
+    name = "l1"
+    p = 1.0
+
+
+class L2Scorer(_NormScorer):
+    """L2 norm of each output unit's weights."""
+    name = "l2"
+    p = 2.0
+
+

@@ -1,0 +1,54 @@
+"""The statistic contract: a mergeable sufficient statistic over streamed batches."""
+from __future__ import annotations
+
+import abc
+
+import torch
+
+from ..errors import InputError
+
+
+class Statistic(abc.ABC):
+    """``update`` folds in one batch, ``merge`` folds in another statistic of the same kind
+    (another worker, another shard), ``state_dict`` / ``load_state_dict`` serialise it.
+    Only reductions are kept, never activations."""
+
+    backend: str = "torch"   # which kernel backend ran the last update
+
+    @abc.abstractmethod
+    def update(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> None: ...
+
+    @abc.abstractmethod
+    def merge(self, other: "Statistic") -> "Statistic": ...
+
+    @abc.abstractmethod
+    def state_dict(self) -> dict[str, torch.Tensor]: ...
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for key, value in state.items():
+            setattr(self, key, value.clone())
+
+    def _check_merge(self, other: "Statistic") -> None:
+        if type(other) is not type(self):
+            raise TypeError(f"cannot merge {type(other).__name__} into {type(self).__name__}")
+        mine, theirs = self.state_dict(), other.state_dict()
+        for key in mine:
+            if mine[key].shape != theirs[key].shape:
+                raise InputError(f"cannot merge {type(self).__name__}: {key} has shape "
+                                 f"{tuple(mine[key].shape)} here and {tuple(theirs[key].shape)} there")
+
+
+def check_activations(x: torch.Tensor, where: str = "activations") -> None:
+    if not torch.isfinite(x).all():
+        raise InputError(f"NaN or Inf in {where}: statistics would be meaningless")
+
+
+def check_labels(labels: torch.Tensor, num_classes: int, n: int) -> torch.Tensor:
+    if labels.shape != (n,):
+        raise InputError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
+    if labels.is_floating_point():
+        raise InputError(f"labels must be integers, got dtype {labels.dtype}")
+    if n and (labels.min() < 0 or labels.max() >= num_classes):
+        raise InputError(f"labels out of range: found [{int(labels.min())}, {int(labels.max())}], "
+                         f"expected [0, {num_classes - 1}]")
+    return labels.long()
