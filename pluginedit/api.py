@@ -75,3 +75,14 @@ def prune(model: nn.Module, scores: Scores | str = "l1", ratio: float = 0.5, exa
     if isinstance(scores, str):
         scores = score(model, scores, data=data, example_inputs=example)
     return edit(model, "prune", scores, ratio=ratio, example_inputs=example, **options)
+
+
+def forget(model: nn.Module, forget_class: int, data, editor: str | Editor = "discedit-u",
+           num_classes: int | None = None, **options) -> EditRecord:
+    """Make ``model`` forget one class by editing the components that carry it.
+    Forgetting editors receive ``data`` (labelled samples), ``forget_class`` and ``num_classes``."""
+    num_classes = num_classes or _num_classes(model, _example(data))
+    if not 0 <= int(forget_class) < num_classes:
+        raise InputError(f"forget_class {forget_class} out of range [0, {num_classes - 1}]")
+    return edit(model, editor, None, data=data, forget_class=int(forget_class),
+                num_classes=num_classes, **options)
