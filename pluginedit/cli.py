@@ -1,0 +1,220 @@
+"""The ``pluginedit`` command line: plugins, train, score, prune, forget, demo, bench."""
+from __future__ import annotations
+
+import argparse
+import ast
+import copy
+import inspect
+import json
+import sys
+import time
+
+from . import api, registry, report, train
+from .data import load_dataset
+from .errors import PluginEditError
+
+
+def _kv(text: str):
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"option {text!r} must look like key=value")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
+
+
+def _model_args(p: argparse.ArgumentParser, data_default: str = "digits") -> None:
+    p.add_argument("--arch", default="vgg", help="model zoo architecture (vgg, resnet)")
+    p.add_argument("--data", default=data_default, help="digits, mnist or fashion-mnist")
+    p.add_argument("--data-dir", default=None, help="folder of the idx .gz files (MNIST / Fashion-MNIST)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs of the cached model")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--calib-samples", type=int, default=2048, help="training samples used for statistics")
+    p.add_argument("--progress", action="store_true", default=sys.stderr.isatty())
+
+
+def _edit_args(p: argparse.ArgumentParser, editor: str) -> None:
+    p.add_argument("--editor", default=editor, help="editor plugin name")
+    p.add_argument("-o", "--option", type=_kv, action="append", default=[], metavar="KEY=VALUE",
+                   help="extra option for the scorer/editor (repeatable)")
+    p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune after the edit")
+    p.add_argument("--report", default=None, help="write the before/after JSON here")
+    p.add_argument("--plot", default=None, help="write a per-class accuracy PNG here")
+
+
+def _setup(args):
+    bundle = load_dataset(args.data, args.data_dir)
+    model = train.pretrained(args.arch, bundle, epochs=args.epochs, seed=args.seed, progress=args.progress)
+    calib = bundle.train.subset(args.calib_samples, seed=args.seed)
+    return bundle, model, calib
+
+
+def _finish(args, bundle, model, dense, record, extra: dict) -> dict:
+    if args.finetune_epochs:
+        train.fit(model, extra.pop("finetune_split", bundle.train), args.finetune_epochs, lr=1e-3,
+                  seed=args.seed, progress=args.progress)
+    extra.pop("finetune_split", None)
+    rep = {"before": report.evaluate(dense, bundle.test, bundle.num_classes),
+           "after": report.evaluate(model, bundle.test, bundle.num_classes),
+           "edit": record.summary(), "model": args.arch, "data": args.data,
+           "finetune_epochs": args.finetune_epochs, **extra}
+    if "forgotten_class" in extra:
+        for side in ("before", "after"):
+            rep[side].update(report.forgetting(rep[side]["per_class_accuracy"], extra["forgotten_class"]))
+    print(report.table(rep))
+    if args.report:
+        report.write(rep, args.report)
+        print(f"report written to {args.report}")
+    if args.plot:
+        report.plot(rep, args.plot, bundle.class_names)
+        print(f"plot written to {args.plot}")
+    return rep
+
+
+def _editor_kwargs(editor: str, calib, num_classes: int) -> dict:
+    """Data for editors whose apply() takes it (statistics recomputed while editing)."""
+    params = inspect.signature(registry.get("editor", editor).apply).parameters
+    takes_all = any(p.kind == p.VAR_KEYWORD for p in params.values()) and editor not in ("prune", "mask")
+    return {"data": calib, "num_classes": num_classes} if "data" in params or takes_all else {}
+
+
+def cmd_plugins(args) -> int:
+    rows = [(p.name, p.kind, p.dist, p.version, "ok" if p.error is None else f"BROKEN: {p.error}")
+            for p in registry.listing()]
+    widths = [max(len(r[i]) for r in rows + [("name", "kind", "distribution", "version", "")]) for i in range(4)]
+    print("  ".join(h.ljust(w) for h, w in zip(("name", "kind", "distribution", "version"), widths)) + "  status")
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[4])
+    return 0
+
+
+def cmd_train(args) -> int:
+    bundle = load_dataset(args.data, args.data_dir)
+    t0 = time.perf_counter()
+    model = train.pretrained(args.arch, bundle, epochs=args.epochs, seed=args.seed,
+                             progress=args.progress, retrain=args.retrain)
+    acc, _ = report.accuracy(model, bundle.test, bundle.num_classes)
+    print(f"{args.arch} on {bundle.name}: test accuracy {acc:.4f} ({time.perf_counter() - t0:.1f}s, cache {train.cache_dir()})")
+    return 0
+
+
+def cmd_score(args) -> int:
+    bundle, model, calib = _setup(args)
+    t0 = time.perf_counter()
+    scores = api.score(model, args.scorer, data=calib, num_classes=bundle.num_classes,
+                       progress=args.progress, **dict(args.option))
+    print(f"scored {len(scores.values)} layers with {args.scorer} in {time.perf_counter() - t0:.2f}s")
+    for path, v in scores.values.items():
+        print(f"  {path:32s} n={len(v):4d}  min={v.min():.4g}  median={v.median():.4g}  max={v.max():.4g}")
+    if args.out:
+        scores.save(args.out)
+        print(f"scores written to {args.out}.safetensors/.json")
+    return 0
+
+
+def cmd_prune(args) -> int:
+    bundle, model, calib = _setup(args)
+    dense = copy.deepcopy(model)
+    options = dict(args.option)
+    scores = api.score(model, args.scorer, data=calib, num_classes=bundle.num_classes, progress=args.progress,
+                       **{k[7:]: v for k, v in options.items() if k.startswith("scorer.")})
+    edit_opts = {k: v for k, v in options.items() if not k.startswith("scorer.")}
+    record = api.edit(model, args.editor, scores, ratio=args.ratio, example_inputs=calib.x[:1],
+                      global_pruning=args.global_pruning,
+                      **_editor_kwargs(args.editor, calib, bundle.num_classes), **edit_opts)
+    _finish(args, bundle, model, dense, record, {"scorer": args.scorer, "ratio": args.ratio})
+    return 0
+
+
+def cmd_forget(args) -> int:
+    bundle, model, calib = _setup(args)
+    dense = copy.deepcopy(model)
+    record = api.forget(model, args.forget_class, calib, editor=args.editor,
+                        num_classes=bundle.num_classes, **dict(args.option))
+    retained = bundle.train.subset(args.calib_samples, exclude=[args.forget_class], seed=args.seed)
+    _finish(args, bundle, model, dense, record,
+            {"forgotten_class": args.forget_class, "finetune_split": retained})
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """Train (or load) the digits CNN, score its channels, prune half of them with torch-pruning,
+    fine-tune briefly and report before/after."""
+    args.arch, args.data, args.data_dir, args.epochs, args.calib_samples = "vgg", "digits", None, None, 1024
+    bundle, model, calib = _setup(args)
+    dense = copy.deepcopy(model)
+    t0 = time.perf_counter()
+    scores = api.score(model, args.scorer, data=calib, num_classes=bundle.num_classes)
+    record = api.edit(model, "prune", scores, ratio=args.ratio, example_inputs=calib.x[:1])
+    print(f"scored with {args.scorer!r} and pruned {record.num_changed()} of "
+          f"{sum(record.info['channels_before'].values())} channels in {time.perf_counter() - t0:.2f}s")
+    t0 = time.perf_counter()
+    rep = _finish(args, bundle, model, dense, record, {"scorer": args.scorer, "ratio": args.ratio})
+    print(f"fine-tune and report: {time.perf_counter() - t0:.1f}s")
+    return 0 if rep["after"]["params"] < rep["before"]["params"] else 1
+
+
+def cmd_bench(args) -> int:
+    from . import bench
+    return bench.main(args.rest)
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="pluginedit", description=__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+    sub.add_parser("plugins", help="list scorer and editor plugins").set_defaults(fn=cmd_plugins)
+
+    p = sub.add_parser("train", help="train (or load from cache) a zoo model")
+    _model_args(p)
+    p.add_argument("--retrain", action="store_true")
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("score", help="score the components of a model")
+    _model_args(p)
+    p.add_argument("--scorer", default="l1")
+    p.add_argument("-o", "--option", type=_kv, action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--out", default=None, help="save Scores (safetensors + json) under this stem")
+    p.set_defaults(fn=cmd_score)
+
+    p = sub.add_parser("prune", help="score and prune a model, then report before/after")
+    _model_args(p)
+    _edit_args(p, "prune")
+    p.add_argument("--scorer", default="l1")
+    p.add_argument("--ratio", type=float, default=0.5, help="fraction of channels to remove")
+    p.add_argument("--global", dest="global_pruning", action="store_true", help="rank channels across layers")
+    p.set_defaults(fn=cmd_prune)
+
+    p = sub.add_parser("forget", help="make a model forget one class, then report before/after")
+    _model_args(p)
+    _edit_args(p, "discedit-u")
+    p.add_argument("--class", dest="forget_class", type=int, required=True)
+    p.set_defaults(fn=cmd_forget)
+
+    p = sub.add_parser("demo", help="the main job: prune the digits CNN by half and report")
+    p.add_argument("--scorer", default="l1")
+    p.add_argument("--ratio", type=float, default=0.5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--finetune-epochs", type=int, default=15)
+    p.add_argument("--report", default=None)
+    p.add_argument("--plot", default=None)
+    p.add_argument("--progress", action="store_true", default=sys.stderr.isatty())
+    p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("bench", help="kernel benchmarks (pluginedit bench kernels)")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(fn=cmd_bench)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except PluginEditError as e:
+        print(f"pluginedit: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
