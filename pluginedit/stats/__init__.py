@@ -1,5 +1,7 @@
 """Mergeable sufficient statistics of activations; their hot loops call ``pluginedit.kernels``."""
 from .base import Statistic, check_activations, check_labels
+from .gram import Gram
 from .moments import ChannelMoments, chan_merge
+from .class_moments import ClassMaps, ClassMoments
 
-__all__ = ["Statistic", "ChannelMoments", "chan_merge", "check_activations", "check_labels"]
+__all__ = ["Statistic", "Gram", "ClassMoments", "ClassMaps", "ChannelMoments", "chan_merge", "check_activations", "check_labels"]

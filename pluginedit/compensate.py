@@ -1,0 +1,166 @@
+"""ModHiFi compensation delta*: refit the kept inputs of a layer so its outputs change as little
+as possible (in expectation over the calibration data) when the other inputs are removed.
+
+* Linear layers: the exact least-squares refit  W'_C = W_C + (G_CC + lam I)^-1 G_CC- W_C-
+  (the ridge shrinks the *change*, so keeping everything changes nothing).
+* Convs: one scalar per kept kernel slice, delta_c = 1 + (Q_c[C,C] + lam I)^-1 Q_c[C,C-] 1,
+  Q_c[i, j] = w_ci^T Sigma_ij w_cj (ALGORITHMS.md 4.3), one small solve per output channel.
+
+Centred statistics leave a shift of the output mean, which is folded into the bias (or the
+following BN's running mean), so the refit is the best affine one.
+
+Solves add a ridge ``ridge * mean(diag)``; when the Gram is ill-conditioned (dead, duplicated or
+under-sampled channels) the ridge grows until the regularised condition number is at most
+``max_cond`` and an ``IllConditionedWarning`` says so. No solve ever returns NaN."""
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+from .errors import EditError, InputError
+
+DEFAULT_RIDGE = 1e-4
+DEFAULT_MAX_COND = 1e4
+
+
+class IllConditionedWarning(RuntimeWarning):
+    """The Gram was ill-conditioned and the ridge had to grow."""
+
+
+def ridge_for(a: torch.Tensor, ridge: float = DEFAULT_RIDGE, max_cond: float = DEFAULT_MAX_COND):
+    """Ridge per matrix of the batch ``a`` [..., n, n]: ``ridge`` times the mean diagonal, grown
+    where needed so that cond(a + lam I) <= max_cond. Returns (lam [...], grown [...] bool, cond [...])."""
+    if ridge < 0 or max_cond <= 1:
+        raise InputError(f"need ridge >= 0 and max_cond > 1, got {ridge}, {max_cond}")
+    ev = torch.linalg.eigvalsh(a)
+    lo, hi = ev[..., 0].clamp_min(0), ev[..., -1].clamp_min(0)
+    scale = a.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(0)
+    tiny = torch.finfo(a.dtype).tiny ** 0.5
+    base = (ridge * scale).clamp_min(tiny)
+    needed = (hi - max_cond * lo) / (max_cond - 1)            # solves (hi + l) / (lo + l) = max_cond
+    lam = torch.maximum(base, needed)
+    cond = (hi + base) / (lo + base)
+    return lam, needed > base * (1 + 1e-9), cond
+
+
+def solve_spd(a: torch.Tensor, b: torch.Tensor, ridge: float = DEFAULT_RIDGE,
+              max_cond: float = DEFAULT_MAX_COND, what: str = "Gram"):
+    """Solve (a + lam I) x = b for symmetric PSD ``a`` [..., n, n] with one Cholesky per matrix.
+    Returns (x, lam [...])."""
+    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+        raise InputError(f"{what}: NaN or Inf in the system to solve")
+    a = (a + a.transpose(-1, -2)) / 2
+    lam, grown, cond = ridge_for(a, ridge, max_cond)
+    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+    for _ in range(20):
+        chol, info = torch.linalg.cholesky_ex(a + lam[..., None, None] * eye)
+        if not bool((info != 0).any()):
+            break
+        grown = grown | (info != 0)
+        lam = torch.where(info != 0, lam * 10, lam)            # rounding broke a near-singular pivot
+    else:
+        raise EditError(f"{what}: Cholesky failed even with ridge {float(lam.max()):.3e}")
+    if bool(grown.any()):
+        warnings.warn(
+            f"{what}: ill-conditioned Gram in {int(grown.sum())} of {grown.numel()} solve(s) "
+            f"(condition number up to {float(cond.max()):.2e} > {max_cond:.0e}: dead, duplicated or "
+            f"under-sampled channels); ridge grown to {float(lam.max()):.3e}", IllConditionedWarning,
+            stacklevel=2)
+    x = torch.cholesky_solve(b, chol)
+    if not torch.isfinite(x).all():
+        raise EditError(f"{what}: the solve produced NaN or Inf")
+    return x, lam
+
+
+def _keep_mask(keep, n: int) -> torch.Tensor:
+    keep = torch.as_tensor(keep)
+    if keep.dtype != torch.bool:
+        if keep.numel() and (keep.min() < 0 or keep.max() >= n):
+            raise InputError(f"kept indices out of range [0, {n - 1}]")
+        keep = torch.zeros(n, dtype=torch.bool).index_fill_(0, keep.long(), True)
+    if keep.shape != (n,):
+        raise InputError(f"keep mask must have {n} entries, got {tuple(keep.shape)}")
+    if not keep.any():
+        raise InputError("compensation needs at least one kept input")
+    return keep
+
+
+def refit_linear(weight: torch.Tensor, gram: torch.Tensor, keep, ridge: float = DEFAULT_RIDGE,
+                 max_cond: float = DEFAULT_MAX_COND, mean: torch.Tensor | None = None):
+    """delta* for a Linear weight [out, in] given the input Gram [in, in] (second moment, or the
+    covariance together with the input ``mean``). Returns (new weight with removed columns zeroed,
+    bias shift [out] that restores the output mean (zeros without ``mean``), ridge used)."""
+    w = weight.detach().double()
+    keep = _keep_mask(keep, w.shape[1])
+    drop = ~keep
+    g = gram.double()
+    new = torch.zeros_like(w)
+    new[:, keep] = w[:, keep]
+    lam = torch.zeros(())
+    if drop.any():
+        rhs = g[keep][:, drop] @ w[:, drop].T                  # [C, out]
+        delta, lam = solve_spd(g[keep][:, keep], rhs, ridge, max_cond, "linear compensation")
+        new[:, keep] += delta.T
+    shift = torch.zeros(w.shape[0], dtype=torch.float64)
+    if mean is not None:
+        shift = (w - new) @ mean.double()
+    return new.to(weight.dtype), shift.to(weight.dtype), float(lam)
+
+
+def slice_q(weight: torch.Tensor, sigma: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+    """Q_c[i, j] = w_ci^T Sigma_ij w_cj for every output channel: [out, in, in] (float64)."""
+    co, ci = weight.shape[:2]
+    w = weight.detach().double().reshape(co, ci, -1)
+    s = sigma.double().reshape(ci, w.shape[2], ci, w.shape[2])
+    out = []
+    for part in w.split(chunk):
+        t = torch.einsum("iajb,cjb->ciaj", s, part)
+        out.append(torch.einsum("cia,ciaj->cij", part, t))
+    return torch.cat(out)
+
+
+def refit_conv(weight: torch.Tensor, sigma: torch.Tensor, keep, ridge: float = DEFAULT_RIDGE,
+               max_cond: float = DEFAULT_MAX_COND, mean: torch.Tensor | None = None):
+    """Per-slice rescaling delta* for a Conv2d weight [out, in, kh, kw] given the patch Gram
+    Sigma [in*kh*kw, in*kh*kw]. Returns (new weight, output-mean shift [out], max ridge used)."""
+    w = weight.detach().double()
+    co, ci = w.shape[:2]
+    keep = _keep_mask(keep, ci)
+    drop = ~keep
+    scale = keep.double().expand(co, ci).clone()
+    lam = torch.zeros(())
+    if drop.any():
+        q = slice_q(w, sigma)
+        rhs = q[:, keep][:, :, drop].sum(-1, keepdim=True)      # [out, C, 1]
+        delta, lam = solve_spd(q[:, keep][:, :, keep], rhs, ridge, max_cond, "conv compensation")
+        scale[:, keep] += delta[..., 0]
+    new = w * scale[:, :, None, None]
+    shift = torch.zeros(co, dtype=torch.float64)
+    if mean is not None:
+        shift = (w - new).reshape(co, -1) @ mean.double()
+    return new.to(weight.dtype), shift.to(weight.dtype), float(lam.max())
+
+
+@torch.no_grad()
+def compensate(module: nn.Module, gram, keep, bn: nn.BatchNorm2d | None = None,
+               ridge: float = DEFAULT_RIDGE, max_cond: float = DEFAULT_MAX_COND,
+               centred: bool = True) -> float:
+    """Apply delta* in place to a Linear / Conv2d for the kept inputs ``keep`` using its input
+    ``gram`` (a pluginedit.stats.Gram). With ``centred`` the output-mean shift goes into the bias,
+    else into ``bn``'s running mean; with neither, the uncentred refit is used. The removed input
+    slices are zeroed (physically removing them afterwards changes nothing). Returns the ridge."""
+    centred = centred and (getattr(module, "bias", None) is not None or bn is not None)
+    sigma = gram.matrix(centred)
+    mean = gram.mean if centred else None
+    fn = refit_conv if isinstance(module, nn.Conv2d) else refit_linear
+    if not isinstance(module, (nn.Conv2d, nn.Linear)):
+        raise InputError(f"compensation needs a Linear or Conv2d, got {type(module).__name__}")
+    new, shift, lam = fn(module.weight, sigma, keep, ridge, max_cond, mean)
+    module.weight.copy_(new)
+    if module.bias is not None:
+        module.bias.add_(shift)
+    elif bn is not None:
+        bn.running_mean.sub_(shift)       # BN input lost ``shift`` on average: move the mean with it
+    return lam
