@@ -1,0 +1,123 @@
+// K2 on the CPU: per-class power sums of witness features, one read of the activation tensor.
+//
+// Pass 1 reduces every (sample, channel) over space to s = sum x and q = sum x^2, in double
+// (fourth powers of s are formed later, so s must carry full precision; double accumulators also
+// make the result independent of the summation order / thread count).
+// Pass 2 applies the witness transform (s - shift, powers up to 4, exp(-gamma * sqrt(q))) and adds
+// per-sample rows into the [K, C, 6] state. It is parallel over channels and walks samples in
+// order, so the result is deterministic for any number of threads.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <cmath>
+#include <tuple>
+#include <vector>
+
+namespace pluginedit {
+
+namespace {
+
+// Rows of x are contiguous (NCHW): row (n, c) starts at n*sn + c*sc and has L elements.
+template <typename T>
+void reduce_rows(const T* x, int64_t N, int64_t C, int64_t L, int64_t sn, int64_t sc, double* s,
+                 double* q) {
+  at::parallel_for(0, N * C, 8, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const T* p = x + (r / C) * sn + (r % C) * sc;
+      double a = 0.0, b = 0.0;
+#pragma omp simd reduction(+ : a, b)
+      for (int64_t l = 0; l < L; ++l) {
+        const double v = static_cast<double>(static_cast<float>(p[l]));
+        a += v;
+        b += v * v;
+      }
+      s[r] = a;
+      q[r] = b;
+    }
+  });
+}
+
+// Channels are contiguous (channels_last): element (n, c, l) is at n*sn + c + l*sl. Each task
+// owns one sample and a block of channels and streams over space with the channel loop inside.
+template <typename T>
+void reduce_channels_last(const T* x, int64_t N, int64_t C, int64_t L, int64_t sn, int64_t sl,
+                          double* s, double* q) {
+  constexpr int64_t CB = 64;
+  const int64_t nb = (C + CB - 1) / CB;
+  at::parallel_for(0, N * nb, 1, [&](int64_t begin, int64_t end) {
+    double a[CB], b[CB];
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t n = t / nb, c0 = (t % nb) * CB, cw = std::min(CB, C - c0);
+      for (int64_t j = 0; j < cw; ++j) a[j] = b[j] = 0.0;
+      const T* base = x + n * sn + c0;
+      for (int64_t l = 0; l < L; ++l) {
+        const T* p = base + l * sl;
+#pragma omp simd
+        for (int64_t j = 0; j < cw; ++j) {
+          const double v = static_cast<double>(static_cast<float>(p[j]));
+          a[j] += v;
+          b[j] += v * v;
+        }
+      }
+      for (int64_t j = 0; j < cw; ++j) {
+        s[n * C + c0 + j] = a[j];
+        q[n * C + c0 + j] = b[j];
+      }
+    }
+  });
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> class_moments_cpu(const at::Tensor& x_in, const at::Tensor& labels_in,
+                                                     int64_t num_classes, double gamma,
+                                                     const c10::optional<at::Tensor>& shift) {
+  TORCH_CHECK(x_in.dim() >= 2, "class_moments: x must be [N, C, *spatial]");
+  TORCH_CHECK(num_classes >= 1, "class_moments: num_classes must be >= 1");
+  const int64_t N = x_in.size(0), C = x_in.size(1), K = num_classes;
+  at::Tensor labels = labels_in.to(at::kLong).contiguous();
+  TORCH_CHECK(labels.numel() == N, "class_moments: labels must have N entries");
+  auto opts = x_in.options().dtype(at::kDouble);
+  at::Tensor counts = at::zeros({K}, opts), sums = at::zeros({K, C, 6}, opts);
+  if (N == 0) return {counts, sums};
+  const int64_t* lab = labels.data_ptr<int64_t>();
+  for (int64_t n = 0; n < N; ++n)
+    TORCH_CHECK(lab[n] >= 0 && lab[n] < K, "class_moments: label out of range [0, K)");
+
+  // [N, C, L] view; reshape keeps channels_last a view (strides (L*C, 1, C)).
+  at::Tensor x = x_in.reshape({N, C, -1});
+  const int64_t L = x.size(2);
+  if (!(x.stride(2) == 1 || L == 1) && !(x.stride(1) == 1)) x = x.contiguous();
+  std::vector<double> s(N * C), q(N * C);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "class_moments_cpu", [&] {
+    const scalar_t* p = x.data_ptr<scalar_t>();
+    if (x.stride(2) == 1 || L == 1)
+      reduce_rows<scalar_t>(p, N, C, L, x.stride(0), x.stride(1), s.data(), q.data());
+    else
+      reduce_channels_last<scalar_t>(p, N, C, L, x.stride(0), x.stride(2), s.data(), q.data());
+  });
+
+  std::vector<double> sh(C, 0.0);
+  if (shift.has_value() && shift->defined()) {
+    at::Tensor t = shift->to(at::kCPU, at::kDouble).contiguous();
+    TORCH_CHECK(t.numel() == C, "class_moments: shift must have C entries");
+    std::copy(t.data_ptr<double>(), t.data_ptr<double>() + C, sh.begin());
+  }
+  double* out = sums.data_ptr<double>();
+  at::parallel_for(0, C, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c)
+      for (int64_t n = 0; n < N; ++n) {
+        const double v = s[n * C + c] - sh[c], v2 = v * v;
+        const double e = std::exp(-gamma * std::sqrt(q[n * C + c]));
+        double* o = out + (lab[n] * C + c) * 6;
+        o[0] += v; o[1] += v2; o[2] += v2 * v; o[3] += v2 * v2; o[4] += e; o[5] += e * e;
+      }
+  });
+  double* cnt = counts.data_ptr<double>();
+  for (int64_t n = 0; n < N; ++n) cnt[lab[n]] += 1.0;
+  return {counts, sums};
+}
+
+}  // namespace pluginedit
