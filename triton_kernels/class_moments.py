@@ -1,0 +1,147 @@
+"""K2: per-class power sums of witness features, reading the activation tensor once.
+
+Per sample n and channel c: s = sum over space of x[n, c] (minus shift[c]), r = ||x[n, c]||_F,
+e = exp(-gamma r); features (s, s^2, s^3, s^4, e, e^2) summed per class into a [K, C, 6] state.
+
+Two kernels:
+* ``_moments_kernel`` - one program per (sample, block of channels) streams over space with fp32
+  tile accumulators (summed once at the end, a tree reduction, so long maps keep fp32 accuracy),
+  then forms the features in fp64 (s^4 of a spatial sum overflows fp32 range and loses digits).
+  Deterministic mode writes per-sample partials [N, C, 6]; the atomic fast path adds them straight
+  into the state with fp64 atomics (order-dependent rounding, so not bitwise reproducible).
+* ``_combine_kernel`` - one program per (class, block of channels) walks that class's samples in
+  a fixed (stable-sorted) order and adds their partials into the persistent state: deterministic.
+
+Memory layout: any strides. NCHW and channels_last are both read in place through the
+[N, C, L] view (for channels_last the view has stride 1 along C; the tile then reads along C).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import interpreting, next_pow2
+
+P = 6  # number of witness features
+
+
+@triton.jit
+def _moments_kernel(x_ptr, out_ptr, labels_ptr, shift_ptr, C, L, sxn, sxc, sxl, gamma,
+                    HAS_SHIFT: tl.constexpr, ATOMIC: tl.constexpr,
+                    BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
+    n = tl.program_id(0).to(tl.int64)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = offs_c < C
+    base = x_ptr + n * sxn + offs_c.to(tl.int64)[:, None] * sxc
+    acc_s = tl.zeros([BLOCK_C, BLOCK_L], dtype=tl.float32)
+    acc_q = tl.zeros([BLOCK_C, BLOCK_L], dtype=tl.float32)
+    for l0 in range(0, L, BLOCK_L):
+        offs_l = l0 + tl.arange(0, BLOCK_L)
+        m = cmask[:, None] & (offs_l[None, :] < L)
+        # Upcast right after the load: fp32 math for every input dtype.
+        v = tl.load(base + offs_l.to(tl.int64)[None, :] * sxl, mask=m, other=0.0).to(tl.float32)
+        acc_s += v
+        acc_q += v * v
+    s32 = tl.sum(acc_s, axis=1)
+    r = tl.sqrt(tl.sum(acc_q, axis=1))
+    e = tl.exp(-gamma * r).to(tl.float64)
+    s = s32.to(tl.float64)
+    if HAS_SHIFT:
+        s -= tl.load(shift_ptr + offs_c, mask=cmask, other=0.0)
+    s2 = s * s
+    feats = (s, s2, s2 * s, s2 * s2, e, e * e)
+    if ATOMIC:
+        lab = tl.load(labels_ptr + n)
+        row = out_ptr + (lab * C + offs_c) * 6
+        for p in tl.static_range(6):
+            tl.atomic_add(row + p, feats[p], mask=cmask)
+    else:
+        row = out_ptr + (n * C + offs_c) * 6
+        for p in tl.static_range(6):
+            tl.store(row + p, feats[p], mask=cmask)
+
+
+@triton.jit
+def _combine_kernel(part_ptr, state_ptr, order_ptr, offsets_ptr, C,
+                    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    k = tl.program_id(0)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    offs_p = tl.arange(0, BLOCK_P)
+    m = (offs_c[:, None] < C) & (offs_p[None, :] < 6)
+    cp = offs_c[:, None] * 6 + offs_p[None, :]
+    start = tl.load(offsets_ptr + k)
+    end = tl.load(offsets_ptr + k + 1)
+    acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float64)
+    for i in range(start, end):
+        n = tl.load(order_ptr + i)
+        acc += tl.load(part_ptr + n * C * 6 + cp, mask=m, other=0.0)
+    dst = state_ptr + k * C * 6 + cp
+    tl.store(dst, tl.load(dst, mask=m, other=0.0) + acc, mask=m)
+
+
+def _blocks(c: int, l: int) -> tuple[int, int]:
+    if interpreting():  # few, large programs: the interpreter pays ~1 ms per program per step
+        bl = min(next_pow2(l), 1024)
+        return min(next_pow2(c), max(1, 8192 // bl)), bl
+    bl = min(next_pow2(l), 256)
+    return min(next_pow2(c), max(1, 4096 // bl)), bl
+
+
+def class_moments(x: torch.Tensor, labels: torch.Tensor, num_classes: int, gamma: float = 1.0,
+                  shift: torch.Tensor | None = None, *, deterministic: bool = True,
+                  state: torch.Tensor | None = None, block_c: int | None = None,
+                  block_l: int | None = None):
+    """Same contract as ``pluginedit.kernels.reference.class_moments``; returns float64
+    (counts [K], sums [K, C, 6]). ``state`` (float64 [K, C, 6]) is accumulated into in place
+    and returned as ``sums`` (a persistent accumulator across batches). ``deterministic=False``
+    uses fp64 atomics instead of per-sample partials plus a per-class combine."""
+    n, c, k = x.shape[0], x.shape[1], int(num_classes)
+    v = x.reshape(n, c, -1)  # a view for NCHW and channels_last; other layouts may copy
+    l = v.shape[2]
+    dev = x.device
+    if state is None:
+        state = torch.zeros(k, c, P, dtype=torch.float64, device=dev)
+    labels = labels.to(device=dev, dtype=torch.int64).contiguous()
+    counts = torch.bincount(labels, minlength=k).to(torch.float64)
+    if n == 0 or c == 0:
+        return counts, state
+    bc, bl = _blocks(c, l)
+    bc, bl = block_c or bc, block_l or bl
+    shift_t = (shift.to(device=dev, dtype=torch.float64).contiguous() if shift is not None
+               else state)  # dummy pointer when HAS_SHIFT is off
+    grid = (n, triton.cdiv(c, bc))
+    if not deterministic:
+        _moments_kernel[grid](v, state, labels, shift_t, c, l, v.stride(0), v.stride(1), v.stride(2),
+                              float(gamma), HAS_SHIFT=shift is not None, ATOMIC=True,
+                              BLOCK_C=bc, BLOCK_L=bl)
+        return counts, state
+    part = torch.empty(n, c, P, dtype=torch.float64, device=dev)
+    _moments_kernel[grid](v, part, labels, shift_t, c, l, v.stride(0), v.stride(1), v.stride(2),
+                          float(gamma), HAS_SHIFT=shift is not None, ATOMIC=False,
+                          BLOCK_C=bc, BLOCK_L=bl)
+    order = torch.argsort(labels, stable=True)
+    offsets = torch.zeros(k + 1, dtype=torch.int64, device=dev)
+    offsets[1:] = torch.cumsum(torch.bincount(labels, minlength=k), 0)
+    bcc = min(next_pow2(c), 1024 if interpreting() else 64)
+    _combine_kernel[(k, triton.cdiv(c, bcc))](part, state, order, offsets, c, BLOCK_C=bcc, BLOCK_P=8)
+    return counts, state
+
+
+def class_moments_ref(x, labels, num_classes, gamma=1.0, shift=None, upcast: bool = True):
+    """Plain-PyTorch reference (flash-attention style). ``upcast=True`` is the float64 reference
+    of ``pluginedit.kernels.reference``; ``upcast=False`` does the spatial reductions in x's own
+    dtype (what plain PyTorch in that dtype would give), used to calibrate test tolerances."""
+    from pluginedit.kernels import reference
+    if upcast:
+        return reference.class_moments(x, labels, num_classes, gamma, shift)
+    v = x.reshape(x.shape[0], x.shape[1], -1)
+    s = v.sum(2).double()
+    if shift is not None:
+        s = s - shift.double().to(s.device)
+    e = torch.exp(-gamma * v.square().sum(2).sqrt()).double()
+    feats = torch.stack([s, s ** 2, s ** 3, s ** 4, e, e ** 2], dim=2)
+    sums = torch.zeros(num_classes, x.shape[1], P, dtype=torch.float64, device=x.device)
+    sums.index_add_(0, labels, feats)
+    counts = torch.bincount(labels, minlength=num_classes).double()
+    return counts, sums

@@ -1,0 +1,142 @@
+"""K3: Gram matrix G = sum p p^T and column sum s = sum p over the rows p of a linear input
+[M, D], or over the im2col patch rows of a conv input [N, C, H, W] gathered on the fly (implicit
+im2col: no unfold buffer; patch order (c, kh, kw) as F.unfold and conv weights; stride, padding,
+dilation; groups=1).
+
+Grid: (upper-triangle tile pairs (i <= j), splits of the long M axis). Each program accumulates
+one [BLOCK_D, BLOCK_D] tile over its M range with fp32 ``tl.dot`` and adds it into the persistent
+fp32 accumulator with atomics (split-K; with one split the result is deterministic). Diagonal
+tiles also accumulate the column sum (the mean vector for centring). The lower triangle is
+mirrored on the host at the end.
+
+Precision (fp32 inputs only; fp16/bf16 products are exact in fp32 anyway): ``"ieee"`` (exact
+fp32 FMA), ``"tf32x3"`` (three tf32 tensor-core passes, ~fp32 accurate; the default), or
+``"tf32"`` (fast, ~1e-3 relative - opt in only).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import interpreting, next_pow2
+
+PRECISIONS = ("tf32", "tf32x3", "ieee")
+
+
+@triton.jit
+def _load_rows(x_ptr, offs_m, offs_d, M, D, C, H, W, Ho, Wo, KH, KW, SH, SW, PH, PW, DH, DW,
+               sx0, sx1, sx2, sx3, IS_CONV: tl.constexpr, UPCAST: tl.constexpr):
+    """Tile [BLOCK_M, BLOCK_D] of the row matrix; padding and out-of-range entries read as 0."""
+    m64 = offs_m.to(tl.int64)
+    valid = (offs_m[:, None] < M) & (offs_d[None, :] < D)
+    if IS_CONV:
+        n = m64 // (Ho * Wo)
+        oh = (m64 // Wo) % Ho
+        ow = m64 % Wo
+        c = offs_d // (KH * KW)
+        kh = (offs_d // KW) % KH
+        kw = offs_d % KW
+        h = oh[:, None] * SH - PH + kh[None, :] * DH
+        w = ow[:, None] * SW - PW + kw[None, :] * DW
+        valid = valid & (h >= 0) & (h < H) & (w >= 0) & (w < W)
+        ptr = x_ptr + n[:, None] * sx0 + c.to(tl.int64)[None, :] * sx1 + h * sx2 + w * sx3
+    else:
+        ptr = x_ptr + m64[:, None] * sx0 + offs_d.to(tl.int64)[None, :] * sx1
+    v = tl.load(ptr, mask=valid, other=0.0)
+    if UPCAST:
+        v = v.to(tl.float32)
+    return v
+
+
+@triton.jit
+def _gram_kernel(x_ptr, g_ptr, s_ptr, ti_ptr, tj_ptr, M, D, rows_per_split,
+                 C, H, W, Ho, Wo, KH, KW, SH, SW, PH, PW, DH, DW, sx0, sx1, sx2, sx3,
+                 IS_CONV: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    t = tl.program_id(0)
+    ti = tl.load(ti_ptr + t)
+    tj = tl.load(tj_ptr + t)
+    offs_i = ti * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_j = tj * BLOCK_D + tl.arange(0, BLOCK_D)
+    m_start = tl.program_id(1) * rows_per_split
+    m_end = tl.minimum(m_start + rows_per_split, M)
+    acc = tl.zeros([BLOCK_D, BLOCK_D], dtype=tl.float32)
+    acc_s = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for m0 in range(m_start, m_end, BLOCK_M):
+        offs_m = m0 + tl.arange(0, BLOCK_M)
+        a = _load_rows(x_ptr, offs_m, offs_i, m_end, D, C, H, W, Ho, Wo, KH, KW, SH, SW, PH, PW,
+                       DH, DW, sx0, sx1, sx2, sx3, IS_CONV, UPCAST)
+        b = _load_rows(x_ptr, offs_m, offs_j, m_end, D, C, H, W, Ho, Wo, KH, KW, SH, SW, PH, PW,
+                       DH, DW, sx0, sx1, sx2, sx3, IS_CONV, UPCAST)
+        acc = tl.dot(tl.trans(a), b, acc, input_precision=PRECISION)
+        if ti == tj:
+            acc_s += tl.sum(a.to(tl.float32), axis=0)
+    mask = (offs_i[:, None] < D) & (offs_j[None, :] < D)
+    tl.atomic_add(g_ptr + offs_i[:, None] * D + offs_j[None, :], acc, mask=mask)
+    if ti == tj:
+        tl.atomic_add(s_ptr + offs_i, acc_s, mask=offs_i < D)
+
+
+def _pair(v) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[-1]))
+
+
+def gram(x: torch.Tensor, kernel_size=None, stride=1, padding=0, dilation=1, chunk: int = 64, *,
+         precision: str = "tf32x3", splits: int | None = None, block_m: int | None = None,
+         block_d: int | None = None, out: tuple[torch.Tensor, torch.Tensor] | None = None):
+    """Same contract as ``pluginedit.kernels.reference.gram`` but returns fp32 (G, s) and the row
+    count n. ``chunk`` is accepted for signature parity and ignored (nothing is materialised).
+    ``out=(G, s)`` (fp32, persistent) is accumulated into in place (only its upper triangle is
+    updated; the returned G is the mirrored full matrix)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    dev = x.device
+    if kernel_size is None:
+        v = x.reshape(-1, x.shape[-1])
+        m, d = v.shape
+        geo = (1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1)
+        strides = (v.stride(0), v.stride(1), 0, 0)
+    else:
+        v = x
+        n, c, h, w = x.shape
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = map(_pair, (kernel_size, stride, padding, dilation))
+        ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+        wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        m, d = n * max(ho, 0) * max(wo, 0), c * kh * kw
+        geo = (c, h, w, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw)
+        strides = tuple(x.stride())
+    g, s = out if out is not None else (torch.zeros(d, d, dtype=torch.float32, device=dev),
+                                        torch.zeros(d, dtype=torch.float32, device=dev))
+    if m > 0 and d > 0:
+        interp = interpreting()
+        bd = block_d or (min(max(next_pow2(d), 16), 64) if interp else (64 if d > 32 else 32))
+        bm = block_m or (min(max(next_pow2(m), 16), 512) if interp else 64)
+        nt = triton.cdiv(d, bd)
+        ti, tj = torch.triu_indices(nt, nt, device=dev).to(torch.int32)
+        if splits is None:  # enough programs to fill the device; one split under the interpreter
+            sms = 1 if interp or dev.type != "cuda" else torch.cuda.get_device_properties(dev).multi_processor_count
+            splits = max(1, min(triton.cdiv(m, bm * 4), triton.cdiv(4 * sms, ti.numel())))
+        rows = triton.cdiv(triton.cdiv(m, splits), bm) * bm
+        splits = triton.cdiv(m, rows)
+        upcast = interp or v.dtype == torch.float32 or v.dtype == torch.float64
+        if v.dtype == torch.float64:
+            precision = "ieee"
+        _gram_kernel[(ti.numel(), splits)](v, g, s, ti, tj, m, d, rows, *geo, *strides,
+                                           IS_CONV=kernel_size is not None, UPCAST=upcast,
+                                           PRECISION=precision, BLOCK_M=bm, BLOCK_D=bd)
+    full = torch.triu(g) + torch.triu(g, 1).T
+    return full, s.clone() if out is not None else s, m
+
+
+def gram_ref(x, kernel_size=None, stride=1, padding=0, dilation=1, chunk=64, upcast: bool = True):
+    """Plain-PyTorch reference. ``upcast=True``: the float64 reference of
+    ``pluginedit.kernels.reference``; ``upcast=False``: unfold + matmul in x's own dtype."""
+    from pluginedit.kernels import reference
+    if upcast:
+        return reference.gram(x, kernel_size, stride, padding, dilation, chunk)
+    if kernel_size is None:
+        rows = x.reshape(-1, x.shape[-1])
+    else:
+        rows = reference._patches(x, kernel_size, stride, padding, dilation)
+    return rows.T @ rows, rows.sum(0), rows.shape[0]
