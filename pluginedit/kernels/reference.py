@@ -90,3 +90,23 @@ def gram(x: torch.Tensor, kernel_size=None, stride=1, padding=0, dilation=1, chu
         return (torch.zeros(d, d, dtype=torch.float64, device=x.device),
                 torch.zeros(d, dtype=torch.float64, device=x.device), 0)
     return g, s, n
+
+
+@register("class_maps", "torch")
+def class_maps(x: torch.Tensor, labels: torch.Tensor, num_classes: int, full: bool = False):
+    """S1. Per-class sums of the activation maps of one batch (TVSPrune's class-mean maps).
+
+    x [N, C, *spatial] (or [N, C]), labels [N] int64 in [0, K). With L = prod(spatial):
+    returns float64 (counts [K], sums [K, C, L], squares [K, C, L], outer [K, C, L, L] or None)
+    where sums / squares are per-class sums of x and x^2 and, with ``full``, outer holds the
+    per-class sums of x x^T over space (for full-covariance Gaussians of small maps).
+    """
+    v = _as_nc_l(x).double()
+    n, c, l = v.shape
+    k = num_classes
+    zeros = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=x.device)  # noqa: E731
+    counts = zeros(k).index_add_(0, labels, torch.ones(n, dtype=torch.float64, device=x.device))
+    sums = zeros(k, c, l).index_add_(0, labels, v)
+    squares = zeros(k, c, l).index_add_(0, labels, v.square())
+    outer = zeros(k, c, l, l).index_add_(0, labels, v.unsqueeze(3) * v.unsqueeze(2)) if full else None
+    return counts, sums, squares, outer

@@ -1,0 +1,74 @@
+"""Where to observe a component layer's channels: its own output ("conv"), the BatchNorm after it
+("bn"), the activation after that ("act"), or the LayerNorm after it ("ln") — ALGORITHMS.md §9.5.
+
+``resolve(model, layer, point)`` follows the traced graph from the layer through single-user
+call_module nodes and returns (module path, "output"). A module called more than once in the
+forward (e.g. a ResNet block's shared ReLU) is refused: its hook would mix two tensors.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .components import get_module, groups
+from .errors import InputError
+
+POINTS = ("conv", "bn", "act", "ln")
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+_ACTS = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.ELU)
+_WANT = {"bn": _NORMS, "ln": (nn.LayerNorm,), "act": _ACTS}
+
+
+def _chain(model: nn.Module, layer: str) -> list[str]:
+    """Module paths that consume ``layer``'s output one after another (single users only)."""
+    try:
+        gm = torch.fx.symbolic_trace(model)
+    except Exception as e:
+        raise InputError(f"cannot trace the model to find hook points ({type(e).__name__}); "
+                         "use hook='conv'") from e
+    calls: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    node = next((n for n in gm.graph.nodes if n.op == "call_module" and n.target == layer), None)
+    chain = []
+    while node is not None and len(node.users) == 1:
+        node = next(iter(node.users))
+        if node.op != "call_module":
+            break
+        if calls[node.target] > 1:
+            chain.append(None)   # shared module: unusable
+            break
+        chain.append(node.target)
+    return chain
+
+
+def resolve(model: nn.Module, layer: str, point: str = "conv") -> tuple[str, str]:
+    """(module path, where) at which to hook ``layer``'s channels for ``point``."""
+    if point not in POINTS:
+        raise InputError(f"unknown hook point {point!r}; known: {POINTS}")
+    if layer not in groups(model):
+        get_module(model, layer)  # raises a KeyError naming the known layers if absent
+        raise InputError(f"{layer!r} is not a conv/linear layer")
+    if point == "conv":
+        return layer, "output"
+    mods = dict(model.named_modules())
+    # Modules a channel passes through unchanged in meaning on the way to the wanted one.
+    through = (nn.Identity, nn.Dropout) + ((*_NORMS, nn.LayerNorm) if point == "act" else ())
+    for path in _chain(model, layer):
+        if path is not None and isinstance(mods[path], _WANT[point]):
+            return path, "output"
+        if path is None or not isinstance(mods[path], through):
+            break
+    raise InputError(f"no {point!r} hook point directly after {layer!r} (a residual add, a shared "
+                     f"module, or no such layer); use hook='bn' or hook='conv'")
+
+
+def resolve_auto(model: nn.Module, layer: str, order=("act", "bn", "conv")) -> tuple[str, str]:
+    """The first hook point of ``order`` that exists for ``layer``."""
+    for point in order:
+        try:
+            return resolve(model, layer, point)
+        except InputError:
+            continue
+    return layer, "output"

@@ -1,0 +1,217 @@
+"""Label-segmented statistics for the distributional scorers (ALGORITHMS.md §1 S1, S2).
+
+``ClassMoments``: per class, sums of the witness features (s, s^2, s^3, s^4, e, e^2) of every
+channel, s the per-example spatial sum and e = exp(-gamma ||A||_F). ``ClassMaps``: per class,
+sums (and squares, optionally outer products) of whole activation maps. Both keep true sample
+counts; "rest of the classes" is total minus class, so no extra pass is needed.
+"""
+from __future__ import annotations
+
+from math import comb
+
+import torch
+
+from .. import kernels
+from ..errors import InputError
+from .base import Statistic, check_activations, check_labels
+
+FEATURES = ("linear", "poly", "exp")   # phi = s | (s, s^2) | e
+
+
+def check_counts(counts: torch.Tensor, classes=None, min_count: int = 2) -> None:
+    """Every class used needs >= ``min_count`` samples: a variance of one sample is not a variance."""
+    classes = range(len(counts)) if classes is None else classes
+    absent = [int(k) for k in classes if counts[k] == 0]
+    if absent:
+        raise InputError(f"class(es) {absent} have no samples in the data: their distribution is "
+                         "undefined; pass data with every class or restrict num_classes")
+    few = [int(k) for k in classes if counts[k] < min_count]
+    if few:
+        raise InputError(f"class(es) {few} have fewer than {min_count} samples: "
+                         "class-conditional variances need at least two")
+
+
+def _labels(x, labels, num_classes):
+    if labels is None:
+        labels = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+    return check_labels(labels, num_classes, x.shape[0]).to(x.device)
+
+
+def feature_moments(n: torch.Tensor, sums: torch.Tensor, features: str):
+    """Mean [..., C, d] and covariance [..., C, d, d] of phi from power sums [..., C, 6] over n
+    samples (population moments). s-features are in the statistic's shifted coordinates
+    s' = s - shift; linear witness bounds are invariant to that shift."""
+    if features not in FEATURES:
+        raise InputError(f"unknown witness features {features!r}; known: {FEATURES}")
+    m = sums / n.clamp_min(1).reshape(*n.shape, *([1] * (sums.ndim - n.ndim)))
+    if features == "exp":
+        mean = m[..., 4:5]
+        return mean, (m[..., 5] - m[..., 4].square()).clamp_min(0)[..., None, None]
+    if features == "linear":
+        mean = m[..., 0:1]
+        return mean, (m[..., 1] - m[..., 0].square()).clamp_min(0)[..., None, None]
+    s1, s2, s3, s4 = m[..., 0], m[..., 1], m[..., 2], m[..., 3]
+    v11 = (s2 - s1 * s1).clamp_min(0)
+    v12 = s3 - s1 * s2
+    v22 = (s4 - s2 * s2).clamp_min(0)
+    cov = torch.stack([torch.stack([v11, v12], -1), torch.stack([v12, v22], -1)], -2)
+    return torch.stack([s1, s2], -1), cov
+
+
+def unshift_poly(mean: torch.Tensor, cov: torch.Tensor, shift: torch.Tensor):
+    """Moments of (s, s^2) from those of (s', s'^2), s = s' + c: phi = A phi' + (c, c^2) with
+    A = [[1, 0], [2c, 1]]. Needed by the robust Fisher witness, which is not shift invariant."""
+    c = shift.double()
+    a = torch.zeros(*c.shape, 2, 2, dtype=torch.float64)
+    a[..., 0, 0] = a[..., 1, 1] = 1
+    a[..., 1, 0] = 2 * c
+    b = torch.stack([c, c * c], -1)
+    new_mean = (a @ mean.unsqueeze(-1)).squeeze(-1) + b
+    return new_mean, a @ cov @ a.transpose(-1, -2)
+
+
+class ClassMoments(Statistic):
+    """Per-class witness-feature power sums [K, C, 6] and counts [K] (float64).
+
+    The s-powers are taken about a per-channel ``shift`` (default: the first batch's mean of s)
+    so fourth powers stay well conditioned; ``merge`` re-centres the other side binomially."""
+
+    def __init__(self, num_channels: int, num_classes: int = 1, gamma: float = 1.0,
+                 shift: torch.Tensor | None = None, backend: str | None = None):
+        if gamma <= 0:
+            raise InputError(f"gamma must be positive, got {gamma}")
+        self.num_channels, self.num_classes, self.gamma, self._backend = num_channels, num_classes, float(gamma), backend
+        self.count = torch.zeros(num_classes, dtype=torch.float64)
+        self.sums = torch.zeros(num_classes, num_channels, 6, dtype=torch.float64)
+        self.shift = None if shift is None else shift.detach().double().cpu().reshape(num_channels)
+
+    def update(self, x, labels=None):
+        check_activations(x)
+        if x.shape[1] != self.num_channels:
+            raise InputError(f"expected {self.num_channels} channels, got {x.shape[1]}")
+        labels = _labels(x, labels, self.num_classes)
+        if self.shift is None:
+            self.shift = x.detach().reshape(x.shape[0], x.shape[1], -1).double().sum(2).mean(0).cpu()
+        self.backend, fn = kernels.resolve("class_moments", x, self._backend)
+        counts, sums = fn(x, labels, self.num_classes, gamma=self.gamma, shift=self.shift.to(x.device))
+        self.count = self.count + counts.cpu()
+        self.sums = self.sums + sums.cpu()
+        if not torch.isfinite(self.sums).all():
+            raise InputError("witness power sums overflowed float64 (activations too large)")
+
+    def recentred(self, shift: torch.Tensor) -> torch.Tensor:
+        """The s-power sums about ``shift`` instead of self.shift (binomial expansion)."""
+        d = (self.shift - shift.double()).reshape(1, -1)            # s - new = (s - old) + d
+        raw = [self.count.reshape(-1, 1).expand(-1, self.num_channels)] + [self.sums[..., p] for p in range(4)]
+        out = self.sums.clone()
+        for p in range(1, 5):
+            out[..., p - 1] = sum(comb(p, j) * d ** (p - j) * raw[j] for j in range(p + 1))
+        return out
+
+    def centred(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sums about the overall mean of s, that mean [C]): canonical coordinates, so derived
+        quantities do not depend on which batch set the shift (ridges are not affine invariant)."""
+        n = self.count.sum().clamp_min(1)
+        mean = self.shift + self.sums[..., 0].sum(0) / n
+        return self.recentred(mean), mean
+
+    def merge(self, other: "ClassMoments") -> "ClassMoments":
+        self._check_merge(other)
+        if other.gamma != self.gamma:
+            raise InputError(f"cannot merge ClassMoments with gamma {other.gamma} into gamma {self.gamma}")
+        if other.shift is None:
+            return self
+        if self.shift is None:
+            self.shift = other.shift.clone()
+        self.sums = self.sums + other.recentred(self.shift)
+        self.count = self.count + other.count
+        return self
+
+    def state_dict(self):
+        shift = self.shift if self.shift is not None else torch.zeros(self.num_channels, dtype=torch.float64)
+        return {"count": self.count, "sums": self.sums, "shift": shift}
+
+    def rest(self, sums: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(counts [K], sums [K, C, 6]) of every class's complement: total minus class."""
+        sums = self.sums if sums is None else sums
+        return self.count.sum() - self.count, sums.sum(0, keepdim=True) - sums
+
+    def moments(self, features: str = "poly", rest: bool = False):
+        """Per-class (or per-complement) mean [K, C, d] and covariance [K, C, d, d] of phi."""
+        n, s = self.rest() if rest else (self.count, self.sums)
+        return feature_moments(n, s, features)
+
+    def constant_channels(self) -> torch.Tensor:
+        """[C] bool: channels whose s and e never vary over the data (score them 0)."""
+        n = self.count.sum().clamp_min(1)
+        t = self.sums.sum(0) / n
+        var_s, var_e = t[:, 1] - t[:, 0] ** 2, t[:, 5] - t[:, 4] ** 2
+        scale_s = t[:, 1] + self.shift.square() if self.shift is not None else t[:, 1]
+        return (var_s <= 1e-12 * scale_s + 1e-300) & (var_e <= 1e-12 * t[:, 5] + 1e-300)
+
+
+class ClassMaps(Statistic):
+    """Per-class sums of activation maps [K, C, L], their squares and (``full``) outer products
+    [K, C, L, L] (float64): class-mean maps and per-pixel or full covariances (TVSPrune).
+    Outer products are kept only for maps of at most ``max_full`` pixels (memory is K C L^2);
+    for larger maps ``full`` turns False at the first batch."""
+
+    def __init__(self, num_channels: int, num_classes: int, full: bool = False, max_full: int = 64,
+                 backend: str | None = None):
+        self.num_channels, self.num_classes, self.full, self._backend = num_channels, num_classes, full, backend
+        self.max_full = max_full
+        self.count = torch.zeros(num_classes, dtype=torch.float64)
+        self.sums = self.squares = self.outer = None
+
+    def update(self, x, labels=None):
+        check_activations(x)
+        labels = _labels(x, labels, self.num_classes)
+        if self.sums is None and x[0, 0].numel() > self.max_full:
+            self.full = False
+        self.backend, fn = kernels.resolve("class_maps", x, self._backend)
+        counts, sums, squares, outer = fn(x, labels, self.num_classes, full=self.full)
+        self.count = self.count + counts.cpu()
+        self.sums = sums.cpu() if self.sums is None else self.sums + sums.cpu()
+        self.squares = squares.cpu() if self.squares is None else self.squares + squares.cpu()
+        if self.full:
+            self.outer = outer.cpu() if self.outer is None else self.outer + outer.cpu()
+
+    def merge(self, other: "ClassMaps") -> "ClassMaps":
+        if other.sums is None:
+            return self
+        if self.sums is None:
+            self.load_state_dict(other.state_dict())
+            return self
+        self._check_merge(other)
+        self.count, self.sums, self.squares = self.count + other.count, self.sums + other.sums, self.squares + other.squares
+        if self.full:
+            self.outer = self.outer + other.outer
+        return self
+
+    def state_dict(self):
+        out = {"count": self.count}
+        if self.sums is not None:
+            out |= {"sums": self.sums, "squares": self.squares}
+            if self.full:
+                out["outer"] = self.outer
+        return out
+
+    def _n(self, extra: int = 0) -> torch.Tensor:
+        return self.count.clamp_min(1).reshape(-1, *([1] * (1 + extra)))
+
+    def means(self) -> torch.Tensor:
+        """Class-mean maps [K, C, L]."""
+        if self.sums is None:
+            raise InputError("ClassMaps has seen no data")
+        return self.sums / self._n(1)
+
+    def variances(self) -> torch.Tensor:
+        """Per-class per-pixel variances [K, C, L] (population)."""
+        return (self.squares / self._n(1) - self.means().square()).clamp_min(0)
+
+    def covariances(self) -> torch.Tensor:
+        """Per-class full covariances [K, C, L, L] (needs ``full=True``)."""
+        if not self.full:
+            raise InputError("full covariances need ClassMaps(full=True)")
+        mu = self.means()
+        return self.outer / self._n(2) - mu.unsqueeze(3) * mu.unsqueeze(2)
