@@ -17,6 +17,8 @@ Memory layout: any strides. NCHW and channels_last are both read in place throug
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -97,7 +99,7 @@ def class_moments(x: torch.Tensor, labels: torch.Tensor, num_classes: int, gamma
     and returned as ``sums`` (a persistent accumulator across batches). ``deterministic=False``
     uses fp64 atomics instead of per-sample partials plus a per-class combine."""
     n, c, k = x.shape[0], x.shape[1], int(num_classes)
-    v = x.reshape(n, c, -1)  # a view for NCHW and channels_last; other layouts may copy
+    v = x.reshape(n, c, math.prod(x.shape[2:]))  # a view for NCHW and channels_last; other layouts may copy
     l = v.shape[2]
     dev = x.device
     if state is None:
@@ -135,7 +137,7 @@ def class_moments_ref(x, labels, num_classes, gamma=1.0, shift=None, upcast: boo
     from pluginedit.kernels import reference
     if upcast:
         return reference.class_moments(x, labels, num_classes, gamma, shift)
-    v = x.reshape(x.shape[0], x.shape[1], -1)
+    v = x.reshape(x.shape[0], x.shape[1], math.prod(x.shape[2:]))
     s = v.sum(2).double()
     if shift is not None:
         s = s - shift.double().to(s.device)

@@ -2,6 +2,8 @@
 Triton and csrc kernels are tested against. Kept as plain as possible; never tuned to a kernel."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from . import register
@@ -9,7 +11,8 @@ from . import register
 
 def _as_nc_l(x: torch.Tensor) -> torch.Tensor:
     """[N, C, *spatial] or [N, C] -> [N, C, L] (L = 1 for features)."""
-    return x.reshape(x.shape[0], x.shape[1], -1)
+    # An explicit length (not -1) so an empty batch (N = 0) reshapes too.
+    return x.reshape(x.shape[0], x.shape[1], math.prod(x.shape[2:]))
 
 
 @register("channel_moments", "torch")
