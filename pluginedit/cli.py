@@ -29,6 +29,7 @@ def _model_args(p: argparse.ArgumentParser, data_default: str = "digits") -> Non
     p.add_argument("--data", default=data_default, help="digits, mnist or fashion-mnist")
     p.add_argument("--data-dir", default=None, help="folder of the idx .gz files (MNIST / Fashion-MNIST)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs of the cached model")
+    p.add_argument("--train-samples", type=int, default=None, help="train on a seeded subset of this size")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--calib-samples", type=int, default=2048, help="training samples used for statistics")
     p.add_argument("--progress", action="store_true", default=sys.stderr.isatty())
@@ -43,8 +44,15 @@ def _edit_args(p: argparse.ArgumentParser, editor: str) -> None:
     p.add_argument("--plot", default=None, help="write a per-class accuracy PNG here")
 
 
-def _setup(args):
+def _bundle(args):
     bundle = load_dataset(args.data, args.data_dir)
+    if getattr(args, "train_samples", None):
+        bundle.train = bundle.train.subset(args.train_samples)
+    return bundle
+
+
+def _setup(args):
+    bundle = _bundle(args)
     model = train.pretrained(args.arch, bundle, epochs=args.epochs, seed=args.seed, progress=args.progress)
     calib = bundle.train.subset(args.calib_samples, seed=args.seed)
     return bundle, model, calib
@@ -90,7 +98,7 @@ def cmd_plugins(args) -> int:
 
 
 def cmd_train(args) -> int:
-    bundle = load_dataset(args.data, args.data_dir)
+    bundle = _bundle(args)
     t0 = time.perf_counter()
     model = train.pretrained(args.arch, bundle, epochs=args.epochs, seed=args.seed,
                              progress=args.progress, retrain=args.retrain)

@@ -43,6 +43,19 @@ def check_ratio(ratio: float) -> float:
     return float(ratio)
 
 
+def _check_still_runs(model, example, shape) -> None:
+    """torch-pruning can trace a graph it does not fully see (e.g. through .numpy()); a pruned
+    model that no longer runs, or changes its output shape, is a failed edit."""
+    try:
+        with torch.no_grad():
+            out = model(example)
+    except Exception as e:
+        raise EditError(f"the pruned model no longer runs ({type(e).__name__}: {e}); torch-pruning "
+                        "did not see every dependency of this model; use the 'mask' editor") from e
+    if out.shape != shape:
+        raise EditError(f"pruning changed the output shape from {tuple(shape)} to {tuple(out.shape)}")
+
+
 class PruneEditor(Editor):
     """Remove the lowest-scored channels physically. Options: ``ratio`` (fraction of channels
     per layer, or globally with ``global_pruning``), ``ignored`` (module paths kept whole),
@@ -72,6 +85,8 @@ class PruneEditor(Editor):
         except Exception as e:
             raise EditError(f"torch-pruning cannot trace this model ({type(e).__name__}: {e}); "
                             "use the 'mask' editor instead") from e
+        with torch.no_grad():
+            shape = model(example_inputs).shape
         removed = {}
         for group in pruner.step(interactive=True):
             for dep, idxs in group:
@@ -79,6 +94,10 @@ class PruneEditor(Editor):
                 if path in before and any(dep.pruning_fn == f for f in _OUT_FNS):
                     removed.setdefault(path, []).extend(int(i) for i in idxs)
             group.prune()
+        if not removed:
+            raise EditError("torch-pruning removed no channel: none of the scored layers has a "
+                            "dependency path it can follow (untraceable ops such as .numpy()?)")
+        _check_still_runs(model, example_inputs, shape)
         return EditRecord(self.name, {k: v for k, v in opts.items() if k != "example_inputs"},
                           semantics="removed (physical, torch-pruning)", changes=removed,
                           info={"channels_before": before})
