@@ -23,7 +23,9 @@ namespace {
 template <typename T>
 void reduce_rows(const T* x, int64_t N, int64_t C, int64_t L, int64_t sn, int64_t sc, double* s,
                  double* q) {
-  at::parallel_for(0, N * C, 8, [&](int64_t begin, int64_t end) {
+  // Grain: >= 64k elements per task, so small tensors run inline (waking threads costs more).
+  at::parallel_for(0, N * C, std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(L, 1)),
+                   [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const T* p = x + (r / C) * sn + (r % C) * sc;
       double a = 0.0, b = 0.0;
@@ -46,7 +48,8 @@ void reduce_channels_last(const T* x, int64_t N, int64_t C, int64_t L, int64_t s
                           double* s, double* q) {
   constexpr int64_t CB = 64;
   const int64_t nb = (C + CB - 1) / CB;
-  at::parallel_for(0, N * nb, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, N * nb, std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(L * CB, 1)),
+                   [&](int64_t begin, int64_t end) {
     double a[CB], b[CB];
     for (int64_t t = begin; t < end; ++t) {
       const int64_t n = t / nb, c0 = (t % nb) * CB, cw = std::min(CB, C - c0);
@@ -106,7 +109,9 @@ std::tuple<at::Tensor, at::Tensor> class_moments_cpu(const at::Tensor& x_in, con
     std::copy(t.data_ptr<double>(), t.data_ptr<double>() + C, sh.begin());
   }
   double* out = sums.data_ptr<double>();
-  at::parallel_for(0, C, 16, [&](int64_t begin, int64_t end) {
+  // The transform is light (N * C rows): only worth threads when there are many rows.
+  at::parallel_for(0, C, std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(N, 1)),
+                   [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c)
       for (int64_t n = 0; n < N; ++n) {
         const double v = s[n * C + c] - sh[c], v2 = v * v;
