@@ -85,3 +85,60 @@ def default_config(arch: str, dataset: str) -> dict:
     if arch == "vgg":
         return {"widths": (32, 64) if small else (16, 32, 64), "hidden": 64}
     return {"widths": (16, 32) if small else (16, 32, 64), "blocks": 1}
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (carrying the stride, as torchvision's v1.5), 1x1 expand by 4; BN after
+    each conv; projection shortcut when the shape changes."""
+
+    expansion = 4
+
+    def __init__(self, cin: int, width: int, stride: int = 1):
+        super().__init__()
+        cout = width * self.expansion
+        self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        skip = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + skip)
+
+
+class ResNet50(nn.Module):
+    """ResNet-50-shaped ImageNet network: 7x7/2 stem + 3x3/2 max-pool, bottleneck stages
+    ``blocks`` = (3, 4, 6, 3) with widths 64..512 (outputs 256..2048), 224 px input, global
+    average pooling, a linear head. Used for kernel and end-to-end benchmarks (random weights are
+    fine for timing). ``blocks`` may be one int (the same count in every stage)."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 1000, widths=(64, 128, 256, 512),
+                 blocks=(3, 4, 6, 3)):
+        super().__init__()
+        blocks = (blocks,) * len(widths) if isinstance(blocks, int) else tuple(blocks)
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 7, 2, 3, bias=False),
+                                  nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
+        stages, cin = [], widths[0]
+        for i, (w, b) in enumerate(zip(widths, blocks)):
+            stage = [Bottleneck(cin, w, 1 if i == 0 else 2)]
+            cin = w * Bottleneck.expansion
+            stage += [Bottleneck(cin, w) for _ in range(b - 1)]
+            stages.append(nn.Sequential(*stage))
+        self.layers = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.layers(self.stem(x))).flatten(1))
+
+
+ARCHS["resnet50"] = ResNet50
