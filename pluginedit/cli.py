@@ -30,6 +30,7 @@ def _model_args(p: argparse.ArgumentParser, data_default: str = "digits") -> Non
     p.add_argument("--data-dir", default=None, help="folder of the idx .gz files (MNIST / Fashion-MNIST)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs of the cached model")
     p.add_argument("--train-samples", type=int, default=None, help="train on a seeded subset of this size")
+    p.add_argument("--test-samples", type=int, default=None, help="evaluate on a seeded test subset")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--calib-samples", type=int, default=2048, help="training samples used for statistics")
     p.add_argument("--progress", action="store_true", default=sys.stderr.isatty())
@@ -48,6 +49,8 @@ def _bundle(args):
     bundle = load_dataset(args.data, args.data_dir)
     if getattr(args, "train_samples", None):
         bundle.train = bundle.train.subset(args.train_samples)
+    if getattr(args, "test_samples", None):
+        bundle.test = bundle.test.subset(args.test_samples)
     return bundle
 
 
