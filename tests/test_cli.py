@@ -1,12 +1,16 @@
-"""The acceptance figures of the CLI: the demo on digits, and `pluginedit prune` on a ResNet
-trained on Fashion-MNIST with every built-in scorer."""
+"""Acceptance figures: the demo on digits, and pruning a ResNet trained on Fashion-MNIST with
+every built-in scorer (the CLI report once, the rest in-process)."""
 import json
 import os
 import subprocess
 
+import copy
+
 import pytest
 
-from pluginedit import cli
+import pluginedit as pe
+from pluginedit import cli, registry
+from pluginedit.report import latency_ms
 
 from conftest import FMNIST_RECIPE
 
@@ -27,19 +31,33 @@ def test_demo_prunes_3x_within_2_points(tmp_path):
     assert rep["before"]["accuracy"] > 0.95
 
 
-@pytest.mark.parametrize("scorer", ["l1", "l2", "random", "taylor"])
-def test_prune_fashion_mnist_resnet(scorer, shared_data, fmnist_resnet, tmp_path, capsys):
-    out = tmp_path / f"{scorer}.json"
+def test_prune_fashion_mnist_resnet_report(shared_data, fmnist_resnet, tmp_path):
+    out = tmp_path / "report.json"
     code = cli.main(["prune", "--arch", "resnet", "--data", "fashion-mnist", "--data-dir", str(shared_data),
-                     *FMNIST_RECIPE, "--scorer", scorer, "--ratio", "0.5", "--report", str(out),
+                     *FMNIST_RECIPE, "--scorer", "l1", "--ratio", "0.5", "--report", str(out),
                      "--calib-samples", "512", "--test-samples", "2000"])
     assert code == 0
     rep = json.loads(out.read_text())
     before, after = rep["before"], rep["after"]
-    assert len(after["per_class_accuracy"]) == 10
+    assert KEYS <= before.keys() and KEYS <= after.keys() and len(after["per_class_accuracy"]) == 10
     assert after["params"] < 0.5 * before["params"] and after["macs"] < 0.5 * before["macs"]
     assert after["latency_ms"] < before["latency_ms"]
     assert before["accuracy"] > 0.8
+
+
+BUILTIN_SCORERS = sorted(n for n, p in registry.plugins("scorer").items() if p.dist == "pluginedit")
+
+
+@pytest.mark.parametrize("scorer", BUILTIN_SCORERS)
+def test_every_builtin_scorer_prunes_the_fashion_mnist_resnet(scorer, fmnist, fmnist_resnet):
+    model = copy.deepcopy(fmnist_resnet)
+    calib, example = fmnist.train.subset(512, seed=1), fmnist.test.x[:64]
+    scores = pe.score(model, scorer, data=calib, num_classes=10)
+    pe.edit(model, "prune", scores, ratio=0.5, example_inputs=example[:1])
+    assert model(example).shape == fmnist_resnet(example).shape
+    params = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert params(model) < 0.5 * params(fmnist_resnet)
+    assert latency_ms(model, example, 3, 15, min) < latency_ms(fmnist_resnet, example, 3, 15, min)
 
 
 def test_cli_bad_input_exits_2_with_message(capsys):
