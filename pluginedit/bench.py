@@ -241,6 +241,8 @@ def print_table(rows: list[dict]) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="pluginedit bench kernels", description=__doc__.split("\n")[0])
+    ap.add_argument("suite", nargs="?", default="kernels", choices=["kernels"],
+                    help="what to benchmark (only 'kernels' so far)")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ap.add_argument("--images", type=int, default=None, help="end-to-end images (cuda 2000, cpu 16)")
     ap.add_argument("--size", type=int, default=None, help="end-to-end image size (cuda 224, cpu 224)")
