@@ -122,6 +122,8 @@ def gram(x: torch.Tensor, kernel_size=None, stride=1, padding=0, dilation=1, chu
         upcast = interp or v.dtype == torch.float32 or v.dtype == torch.float64
         if v.dtype == torch.float64:
             precision = "ieee"
+        elif not upcast:  # fp16/bf16 operands: products are exact in fp32; precision is moot
+            precision = "tf32"
         _gram_kernel[(ti.numel(), splits)](v, g, s, ti, tj, m, d, rows, *geo, *strides,
                                            IS_CONV=kernel_size is not None, UPCAST=upcast,
                                            PRECISION=precision, BLOCK_M=bm, BLOCK_D=bd)
