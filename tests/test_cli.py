@@ -65,3 +65,12 @@ def test_cli_bad_input_exits_2_with_message(capsys):
     assert "unknown scorer 'nope'" in capsys.readouterr().err
     assert cli.main(["prune", "--ratio", "1.5"]) == 2
     assert "ratio must lie in (0, 1)" in capsys.readouterr().err
+
+
+def test_forget_writes_forgetting_report(tmp_path):
+    out = tmp_path / "forget.json"
+    assert cli.main(["forget", "--class", "3", "--report", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    assert rep["before"]["forgotten_accuracy"] > 0.9
+    assert rep["after"]["forgotten_accuracy"] <= 0.05
+    assert rep["after"]["retained_accuracy"] >= rep["before"]["retained_accuracy"] - 0.03
