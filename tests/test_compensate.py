@@ -63,7 +63,7 @@ def test_linear_refit_equals_least_squares_random(centred):
 
 def _vgg_inputs(model, data, path, n=512):
     store = {}
-    h = model.get_submodule(path).register_forward_hook(lambda m, i, o: store.setdefault("x", i[0]))
+    h = model.get_submodule(path).register_forward_hook(lambda m, i, o: store.update(x=i[0]))
     with torch.no_grad():
         model.eval()(data.x[:n])
     h.remove()

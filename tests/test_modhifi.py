@@ -1,0 +1,125 @@
+import copy
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from pluginedit import api
+from pluginedit.bnrecal import recalibrate_bn
+from pluginedit.capture import collect
+from pluginedit.compensate import IllConditionedWarning
+from pluginedit.errors import InputError
+from pluginedit.scorers.fidelity import gram_requests, grams_by_path, pair_scores
+
+
+@pytest.fixture(scope="module")
+def split(fmnist):
+    return fmnist.train.subset(1024, seed=1), fmnist.test.subset(2000, seed=1)
+
+
+def _acc(model, test, classes=None):
+    with torch.no_grad():
+        pred = model.eval()(test.x).argmax(1)
+    sel = torch.ones_like(test.y, dtype=torch.bool) if classes is None else torch.isin(test.y, classes)
+    return float((pred[sel] == test.y[sel]).float().mean())
+
+
+def _modhifi(model, calib, **kw):
+    m = copy.deepcopy(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", IllConditionedWarning)   # dead ReLU channels are normal
+        rec = api.edit(m, "modhifi-p", None, data=calib, ratio=0.5, steps=1, calib_samples=1024, **kw)
+    return m, rec
+
+
+def test_pair_scores_match_materialised_contributions(fmnist_vgg, split):
+    """R_ci = E<Y_c, A_ci>, s_ci and alpha_ci from the Gram equal the brute-force values."""
+    calib, _ = split
+    conv = fmnist_vgg.features[7]
+    grams = grams_by_path(collect(fmnist_vgg, (calib.x[:64], calib.y[:64]), gram_requests(fmnist_vgg, {"features.7"})))
+    store = {}
+    h = conv.register_forward_hook(lambda m, i, o: store.update(x=i[0].double()))
+    with torch.no_grad():
+        fmnist_vgg(calib.x[:64])
+    h.remove()
+    x, w = store["x"], conv.weight.double()
+    a = torch.stack([nn.functional.conv2d(x, w[c][:, None], padding=1, groups=w.shape[1])
+                     for c in range(w.shape[0])], 1)                 # A [N, c_out, c_in, H, W]
+    a = a.permute(1, 2, 0, 3, 4).flatten(2)                           # [c_out, c_in, rows]
+    y = a.sum(1, keepdim=True)
+    r, e_a, e_y = (y * a).mean(2), a.square().mean(2), y.square().mean(2)
+    tol = dict(rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(pair_scores(conv.weight, grams["features.7"], "uncentred"), r / e_y, **tol)
+    torch.testing.assert_close(pair_scores(conv.weight, grams["features.7"], "fidelity"),
+                               r.square() / (e_a * e_y), **tol)
+    torch.testing.assert_close(pair_scores(conv.weight, grams["features.7"], "alpha"), r / e_a, **tol)
+    ac = a - a.mean(2, keepdim=True)
+    yc = ac.sum(1, keepdim=True)
+    torch.testing.assert_close(pair_scores(conv.weight, grams["features.7"], "centred"),
+                               (yc * ac).mean(2) / yc.square().mean(2), **tol)
+
+
+def test_fidelity_scorer_is_registered_and_scores_every_channel(fmnist_vgg, split):
+    s = api.score(fmnist_vgg, "fidelity", data=split[0].subset(256))
+    assert set(s) == {"features.0", "features.3", "features.7", "features.10", "features.14",
+                      "features.17", "classifier.1"}
+    assert all(torch.isfinite(v).all() and v.std() > 0 for v in s.values.values())
+
+
+def test_modhifi_p_at_half_the_channels_beats_l1_and_each_part_helps(fmnist_vgg, split):
+    calib, test = split
+    l1 = copy.deepcopy(fmnist_vgg)
+    api.prune(l1, "l1", ratio=0.5, data=calib)
+    acc = {}
+    for comp, rec in [(False, False), (True, False), (False, True), (True, True)]:
+        m, record = _modhifi(fmnist_vgg, calib, compensate=comp, recalibrate=rec)
+        acc[comp, rec] = _acc(m, test)
+    assert record.info["params_after"] < 0.4 * record.info["params_before"]
+    assert acc[True, True] >= _acc(l1, test) + 0.05, (acc, _acc(l1, test))
+    assert acc[True, False] > acc[False, False] and acc[False, True] > acc[False, False], acc
+    assert acc[True, True] >= max(acc[True, False], acc[False, True]) - 0.01, acc
+
+
+def test_modhifi_p_reaches_a_parameter_target(fmnist_resnet, split):
+    m, record = _modhifi(fmnist_resnet, split[0], target="params", amount=0.3, per_step=0.15)
+    assert 1 - record.info["params_after"] / record.info["params_before"] >= 0.3
+    assert _acc(m, split[1]) > 0.5
+
+
+def test_modhifi_p_bad_input_leaves_model_untouched(fmnist_vgg, split):
+    m = copy.deepcopy(fmnist_vgg)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    with pytest.raises(InputError, match="ratio"):
+        api.edit(m, "modhifi-p", None, data=split[0], ratio=1.5)
+    with pytest.raises(InputError, match="calibration data"):
+        api.edit(m, "modhifi-p", None, ratio=0.5)
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+
+
+def test_bn_recalibration_matches_the_data_statistics():
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3)).eval()
+    x = torch.randn(256, 1, 8, 8) * 2 + 1
+    recalibrate_bn(model, (x, torch.zeros(256, dtype=torch.long)), batch_size=64)  # equal batches
+    with torch.no_grad():
+        z = model[0](x)
+    torch.testing.assert_close(model[1].running_mean, z.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(model[1].running_var, z.var((0, 2, 3)), rtol=2e-2, atol=1e-4)
+    assert not model.training and model[1].momentum == 0.1
+
+
+def test_modhifi_u_forgets_a_class_from_its_samples_only(fmnist_vgg, fmnist):
+    calib, test = fmnist.train.subset(4000, seed=2), fmnist.test.subset(3000, seed=2)
+    # two classes here (the benchmark averages all ten on the fully trained models)
+    dense = {k: _acc(fmnist_vgg, test, torch.tensor([j for j in range(10) if j != k])) for k in (1, 8)}
+    for k in (1, 8):
+        poisoned = copy.deepcopy(calib)
+        poisoned.x[poisoned.y != k] = float("nan")         # retained-class samples must not be read
+        m = copy.deepcopy(fmnist_vgg)
+        record = api.forget(m, k, poisoned, editor="modhifi-u", num_classes=10)
+        assert _acc(m, test, torch.tensor([k])) <= 0.02
+        assert _acc(m, test, torch.tensor([j for j in range(10) if j != k])) >= dense[k] - 0.03
+        assert record.info["slices_edited"] > 0
+        record.undo(m)
+        assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(),
+                                                      fmnist_vgg.state_dict().values()))
