@@ -53,20 +53,30 @@ def batches(model: nn.Module, data, num_classes: int | None, batch_size: int = 2
         yield x.to(device), y.to(device)
 
 
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass whose remaining layers are not needed."""
+
+
 @torch.no_grad()
 def collect(model: nn.Module, data, requests: Iterable[Request], num_classes: int | None = None,
             batch_size: int = 256, max_samples: int | None = None,
-            progress: bool = False) -> dict[str, Statistic]:
+            progress: bool = False, stop_early: bool = False) -> dict[str, Statistic]:
     """One pass over ``data`` feeding every request; returns statistics by request key.
-    The model's training mode is restored afterwards."""
+    The model's training mode is restored afterwards. ``stop_early`` abandons each batch's
+    forward once every request has seen it (the rest of the network is not needed); only for
+    modules called once per forward."""
     requests = list(requests)
-    current: dict[str, torch.Tensor] = {}
+    current: dict = {}
     handles = []
 
     def make_hook(req: Request):
         def hook(module, inputs, output):
             t = inputs[0] if req.where == "input" else output
             req.statistic.update(t.detach(), current["labels"])
+            if stop_early:
+                current["seen"].add(req.key)
+                if len(current["seen"]) == len(requests):
+                    raise _StopForward
         return hook
 
     for req in requests:
@@ -75,8 +85,11 @@ def collect(model: nn.Module, data, requests: Iterable[Request], num_classes: in
     model.eval()
     try:
         for x, y in batches(model, data, num_classes, batch_size, max_samples, progress, "statistics"):
-            current["labels"] = y
-            model(x)
+            current["labels"], current["seen"] = y, set()
+            try:
+                model(x)
+            except _StopForward:
+                pass
     finally:
         for h in handles:
             h.remove()

@@ -124,3 +124,19 @@ def test_scorer_rejects_nan_activations_and_unknown_options(digits_vgg, digits):
     with pytest.raises(InputError, match="NaN or Inf"):
         api.score(bad, "witness", data=digits.train, num_classes=10, targets=["0"])
     assert model is not None
+
+
+def test_collect_stop_early_gives_the_same_statistics_without_the_rest_of_the_net():
+    from pluginedit.capture import Request, collect
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, C, 3), torch.nn.ReLU(), torch.nn.Conv2d(C, 2, 3))
+    calls = []
+    net[2].register_forward_hook(lambda *a: calls.append(1))
+    x, y = torch.randn(20, 1, 7, 7), torch.arange(20) % K
+    got = {}
+    for stop in (False, True):
+        req = Request("1", ClassMoments(C, K))
+        got[stop] = collect(net, (x, y), [req], K, batch_size=8, stop_early=stop)[req.key]
+    assert torch.equal(got[True].count, got[False].count)
+    assert torch.equal(got[True].sums, got[False].sums)
+    assert len(calls) == 3   # three batches ran the last conv without stopping, none with

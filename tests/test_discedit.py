@@ -6,24 +6,34 @@ import torch
 
 from pluginedit import api, report
 from pluginedit.editors.discedit import DisCEditSP
+from pluginedit.editors.mask import zero_components
 from pluginedit.errors import InputError
+from pluginedit.record import EditRecord
+
+
+@pytest.fixture(scope="module")
+def fm_test(fmnist):
+    """2000 test samples (about 200 per class), shared by the accuracy checks below."""
+    return fmnist.test.subset(2000)
 
 
 @pytest.mark.parametrize("arch", ["vgg", "resnet"])
-def test_forgetting_drops_one_class_and_keeps_the_rest(arch, fmnist, fmnist_vgg, fmnist_resnet):
+def test_forgetting_drops_one_class_and_keeps_the_rest(arch, fmnist, fm_test, fmnist_vgg, fmnist_resnet):
     model = {"vgg": fmnist_vgg, "resnet": fmnist_resnet}[arch]
-    test = fmnist.test.subset(3000)
-    _, dense = report.accuracy(model, test, 10)
-    for k in ({"vgg": 7, "resnet": 0}[arch],):
-        edited = copy.deepcopy(model)
-        rec = api.forget(edited, k, fmnist.train.subset(1500, seed=1), num_classes=10, max_samples=1500)
-        _, pc = report.accuracy(edited, test, 10)
-        f = report.forgetting(pc, k)
-        kept = (sum(dense) - dense[k]) / 9
-        assert f["forgotten_accuracy"] <= 0.05, (arch, k, f)
-        assert f["retained_accuracy"] >= kept - 0.03, (arch, k, f, kept)
-        rec.undo(edited)   # masking is reversible
-        assert report.accuracy(edited, test, 10)[1] == dense
+    _, dense = report.accuracy(model, fm_test, 10)
+    k = {"vgg": 7, "resnet": 0}[arch]
+    edited = copy.deepcopy(model)
+    rec = api.forget(edited, k, fmnist.train.subset(1000, seed=1), num_classes=10, max_samples=1000)
+    _, pc = report.accuracy(edited, fm_test, 10)
+    f = report.forgetting(pc, k)
+    kept = (sum(dense) - dense[k]) / 9
+    assert dense[k] > 0.5, (arch, k, dense[k])   # there was something to forget
+    assert f["forgotten_accuracy"] <= 0.05, (arch, k, f)
+    assert f["retained_accuracy"] >= kept - 0.03, (arch, k, f, kept)
+    assert rec.num_changed() > 0
+    rec.undo(edited)   # masking is reversible: every tensor back bit for bit
+    want = model.state_dict()
+    assert all(torch.equal(want[n], v) for n, v in edited.state_dict().items())
 
 
 def test_forgetting_top_m_guard_and_bad_input(fmnist, fmnist_vgg):
@@ -41,40 +51,46 @@ def test_forgetting_top_m_guard_and_bad_input(fmnist, fmnist_vgg):
         api.forget(edited, 3, data, num_classes=10, mm=3)
 
 
-def test_pruning_mask_equals_removal_and_beats_random(fmnist, fmnist_vgg):
-    stats, test = fmnist.train.subset(1500, seed=2), fmnist.test.subset(2000)
-    example = test.x[:8]
-    masked, removed = copy.deepcopy(fmnist_vgg), copy.deepcopy(fmnist_vgg)
-    opts = dict(data=stats, num_classes=10, ratio=0.4, max_samples=1500)
-    api.edit(masked, "discedit-sp", physical=False, **opts)
-    rec = api.edit(removed, "discedit-sp", example_inputs=example, **opts)
-    assert 0.2 < rec.info["fraction_removed"] < 0.8
+def test_pruning_mask_equals_removal_and_beats_random(fmnist, fm_test, fmnist_vgg):
+    stats = fmnist.train.subset(1000, seed=2)
+    example = fm_test.x[:8]
+    removed = copy.deepcopy(fmnist_vgg)
+    rec = api.edit(removed, "discedit-sp", example_inputs=example, data=stats, num_classes=10,
+                   ratio=0.1, max_samples=1000)
+    assert 0.1 < rec.info["fraction_removed"] < 0.3
+    # what physical=False leaves: the same channels zeroed (weight, bias, BN affine) in place
+    masked = copy.deepcopy(fmnist_vgg)
+    zero_components(masked, rec.changes, True, EditRecord("mask"))
+    assert sum(p.numel() for p in masked.parameters()) > sum(p.numel() for p in removed.parameters())
     with torch.no_grad():
         assert torch.allclose(masked.eval()(example), removed.eval()(example), atol=1e-4)
-    acc = report.accuracy(removed, test, 10)[0]
+    acc = report.accuracy(removed, fm_test, 10)[0]
     rand = copy.deepcopy(fmnist_vgg)
-    api.edit(rand, "prune", api.score(rand, "random", example_inputs=example), ratio=0.4,
+    api.edit(rand, "prune", api.score(rand, "random", example_inputs=example), ratio=0.1,
              example_inputs=example, ignored=[])
-    assert acc > report.accuracy(rand, test, 10)[0]
+    # at 10% of channels per layer (~17% of parameters) and no fine-tuning the witness keeps
+    # about 0.5 accuracy where random channels leave about chance (0.13); a margin, not a tie
+    assert acc > report.accuracy(rand, fm_test, 10)[0] + 0.15
 
 
 def test_threshold_loop_respects_floor_and_stops(fmnist, fmnist_vgg, fmnist_resnet):
-    stats, held = fmnist.train.subset(800, seed=3), fmnist.test.subset(800)
+    stats, held = fmnist.train.subset(500, seed=3), fmnist.test.subset(500)
     model = copy.deepcopy(fmnist_vgg)
     dense = report.accuracy(model, held, 10)[0]
     rec = api.edit(model, DisCEditSP(), data=stats, num_classes=10, allocation="threshold", rho=0.3,
-                   rho_step=0.1, acc_floor=dense - 0.1, eval_data=held, max_iter=3, max_samples=800)
+                   rho_step=0.1, acc_floor=dense - 0.1, eval_data=held, max_iter=2, max_samples=500)
     rounds = rec.info["rounds"]
-    assert 1 <= len(rounds) <= 3
+    assert 1 <= len(rounds) <= 2
     acc = report.accuracy(model, held, 10)[0]
     assert acc >= dense - 0.1
     accepted = [r for r in rounds if r["accuracy"] >= dense - 0.1]
     assert (rec.info["fraction_removed"] > 0) == bool(accepted)
     model = copy.deepcopy(fmnist_resnet)
-    rec = api.edit(model, "discedit-sp", data=stats, num_classes=10, ratio=0.2, max_samples=800,
+    rec = api.edit(model, "discedit-sp", data=stats, num_classes=10, ratio=0.2, max_samples=300,
                    example_inputs=held.x[:2])
     # residual-coupled layers are left alone, so masking and removal agree
     assert all("conv2" not in p and "downsample" not in p for p in rec.info["layers"])
+    assert rec.info["fraction_removed"] > 0
     with pytest.raises(InputError, match="eval_data"):
         api.edit(copy.deepcopy(fmnist_resnet), "discedit-sp", data=stats, num_classes=10,
                  allocation="threshold", acc_floor=0.5)

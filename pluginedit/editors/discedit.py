@@ -35,7 +35,7 @@ def _layer_scores(model, layer, data, num_classes, hook, gamma, max_samples, bat
     than on the rest: removing those would not remove the class's evidence."""
     module, where = resolve_auto(model, layer) if hook == "auto" else resolve(model, layer, hook)
     req = Request(module, ClassMoments(size_of(get_module(model, layer)), num_classes, gamma=gamma), where)
-    stat = collect(model, data, [req], num_classes, batch_size, max_samples)[req.key]
+    stat = collect(model, data, [req], num_classes, batch_size, max_samples, stop_early=True)[req.key]
     r = witness_scores(stat, **witness)
     if active_only:
         k = witness["target_class"]
