@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from pluginedit.capture import Request, collect
-from pluginedit.compensate import (IllConditionedWarning, compensate, refit_conv, refit_linear,
+from pluginedit.compensate import (IllConditionedWarning, compensate, refit_conv, refit_conv_full, refit_linear,
                                    ridge_for, slice_q, solve_spd)
 from pluginedit.errors import InputError
 from pluginedit.stats import Gram
@@ -83,7 +83,7 @@ def test_linear_refit_equals_least_squares_real_activations(fmnist_vgg, fmnist):
 def test_conv_refit_equals_per_channel_least_squares_real_activations(fmnist_vgg, fmnist):
     conv = fmnist_vgg.features[3]
     x = _vgg_inputs(fmnist_vgg, fmnist.train, "features.3", n=48)
-    g = Gram.for_module(conv)
+    g = Gram.for_module(conv, backend="torch")  # the fp64 reference
     g.update(x)
     w = conv.weight.detach().double()
     keep = _keep(conv.in_channels, conv.in_channels // 2, seed=1)
@@ -157,3 +157,21 @@ def test_well_conditioned_gram_does_not_warn_and_bad_input_is_an_error():
         solve_spd(torch.full((3, 3), float("nan"), dtype=torch.float64), torch.ones(3, 1))
     with pytest.raises(InputError, match="at least one kept"):
         refit_linear(torch.randn(2, 3), torch.eye(3), torch.zeros(3, dtype=torch.bool))
+
+
+def test_full_conv_refit_equals_least_squares_on_patches(fmnist_vgg, fmnist):
+    conv = fmnist_vgg.features[3]
+    x = _vgg_inputs(fmnist_vgg, fmnist.train, "features.3", n=32)
+    g = Gram.for_module(conv, backend="torch")  # the fp64 reference
+    g.update(x)
+    w = conv.weight.detach().double()
+    keep = _keep(conv.in_channels, 10, seed=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", IllConditionedWarning)
+        new, _, lam = refit_conv_full(w, g.second_moment(), keep)
+    p = nn.functional.unfold(x, 3, padding=1).transpose(1, 2).reshape(-1, w[0].numel())
+    kp = keep.repeat_interleave(9)
+    wf = w.reshape(w.shape[0], -1)
+    n = p.shape[0]
+    delta = _ridge_lstsq(p[:, kp] / n ** 0.5, p[:, ~kp] @ wf[:, ~kp].T / n ** 0.5, lam)
+    assert _rel(new.reshape(w.shape[0], -1)[:, kp], wf[:, kp] + delta.T) < 1e-6
