@@ -49,7 +49,7 @@ class ModHiFiP(Editor):
     def apply(self, model, scores=None, data=None, example_inputs=None, ratio=0.5, steps=4,
               target="channels", amount=None, per_step=0.1, compensate=True, recalibrate=True,
               ridge=DEFAULT_RIDGE, conv_refit="full", calib_samples=2048, scorer="fidelity", global_pruning=False,
-              ignored=None, max_steps=40, **scorer_options):
+              ignored=None, max_steps=40, num_classes=None, **scorer_options):
         if data is None:
             raise InputError("modhifi-p needs calibration data (data=...)")
         example = example_inputs if example_inputs is not None else next(batches(model, data, None))[0][:1]
@@ -79,7 +79,8 @@ class ModHiFiP(Editor):
                                          "fidelity", scorer_options)
                 else:
                     step_scores = api.score(model, scorer, data=data, max_samples=calib_samples,
-                                            example_inputs=example, **scorer_options)
+                                            example_inputs=example, num_classes=num_classes,
+                                            **scorer_options)
                 if not compensate:
                     grams = {}
                 removed = self._prune_step(model, step_scores, example, step_ratio, grams,
@@ -173,7 +174,7 @@ class ModHiFiU(Editor):
     name = "modhifi-u"
 
     def apply(self, model, scores=None, data=None, forget_class=None, num_classes=None,
-              fraction=0.08, layers=None, mode="auto", samples=256, **unused):
+              fraction=0.08, layers=None, mode="auto", samples=256):
         if data is None or forget_class is None or num_classes is None:
             raise InputError("modhifi-u needs data, forget_class and num_classes")
         fraction = check_ratio(fraction)

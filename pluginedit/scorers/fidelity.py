@@ -141,6 +141,7 @@ class FidelityScorer(Scorer):
     centred), ``reduce`` (mean | max over consumers and outputs, default mean)."""
     name = "fidelity"
     needs_data = True
+    defaults = {"variant": "centred", "reduce": "mean"}
 
     def requests(self, model, targets, num_classes):
         return gram_requests(model)
@@ -148,4 +149,4 @@ class FidelityScorer(Scorer):
     def score(self, model, targets, stats, data=None, num_classes=None):
         example = next(batches(model, data, None, max_samples=1))[0]
         return channel_scores(model, example, targets, grams_by_path(stats),
-                              self.options.get("variant", "centred"), self.options.get("reduce", "mean"))
+                              self.options["variant"], self.options["reduce"])
