@@ -123,3 +123,20 @@ def test_modhifi_u_forgets_a_class_from_its_samples_only(fmnist_vgg, fmnist):
         record.undo(m)
         assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(),
                                                       fmnist_vgg.state_dict().values()))
+
+
+def test_modhifi_u_negates_hifi_slices_without_batchnorm():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.ReLU(), nn.Linear(8, 3))
+    x, y = torch.randn(90, 6), torch.arange(90) % 3
+    before = model[3].weight.detach().clone()
+    record = api.forget(model, 1, (x, y), editor="modhifi-u", num_classes=3, fraction=0.2,
+                        layers=["3"])
+    assert record.options["mode"] == "negate"
+    flat = record.changes["3"]
+    edited = torch.zeros(before.numel(), dtype=torch.bool)
+    edited[flat] = True
+    edited = edited.view_as(before)
+    assert len(flat) == 4
+    torch.testing.assert_close(model[3].weight[edited], -before[edited])
+    torch.testing.assert_close(model[3].weight[~edited], before[~edited])
