@@ -41,12 +41,13 @@ class ModHiFiP(Editor):
 
     Options: ``ratio`` (fraction of channels per layer removed in total, default 0.5) or
     ``target`` = "params" | "macs" with ``amount`` (fraction of parameters / MACs to remove, pruning
-    ``per_step`` of the channels per step until reached); ``steps`` (for ``ratio``, default 4);
+    ``per_step`` of the channels per step until reached); ``steps`` (for ``ratio``, default 1:
+    on the Fashion-MNIST VGG at 50% one step gave 84.3% vs 80.5% for two, errors compound);
     ``compensate`` / ``recalibrate`` (default True); ``ridge``; ``calib_samples`` (2048);
     ``global_pruning``; ``ignored``; ``scorer`` and ``variant`` / ``reduce`` for fidelity."""
     name = "modhifi-p"
 
-    def apply(self, model, scores=None, data=None, example_inputs=None, ratio=0.5, steps=4,
+    def apply(self, model, scores=None, data=None, example_inputs=None, ratio=0.5, steps=1,
               target="channels", amount=None, per_step=0.1, compensate=True, recalibrate=True,
               ridge=DEFAULT_RIDGE, conv_refit="full", calib_samples=2048, scorer="fidelity", global_pruning=False,
               ignored=None, max_steps=40, num_classes=None, **scorer_options):
