@@ -1,6 +1,6 @@
 """DisCEdit / TVSPrune evidence: pruning without fine-tuning, class forgetting, scoring time.
 
-    python benchmarks/discedit.py [--datasets fashion-mnist mnist] [--archs vgg resnet] [--quick]
+    python benchmarks/discedit.py [--datasets fashion-mnist mnist] [--archs vgg resnet] [--summarise-only]
 
 Statistics come from the train split, accuracy from the test split. Writes
 benchmarks/results/discedit_{prune,forget,timing}.json, discedit.md and discedit_prune.png.
@@ -144,11 +144,14 @@ def acceptance(prune) -> list[str]:
 
 def summarise(prune, forget, timing) -> str:
     lines = ["# DisCEdit / TVSPrune benchmarks", "",
-             f"Reproduce: `{COMMAND}` (its defaults are the options used here: Fashion-MNIST, VGG and ResNet, "
-             "channel ratios 0.05 0.1 0.2 0.3 0.45 per layer, 1500 train samples for statistics, one epoch of "
-             "fine-tuning on 6000 train samples, all 10 classes). Statistics come from the train split, every "
-             "accuracy from the full 10 000-sample test split. MNIST is not included: its ResNet checkpoint "
-             "was still training when this ran.", "",
+             f"Reproduce: `{COMMAND}`. Its defaults are the options used here: Fashion-MNIST and MNIST, "
+             "VGG and ResNet, channel ratios 0.05 0.1 0.2 0.3 0.45 per layer, 1500 train samples for "
+             "statistics, one epoch of fine-tuning on 6000 train samples, all 10 classes. Statistics come "
+             "from the train split, every accuracy from the full 10 000-sample test split. (The committed "
+             "numbers were made in two runs, `--datasets fashion-mnist` then `--datasets mnist --out ...`, "
+             "with the rows concatenated. `train.pretrained` reseeds every (data set, arch), so this equals one "
+             "default run apart from the timings.) The issue's acceptance is on Fashion-MNIST. MNIST is the "
+             "second data set.", "",
              f"Machine: {_machine()}.", "",
              "## Accuracy without fine-tuning vs parameters removed", "",
              "Every scorer prunes the same layers (those torch-pruning can remove alone: the ResNet's "
@@ -203,23 +206,24 @@ def plot(prune, path):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--datasets", nargs="+", default=["fashion-mnist"])
+    ap.add_argument("--datasets", nargs="+", default=["fashion-mnist", "mnist"])
     ap.add_argument("--archs", nargs="+", default=["vgg", "resnet"])
     ap.add_argument("--ratios", nargs="+", type=float, default=[0.05, 0.1, 0.2, 0.3, 0.45])
     ap.add_argument("--stats", type=int, default=1500)
     ap.add_argument("--ft-samples", type=int, default=6000)
     ap.add_argument("--classes", nargs="+", type=int, default=list(range(10)))
     ap.add_argument("--skip", nargs="*", default=[], choices=["prune", "forget", "timing"])
+    ap.add_argument("--out", type=Path, default=OUT, help="results folder")
     ap.add_argument("--summarise-only", action="store_true",
                     help="rebuild discedit.md and the plot from the JSON results without running")
     args = ap.parse_args()
     if args.summarise_only:
-        rows = [json.loads((OUT / f"discedit_{n}.json").read_text()) for n in ("prune", "forget", "timing")]
-        (OUT / "discedit.md").write_text(summarise(*rows))
-        plot(rows[0], OUT / "discedit_prune.png")
+        rows = [json.loads((args.out / f"discedit_{n}.json").read_text()) for n in ("prune", "forget", "timing")]
+        (args.out / "discedit.md").write_text(summarise(*rows))
+        plot(rows[0], args.out / "discedit_prune.png")
         return
     torch.set_num_threads(1)
-    OUT.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
     prune, forget, timing = [], [], []
     for ds in args.datasets:
         bundle = data.load_dataset(ds, "/work/shared/data")
@@ -232,10 +236,10 @@ def main():
             if "prune" not in args.skip:
                 prune += bench_prune(bundle, arch, model, args.ratios, args.stats)
             for name, rows in (("prune", prune), ("forget", forget), ("timing", timing)):
-                (OUT / f"discedit_{name}.json").write_text(json.dumps(rows, indent=1))
-            (OUT / "discedit.md").write_text(summarise(prune, forget, timing))
+                (args.out / f"discedit_{name}.json").write_text(json.dumps(rows, indent=1))
+            (args.out / "discedit.md").write_text(summarise(prune, forget, timing))
             if prune:
-                plot(prune, OUT / "discedit_prune.png")
+                plot(prune, args.out / "discedit_prune.png")
 
 
 if __name__ == "__main__":
