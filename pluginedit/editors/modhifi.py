@@ -163,22 +163,33 @@ def _labelled(data, num_classes):
         yield x, check_labels(y, num_classes, x.shape[0])
 
 
+FRACTIONS = (0.01, 0.02, 0.03, 0.05, 0.08, 0.12, 0.2)
+
+
+@torch.no_grad()
+def _accuracy(model, x, y) -> float:
+    return (model.eval()(x).argmax(1) == y).float().mean().item()
+
+
 class ModHiFiU(Editor):
     """ModHiFi-U: forget one class using only its samples. Input Grams of the edited layers are
     collected on forget-class samples; the (output c, input i) kernel slices with the highest
     fidelity scores (the HiFi set, the top ``fraction`` of each layer's pairs) are zeroed (BN
     networks) or negated (LayerNorm / residual networks without BN), finer than whole filters.
 
-    Options: ``fraction`` (default 0.08), ``layers`` (paths; default the head and the hidden
-    Linear layers), ``mode`` (auto | zero | negate), ``samples`` (forget-class samples, 256).
+    Options: ``fraction`` ("auto": the smallest of ``FRACTIONS`` that brings the accuracy on the
+    forget-class samples to ``target`` (default 0.01), which spares the retained classes; or a
+    number), ``layers`` (paths; default the head and the hidden Linear layers), ``mode``
+    (auto | zero | negate), ``samples`` (forget-class samples, 256).
     Scores: see ``forget_scores``."""
     name = "modhifi-u"
 
     def apply(self, model, scores=None, data=None, forget_class=None, num_classes=None,
-              fraction=0.08, layers=None, mode="auto", samples=256):
+              fraction="auto", layers=None, mode="auto", samples=256, target=0.01):
         if data is None or forget_class is None or num_classes is None:
             raise InputError("modhifi-u needs data, forget_class and num_classes")
-        fraction = check_ratio(fraction)
+        if fraction != "auto":
+            fraction = check_ratio(fraction)
         if mode == "auto":
             mode = "zero" if any(isinstance(m, nn.BatchNorm2d) for m in model.modules()) else "negate"
         if mode not in ("zero", "negate"):
@@ -187,21 +198,35 @@ class ModHiFiU(Editor):
         bns = {c: model.get_submodule(b) for c, b in bn_of(model).items()}
         layers = list(layers or self._default_layers(model, x[:1]))
         grams = grams_by_path(collect(model, (x, y), gram_requests(model, set(layers))))
-        record = EditRecord(self.name, dict(forget_class=forget_class, fraction=fraction,
-                                            layers=list(layers), mode=mode),
-                            semantics=f"{mode} HiFi kernel slices W[c, i]")
-        with torch.no_grad():
-            for path in layers:
-                layer = model.get_submodule(path)
-                s = forget_scores(layer.weight, grams[path], bns.get(path))
-                hifi = s.flatten().topk(max(1, int(fraction * s.numel()))).indices
-                record.saved[f"{path}.weight"] = layer.weight.detach().clone()
-                w = layer.weight.view(layer.weight.shape[0], layer.weight.shape[1], -1)
-                c, i = hifi // s.shape[1], hifi % s.shape[1]
-                w[c, i] = 0 if mode == "zero" else -w[c, i]
-                record.changes[path] = hifi.tolist()
-        record.info = {"forget_samples": int(x.shape[0]), "slices_edited": record.num_changed()}
+        order = {p: forget_scores(model.get_submodule(p).weight, grams[p], bns.get(p))
+                 .flatten().argsort(descending=True) for p in layers}
+        saved = {p: model.get_submodule(p).weight.detach().clone() for p in layers}
+        for f in (FRACTIONS if fraction == "auto" else (fraction,)):
+            edited = self._edit(model, order, saved, f, mode)
+            if fraction != "auto" or _accuracy(model, x, y) <= target:
+                break
+        record = EditRecord(self.name, dict(forget_class=forget_class, fraction=f, layers=list(layers),
+                                            mode=mode, target=target),
+                            semantics=f"{mode} HiFi kernel slices W[c, i]", changes=edited,
+                            saved={f"{p}.weight": w for p, w in saved.items()})
+        record.info = {"forget_samples": int(x.shape[0]), "slices_edited": record.num_changed(),
+                       "fraction": f}
         return record
+
+    @staticmethod
+    @torch.no_grad()
+    def _edit(model, order, saved, fraction, mode) -> dict[str, list[int]]:
+        """Restore the original weights, then zero/negate the top ``fraction`` slices per layer."""
+        edited = {}
+        for path, idx in order.items():
+            layer = model.get_submodule(path)
+            layer.weight.copy_(saved[path])
+            hifi = idx[:max(1, int(fraction * idx.numel()))]
+            w = layer.weight.view(layer.weight.shape[0], layer.weight.shape[1], -1)
+            c, i = hifi // layer.weight.shape[1], hifi % layer.weight.shape[1]
+            w[c, i] = 0 if mode == "zero" else -w[c, i]
+            edited[path] = hifi.tolist()
+        return edited
 
     @staticmethod
     def _default_layers(model, example):
