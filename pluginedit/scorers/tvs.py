@@ -74,11 +74,7 @@ class TVSScorer(Scorer):
     defaults = {"form": "iso", "aggregation": "pairwise_min", "hook": "bn", "max_full": 64}
 
     def __init__(self, **options):
-        unknown = set(options) - set(self.defaults)
-        if unknown:
-            raise InputError(f"unknown options for scorer {self.name!r}: {sorted(unknown)}; "
-                             f"known: {sorted(self.defaults)}")
-        super().__init__(**{**self.defaults, **options})
+        super().__init__(**options)  # the base class checks names against ``defaults``
         self._keys, self.ldiff, self.info = {}, {}, {}
 
     def requests(self, model, targets, num_classes):

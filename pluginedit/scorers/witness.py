@@ -93,11 +93,7 @@ class WitnessScorer(Scorer):
                 "gamma": 1.0, "target_class": None, "radius": 0.05}
 
     def __init__(self, **options):
-        unknown = set(options) - set(self.defaults)
-        if unknown:
-            raise InputError(f"unknown options for scorer {self.name!r}: {sorted(unknown)}; "
-                             f"known: {sorted(self.defaults)}")
-        super().__init__(**{**self.defaults, **options})
+        super().__init__(**options)  # the base class checks names against ``defaults``
         self._keys: dict[str, str] = {}
 
     def requests(self, model, targets, num_classes):
