@@ -7,7 +7,8 @@ training images, accuracy on the 10k test split, no fine-tuning anywhere):
   * the ablation {neither, compensation only, BN recalibration only, both} at 50% of channels;
   * ModHiFi-U forgetting of every class (forget / retained accuracy, seconds).
 MiniLM (all-MiniLM-L6-v2): mean cosine similarity of sentence embeddings to the dense model on
-held-out docstring sentences at 10/20/30% FFN neurons removed, with and without delta*.
+held-out docstring sentences at 10/20/30% FFN neurons removed, with and without delta*, and at
+1/2/3 of 12 attention heads removed per layer (torch-pruning; head-output score vs magnitude/random).
 Writes benchmarks/results/modhifi_{fmnist,minilm}.{json,md} (with --arch: modhifi_fmnist_<arch>).
 Both archs in parallel:  python benchmarks/modhifi.py --only fmnist --arch vgg &
                          python benchmarks/modhifi.py --only fmnist --arch resnet"""
@@ -150,8 +151,26 @@ def minilm(quick: bool) -> dict:
             rows.append({"ffn_removed": frac, "compensation": comp,
                          "mean_cosine": hf.cosine_to_dense(dense, m, tok, held)})
             print(rows[-1], flush=True)
+    example = dict(tok(held[:2], padding=True, return_tensors="pt"))
+    hscores = hf.head_scores(model, hf.head_grams(model, tok, calib))
+    gen = torch.Generator().manual_seed(0)
+    rand = [torch.rand(12, generator=gen) for _ in hscores]
+    head_rows = []
+    for n in (1, 2, 3):
+        row = {"heads_removed_per_layer": n}
+        for name, sc in (("head_output", hscores), ("magnitude", None), ("random", rand)):
+            m, _ = hf.prune_heads(model, example, n, sc)
+            row[name] = hf.cosine_to_dense(dense, m, tok, held)
+            row["params_removed"] = params(model) - params(m)
+        head_rows.append(row)
+        print(row, flush=True)
     return {"calibration_sentences": len(calib), "held_out_sentences": len(held),
-            "score": "cholesky row norm of G*(W_D W_D^T)", "rows": rows}
+            "score": "cholesky row norm of G*(W_D W_D^T)", "rows": rows,
+            "params_dense": params(model),
+            "head_scores": {"head_output": "E||W_O[:, h] z_h||^2 on calibration tokens",
+                            "magnitude": "torch-pruning GroupMagnitudeImportance(p=2)",
+                            "random": "torch.rand, seed 0"},
+            "head_rows": head_rows}
 
 
 def minilm_md(r: dict) -> str:
@@ -164,6 +183,18 @@ def minilm_md(r: dict) -> str:
     by = {(x["ffn_removed"], x["compensation"]): x["mean_cosine"] for x in r["rows"]}
     for f in sorted({x["ffn_removed"] for x in r["rows"]}):
         lines.append(f"| {f:.0%} | {by[f, False]:.4f} | {by[f, True]:.4f} |")
+    if r.get("head_rows"):
+        hs = r["head_scores"]
+        lines += ["", "## Attention-head pruning (torch-pruning MetaPruner, whole heads)", "",
+                  "Every layer loses the same number of its 12 heads (head size 32, hidden 384; no "
+                  "compensation, FFN untouched); same held-out sentences and metric. Scores: "
+                  f"head-output = {hs['head_output']}; magnitude = {hs['magnitude']}; "
+                  f"random = {hs['random']}. Dense model: {r['params_dense']:,} parameters.", "",
+                  "| heads removed / layer | parameters removed | head-output score | magnitude "
+                  "| random |", "|---|---|---|---|---|"]
+        for x in r["head_rows"]:
+            lines.append(f"| {x['heads_removed_per_layer']} of 12 | {x['params_removed']:,} | "
+                         f"{x['head_output']:.4f} | {x['magnitude']:.4f} | {x['random']:.4f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -5,7 +5,12 @@ of installed Python packages, and sentence-embedding cosine similarity to the de
 Only the down projection of each FFN is analysed (ALGORITHMS.md 4.1): its input Gram G over real
 (non-padding) tokens scores the d_ff neurons; removing neuron i deletes row i of the up
 projection and column i of the down projection, and delta* refits the kept columns of the down
-projection by exact (centred, bias-folded) least squares."""
+projection by exact (centred, bias-folded) least squares.
+
+Attention heads (``prune_heads``) are removed physically through torch-pruning's MetaPruner
+(whole heads of every layer: rows of query/key/value, columns of the attention output
+projection); the default head score is each head's mean squared output contribution through the
+attention output projection on calibration tokens (``head_scores``)."""
 from __future__ import annotations
 
 import copy
@@ -155,3 +160,104 @@ def prune_ffn(model, grams: list[Gram], fraction: float, compensate_: bool = Tru
 
 def cosine_to_dense(dense_emb: torch.Tensor, model, tok, sentences) -> float:
     return float((embed(model, tok, sentences) * dense_emb).sum(-1).mean())
+
+
+def attention_layers(model):
+    """The BertSelfAttention module of every layer."""
+    return [layer.attention.self for layer in model.encoder.layer]
+
+
+@torch.no_grad()
+def head_grams(model, tok, sentences: list[str], batch_size: int = 32) -> list[Gram]:
+    """Gram of the attention output projection's inputs (the concatenated head outputs) of every
+    layer over the real (non-padding) tokens."""
+    outs = [layer.attention.output.dense for layer in model.encoder.layer]
+    grams = [Gram(o.in_features) for o in outs]
+    mask = {}
+    hooks = [o.register_forward_hook(lambda m, i, out, g=g: g.update(i[0][mask["m"]]))
+             for g, o in zip(grams, outs)]
+    try:
+        for i in range(0, len(sentences), batch_size):
+            enc = tok(sentences[i:i + batch_size], padding=True, truncation=True, max_length=128,
+                      return_tensors="pt")
+            mask["m"] = enc["attention_mask"].bool()
+            model(**enc)
+    finally:
+        for h in hooks:
+            h.remove()
+    return grams
+
+
+@torch.no_grad()
+def head_scores(model, grams: list[Gram]) -> list[torch.Tensor]:
+    """Per layer, [num_heads]: E ||W_O[:, h] z_h||^2 over calibration tokens, the mean squared
+    contribution of head h to the attention output (before bias and residual), computed
+    exactly from the Gram of the head outputs z: tr(W_h E[z_h z_h^T] W_h^T)."""
+    res = []
+    for att, out, g in zip(attention_layers(model),
+                           (layer.attention.output.dense for layer in model.encoder.layer), grams):
+        d, m, w = att.attention_head_size, g.second_moment(), out.weight.detach().double()
+        res.append(torch.stack([((w[:, h * d:(h + 1) * d] @ m[h * d:(h + 1) * d, h * d:(h + 1) * d])
+                                 * w[:, h * d:(h + 1) * d]).sum()
+                                for h in range(att.num_attention_heads)]).float())
+    return res
+
+
+class _HeadImportance:
+    """torch-pruning importance for the q/k/v groups: each head's score on all its channels
+    (MetaPruner averages channel importance per head, so heads rank by the given score)."""
+
+    def __init__(self, per_query: dict):
+        self.per_query = per_query
+
+    def __call__(self, group):
+        for dep, _ in group:
+            s = self.per_query.get(dep.layer)
+            if s is not None:
+                return s.repeat_interleave(dep.layer.out_features // len(s))
+        return None
+
+
+def prune_heads(model, example_inputs: dict, heads_per_layer: int, scores=None):
+    """Remove the ``heads_per_layer`` lowest-scored attention heads of every BERT layer
+    physically with torch-pruning (a copy is returned). ``scores``: one [num_heads] tensor per
+    layer (higher = keep; e.g. ``head_scores``), or None for torch-pruning's group L2 magnitude.
+    FFN and hidden widths are left alone. Returns (pruned model, removed head indices per layer)."""
+    import torch_pruning as tp
+    model = copy.deepcopy(model)
+    atts = attention_layers(model)
+    n_heads = atts[0].num_attention_heads
+    if not 0 <= int(heads_per_layer) < n_heads:
+        raise InputError(f"heads_per_layer must lie in [0, {n_heads}), got {heads_per_layer}")
+    if scores is not None and (len(scores) != len(atts)
+                               or any(len(s) != a.num_attention_heads for s, a in zip(scores, atts))):
+        raise InputError("scores must hold one [num_heads] tensor per layer")
+    if heads_per_layer == 0:
+        return model, [[] for _ in atts]
+    before = [a.query.weight.detach().clone() for a in atts]
+    num_heads = {lin: a.num_attention_heads for a in atts for lin in (a.query, a.key, a.value)}
+    qkv = set(num_heads)
+    ignored = [m for m in model.modules() if isinstance(m, nn.Linear) and m not in qkv]
+    imp = tp.importance.GroupMagnitudeImportance(p=2) if scores is None else _HeadImportance(
+        {lin: s.detach().float() for a, s in zip(atts, scores) for lin in (a.query, a.key, a.value)})
+    # MetaPruner removes ceil(ratio * heads) heads per layer; (n - 0.5) / heads rounds to n
+    pruner = tp.pruner.MetaPruner(
+        model, example_inputs, importance=imp, pruning_ratio=0.5, global_pruning=False,
+        ignored_layers=ignored, num_heads=num_heads, prune_num_heads=True, prune_head_dims=False,
+        head_pruning_ratio=(heads_per_layer - 0.5) / n_heads,
+        output_transform=lambda out: out.last_hidden_state.sum())
+    with torch.no_grad():
+        for group in pruner.step(interactive=True):
+            group.prune()
+    removed = []
+    for a, w in zip(atts, before):
+        a.num_attention_heads = pruner.num_heads[a.query]
+        a.all_head_size = a.query.out_features
+        if a.all_head_size != a.num_attention_heads * a.attention_head_size:
+            raise RuntimeError("torch-pruning changed the head size")
+        d = a.attention_head_size
+        kept = {h for h in range(w.shape[0] // d) for k in range(a.num_attention_heads)
+                if torch.equal(w[h * d:(h + 1) * d], a.query.weight[k * d:(k + 1) * d])}
+        removed.append(sorted(set(range(w.shape[0] // d)) - kept))
+    model.config.num_attention_heads = atts[0].num_attention_heads
+    return model, removed
