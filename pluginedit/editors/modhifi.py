@@ -163,7 +163,7 @@ def _labelled(data, num_classes):
         yield x, check_labels(y, num_classes, x.shape[0])
 
 
-FRACTIONS = (0.01, 0.02, 0.03, 0.05, 0.08, 0.12, 0.2)
+FRACTIONS = (0.01, 0.02, 0.03, 0.05, 0.08)  # capped at the fixed default: never edits more
 
 
 @torch.no_grad()
@@ -178,8 +178,8 @@ class ModHiFiU(Editor):
     networks) or negated (LayerNorm / residual networks without BN), finer than whole filters.
 
     Options: ``fraction`` ("auto": the smallest of ``FRACTIONS`` that brings the accuracy on the
-    forget-class samples to ``target`` (default 0.01), which spares the retained classes; or a
-    number), ``layers`` (paths; default the head and the hidden Linear layers), ``mode``
+    forget-class samples to ``target`` (default 0.01), else the largest, which spares the
+    retained classes; or a number), ``layers`` (paths; default the head and the hidden Linear layers), ``mode``
     (auto | zero | negate), ``samples`` (forget-class samples, 256).
     Scores: see ``forget_scores``."""
     name = "modhifi-u"
