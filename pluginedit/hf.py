@@ -104,13 +104,12 @@ def ffn_layers(model) -> list[tuple[nn.Linear, nn.Linear]]:
 
 
 @torch.no_grad()
-def ffn_grams(model, tok, sentences: list[str], batch_size: int = 32) -> list[Gram]:
-    """Gram of the down-projection inputs of every layer over the real (non-padding) tokens."""
-    layers = ffn_layers(model)
-    grams = [Gram(down.in_features) for _, down in layers]
+def input_grams(model, tok, modules: list[nn.Linear], sentences: list[str], batch_size: int = 32) -> list[Gram]:
+    """Gram of each module's input over the real (non-padding) tokens of ``sentences``."""
+    grams = [Gram(m.in_features) for m in modules]
     mask = {}
-    hooks = [down.register_forward_hook(lambda m, i, o, g=g: g.update(i[0][mask["m"]]))
-             for g, (_, down) in zip(grams, layers)]
+    hooks = [m.register_forward_hook(lambda mod, i, o, g=g: g.update(i[0][mask["m"]]))
+             for g, m in zip(grams, modules)]
     try:
         for i in range(0, len(sentences), batch_size):
             enc = tok(sentences[i:i + batch_size], padding=True, truncation=True, max_length=128,
@@ -121,6 +120,11 @@ def ffn_grams(model, tok, sentences: list[str], batch_size: int = 32) -> list[Gr
         for h in hooks:
             h.remove()
     return grams
+
+
+def ffn_grams(model, tok, sentences: list[str], batch_size: int = 32) -> list[Gram]:
+    """Gram of the down-projection inputs of every layer."""
+    return input_grams(model, tok, [down for _, down in ffn_layers(model)], sentences, batch_size)
 
 
 def _shrink(linear: nn.Linear, keep: torch.Tensor, dim: int) -> nn.Linear:
@@ -167,25 +171,11 @@ def attention_layers(model):
     return [layer.attention.self for layer in model.encoder.layer]
 
 
-@torch.no_grad()
 def head_grams(model, tok, sentences: list[str], batch_size: int = 32) -> list[Gram]:
     """Gram of the attention output projection's inputs (the concatenated head outputs) of every
-    layer over the real (non-padding) tokens."""
+    layer."""
     outs = [layer.attention.output.dense for layer in model.encoder.layer]
-    grams = [Gram(o.in_features) for o in outs]
-    mask = {}
-    hooks = [o.register_forward_hook(lambda m, i, out, g=g: g.update(i[0][mask["m"]]))
-             for g, o in zip(grams, outs)]
-    try:
-        for i in range(0, len(sentences), batch_size):
-            enc = tok(sentences[i:i + batch_size], padding=True, truncation=True, max_length=128,
-                      return_tensors="pt")
-            mask["m"] = enc["attention_mask"].bool()
-            model(**enc)
-    finally:
-        for h in hooks:
-            h.remove()
-    return grams
+    return input_grams(model, tok, outs, sentences, batch_size)
 
 
 @torch.no_grad()

@@ -28,7 +28,7 @@ def _keep(n, k, seed=0):
     return torch.zeros(n, dtype=torch.bool).index_fill_(0, torch.randperm(n, generator=g)[:k], True)
 
 
-def _linear_case(x, w, keep, centred):
+def _assert_linear_refit(x, w, keep, centred):
     """Check refit_linear against brute-force least squares on the rows ``x``."""
     n = x.shape[0]
     mean = x.mean(0) if centred else None
@@ -50,7 +50,7 @@ def test_linear_refit_equals_least_squares_random(centred):
     x = torch.randn(400, 12, dtype=torch.float64) @ torch.randn(12, 12, dtype=torch.float64) + 2.0
     w = torch.randn(5, 12, dtype=torch.float64)
     keep = _keep(12, 7)
-    _linear_case(x, w, keep, centred)
+    _assert_linear_refit(x, w, keep, centred)
     # with a vanishing ridge it is plain least squares on the kept inputs (with intercept if centred)
     gram = torch.cov(x.T, correction=0) if centred else x.T @ x / 400
     new, shift, _ = refit_linear(w, gram, keep, ridge=0.0, mean=x.mean(0) if centred else None)
@@ -77,7 +77,7 @@ def test_linear_refit_equals_least_squares_real_activations(fmnist_vgg, fmnist):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", IllConditionedWarning)            # real data may need it
         for centred in (False, True):
-            _linear_case(x, w, keep, centred)
+            _assert_linear_refit(x, w, keep, centred)
 
 
 def test_conv_refit_equals_per_channel_least_squares_real_activations(fmnist_vgg, fmnist):

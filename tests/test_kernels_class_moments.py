@@ -59,7 +59,7 @@ def _backends():
     return out
 
 
-def _compare(got, x, labels, k, gamma, shift, tag):
+def _assert_matches_reference(got, x, labels, k, gamma, shift, tag):
     truth = kernels.reference.class_moments(x, labels, k, gamma, shift)
     same = (k2.class_moments_ref if k2 else _same_dtype_ref)(x, labels, k, gamma, shift, upcast=False)
     assert got[0].dtype == torch.float64 and got[1].dtype == torch.float64
@@ -85,7 +85,7 @@ def test_class_moments_matches_reference(backend, opts, dtype, name, shape, layo
     lab = _labels(x.shape[0], k, labels)
     gamma = 0.05
     got = kernels.call("class_moments", x, lab, k, gamma, backend=backend, **opts)
-    _compare(got, x, lab, k, gamma, None, f"{backend}{opts}/{name}/{dtype}")
+    _assert_matches_reference(got, x, lab, k, gamma, None, f"{backend}{opts}/{name}/{dtype}")
     if labels is not None and len(labels):  # absent classes are exact zero rows
         absent = [c for c in range(k) if c not in labels]
         assert (got[0][absent] == 0).all() and (got[1][absent] == 0).all()
@@ -97,7 +97,7 @@ def test_class_moments_shift(backend, opts):
     lab = _labels(5, 3, None)
     shift = x.double().sum((2, 3)).mean(0)  # centres s: fourth powers stay well conditioned
     got = kernels.call("class_moments", x, lab, 3, 0.5, shift, backend=backend, **opts)
-    _compare(got, x, lab, 3, 0.5, shift, f"{backend}{opts}/shift")
+    _assert_matches_reference(got, x, lab, 3, 0.5, shift, f"{backend}{opts}/shift")
 
 
 @pytest.mark.skipif(k2 is None, reason="triton not installed")
@@ -153,7 +153,7 @@ def test_triton_cuda(name, shape, layout, k, labels, dtype, deterministic):
     x = _input(shape, layout, dtype).cuda()
     lab = _labels(x.shape[0], k, labels).cuda()
     got = kernels.call("class_moments", x, lab, k, 0.05, deterministic=deterministic)  # auto = triton
-    _compare([t.cpu() for t in got], x.cpu(), lab.cpu(), k, 0.05, None, f"cuda/{name}/{dtype}")
+    _assert_matches_reference([t.cpu() for t in got], x.cpu(), lab.cpu(), k, 0.05, None, f"cuda/{name}/{dtype}")
 
 
 test_triton_cuda = pytest.mark.gpu(test_triton_cuda)

@@ -59,7 +59,7 @@ def _backends():
     return out
 
 
-def _compare(got, x, kw, tag, mirrored=False):
+def _assert_matches_reference(got, x, kw, tag, mirrored=False):
     truth = kernels.reference.gram(x, **(kw or {}))
     same = _same_dtype(x, kw)
     assert got[2] == truth[2], f"{tag}: row count {got[2]} != {truth[2]}"
@@ -75,7 +75,7 @@ def _compare(got, x, kw, tag, mirrored=False):
 def test_gram_matches_reference(backend, opts, dtype, name, shape, layout, kw):
     x = _input(shape, layout, dtype)
     got = kernels.call("gram", x, **(kw or {}), backend=backend, **opts)
-    _compare(got, x, kw, f"{backend}/{name}/{dtype}", mirrored=backend == "triton")
+    _assert_matches_reference(got, x, kw, f"{backend}/{name}/{dtype}", mirrored=backend == "triton")
 
 
 @pytest.mark.skipif(k3 is None, reason="no triton")
@@ -85,7 +85,7 @@ def test_triton_gram_split_m_and_tiles(splits, block_d):
     x = _input((2, 5, 7, 7), "c", torch.float32)
     kw = dict(kernel_size=3, padding=1)
     got = k3.gram(x, **kw, splits=splits, block_m=16, block_d=block_d)
-    _compare(got, x, kw, f"splits={splits}", mirrored=True)
+    _assert_matches_reference(got, x, kw, f"splits={splits}", mirrored=True)
 
 
 @pytest.mark.skipif(k3 is None, reason="no triton")
@@ -125,4 +125,4 @@ def test_csrc_gram_fake_impl_and_compile():
 def test_triton_gram_cuda(name, shape, layout, kw, dtype, precision):
     x = _input(shape, layout, dtype).cuda()
     got = kernels.call("gram", x, **(kw or {}), precision=precision)  # auto = triton on CUDA
-    _compare([t.cpu() if torch.is_tensor(t) else t for t in got], x.cpu(), kw, f"cuda/{name}/{dtype}")
+    _assert_matches_reference([t.cpu() if torch.is_tensor(t) else t for t in got], x.cpu(), kw, f"cuda/{name}/{dtype}")
