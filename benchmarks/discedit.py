@@ -33,19 +33,22 @@ def params(m):
     return sum(p.numel() for p in m.parameters())
 
 
-def prune_one(model, name, ratio, stats, example, layers, n_stats):
-    m = copy.deepcopy(model)
-    kind, opts = SCORERS[name]
+def prune_with(m, kind, opts, ratio, stats, example, layers, n_stats):
+    """Prune ``m`` in place: ``discedit-sp`` re-scores layer by layer; any scorer scores once, and
+    the lowest ``ratio`` of each layer's channels are zeroed (BN affine too) and removed."""
     if kind == "discedit-sp":
         api.edit(m, "discedit-sp", data=stats, num_classes=10, ratio=ratio, example_inputs=example,
                  layers=layers, max_samples=n_stats, **opts)
         return m
-    s = api.score(m, kind, data=stats, targets=layers, num_classes=10, max_samples=n_stats, **opts) \
-        if kind != "taylor" else api.score(m, kind, data=stats, targets=layers, num_classes=10, max_samples=n_stats)
+    s = api.score(m, kind, data=stats, targets=layers, num_classes=10, max_samples=n_stats, **opts)
     idx = select_lowest(s, ratio, layers)
     zero_components(m, idx, True, EditRecord("bench"))
     remove_zeroed(m, example, idx)
     return m
+
+
+def prune_one(model, name, ratio, stats, example, layers, n_stats):
+    return prune_with(copy.deepcopy(model), *SCORERS[name], ratio, stats, example, layers, n_stats)
 
 
 def bench_prune(bundle, arch, model, ratios, n_stats):

@@ -21,6 +21,14 @@ namespace {
 constexpr int TC = 32;  // threads along the contiguous axis (one warp)
 constexpr int TL = 8;   // threads along the other axis
 
+// The six witness features of one (sample, channel) from its spatial sum s and sum of squares q,
+// formed in fp64 (s^4 overflows fp32 range long before fp64's).
+__device__ __forceinline__ void write_features(double* o, float s, float q, double shift, double gamma) {
+  double v = double(s) - shift, v2 = v * v;
+  double e = exp(-gamma * sqrt(double(q)));
+  o[0] = v; o[1] = v2; o[2] = v2 * v; o[3] = v2 * v2; o[4] = e; o[5] = e * e;
+}
+
 // Block (TC, TL). ROWS=true: NCHW rows (l contiguous): a warp reads along l, the block covers TL
 // channels. ROWS=false: channels_last (c contiguous): a warp reads along c, TL threads stride l.
 template <typename T, bool ROWS>
@@ -50,19 +58,13 @@ __global__ void moments_kernel(const T* __restrict__ x, double* __restrict__ par
     if (tx == 0 && c < C) {
       float s = 0.f, q = 0.f;
       for (int i = 0; i < TC; ++i) { s += ss[ty][i]; q += sq[ty][i]; }
-      double v = double(s) - (shift ? shift[c] : 0.0), v2 = v * v;
-      double e = exp(-gamma * sqrt(double(q)));
-      double* o = part + (n * C + c) * 6;
-      o[0] = v; o[1] = v2; o[2] = v2 * v; o[3] = v2 * v2; o[4] = e; o[5] = e * e;
+      write_features(part + (n * C + c) * 6, s, q, shift ? shift[c] : 0.0, gamma);
     }
   } else {
     if (ty == 0 && c < C) {
       float s = 0.f, q = 0.f;
       for (int i = 0; i < TL; ++i) { s += ss[i][tx]; q += sq[i][tx]; }
-      double v = double(s) - (shift ? shift[c] : 0.0), v2 = v * v;
-      double e = exp(-gamma * sqrt(double(q)));
-      double* o = part + (n * C + c) * 6;
-      o[0] = v; o[1] = v2; o[2] = v2 * v; o[3] = v2 * v2; o[4] = e; o[5] = e * e;
+      write_features(part + (n * C + c) * 6, s, q, shift ? shift[c] : 0.0, gamma);
     }
   }
 }

@@ -13,10 +13,12 @@ from ..bnrecal import recalibrate_bn
 from ..capture import batches, collect
 from ..compensate import DEFAULT_RIDGE, IllConditionedWarning, compensate
 from ..components import bn_of, output_layers
+from ..data import as_loader
 from ..errors import EditError, InputError
 from ..plugin import Editor
 from ..record import EditRecord
 from ..scores import Scores
+from ..stats import check_labels
 from ..scorers.fidelity import channel_scores, gram_requests, grams_by_path, pair_scores
 from .prune import ScoresImportance, check_ratio
 
@@ -157,8 +159,8 @@ def forget_class_batches(data, forget_class: int, num_classes: int, max_samples:
 
 
 def _labelled(data, num_classes):
-    from ..data import as_loader
-    from ..stats import check_labels
+    """Labelled batches without the NaN check of ``capture.batches``: only the forget class's
+    samples are ever read, whatever the other samples hold."""
     for x, y in as_loader(data, batch_size=256):
         yield x, check_labels(y, num_classes, x.shape[0])
 
