@@ -18,10 +18,12 @@ from pathlib import Path
 
 import torch
 
-from pluginedit import api, data, report, train
+from pluginedit import api, report
+from pluginedit.contrib import data
+from pluginedit.contrib import train
 from pluginedit.editors.discedit import remove_zeroed, uncoupled_layers
 from pluginedit.editors.mask import select_lowest, zero_components
-from pluginedit.record import EditRecord
+from pluginedit.core.record import EditRecord
 
 OUT = Path(__file__).parent / "results"
 SCORERS = {"witness-fisher": ("discedit-sp", {"features": "linear"}),

@@ -14,9 +14,11 @@ import sys
 import torch
 
 from discedit import params, prune_with
-from pluginedit import data, report, train
-from pluginedit.bnrecal import recalibrate_bn
-from pluginedit.data import Split
+from pluginedit import report
+from pluginedit.contrib import data
+from pluginedit.contrib import train
+from pluginedit.editors.bnrecal import recalibrate_bn
+from pluginedit.contrib.data import Split
 from pluginedit.editors.discedit import uncoupled_layers
 
 N_STATS = 1500

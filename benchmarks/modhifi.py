@@ -25,8 +25,11 @@ from pathlib import Path
 
 import torch
 
-from pluginedit import api, data, registry, train
-from pluginedit.bnrecal import recalibrate_bn
+from pluginedit import api
+from pluginedit.contrib import data
+from pluginedit.core import registry
+from pluginedit.contrib import train
+from pluginedit.editors.bnrecal import recalibrate_bn
 
 OUT = Path(__file__).resolve().parent / "results"
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -139,7 +142,7 @@ def fmnist_md(r: dict) -> str:
 
 
 def minilm(quick: bool) -> dict:
-    from pluginedit import hf
+    from pluginedit.contrib import hf
     calib, held = hf.split_corpus(hf.english_sentences(), 96 if quick else 256, 100 if quick else 300)
     model, tok = hf.load_minilm()
     dense = hf.embed(model, tok, held)

@@ -9,7 +9,7 @@ Not asserted: timings on a shared machine are noisy; the ratio is reported inste
 import pytest
 import torch
 
-from pluginedit import kernels
+from pluginedit import ops as kernels
 
 K2_SHAPES = {"resnet_layer1_32x64x56x56": (32, 64, 56, 56), "resnet_layer3_64x256x14x14": (64, 256, 14, 14)}
 K3_CASES = {"conv3x3_8x64x14x14": ((8, 64, 14, 14), dict(kernel_size=3, padding=1)),

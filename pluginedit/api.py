@@ -4,14 +4,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import registry
+from .core import registry
 from .capture import collect
-from .components import groups, output_layers
-from .data import Split, check_classes
-from .errors import InputError
-from .plugin import Editor, Scorer
-from .record import EditRecord, atomic
-from .scores import Scores
+from .core.components import groups, output_layers
+from .capture import Split, check_classes
+from .core.errors import InputError
+from .core.plugin import Editor, Scorer
+from .core.record import EditRecord, atomic
+from .core.scores import Scores
 
 
 def default_targets(model: nn.Module, example: torch.Tensor | None = None) -> list[str]:

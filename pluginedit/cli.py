@@ -9,9 +9,12 @@ import json
 import sys
 import time
 
-from . import api, registry, report, train
-from .data import load_dataset
-from .errors import PluginEditError
+from . import api
+from .core import registry
+from . import report
+from .contrib import train
+from .contrib.data import load_dataset
+from .core.errors import PluginEditError
 
 
 def _kv(text: str):
@@ -167,7 +170,15 @@ def cmd_demo(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from . import bench
+    # Benchmark code is not part of the package: load it from the source checkout.
+    import importlib.util
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_kernels.py"
+    if not script.exists():
+        raise PluginEditError(f"{script} not found: `pluginedit bench` runs from a source checkout")
+    spec = importlib.util.spec_from_file_location("pluginedit_bench_kernels", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
     return bench.main(args.rest)
 
 

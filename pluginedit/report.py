@@ -12,7 +12,7 @@ import torch_pruning as tp
 from torch import nn
 
 from .capture import batches, model_device
-from .data import Split
+from .capture import Split
 
 METRICS = ("accuracy", "per_class_accuracy", "params", "macs", "latency_ms")
 

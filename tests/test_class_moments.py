@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pluginedit import api
-from pluginedit.errors import InputError
+from pluginedit.core.errors import InputError
 from pluginedit.scorers.witness import witness_scores
 from pluginedit.stats import ClassMaps, ClassMoments
 

@@ -9,7 +9,8 @@ import copy
 import pytest
 
 import pluginedit as pe
-from pluginedit import cli, registry
+from pluginedit import cli
+from pluginedit.core import registry
 from pluginedit.report import latency_ms
 
 from conftest import FMNIST_RECIPE

@@ -6,9 +6,9 @@ import torch
 from torch import nn
 
 from pluginedit.capture import Request, collect
-from pluginedit.compensate import (IllConditionedWarning, compensate, refit_conv, refit_conv_full, refit_linear,
+from pluginedit.editors.compensate import (IllConditionedWarning, compensate, refit_conv, refit_conv_full, refit_linear,
                                    ridge_for, slice_q, solve_spd)
-from pluginedit.errors import InputError
+from pluginedit.core.errors import InputError
 from pluginedit.stats import Gram
 
 

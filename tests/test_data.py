@@ -4,8 +4,10 @@ import gzip
 import pytest
 import torch
 
-from pluginedit import data, train, zoo
-from pluginedit.errors import InputError
+from pluginedit.contrib import data
+from pluginedit.contrib import train
+from pluginedit.contrib import zoo
+from pluginedit.core.errors import InputError
 
 
 def test_fashion_mnist_idx_files(fmnist):

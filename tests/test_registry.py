@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pluginedit import cli, registry
-from pluginedit.errors import InputError, PluginError
+from pluginedit import cli
+from pluginedit.core import registry
+from pluginedit.core.errors import InputError, PluginError
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "pluginedit-example-scorer"
@@ -25,7 +26,7 @@ def fake_dist(root: Path, name: str, entries: dict[str, str], modules: dict[str,
         (root / f"{mod}.py").write_text(src)
 
 
-GOOD = "from pluginedit.plugin import Scorer\nclass S(Scorer):\n    name = 'x'\n"
+GOOD = "from pluginedit.core.plugin import Scorer\nclass S(Scorer):\n    name = 'x'\n"
 
 
 @pytest.fixture

@@ -94,7 +94,7 @@ def class_moments(x: torch.Tensor, labels: torch.Tensor, num_classes: int, gamma
                   shift: torch.Tensor | None = None, *, deterministic: bool = True,
                   state: torch.Tensor | None = None, block_c: int | None = None,
                   block_l: int | None = None):
-    """Same contract as ``pluginedit.kernels.reference.class_moments``; returns float64
+    """Same contract as ``pluginedit.ops.reference.class_moments``; returns float64
     (counts [K], sums [K, C, 6]). ``state`` (float64 [K, C, 6]) is accumulated into in place
     and returned as ``sums`` (a persistent accumulator across batches). ``deterministic=False``
     uses fp64 atomics instead of per-sample partials plus a per-class combine."""
@@ -132,9 +132,9 @@ def class_moments(x: torch.Tensor, labels: torch.Tensor, num_classes: int, gamma
 
 def class_moments_ref(x, labels, num_classes, gamma=1.0, shift=None, upcast: bool = True):
     """Plain-PyTorch reference (flash-attention style). ``upcast=True`` is the float64 reference
-    of ``pluginedit.kernels.reference``; ``upcast=False`` does the spatial reductions in x's own
+    of ``pluginedit.ops.reference``; ``upcast=False`` does the spatial reductions in x's own
     dtype (what plain PyTorch in that dtype would give), used to calibrate test tolerances."""
-    from pluginedit.kernels import reference
+    from pluginedit.ops import reference
     if upcast:
         return reference.class_moments(x, labels, num_classes, gamma, shift)
     v = x.reshape(x.shape[0], x.shape[1], math.prod(x.shape[2:]))

@@ -85,7 +85,7 @@ def _pair(v) -> tuple[int, int]:
 def gram(x: torch.Tensor, kernel_size=None, stride=1, padding=0, dilation=1, chunk: int = 64, *,
          precision: str = "tf32x3", splits: int | None = None, block_m: int | None = None,
          block_d: int | None = None, out: tuple[torch.Tensor, torch.Tensor] | None = None):
-    """Same contract as ``pluginedit.kernels.reference.gram`` but returns fp32 (G, s) and the row
+    """Same contract as ``pluginedit.ops.reference.gram`` but returns fp32 (G, s) and the row
     count n. ``chunk`` is accepted for signature parity and ignored (nothing is materialised).
     ``out=(G, s)`` (fp32, persistent) is accumulated into in place (only its upper triangle is
     updated; the returned G is the mirrored full matrix)."""
@@ -133,8 +133,8 @@ def gram(x: torch.Tensor, kernel_size=None, stride=1, padding=0, dilation=1, chu
 
 def gram_ref(x, kernel_size=None, stride=1, padding=0, dilation=1, chunk=64, upcast: bool = True):
     """Plain-PyTorch reference. ``upcast=True``: the float64 reference of
-    ``pluginedit.kernels.reference``; ``upcast=False``: unfold + matmul in x's own dtype."""
-    from pluginedit.kernels import reference
+    ``pluginedit.ops.reference``; ``upcast=False``: unfold + matmul in x's own dtype."""
+    from pluginedit.ops import reference
     if upcast:
         return reference.gram(x, kernel_size, stride, padding, dilation, chunk)
     if kernel_size is None:

@@ -16,13 +16,13 @@ from torch import nn
 
 from ..api import _example
 from ..capture import batches, collect
-from ..components import get_module, groups, output_layers, size_of
-from ..data import Split
-from ..errors import InputError
-from ..hookpoints import resolve, resolve_auto
+from ..core.components import get_module, groups, output_layers, size_of
+from ..capture import Split
+from ..core.errors import InputError
+from ..capture.hookpoints import resolve, resolve_auto
 from ..capture import Request
-from ..plugin import Editor
-from ..record import EditRecord
+from ..core.plugin import Editor
+from ..core.record import EditRecord
 from ..scorers.witness import witness_scores
 from ..stats.class_moments import ClassMoments
 from .mask import zero_components
@@ -137,7 +137,7 @@ class DisCEditU(Editor):
 
     @staticmethod
     def _finetune(model, data, forget_class, record, o):
-        from ..train import fit
+        from ..contrib.train import fit
         split = o["finetune_data"] or data
         if not isinstance(split, Split):
             raise InputError("fine-tuning needs a Split (pass finetune_data)")

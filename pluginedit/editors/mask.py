@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from ..components import bn_of, get_module
-from ..errors import InputError
-from ..plugin import Editor
-from ..record import EditRecord
-from ..scores import Scores
+from ..core.components import bn_of, get_module
+from ..core.errors import InputError
+from ..core.plugin import Editor
+from ..core.record import EditRecord
+from ..core.scores import Scores
 from .prune import check_ratio
 
 

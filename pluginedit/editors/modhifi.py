@@ -9,15 +9,15 @@ import torch_pruning as tp
 from torch import nn
 
 from .. import api
-from ..bnrecal import recalibrate_bn
+from .bnrecal import recalibrate_bn
 from ..capture import batches, collect
-from ..compensate import DEFAULT_RIDGE, IllConditionedWarning, compensate
-from ..components import bn_of, output_layers
-from ..data import as_loader
-from ..errors import EditError, InputError
-from ..plugin import Editor
-from ..record import EditRecord
-from ..scores import Scores
+from .compensate import DEFAULT_RIDGE, IllConditionedWarning, compensate
+from ..core.components import bn_of, output_layers
+from ..capture import as_loader
+from ..core.errors import EditError, InputError
+from ..core.plugin import Editor
+from ..core.record import EditRecord
+from ..core.scores import Scores
 from ..stats import check_labels
 from ..scorers.fidelity import channel_scores, gram_requests, grams_by_path, pair_scores
 from .prune import ScoresImportance, check_ratio

@@ -6,11 +6,11 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from ..components import output_layers
-from ..errors import EditError, InputError
-from ..plugin import Editor
-from ..record import EditRecord
-from ..scores import Scores
+from ..core.components import output_layers
+from ..core.errors import EditError, InputError
+from ..core.plugin import Editor
+from ..core.record import EditRecord
+from ..core.scores import Scores
 
 _OUT_FNS = (tp.prune_conv_out_channels, tp.prune_linear_out_channels)
 

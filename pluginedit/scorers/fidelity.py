@@ -26,10 +26,10 @@ import torch_pruning as tp
 from torch import nn
 
 from ..capture import Request, batches
-from ..components import get_module, groups, size_of
-from ..compensate import ridge_for
-from ..errors import InputError
-from ..plugin import Scorer
+from ..core.components import get_module, groups, size_of
+from ..editors.compensate import ridge_for
+from ..core.errors import InputError
+from ..core.plugin import Scorer
 from ..stats import Gram
 
 VARIANTS = ("centred", "uncentred", "fidelity", "alpha")

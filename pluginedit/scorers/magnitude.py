@@ -1,8 +1,8 @@
 """Weight-magnitude scorers: the norm of each output filter / neuron's weights."""
 from __future__ import annotations
 
-from ..components import get_module
-from ..plugin import Scorer
+from ..core.components import get_module
+from ..core.plugin import Scorer
 
 
 class _NormScorer(Scorer):

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from ..components import get_module, size_of
-from ..plugin import Scorer
+from ..core.components import get_module, size_of
+from ..core.plugin import Scorer
 
 
 class RandomScorer(Scorer):

@@ -7,8 +7,8 @@ import torch_pruning as tp
 from torch import nn
 
 from ..capture import batches
-from ..components import get_module, size_of
-from ..plugin import Scorer
+from ..core.components import get_module, size_of
+from ..core.plugin import Scorer
 
 
 def group_scores(model: nn.Module, example: torch.Tensor, importance, targets: list[str]) -> dict:

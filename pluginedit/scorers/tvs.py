@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import torch
 
-from .. import bounds
+from . import bounds
 from ..capture import Request
-from ..components import get_module, size_of
-from ..errors import InputError
-from ..hookpoints import resolve_auto
-from ..plugin import Scorer
+from ..core.components import get_module, size_of
+from ..core.errors import InputError
+from ..capture.hookpoints import resolve_auto
+from ..core.plugin import Scorer
 from ..stats.class_moments import ClassMaps, check_counts
 
 FORMS = ("iso", "diag", "full")

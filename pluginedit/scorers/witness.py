@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import torch
 
-from .. import bounds
+from . import bounds
 from ..capture import Request
-from ..components import get_module, size_of
-from ..errors import InputError
-from ..hookpoints import resolve
-from ..plugin import Scorer
+from ..core.components import get_module, size_of
+from ..core.errors import InputError
+from ..capture.hookpoints import resolve
+from ..core.plugin import Scorer
 from ..stats.class_moments import FEATURES, ClassMoments, check_counts, feature_moments, unshift_poly
 
 METHODS = ("fisher", "mpm", "robust", "raw")

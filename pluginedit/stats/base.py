@@ -5,7 +5,7 @@ import abc
 
 import torch
 
-from ..errors import InputError
+from ..core.errors import InputError
 
 
 class Statistic(abc.ABC):

@@ -11,8 +11,8 @@ from math import comb
 
 import torch
 
-from .. import kernels
-from ..errors import InputError
+from .. import ops
+from ..core.errors import InputError
 from .base import Statistic, check_activations, check_labels
 
 FEATURES = ("linear", "poly", "exp")   # phi = s | (s, s^2) | e
@@ -92,7 +92,7 @@ class ClassMoments(Statistic):
         labels = _labels(x, labels, self.num_classes)
         if self.shift is None:
             self.shift = x.detach().reshape(x.shape[0], x.shape[1], -1).double().sum(2).mean(0).cpu()
-        self.backend, fn = kernels.resolve("class_moments", x, self._backend)
+        self.backend, fn = ops.resolve("class_moments", x, self._backend)
         counts, sums = fn(x, labels, self.num_classes, gamma=self.gamma, shift=self.shift.to(x.device))
         self.count = self.count + counts.cpu()
         self.sums = self.sums + sums.cpu()
@@ -168,7 +168,7 @@ class ClassMaps(Statistic):
         labels = _labels(x, labels, self.num_classes)
         if self.sums is None and x[0, 0].numel() > self.max_full:
             self.full = False
-        self.backend, fn = kernels.resolve("class_maps", x, self._backend)
+        self.backend, fn = ops.resolve("class_maps", x, self._backend)
         counts, sums, squares, outer = fn(x, labels, self.num_classes, full=self.full)
         self.count = self.count + counts.cpu()
         self.sums = sums.cpu() if self.sums is None else self.sums + sums.cpu()

@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import kernels
-from ..errors import InputError
+from .. import ops
+from ..core.errors import InputError
 from .base import Statistic, check_activations
 
 
@@ -51,7 +51,7 @@ class Gram(Statistic):
             if self.conv else x.shape[-1]
         if (self.conv and x.ndim != 4) or width != self.dim:
             raise InputError(f"Gram of width {self.dim} got inputs of shape {tuple(x.shape)}")
-        self.backend, fn = kernels.resolve("gram", x, self._backend)
+        self.backend, fn = ops.resolve("gram", x, self._backend)
         g, s, n = fn(x, **self.conv, chunk=self.chunk) if self.conv else fn(x)
         if n == 0:
             return

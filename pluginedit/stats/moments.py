@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import kernels
+from .. import ops
 from .base import Statistic, check_activations, check_labels
 
 
@@ -32,7 +32,7 @@ class ChannelMoments(Statistic):
         if labels is None:
             labels = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         labels = check_labels(labels, self.num_classes, x.shape[0]).to(x.device)
-        self.backend, fn = kernels.resolve("channel_moments", x, self._backend)
+        self.backend, fn = ops.resolve("channel_moments", x, self._backend)
         batch = [t.cpu() for t in fn(x, labels, self.num_classes)]
         self.count, self.mean, self.m2 = chan_merge(self.count, self.mean, self.m2, *batch)
 

@@ -1,7 +1,7 @@
 """A third-party scorer plugin: |gamma| of the BatchNorm that follows each conv (Liu et al.,
 "network slimming", 2017). Layers without a BatchNorm fall back to the L1 norm of their weights."""
-from pluginedit.components import bn_of, get_module
-from pluginedit.plugin import Scorer
+from pluginedit.core.components import bn_of, get_module
+from pluginedit.core.plugin import Scorer
 
 
 class BNGammaScorer(Scorer):

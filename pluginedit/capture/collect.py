@@ -9,10 +9,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .components import get_module
-from .data import as_loader
-from .errors import InputError
-from .stats import Statistic, check_labels
+from ..core.components import get_module
+from .inputs import batches
+from ..core.errors import InputError
+from ..stats import Statistic, check_labels
 
 
 @dataclass
@@ -27,30 +27,6 @@ class Request:
         if self.where not in ("input", "output"):
             raise InputError(f"hook point must be 'input' or 'output', got {self.where!r}")
         self.key = self.key or f"{self.module}:{self.where}:{type(self.statistic).__name__}"
-
-
-def model_device(model: nn.Module) -> torch.device:
-    p = next(iter(model.parameters()), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
-def batches(model: nn.Module, data, num_classes: int | None, batch_size: int = 256,
-            max_samples: int | None = None, progress: bool = False, desc: str = "batches"):
-    """Validated (x, y) batches on the model's device: finite inputs, labels in range."""
-    device = model_device(model)
-    seen = 0
-    loader = as_loader(data, batch_size=batch_size)
-    for x, y in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        if max_samples is not None and seen >= max_samples:
-            break
-        if max_samples is not None:
-            x, y = x[: max_samples - seen], y[: max_samples - seen]
-        if not torch.isfinite(x).all():
-            raise InputError("NaN or Inf in the input data")
-        if num_classes is not None:
-            y = check_labels(y, num_classes, x.shape[0])
-        seen += x.shape[0]
-        yield x.to(device), y.to(device)
 
 
 class _StopForward(Exception):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import InputError
+from ..core.errors import InputError
 
 RIDGE = 1e-4   # relative to the mean diagonal; only makes linear-witness bounds smaller, never invalid
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from . import kernels
+from pluginedit import ops as kernels
 
 # Nominal peaks (dense, no sparsity) by device-name substring: bytes/s and FLOP/s per input kind.
 # H100 numbers from the issue (SXM); others from vendor sheets. Unknown devices report no %.
@@ -98,15 +98,15 @@ def cpu_suite(rows: list[dict]) -> None:
 def _rows_and_width(x, kw) -> tuple[int, int]:
     if kw is None:
         return x.reshape(-1, x.shape[-1]).shape[0], x.shape[-1]
-    from .kernels.csrc_ops import _conv_rows
+    from pluginedit.ops.csrc_ops import _conv_rows
     return _conv_rows(x, kw["kernel_size"], kw.get("stride", 1), kw.get("padding", 0), kw.get("dilation", 1))
 
 
 def gpu_suite(rows: list[dict], dtypes=(torch.bfloat16, torch.float32)) -> None:
     """Triton vs the PyTorch reference on CUDA (and unfold + matmul for K3)."""
-    from .kernels.reference import _patches
-    from .triton_kernels import class_moments as k2
-    from .triton_kernels import gram as k3
+    from pluginedit.ops.reference import _patches
+    from pluginedit.triton_kernels import class_moments as k2
+    from pluginedit.triton_kernels import gram as k3
     peaks = _peaks(torch.cuda.get_device_name())
     for dtype in dtypes:
         dname = str(dtype).split(".")[-1]
@@ -161,7 +161,7 @@ def end_to_end(device: str, images: int, size: int, batch: int, classes: int, gr
     """Seconds to collect every layer's statistics (K2 class moments of every conv/linear output,
     and with ``gram`` also K3 of every groups=1 conv/linear input) over ``images`` random images,
     divided by plain inference seconds on the same images (both under inference_mode)."""
-    from .zoo import ResNet50
+    from pluginedit.contrib.zoo import ResNet50
     model = ResNet50(3, 1000).to(device).eval()
     if device == "cuda":
         model = model.to(memory_format=torch.channels_last)

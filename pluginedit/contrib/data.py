@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from .errors import InputError
+from ..capture import Split, as_loader, check_classes  # noqa: F401 (re-exported)
+from ..core.errors import InputError
 
 DATA_ENV = "PLUGINEDIT_DATA_DIR"
 _IDX = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -20,28 +21,6 @@ _IDX = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
 _SUBDIR = {"mnist": ("mnist", "MNIST"), "fashion-mnist": ("fashion-mnist", "FashionMNIST")}
 FASHION_CLASSES = ("T-shirt", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
-
-
-@dataclass
-class Split:
-    x: torch.Tensor   # [N, C, H, W] float32, normalised
-    y: torch.Tensor   # [N] int64
-
-    def __len__(self):
-        return len(self.y)
-
-    def subset(self, n: int | None = None, classes=None, exclude=None, seed: int = 0) -> "Split":
-        """A class-filtered, optionally random ``n``-sample subset."""
-        keep = torch.ones(len(self.y), dtype=torch.bool)
-        if classes is not None:
-            keep &= torch.isin(self.y, torch.as_tensor(list(classes)))
-        if exclude is not None:
-            keep &= ~torch.isin(self.y, torch.as_tensor(list(exclude)))
-        idx = keep.nonzero().squeeze(1)
-        if n is not None and n < len(idx):
-            g = torch.Generator().manual_seed(seed)
-            idx = idx[torch.randperm(len(idx), generator=g)[:n]].sort().values
-        return Split(self.x[idx], self.y[idx])
 
 
 @dataclass
@@ -139,30 +118,3 @@ def load_dataset(spec: str, root: str | Path | None = None) -> DataBundle:
     if name in _SUBDIR:
         return load_idx_dataset(name, path or root)
     raise InputError(f"unknown data set {spec!r}; known: digits, mnist, fashion-mnist")
-
-
-def as_loader(data, batch_size: int = 256, shuffle: bool = False, seed: int = 0) -> DataLoader:
-    """A DataLoader of (x, y) from a Split, an (x, y) pair of tensors, a Dataset or a DataLoader."""
-    if isinstance(data, DataLoader):
-        return data
-    if isinstance(data, Split):
-        data = TensorDataset(data.x, data.y)
-    elif isinstance(data, (tuple, list)) and len(data) == 2 and all(torch.is_tensor(t) for t in data):
-        if len(data[0]) != len(data[1]):
-            raise InputError(f"{len(data[0])} inputs but {len(data[1])} labels")
-        data = TensorDataset(*data)
-    if not isinstance(data, Dataset):
-        raise InputError(f"cannot make a loader from {type(data).__name__}; "
-                         "pass a Split, (x, y) tensors, a Dataset or a DataLoader")
-    g = torch.Generator().manual_seed(seed)
-    return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=g)
-
-
-def check_classes(y: torch.Tensor, num_classes: int, need: int = 2) -> None:
-    """Labels in range and at least ``need`` distinct classes present."""
-    if len(y) and (y.min() < 0 or y.max() >= num_classes):
-        raise InputError(f"labels out of range: found [{int(y.min())}, {int(y.max())}], "
-                         f"expected [0, {num_classes - 1}]")
-    present = torch.unique(y).numel()
-    if present < need:
-        raise InputError(f"the data has {present} class(es); this needs at least {need}")

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .components import get_module, groups
-from .errors import InputError
+from ..core.components import get_module, groups
+from ..core.errors import InputError
 
 POINTS = ("conv", "bn", "act", "ln")
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)

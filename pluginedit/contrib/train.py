@@ -12,7 +12,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import zoo
-from .data import DataBundle, Split, as_loader
+from ..capture import Split, as_loader
+from .data import DataBundle
 
 CACHE_ENV = "PLUGINEDIT_CACHE"
 CACHE_VERSION = 1

@@ -7,7 +7,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from .capture import Request
+from ..capture import Request
 from .errors import InputError
 from .record import EditRecord
 from .scores import Scores

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .errors import InputError
+from ..core.errors import InputError
 
 
 def conv_bn(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:

@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .compensate import DEFAULT_RIDGE, compensate
-from .errors import InputError
-from .scorers.fidelity import ffn_scores
-from .stats import Gram
+from ..editors.compensate import DEFAULT_RIDGE, compensate
+from ..core.errors import InputError
+from ..scorers.fidelity import ffn_scores
+from ..stats import Gram
 
 # Modules whose docstrings are ordinary English prose (stdlib and installed packages).
 DOC_MODULES = ("json", "argparse", "logging", "collections", "functools", "itertools", "pathlib",

@@ -1,0 +1,86 @@
+"""Model inputs: labelled splits, loaders from whatever the user holds, validated batches on the
+model's device, and the example batch that tracing and head detection need."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+from tqdm.auto import tqdm
+
+from ..core.errors import InputError
+from ..stats import check_labels
+
+
+@dataclass
+class Split:
+    x: torch.Tensor   # [N, C, H, W] float32, normalised
+    y: torch.Tensor   # [N] int64
+
+    def __len__(self):
+        return len(self.y)
+
+    def subset(self, n: int | None = None, classes=None, exclude=None, seed: int = 0) -> "Split":
+        """A class-filtered, optionally random ``n``-sample subset."""
+        keep = torch.ones(len(self.y), dtype=torch.bool)
+        if classes is not None:
+            keep &= torch.isin(self.y, torch.as_tensor(list(classes)))
+        if exclude is not None:
+            keep &= ~torch.isin(self.y, torch.as_tensor(list(exclude)))
+        idx = keep.nonzero().squeeze(1)
+        if n is not None and n < len(idx):
+            g = torch.Generator().manual_seed(seed)
+            idx = idx[torch.randperm(len(idx), generator=g)[:n]].sort().values
+        return Split(self.x[idx], self.y[idx])
+
+
+def as_loader(data, batch_size: int = 256, shuffle: bool = False, seed: int = 0) -> DataLoader:
+    """A DataLoader of (x, y) from a Split, an (x, y) pair of tensors, a Dataset or a DataLoader."""
+    if isinstance(data, DataLoader):
+        return data
+    if isinstance(data, Split):
+        data = TensorDataset(data.x, data.y)
+    elif isinstance(data, (tuple, list)) and len(data) == 2 and all(torch.is_tensor(t) for t in data):
+        if len(data[0]) != len(data[1]):
+            raise InputError(f"{len(data[0])} inputs but {len(data[1])} labels")
+        data = TensorDataset(*data)
+    if not isinstance(data, Dataset):
+        raise InputError(f"cannot make a loader from {type(data).__name__}; "
+                         "pass a Split, (x, y) tensors, a Dataset or a DataLoader")
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=g)
+
+
+def check_classes(y: torch.Tensor, num_classes: int, need: int = 2) -> None:
+    """Labels in range and at least ``need`` distinct classes present."""
+    if len(y) and (y.min() < 0 or y.max() >= num_classes):
+        raise InputError(f"labels out of range: found [{int(y.min())}, {int(y.max())}], "
+                         f"expected [0, {num_classes - 1}]")
+    present = torch.unique(y).numel()
+    if present < need:
+        raise InputError(f"the data has {present} class(es); this needs at least {need}")
+
+
+def model_device(model: nn.Module) -> torch.device:
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def batches(model: nn.Module, data, num_classes: int | None, batch_size: int = 256,
+            max_samples: int | None = None, progress: bool = False, desc: str = "batches"):
+    """Validated (x, y) batches on the model's device: finite inputs, labels in range."""
+    device = model_device(model)
+    seen = 0
+    loader = as_loader(data, batch_size=batch_size)
+    for x, y in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        if max_samples is not None and seen >= max_samples:
+            break
+        if max_samples is not None:
+            x, y = x[: max_samples - seen], y[: max_samples - seen]
+        if not torch.isfinite(x).all():
+            raise InputError("NaN or Inf in the input data")
+        if num_classes is not None:
+            y = check_labels(y, num_classes, x.shape[0])
+        seen += x.shape[0]
+        yield x.to(device), y.to(device)
