@@ -1,8 +1,16 @@
-"""pluginedit: score the components of a trained PyTorch network and edit the model with them."""
-from .api import edit, forget, prune, score
-from .core.components import Component, components
+"""pluginedit: score the components of a trained PyTorch network and edit the model with them.
+
+The public verbs and the types a plugin author needs; everything else lives in the layers
+(core → ops → stats → capture → scorers → editors → report → api → cli; see ARCHITECTURE.md)."""
+from .api import edit, forget, prune, score, score_many
+from .capture import Request
+from .core.errors import EditError, InputError, PluginEditError
+from .core.plugin import Editor, Inputs, Scorer, option
 from .core.record import EditRecord
 from .core.scores import Scores
+from .stats import Statistic
 
-__all__ = ["score", "edit", "prune", "forget", "Scores", "EditRecord", "Component", "components"]
+__all__ = ["score", "score_many", "edit", "prune", "forget", "Scores", "EditRecord", "Scorer",
+           "Editor", "Inputs", "option", "Request", "Statistic", "PluginEditError", "InputError",
+           "EditError"]
 __version__ = "0.1.0"

@@ -1,6 +1,8 @@
 """Capture: the layer that knows the model. Forward hooks stream activations into statistics;
 inputs turn whatever the user holds into validated batches on the model's device."""
-from .inputs import Split, as_loader, batches, check_classes, model_device
+from .inputs import (Split, as_loader, batches, check_classes, default_targets, example_batch,
+                     head_layers, model_device)
 from .collect import Request, collect
 
-__all__ = ["Split", "as_loader", "batches", "check_classes", "model_device", "Request", "collect"]
+__all__ = ["Split", "as_loader", "batches", "check_classes", "default_targets", "example_batch",
+           "head_layers", "model_device", "Request", "collect"]

@@ -15,18 +15,18 @@ from ..core.errors import InputError
 from ..stats import Statistic, check_labels
 
 
-@dataclass
+@dataclass(eq=False)
 class Request:
-    """Collect ``statistic`` from the ``where`` ("input" or "output") tensor of ``module``."""
+    """A handle: collect ``statistic`` from the ``where`` ("input" or "output") tensor of the
+    module at path ``module``. ``collect`` returns the statistics keyed by these handles
+    (compared by identity), so nothing is parsed out of strings."""
     module: str
     statistic: Statistic
     where: str = "output"
-    key: str | None = None
 
     def __post_init__(self):
         if self.where not in ("input", "output"):
             raise InputError(f"hook point must be 'input' or 'output', got {self.where!r}")
-        self.key = self.key or f"{self.module}:{self.where}:{type(self.statistic).__name__}"
 
 
 class _StopForward(Exception):
@@ -36,8 +36,8 @@ class _StopForward(Exception):
 @torch.no_grad()
 def collect(model: nn.Module, data, requests: Iterable[Request], num_classes: int | None = None,
             batch_size: int = 256, max_samples: int | None = None,
-            progress: bool = False, stop_early: bool = False) -> dict[str, Statistic]:
-    """One pass over ``data`` feeding every request; returns statistics by request key.
+            progress: bool = False, stop_early: bool = False) -> dict[Request, Statistic]:
+    """One pass over ``data`` feeding every request; returns {request handle: statistic}.
     The model's training mode is restored afterwards. ``stop_early`` abandons each batch's
     forward once every request has seen it (the rest of the network is not needed); only for
     modules called once per forward."""
@@ -50,7 +50,7 @@ def collect(model: nn.Module, data, requests: Iterable[Request], num_classes: in
             t = inputs[0] if req.where == "input" else output
             req.statistic.update(t.detach(), current["labels"])
             if stop_early:
-                current["seen"].add(req.key)
+                current["seen"].add(id(req))
                 if len(current["seen"]) == len(requests):
                     raise _StopForward
         return hook
@@ -70,4 +70,4 @@ def collect(model: nn.Module, data, requests: Iterable[Request], num_classes: in
         for h in handles:
             h.remove()
         model.train(was_training)
-    return {req.key: req.statistic for req in requests}
+    return {req: req.statistic for req in requests}

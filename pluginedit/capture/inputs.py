@@ -9,6 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
+from ..core.components import groups, output_layers, size_of
 from ..core.errors import InputError
 from ..stats import check_labels
 
@@ -84,3 +85,36 @@ def batches(model: nn.Module, data, num_classes: int | None, batch_size: int = 2
             y = check_labels(y, num_classes, x.shape[0])
         seen += x.shape[0]
         yield x.to(device), y.to(device)
+
+
+def example_batch(data) -> torch.Tensor | None:
+    """One input sample, batched ([1, ...]), from anything ``as_loader`` accepts (a plain
+    ``Dataset`` yields unbatched samples: the loader batches them)."""
+    if data is None:
+        return None
+    if isinstance(data, Split):
+        return data.x[:1]
+    x = next(iter(as_loader(data, batch_size=1)))[0]
+    return x[:1]
+
+
+def head_layers(model: nn.Module, example: torch.Tensor | None = None,
+                num_classes: int | None = None) -> list[str]:
+    """The classifier head: the component layers whose output is the model's output, found by a
+    forward pass on ``example``; without one, the last layer with ``num_classes`` outputs.
+    Pruning or masking their units would remove classes, so nothing edits them by default."""
+    if example is not None:
+        return output_layers(model, example)
+    if num_classes is not None:
+        last = [p for p, m in groups(model).items() if size_of(m) == num_classes]
+        if last:
+            return last[-1:]
+    raise InputError("cannot tell the classifier head: pass data, example_inputs or num_classes "
+                     "(or the targets to score)")
+
+
+def default_targets(model: nn.Module, example: torch.Tensor | None = None,
+                    num_classes: int | None = None) -> list[str]:
+    """Every conv / linear layer except the classifier head."""
+    heads = set(head_layers(model, example, num_classes))
+    return [p for p in groups(model) if p not in heads]

@@ -1,23 +1,9 @@
-"""Components of a model: stable addresses (module path, kind, index)."""
+"""Component layers of a model: conv and linear layers whose output units are the components,
+addressed by module path."""
 from __future__ import annotations
-
-from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from torch import nn
-
-KINDS = ("conv_out", "linear_out", "attn_head", "kernel_slice")
-
-
-@dataclass(frozen=True, order=True)
-class Component:
-    path: str
-    kind: str
-    index: int | tuple[int, int]
-
-    def __str__(self) -> str:
-        return f"{self.path}[{self.kind}:{self.index}]"
 
 
 def kind_of(module: nn.Module) -> str | None:
@@ -35,14 +21,6 @@ def groups(model: nn.Module) -> dict[str, nn.Module]:
 
 def size_of(module: nn.Module) -> int:
     return module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
-
-
-def components(model: nn.Module) -> Iterator[Component]:
-    """Every conv output channel and linear output neuron of ``model``."""
-    for path, module in groups(model).items():
-        kind = kind_of(module)
-        for i in range(size_of(module)):
-            yield Component(path, kind, i)
 
 
 def get_module(model: nn.Module, path: str) -> nn.Module:

@@ -1,62 +1,140 @@
-"""The plugin contracts. A scorer turns statistics (or weights, or its own loop) into Scores;
-an editor turns Scores into an edited model and an EditRecord."""
+"""The plugin contracts.
+
+A scorer turns statistics (or weights, or its own loop) into importance vectors; an editor turns
+Scores into an edited model and an EditRecord. Each plugin declares its options as a frozen
+dataclass (``Options``), validated once here: an unknown or mistyped option is an error that
+lists the known ones, and a value of the wrong type or outside its choices names the field.
+"""
 from __future__ import annotations
 
-from typing import ClassVar
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, Mapping
 
 import torch
 from torch import nn
 
-from ..capture import Request
 from .errors import InputError
 from .record import EditRecord
 from .scores import Scores
 
 API_VERSION = 1
+EDITOR_KINDS = ("prune", "forget", "mask", "rectify")
 
 
-def _with_defaults(plugin, options: dict) -> dict:
-    """Options merged over the plugin's ``defaults``; an unknown option is an error that lists
-    the known ones (typos must not be silently ignored)."""
-    if plugin.defaults is None:
-        return dict(options)
-    unknown = set(options) - set(plugin.defaults)
+def option(default: Any = None, help: str = "", **kw) -> Any:
+    """A plugin option with its default and one line of help (``pluginedit plugins --describe``)."""
+    if isinstance(default, (list, dict, set)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kw)
+    return dataclasses.field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """A plugin without options."""
+
+
+def _check_type(owner: str, name: str, value, hint) -> Any:
+    """``value`` checked (and ints widened to float) against a simple annotation; other
+    annotations are the plugin's ``__post_init__``'s business."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        if value not in args:
+            raise InputError(f"option {name!r} of {owner!r} must be one of {list(args)}, got {value!r}")
+        return value
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        for a in (a for a in args if a is not type(None)):
+            try:
+                return _check_type(owner, name, value, a)
+            except InputError:
+                continue
+        raise InputError(f"option {name!r} of {owner!r} must be {hint}, got {value!r}")
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and not (isinstance(value, hint) and
+                                               (hint is bool or not isinstance(value, bool))):
+        raise InputError(f"option {name!r} of {owner!r} must be {hint.__name__}, got {value!r}")
+    return value
+
+
+def make_options(cls: type, values: Mapping[str, Any], owner: str):
+    """An instance of the options dataclass ``cls`` from ``values``, validated."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise InputError(f"unknown options for {plugin.name!r}: {sorted(unknown)}; "
-                         f"known: {sorted(plugin.defaults)}")
-    return {**plugin.defaults, **options}
+        raise InputError(f"unknown option(s) {unknown} for {owner!r}; known: {sorted(fields) or 'none'}")
+    hints = typing.get_type_hints(cls)
+    checked = {k: _check_type(owner, k, v, hints.get(k, Any)) for k, v in values.items()}
+    try:
+        return cls(**checked)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, InputError):
+            raise
+        raise InputError(f"bad options for {owner!r}: {e}") from e
 
 
-class Scorer:
-    """Subclass, set ``name``, and implement ``score``. Declare statistics in ``requests`` so
-    several scorers share one pass over the data; scorers with their own loop (gradients,
-    masked forwards) use ``data`` directly in ``score``."""
+def describe(plugin: type) -> list[tuple[str, str, str]]:
+    """(name, default, help) of every option of a plugin class."""
+    rows = []
+    for f in dataclasses.fields(plugin.Options):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        rows.append((f.name, repr(default), f.metadata.get("help", "")))
+    return rows
+
+
+class _Plugin:
     name: ClassVar[str] = ""
     api_version: ClassVar[int] = API_VERSION
+    Options: ClassVar[type] = NoOptions
+
+    def __init__(self, **options):
+        self.options = make_options(self.Options, options, self.name or type(self).__name__)
+
+    def options_dict(self) -> dict:
+        return dataclasses.asdict(self.options)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What a plugin may read besides the model. ``data`` (labelled batches) reaches a scorer only
+    if it runs its own loop (``own_loop``); statistics reach it through ``requests``."""
+    data: Any = None
+    example: torch.Tensor | None = None      # one input batch: tracing, head detection
+    num_classes: int | None = None
+    targets: tuple[str, ...] = ()            # the layers being scored / edited
+    forget_class: int | None = None          # forgetting editors
+
+
+class Scorer(_Plugin):
+    """Subclass, set ``name`` (and ``Options``), implement ``score``. Declare statistics in
+    ``requests`` (a mapping of your own keys to ``Request`` handles); ``score`` then receives
+    the collected statistics under the same keys, so several scorers can share one pass."""
     needs_data: ClassVar[bool] = False     # needs (x, y) batches at all
     needs_labels: ClassVar[bool] = False   # needs class labels (class-conditional statistics)
-    defaults: ClassVar[dict | None] = None  # known options and their defaults (None: accept any)
+    own_loop: ClassVar[bool] = False       # reads ``inputs.data`` itself (gradients, masked forwards)
 
-    def __init__(self, **options):
-        self.options = _with_defaults(self, options)
+    def requests(self, model: nn.Module, inputs: Inputs) -> Mapping[Any, Any]:
+        return {}
 
-    def requests(self, model: nn.Module, targets: list[str], num_classes: int) -> list[Request]:
-        return []
-
-    def score(self, model: nn.Module, targets: list[str], stats: dict, data=None,
-              num_classes: int | None = None) -> dict[str, torch.Tensor]:
+    def score(self, model: nn.Module, stats: Mapping[Any, Any], inputs: Inputs) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
 
-class Editor:
-    """Subclass, set ``name``, and implement ``apply``. The framework runs ``apply`` under
-    ``record.atomic`` so a failure leaves the model untouched."""
-    name: ClassVar[str] = ""
-    api_version: ClassVar[int] = API_VERSION
-    defaults: ClassVar[dict | None] = None
+class Editor(_Plugin):
+    """Subclass, set ``name``, ``kind`` and the flags, implement ``apply``. The framework runs
+    ``apply`` atomically: if it raises, the model is restored in place."""
+    kind: ClassVar[str] = "prune"          # one of EDITOR_KINDS
+    needs_data: ClassVar[bool] = False     # reads inputs.data (calibration samples)
+    needs_labels: ClassVar[bool] = False   # needs inputs.num_classes and labelled data
+    uses_scores: ClassVar[bool] = True     # False: ignores the Scores it is given
 
-    def __init__(self, **options):
-        self.options = _with_defaults(self, options)
-
-    def apply(self, model: nn.Module, scores: Scores | None, **kwargs) -> EditRecord:
+    def apply(self, model: nn.Module, scores: Scores | None, inputs: Inputs) -> EditRecord:
         raise NotImplementedError
+
+    def record(self, semantics: str, scores: Scores | None = None, **kw) -> EditRecord:
+        """A record naming this editor, its options and the scores it really used."""
+        used = (scores.scorer if scores is not None else None) if self.uses_scores else None
+        return EditRecord(self.name, self.options_dict(), semantics, scores=used, **kw)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -17,6 +16,7 @@ class EditRecord:
     changes: dict[str, list[int]] = field(default_factory=dict)   # module path -> component indices
     saved: dict[str, torch.Tensor] = field(default_factory=dict)  # tensor name -> original values
     info: dict = field(default_factory=dict)
+    scores: str | None = None                                      # scorer whose Scores decided, if any
 
     @property
     def reversible(self) -> bool:
@@ -36,17 +36,50 @@ class EditRecord:
 
     def summary(self) -> dict:
         return {"editor": self.editor, "semantics": self.semantics, "options": self.options,
+                "scores": self.scores,
                 "changed": {k: len(v) for k, v in self.changes.items()}, **self.info}
+
+
+class Snapshot:
+    """The state of every module of a model, taken without copying the model: each module's
+    attribute dict (shallow) and a clone of every parameter and buffer. ``restore`` puts it back
+    in place, so every module, parameter and buffer object keeps its identity (references the
+    user holds stay valid) and no pickling or deep copy is needed (models holding locks,
+    parametrised layers)."""
+
+    def __init__(self, model: nn.Module):
+        self.modules = list(model.modules())
+        self.dicts = [self._shallow(m.__dict__) for m in self.modules]
+        tensors = {}
+        for m in self.modules:
+            for t in list(m._parameters.values()) + list(m._buffers.values()):
+                if t is not None and id(t) not in tensors:
+                    tensors[id(t)] = (t, t.detach().clone())
+        self.tensors = list(tensors.values())
+
+    @staticmethod
+    def _shallow(d: dict) -> dict:
+        return {k: (v.copy() if isinstance(v, dict) else v) for k, v in d.items()}
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for m, d in zip(self.modules, self.dicts):
+            m.__dict__.clear()
+            m.__dict__.update(self._shallow(d))
+        for t, saved in self.tensors:
+            if t.shape == saved.shape and t.dtype == saved.dtype:
+                t.copy_(saved)
+            else:
+                t.data = saved.clone()
 
 
 @contextlib.contextmanager
 def atomic(model: nn.Module):
     """Run an edit; if it raises, put the model back exactly as it was (structure, parameters,
-    buffers) and re-raise."""
-    snapshot = copy.deepcopy(model)
+    buffers, training mode), in place, and re-raise."""
+    snapshot = Snapshot(model)
     try:
         yield model
     except BaseException:
-        model.__dict__.clear()
-        model.__dict__.update(snapshot.__dict__)
+        snapshot.restore()
         raise

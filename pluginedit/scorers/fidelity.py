@@ -21,15 +21,18 @@ down projection from its input Gram G: the Cholesky row norms ||L_i|| of the agg
 Q = G * (W_D W_D^T) = sum_c Q_c (plus a ridge)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 import torch_pruning as tp
 from torch import nn
 
-from ..capture import Request, batches
+from ..capture import Request, collect
 from ..core.components import get_module, groups, size_of
-from ..editors.compensate import ridge_for
+from ..linalg import ridge_for
 from ..core.errors import InputError
-from ..core.plugin import Scorer
+from ..core.plugin import Scorer, option
 from ..stats import Gram
 
 VARIANTS = ("centred", "uncentred", "fidelity", "alpha")
@@ -76,20 +79,23 @@ def consumers(model: nn.Module, example: torch.Tensor, targets: list[str]) -> di
     return out
 
 
-def gram_requests(model: nn.Module, paths=None) -> list[Request]:
-    """A Gram on the input of every (groups=1) conv and linear layer."""
-    reqs = []
+def gram_requests(model: nn.Module, paths=None) -> dict[str, Request]:
+    """{layer path: a Gram request on its input} for every (groups=1) conv and linear layer."""
+    reqs = {}
     for path, m in groups(model).items():
         if paths is not None and path not in paths:
             continue
         if isinstance(m, nn.Conv2d) and m.groups != 1:
             continue
-        reqs.append(Request(path, Gram.for_module(m), "input"))
+        reqs[path] = Request(path, Gram.for_module(m), "input")
     return reqs
 
 
-def grams_by_path(stats: dict) -> dict[str, Gram]:
-    return {key.split(":")[0]: s for key, s in stats.items() if isinstance(s, Gram)}
+def collect_grams(model: nn.Module, data, paths=None, max_samples: int | None = None) -> dict[str, Gram]:
+    """{layer path: Gram of its inputs} from one pass over ``data``."""
+    reqs = gram_requests(model, paths)
+    got = collect(model, data, reqs.values(), max_samples=max_samples)
+    return {p: got[r] for p, r in reqs.items()}
 
 
 def channel_scores(model, example, targets, grams: dict[str, Gram], variant="centred",
@@ -136,17 +142,22 @@ def ffn_scores(gram: Gram, w_down: torch.Tensor, variant: str = "cholesky",
     return chol.norm(dim=1).float()
 
 
+@dataclass(frozen=True)
+class FidelityOptions:
+    variant: Literal["centred", "uncentred", "fidelity", "alpha"] = option(
+        "centred", "pair score: centred R-tilde share, uncentred share, subset fidelity s, or alpha")
+    reduce: Literal["mean", "max"] = option("mean", "channel score over consumers and outputs")
+
+
 class FidelityScorer(Scorer):
-    """ModHiFi channel scores. Options: ``variant`` (centred | fidelity | alpha, default
-    centred), ``reduce`` (mean | max over consumers and outputs, default mean)."""
+    """ModHiFi channel scores from one input Gram per consumer layer."""
     name = "fidelity"
     needs_data = True
-    defaults = {"variant": "centred", "reduce": "mean"}
+    Options = FidelityOptions
 
-    def requests(self, model, targets, num_classes):
+    def requests(self, model, inputs):
         return gram_requests(model)
 
-    def score(self, model, targets, stats, data=None, num_classes=None):
-        example = next(batches(model, data, None, max_samples=1))[0]
-        return channel_scores(model, example, targets, grams_by_path(stats),
-                              self.options["variant"], self.options["reduce"])
+    def score(self, model, stats, inputs):
+        return channel_scores(model, inputs.example, inputs.targets, stats,
+                              self.options.variant, self.options.reduce)
