@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import ast
 import copy
-import inspect
+import dataclasses
 import json
 import sys
 import time
@@ -12,9 +12,10 @@ import time
 from . import api
 from .core import registry
 from . import report
-from .contrib import train
+from .contrib import train, zoo
 from .contrib.data import load_dataset
-from .core.errors import PluginEditError
+from .core.errors import InputError, PluginEditError
+from .core.plugin import describe
 
 
 def _kv(text: str):
@@ -28,7 +29,7 @@ def _kv(text: str):
 
 
 def _model_args(p: argparse.ArgumentParser, data_default: str = "digits") -> None:
-    p.add_argument("--arch", default="vgg", help="model zoo architecture (vgg, resnet)")
+    p.add_argument("--arch", default="vgg", help=f"model zoo architecture ({', '.join(sorted(zoo.ARCHS))})")
     p.add_argument("--data", default=data_default, help="digits, mnist or fashion-mnist")
     p.add_argument("--data-dir", default=None, help="folder of the idx .gz files (MNIST / Fashion-MNIST)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs of the cached model")
@@ -86,20 +87,50 @@ def _finish(args, bundle, model, dense, record, extra: dict) -> dict:
     return rep
 
 
-def _editor_kwargs(editor: str, calib, num_classes: int) -> dict:
-    """Data for editors whose apply() takes it (statistics recomputed while editing)."""
-    params = inspect.signature(registry.get("editor", editor).apply).parameters
-    takes_all = any(p.kind == p.VAR_KEYWORD for p in params.values()) and editor not in ("prune", "mask")
-    return {"data": calib, "num_classes": num_classes} if "data" in params or takes_all else {}
+def _editor_class(name: str, kinds: tuple[str, ...], command: str):
+    """The editor plugin class, refused (exit 2) if it is not of a kind this command runs."""
+    cls = registry.get("editor", name)
+    if cls.kind not in kinds:
+        raise InputError(f"editor {name!r} is a {cls.kind} editor; `pluginedit {command}` runs "
+                         f"{' or '.join(kinds)} editors")
+    return cls
+
+
+def _known_options(cls, **values) -> dict:
+    """The CLI's own flags, passed only to editors that declare them as options."""
+    names = {f.name for f in dataclasses.fields(cls.Options)}
+    return {k: v for k, v in values.items() if k in names}
 
 
 def cmd_plugins(args) -> int:
+    if args.describe:
+        return _describe(args.describe)
     rows = [(p.name, p.kind, p.dist, p.version, "ok" if p.error is None else f"BROKEN: {p.error}")
             for p in registry.listing()]
     widths = [max(len(r[i]) for r in rows + [("name", "kind", "distribution", "version", "")]) for i in range(4)]
     print("  ".join(h.ljust(w) for h, w in zip(("name", "kind", "distribution", "version"), widths)) + "  status")
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[4])
+    return 0
+
+
+def _describe(name: str) -> int:
+    table = {p.name: p for p in registry.listing() if p.obj is not None}
+    if name not in table:
+        raise InputError(f"unknown plugin {name!r}; known: {', '.join(sorted(table))}")
+    info = table[name]
+    cls = info.obj
+    flags = "" if info.kind == "scorer" else (
+        f" kind={cls.kind} needs_data={cls.needs_data} needs_labels={cls.needs_labels} "
+        f"uses_scores={cls.uses_scores}")
+    print(f"{name} ({info.kind}, {info.display}){flags}")
+    doc = (cls.__doc__ or "").strip().splitlines()
+    if doc:
+        print(f"  {doc[0]}")
+    rows = describe(cls)
+    print("  options:" if rows else "  options: none")
+    for opt, default, help_ in rows:
+        print(f"    {opt} = {default}  {help_}")
     return 0
 
 
@@ -128,20 +159,32 @@ def cmd_score(args) -> int:
 
 
 def cmd_prune(args) -> int:
+    cls = _editor_class(args.editor, ("prune", "mask"), "prune")
     bundle, model, calib = _setup(args)
     dense = copy.deepcopy(model)
     options = dict(args.option)
-    scores = api.score(model, args.scorer, data=calib, num_classes=bundle.num_classes, progress=args.progress,
-                       **{k[7:]: v for k, v in options.items() if k.startswith("scorer.")})
+    scorer_opts = {k[7:]: v for k, v in options.items() if k.startswith("scorer.")}
     edit_opts = {k: v for k, v in options.items() if not k.startswith("scorer.")}
-    record = api.edit(model, args.editor, scores, ratio=args.ratio, example_inputs=calib.x[:1],
-                      global_pruning=args.global_pruning,
-                      **_editor_kwargs(args.editor, calib, bundle.num_classes), **edit_opts)
-    _finish(args, bundle, model, dense, record, {"scorer": args.scorer, "ratio": args.ratio})
+    flags = {"ratio": args.ratio} | ({"global_pruning": True} if args.global_pruning else {})
+    unused = set(flags) - set(_known_options(cls, **flags))
+    if unused:
+        raise InputError(f"editor {args.editor!r} has no option(s) {sorted(unused)}")
+    scores = None
+    if cls.uses_scores:
+        scores = api.score(model, args.scorer, data=calib, num_classes=bundle.num_classes,
+                           progress=args.progress, **scorer_opts)
+    elif scorer_opts:
+        raise InputError(f"editor {args.editor!r} computes its own scores: scorer options are unused")
+    record = api.edit(model, args.editor, scores, data=calib if cls.needs_data else None,
+                      example_inputs=calib.x[:1], num_classes=bundle.num_classes if cls.needs_labels else None,
+                      **flags, **edit_opts)
+    _finish(args, bundle, model, dense, record,
+            {"scorer": args.scorer if cls.uses_scores else record.editor, "ratio": args.ratio})
     return 0
 
 
 def cmd_forget(args) -> int:
+    _editor_class(args.editor, ("forget",), "forget")
     bundle, model, calib = _setup(args)
     dense = copy.deepcopy(model)
     record = api.forget(model, args.forget_class, calib, editor=args.editor,
@@ -185,7 +228,9 @@ def cmd_bench(args) -> int:
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="pluginedit", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
-    sub.add_parser("plugins", help="list scorer and editor plugins").set_defaults(fn=cmd_plugins)
+    p = sub.add_parser("plugins", help="list scorer and editor plugins")
+    p.add_argument("--describe", metavar="NAME", default=None, help="print one plugin's options and flags")
+    p.set_defaults(fn=cmd_plugins)
 
     p = sub.add_parser("train", help="train (or load from cache) a zoo model")
     _model_args(p)

@@ -75,3 +75,49 @@ def test_forget_writes_forgetting_report(tmp_path):
     assert rep["before"]["forgotten_accuracy"] > 0.9
     assert rep["after"]["forgotten_accuracy"] <= 0.05
     assert rep["after"]["retained_accuracy"] >= rep["before"]["retained_accuracy"] - 0.03
+
+
+def test_editor_of_the_wrong_kind_exits_2(capsys):
+    """Formerly a raw TypeError and exit status 1."""
+    assert cli.main(["forget", "--class", "3", "--editor", "prune"]) == 2
+    assert "'prune' is a prune editor" in capsys.readouterr().err
+    assert cli.main(["prune", "--editor", "discedit-u"]) == 2
+    assert "'discedit-u' is a forget editor" in capsys.readouterr().err
+
+
+def test_prune_with_an_editor_that_scores_itself(tmp_path):
+    """discedit-sp computes its own scores and was always refused ('global_pruning' injected)."""
+    out = tmp_path / "sp.json"
+    assert cli.main(["prune", "--editor", "discedit-sp", "--ratio", "0.25", "--report", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    assert rep["edit"]["editor"] == "discedit-sp" and rep["edit"]["scores"] is None
+    assert rep["after"]["params"] < rep["before"]["params"]
+    assert rep["edit"]["options"]["ratio"] == 0.25
+
+
+def test_cli_flags_reach_only_editors_that_declare_them(capsys):
+    assert cli.main(["prune", "--editor", "mask", "--global"]) == 2
+    assert "has no option(s) ['global_pruning']" in capsys.readouterr().err
+
+
+def test_help_and_describe(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["prune", "--help"])
+    assert "resnet50" in capsys.readouterr().out
+    assert cli.main(["plugins", "--describe", "modhifi-p"]) == 0
+    out = capsys.readouterr().out
+    assert "kind=prune" in out and "calib_samples = 2048" in out
+    assert cli.main(["plugins", "--describe", "nope"]) == 2
+
+
+@pytest.mark.gpu
+def test_fit_moves_batches_to_the_models_device():
+    import torch
+    from pluginedit.contrib import train, zoo
+    from pluginedit.capture import Split
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    model = zoo.build("vgg", 1, 10, widths=(4,), hidden=8).cuda()
+    split = Split(torch.randn(64, 1, 8, 8), torch.arange(64) % 10)      # CPU data
+    train.fit(model, split, epochs=1)
+    assert next(model.parameters()).is_cuda

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..core.components import get_module
+from ..core.components import eval_mode, get_module
 from .inputs import batches
 from ..core.errors import InputError
 from ..stats import Statistic, check_labels
@@ -38,7 +38,7 @@ def collect(model: nn.Module, data, requests: Iterable[Request], num_classes: in
             batch_size: int = 256, max_samples: int | None = None,
             progress: bool = False, stop_early: bool = False) -> dict[Request, Statistic]:
     """One pass over ``data`` feeding every request; returns {request handle: statistic}.
-    The model's training mode is restored afterwards. ``stop_early`` abandons each batch's
+    Every module's training flag is restored afterwards. ``stop_early`` abandons each batch's
     forward once every request has seen it (the rest of the network is not needed); only for
     modules called once per forward."""
     requests = list(requests)
@@ -57,17 +57,15 @@ def collect(model: nn.Module, data, requests: Iterable[Request], num_classes: in
 
     for req in requests:
         handles.append(get_module(model, req.module).register_forward_hook(make_hook(req)))
-    was_training = model.training
-    model.eval()
     try:
-        for x, y in batches(model, data, num_classes, batch_size, max_samples, progress, "statistics"):
-            current["labels"], current["seen"] = y, set()
-            try:
-                model(x)
-            except _StopForward:
-                pass
+        with eval_mode(model):
+            for x, y in batches(model, data, num_classes, batch_size, max_samples, progress, "statistics"):
+                current["labels"], current["seen"] = y, set()
+                try:
+                    model(x)
+                except _StopForward:
+                    pass
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     return {req: req.statistic for req in requests}

@@ -12,7 +12,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import zoo
-from ..capture import Split, as_loader
+from ..capture import Split, as_loader, model_device
 from .data import DataBundle
 
 CACHE_ENV = "PLUGINEDIT_CACHE"
@@ -36,11 +36,13 @@ def fit(model: nn.Module, train: Split, epochs: int, lr: float = 2e-3, batch_siz
     steps = epochs * len(loader) if max_steps is None else min(max_steps, epochs * len(loader))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1), pct_start=0.15)
+    device = model_device(model)   # batches follow the model (a CUDA model trains on CUDA)
     model.train()
     bar = tqdm(total=steps, desc="train", disable=not progress, leave=False)
     step = 0
     while step < steps:
         for x, y in loader:
+            x, y = x.to(device), y.to(device)
             loss = nn.functional.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()

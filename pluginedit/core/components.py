@@ -2,6 +2,8 @@
 addressed by module path."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -31,6 +33,19 @@ def get_module(model: nn.Module, path: str) -> nn.Module:
         raise KeyError(f"no module {path!r} in the model; layers with components: {known}") from e
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """Run with every module in eval mode (BatchNorm reads its running statistics instead of
+    updating them, dropout is off), then restore each module's own training flag."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
 def output_layers(model: nn.Module, example) -> list[str]:
     """Paths of the component layers whose output is the model's output (the classifier head):
     pruning their units would remove classes, so editors leave them alone."""
@@ -38,7 +53,7 @@ def output_layers(model: nn.Module, example) -> list[str]:
     handles = [m.register_forward_hook(lambda mod, i, o, p=p: produced.__setitem__(id(o), p))
                for p, m in groups(model).items()]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(model):
             out = model(example)
     finally:
         for h in handles:

@@ -120,6 +120,8 @@ class Scorer(_Plugin):
         return {}
 
     def score(self, model: nn.Module, stats: Mapping[Any, Any], inputs: Inputs) -> dict[str, torch.Tensor]:
+        """{layer path: 1-D importance} (higher = more important), or ({...}, meta dict) to add
+        to ``Scores.meta``."""
         raise NotImplementedError
 
 

@@ -8,9 +8,9 @@ from ..core.plugin import Scorer
 class _NormScorer(Scorer):
     p: float = 1.0
 
-    def score(self, model, targets, stats, data=None, num_classes=None):
+    def score(self, model, stats, inputs):
         out = {}
-        for path in targets:
+        for path in inputs.targets:
             w = get_module(model, path).weight.detach()
             out[path] = w.reshape(w.shape[0], -1).norm(p=self.p, dim=1)
         return out

@@ -1,15 +1,23 @@
 """Seeded uniform random scores: the baseline every criterion must beat."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..core.components import get_module, size_of
-from ..core.plugin import Scorer
+from ..core.plugin import Scorer, option
+
+
+@dataclass(frozen=True)
+class RandomOptions:
+    seed: int = option(0, "seed of the generator")
 
 
 class RandomScorer(Scorer):
     name = "random"
+    Options = RandomOptions
 
-    def score(self, model, targets, stats, data=None, num_classes=None):
-        g = torch.Generator().manual_seed(int(self.options.get("seed", 0)))
-        return {path: torch.rand(size_of(get_module(model, path)), generator=g) for path in targets}
+    def score(self, model, stats, inputs):
+        g = torch.Generator().manual_seed(self.options.seed)
+        return {path: torch.rand(size_of(get_module(model, path)), generator=g) for path in inputs.targets}

@@ -7,7 +7,7 @@ from torch import nn
 
 from ..capture import Split, check_classes, collect, default_targets, example_batch
 from ..core import registry
-from ..core.components import groups
+from ..core.components import eval_mode, groups
 from ..core.errors import InputError
 from ..core.plugin import Inputs, Scorer
 from ..core.scores import Scores
@@ -17,12 +17,8 @@ def num_classes_of(model: nn.Module, example: torch.Tensor | None) -> int:
     """The width of the model's output on ``example``."""
     if example is None:
         raise InputError("num_classes is unknown: pass num_classes or data")
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            out = model.eval()(example)
-    finally:
-        model.train(was_training)
+    with torch.no_grad(), eval_mode(model):
+        out = model(example)
     return int(out.shape[-1])
 
 
@@ -55,7 +51,15 @@ def score_many(model: nn.Module, scorers: list, data=None, targets=None, num_cla
                max_samples=None, batch_size=256, progress=False, example_inputs=None,
                options: dict | None = None) -> dict[str, Scores]:
     """Score with several scorers from one pass over ``data``: {scorer name: Scores}.
-    ``options`` apply to a single scorer given by name."""
+    ``options`` apply to a single scorer given by name. Read-only: every module runs in eval
+    mode and gets its own training flag back, so no BatchNorm statistic moves."""
+    with eval_mode(model):
+        return _score_many(model, scorers, data, targets, num_classes, max_samples, batch_size,
+                           progress, example_inputs, options)
+
+
+def _score_many(model, scorers, data, targets, num_classes, max_samples, batch_size, progress,
+                example_inputs, options) -> dict[str, Scores]:
     if options and len(scorers) != 1:
         raise InputError("options apply to one scorer; configure several as scorer instances")
     if len({getattr(s, "name", s) for s in scorers}) != len(scorers):
@@ -69,9 +73,10 @@ def score_many(model: nn.Module, scorers: list, data=None, targets=None, num_cla
     for s, w in zip(scorers, wanted):
         own = Inputs(**{**inputs.__dict__, "data": data if s.own_loop else None})
         values = s.score(model, {k: got[h] for k, h in w.items()}, own)
+        values, extra = values if isinstance(values, tuple) else (values, {})
         backends = sorted({got[h].backend for h in w.values()})
         out[s.name] = Scores(values, s.name, s.options_dict(),
-                             meta={"backends": backends, "targets": list(inputs.targets)})
+                             meta={"backends": backends, "targets": list(inputs.targets), **extra})
     return out
 
 

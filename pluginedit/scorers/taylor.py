@@ -2,17 +2,23 @@
 torch-pruning importance (a callable on a dependency group) can serve as a pluginedit scorer."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch_pruning as tp
 from torch import nn
 
 from ..capture import batches
-from ..core.components import get_module, size_of
-from ..core.plugin import Scorer
+from ..core.components import eval_mode, get_module, size_of
+from ..core.errors import InputError
+from ..core.plugin import Scorer, option
 
 
 def group_scores(model: nn.Module, example: torch.Tensor, importance, targets: list[str]) -> dict:
-    """Call a torch-pruning importance on the out-channel group rooted at each target layer."""
+    """Call a torch-pruning importance (an object, or "taylor") on the out-channel group rooted
+    at each target layer."""
+    if importance == "taylor":
+        importance = tp.importance.TaylorImportance()
     dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
     out = {}
     for path in targets:
@@ -23,24 +29,31 @@ def group_scores(model: nn.Module, example: torch.Tensor, importance, targets: l
     return out
 
 
+@dataclass(frozen=True)
+class TaylorOptions:
+    max_samples: int = option(1024, "labelled samples whose cross-entropy gradients are accumulated")
+
+    def __post_init__(self):
+        if self.max_samples < 1:
+            raise InputError(f"max_samples must be >= 1, got {self.max_samples}")
+
+
 class TaylorScorer(Scorer):
     """|w · dL/dw| summed over each group (Molchanov et al.), gradients of the cross-entropy
-    accumulated over ``max_samples`` labelled samples."""
+    accumulated over ``max_samples`` labelled samples with BN in inference mode. Gradients are
+    cleared afterwards and the training mode restored: the model is left as it was."""
     name = "taylor"
     needs_data = True
     needs_labels = True
+    own_loop = True
+    Options = TaylorOptions
 
-    def score(self, model, targets, stats, data=None, num_classes=None):
-        max_samples = int(self.options.get("max_samples", 1024))
-        was_training = model.training
-        model.eval()  # BN in inference mode: gradients of the deployed function
+    def score(self, model, stats, inputs):
         model.zero_grad(set_to_none=True)
-        example = None
-        try:
-            for x, y in batches(model, data, num_classes, max_samples=max_samples):
-                example = x[:1] if example is None else example
-                nn.functional.cross_entropy(model(x), y, reduction="sum").backward()
-            return group_scores(model, example, tp.importance.TaylorImportance(), targets)
+        try:   # BN in inference mode: gradients of the deployed function
+            with eval_mode(model):
+                for x, y in batches(model, inputs.data, inputs.num_classes, max_samples=self.options.max_samples):
+                    nn.functional.cross_entropy(model(x), y, reduction="sum").backward()
+                return group_scores(model, inputs.example, "taylor", inputs.targets)
         finally:
             model.zero_grad(set_to_none=True)
-            model.train(was_training)

@@ -8,6 +8,9 @@ for maps of at most ``max_full`` pixels; larger maps fall back to ``diag``, note
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 
 from . import bounds
@@ -15,7 +18,7 @@ from ..capture import Request
 from ..core.components import get_module, size_of
 from ..core.errors import InputError
 from ..capture.hookpoints import resolve_auto
-from ..core.plugin import Scorer
+from ..core.plugin import Scorer, option
 from ..stats.class_moments import ClassMaps, check_counts
 
 FORMS = ("iso", "diag", "full")
@@ -55,8 +58,7 @@ def tvs_scores(maps: ClassMaps, form: str = "iso", aggregation: str = "pairwise_
         sigma2 = maps.variances().mean()
         if sigma2 <= 0:
             return torch.zeros(maps.num_channels, dtype=torch.float64)
-        dist2 = (mp - mq).square().sum(-1)
-        neglog = dist2 / (8 * sigma2)
+        neglog = bounds.neglog_bc_iso((mp - mq).square().sum(-1), sigma2, sigma2, mp.shape[-1])
     elif form == "diag":
         neglog = bounds.neglog_bc_diag(mp, vp, mq, vq)
     else:
@@ -64,39 +66,43 @@ def tvs_scores(maps: ClassMaps, form: str = "iso", aggregation: str = "pairwise_
     return neglog.amin(0)
 
 
+@dataclass(frozen=True)
+class TVSOptions:
+    form: Literal["iso", "diag", "full"] = option(
+        "iso", "Gaussian form: one pooled variance (authors' code), per-pixel, or full covariance")
+    aggregation: Literal["pairwise_min", "ovr_min"] = option(
+        "pairwise_min", "min over class pairs, or over each class vs the rest")
+    hook: Literal["conv", "bn", "act", "ln"] = option(
+        "bn", "observe the layer's output here (falls back to the conv output)")
+    max_full: int = option(64, "largest map (pixels) that keeps full covariances")
+
+
 class TVSScorer(Scorer):
-    """Options: ``form`` (iso | diag | full), ``aggregation`` (pairwise_min | ovr_min), ``hook``
-    (bn by default, as the authors' code; layers without one use their own output), ``max_full``.
-    After ``score``, ``self.ldiff`` holds each layer's LDIFF (reconstructed, §2.5)."""
+    """TVSPrune. Scores.meta gets each layer's LDIFF (reconstructed, §2.5) and a note per layer
+    whose map was too large for the full form."""
     name = "tvs"
     needs_data = True
     needs_labels = True
-    defaults = {"form": "iso", "aggregation": "pairwise_min", "hook": "bn", "max_full": 64}
+    Options = TVSOptions
 
-    def __init__(self, **options):
-        super().__init__(**options)  # the base class checks names against ``defaults``
-        self._keys, self.ldiff, self.info = {}, {}, {}
-
-    def requests(self, model, targets, num_classes):
-        order = (self.options["hook"], "conv") if self.options["hook"] != "conv" else ("conv",)
-        full = self.options["form"] == "full"
-        reqs = []
-        for path in targets:
+    def requests(self, model, inputs):
+        o = self.options
+        order = (o.hook, "conv") if o.hook != "conv" else ("conv",)
+        reqs = {}
+        for path in inputs.targets:
             module, where = resolve_auto(model, path, order)
-            stat = ClassMaps(size_of(get_module(model, path)), num_classes, full=full,
-                             max_full=self.options["max_full"])
-            reqs.append(Request(module, stat, where))
-            self._keys[path] = reqs[-1].key
+            stat = ClassMaps(size_of(get_module(model, path)), inputs.num_classes,
+                             full=o.form == "full", max_full=o.max_full)
+            reqs[path] = Request(module, stat, where)
         return reqs
 
-    def score(self, model, targets, stats, data=None, num_classes=None):
-        out = {}
-        for path in targets:
-            maps = stats[self._keys[path]]
-            form = self.options["form"]
+    def score(self, model, stats, inputs):
+        out, ldiff, notes = {}, {}, {}
+        for path in inputs.targets:
+            maps, form = stats[path], self.options.form
             if form == "full" and not maps.full:
-                self.info[path] = f"map of {maps.sums.shape[-1]} pixels > max_full: diag form used"
+                notes[path] = f"map of {maps.sums.shape[-1]} pixels > max_full: diag form used"
                 form = "diag"
-            out[path] = tvs_scores(maps, form, self.options["aggregation"]).float()
-            self.ldiff[path] = bounds.ldiff(out[path])
-        return out
+            out[path] = tvs_scores(maps, form, self.options.aggregation).float()
+            ldiff[path] = bounds.ldiff(out[path])
+        return out, {"ldiff": ldiff, "notes": notes}

@@ -7,6 +7,9 @@ only class ``target_class`` vs the rest (class forgetting). Higher = more discri
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 
 from . import bounds
@@ -14,7 +17,7 @@ from ..capture import Request
 from ..core.components import get_module, size_of
 from ..core.errors import InputError
 from ..capture.hookpoints import resolve
-from ..core.plugin import Scorer
+from ..core.plugin import Scorer, option
 from ..stats.class_moments import FEATURES, ClassMoments, check_counts, feature_moments, unshift_poly
 
 METHODS = ("fisher", "mpm", "robust", "raw")
@@ -81,32 +84,41 @@ def witness_scores(stat: ClassMoments, method: str = "fisher", features: str = "
     return torch.where(stat.constant_channels(), torch.zeros_like(score), score)
 
 
+@dataclass(frozen=True)
+class WitnessOptions:
+    method: Literal["fisher", "mpm", "robust", "raw"] = option(
+        "fisher", "witness: Fisher, minimax probability machine, robust Fisher or raw moments")
+    features: Literal["poly", "linear", "exp"] = option(
+        "poly", "witness features: (s, s^2), s, or exp(-gamma ||A||)")
+    aggregation: Literal["ovr_min", "pairwise_min"] = option(
+        "ovr_min", "min over each class vs the rest, or over class pairs")
+    hook: Literal["conv", "bn", "act", "ln"] = option("conv", "observe the layer's output here")
+    gamma: float = option(1.0, "scale of the exp witness")
+    target_class: int | None = option(None, "score one class vs the rest (forgetting)")
+    radius: float = option(0.05, "robust Fisher's mean-uncertainty fraction")
+
+    def __post_init__(self):
+        if self.gamma <= 0 or self.radius < 0:
+            raise InputError(f"need gamma > 0 and radius >= 0, got {self.gamma}, {self.radius}")
+
+
 class WitnessScorer(Scorer):
-    """Options: ``method`` (fisher | mpm | robust | raw), ``features`` (poly = (s, s^2),
-    linear = s, exp = exp(-gamma ||A||)), ``aggregation`` (ovr_min | pairwise_min), ``hook``
-    (conv | bn | act | ln), ``gamma``, ``target_class`` (score one class vs the rest), ``radius``
-    (robust Fisher's mean-uncertainty fraction)."""
+    """WitnessPrune / DisCEdit witness-function bounds on one ClassMoments per layer."""
     name = "witness"
     needs_data = True
     needs_labels = True
-    defaults = {"method": "fisher", "features": "poly", "aggregation": "ovr_min", "hook": "conv",
-                "gamma": 1.0, "target_class": None, "radius": 0.05}
+    Options = WitnessOptions
 
-    def __init__(self, **options):
-        super().__init__(**options)  # the base class checks names against ``defaults``
-        self._keys: dict[str, str] = {}
-
-    def requests(self, model, targets, num_classes):
-        reqs = []
-        for path in targets:
-            module, where = resolve(model, path, self.options["hook"])
-            stat = ClassMoments(size_of(get_module(model, path)), num_classes, gamma=self.options["gamma"])
-            reqs.append(Request(module, stat, where))
-            self._keys[path] = reqs[-1].key
+    def requests(self, model, inputs):
+        reqs = {}
+        for path in inputs.targets:
+            module, where = resolve(model, path, self.options.hook)
+            stat = ClassMoments(size_of(get_module(model, path)), inputs.num_classes, gamma=self.options.gamma)
+            reqs[path] = Request(module, stat, where)
         return reqs
 
-    def score(self, model, targets, stats, data=None, num_classes=None):
+    def score(self, model, stats, inputs):
         o = self.options
-        return {path: witness_scores(stats[self._keys[path]], o["method"], o["features"],
-                                     o["aggregation"], o["target_class"], o["radius"]).float()
-                for path in targets}
+        return {path: witness_scores(stats[path], o.method, o.features, o.aggregation,
+                                     o.target_class, o.radius).float()
+                for path in inputs.targets}
