@@ -10,9 +10,18 @@ from .core.errors import InputError
 from .core.plugin import Editor, Inputs
 from .core.record import EditRecord, atomic
 from .core.scores import Scores
+from .io import load, load_model, load_weights, save
+from .io.models import load_state
 from .scorers.run import num_classes_of, score, score_many
 
-__all__ = ["score", "score_many", "edit", "prune", "forget", "editor_inputs"]
+__all__ = ["score", "score_many", "edit", "prune", "forget", "editor_inputs", "save", "load",
+           "load_model", "load_weights_into"]
+
+
+def load_weights_into(model: nn.Module, weights) -> nn.Module:
+    """Load a weights file (.safetensors, or a .pt/.pth state dict without pickle) strictly."""
+    load_state(model, load_weights(weights), str(weights))
+    return model
 
 
 def _editor(editor: str | Editor, options: dict) -> Editor:
@@ -31,6 +40,11 @@ def editor_inputs(model: nn.Module, editor: Editor, scores: Scores | None, data=
     if scores is not None and not editor.uses_scores:
         raise InputError(f"editor {editor.name!r} computes its own scores and ignores the Scores "
                          f"given (from {scores.scorer!r}); pass scores=None")
+    if scores is not None:
+        if not isinstance(scores, Scores):
+            raise InputError(f"scores must be a pluginedit.Scores, got {type(scores).__name__} "
+                             "(wrap a dict with Scores(values, scorer=...))")
+        scores.check_fits(model)
     example = example_inputs if example_inputs is not None else example_batch(data)
     if editor.needs_labels or editor.kind == "forget":
         num_classes = num_classes or num_classes_of(model, example)

@@ -28,15 +28,31 @@ def _kv(text: str):
         return key, value
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
 def _model_args(p: argparse.ArgumentParser, data_default: str = "digits") -> None:
     p.add_argument("--arch", default="vgg", help=f"model zoo architecture ({', '.join(sorted(zoo.ARCHS))})")
-    p.add_argument("--data", default=data_default, help="digits, mnist or fashion-mnist")
+    p.add_argument("--model", default=None, metavar="PKG.MODULE:FACTORY",
+                   help="your own model: a factory called with --model-args (instead of --arch)")
+    p.add_argument("--model-args", default="{}", metavar="JSON", help="keyword arguments of --model")
+    p.add_argument("--weights", default=None, help="weights: .safetensors, or a .pt/.pth state dict")
+    p.add_argument("--data", default=data_default,
+                   help="digits, mnist, fashion-mnist, a .safetensors/.npz file with x and y, or a "
+                        "local Hugging Face data set folder")
     p.add_argument("--data-dir", default=None, help="folder of the idx .gz files (MNIST / Fashion-MNIST)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs of the cached model")
-    p.add_argument("--train-samples", type=int, default=None, help="train on a seeded subset of this size")
-    p.add_argument("--test-samples", type=int, default=None, help="evaluate on a seeded test subset")
+    p.add_argument("--epochs", type=_positive, default=None, help="training epochs of the cached model")
+    p.add_argument("--train-samples", type=_positive, default=None, help="train on a seeded subset of this size")
+    p.add_argument("--test-samples", type=_positive, default=None, help="evaluate on a seeded test subset")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--calib-samples", type=int, default=2048, help="training samples used for statistics")
+    p.add_argument("--calib-samples", type=_positive, default=2048, help="training samples used for statistics")
     p.add_argument("--progress", action="store_true", default=sys.stderr.isatty())
 
 
@@ -47,6 +63,8 @@ def _edit_args(p: argparse.ArgumentParser, editor: str) -> None:
     p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune after the edit")
     p.add_argument("--report", default=None, help="write the before/after JSON here")
     p.add_argument("--plot", default=None, help="write a per-class accuracy PNG here")
+    p.add_argument("--save", default=None, metavar="DIR",
+                   help="save the edited model (safetensors + manifest; reload with pluginedit.load)")
 
 
 def _bundle(args):
@@ -58,9 +76,22 @@ def _bundle(args):
     return bundle
 
 
+def _model(args, bundle):
+    if args.model:
+        try:
+            model_args = json.loads(args.model_args)
+        except json.JSONDecodeError as e:
+            raise InputError(f"--model-args is not valid JSON: {e}") from e
+        return api.load_model(args.model, model_args, args.weights)
+    model = train.pretrained(args.arch, bundle, epochs=args.epochs, seed=args.seed, progress=args.progress)
+    if args.weights:
+        api.load_weights_into(model, args.weights)
+    return model
+
+
 def _setup(args):
     bundle = _bundle(args)
-    model = train.pretrained(args.arch, bundle, epochs=args.epochs, seed=args.seed, progress=args.progress)
+    model = _model(args, bundle)
     calib = bundle.train.subset(args.calib_samples, seed=args.seed)
     return bundle, model, calib
 
@@ -78,6 +109,9 @@ def _finish(args, bundle, model, dense, record, extra: dict) -> dict:
         for side in ("before", "after"):
             rep[side].update(report.forgetting(rep[side]["per_class_accuracy"], extra["forgotten_class"]))
     print(report.table(rep))
+    if getattr(args, "save", None):
+        api.save(model, args.save, record)
+        print(f"edited model saved to {args.save} (reload with pluginedit.load)")
     if args.report:
         report.write(rep, args.report)
         print(f"report written to {args.report}")
@@ -144,17 +178,40 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _scorer_options(names: list[str], options: dict) -> dict[str, dict]:
+    """Per scorer, its ``-o`` options: ``key=value`` for a single scorer, ``name.key=value``
+    when several share the pass."""
+    out = {n: {} for n in names}
+    for key, value in options.items():
+        name, dot, opt = key.partition(".")
+        if dot and name in out:
+            out[name][opt] = value
+        elif len(names) == 1 and not dot:
+            out[names[0]][key] = value
+        else:
+            raise InputError(f"option {key!r}: with several scorers write <scorer>.<option>=value "
+                             f"(scorers: {', '.join(names)})")
+    return out
+
+
 def cmd_score(args) -> int:
+    names = args.scorer or ["l1"]
     bundle, model, calib = _setup(args)
+    opts = _scorer_options(names, dict(args.option))
+    scorers = [registry.get_scorer(n, **opts[n]) for n in names]
     t0 = time.perf_counter()
-    scores = api.score(model, args.scorer, data=calib, num_classes=bundle.num_classes,
-                       progress=args.progress, **dict(args.option))
-    print(f"scored {len(scores.values)} layers with {args.scorer} in {time.perf_counter() - t0:.2f}s")
-    for path, v in scores.values.items():
-        print(f"  {path:32s} n={len(v):4d}  min={v.min():.4g}  median={v.median():.4g}  max={v.max():.4g}")
-    if args.out:
-        scores.save(args.out)
-        print(f"scores written to {args.out}.safetensors/.json")
+    results = api.score_many(model, scorers, data=calib, num_classes=bundle.num_classes,
+                             progress=args.progress)
+    print(f"scored with {', '.join(names)} in one pass over {len(calib)} samples: "
+          f"{time.perf_counter() - t0:.2f}s")
+    for name, scores in results.items():
+        print(f"{name}:")
+        for path, v in scores.values.items():
+            print(f"  {path:32s} n={len(v):4d}  min={v.min():.4g}  median={v.median():.4g}  max={v.max():.4g}")
+        if args.out:
+            stem = args.out if len(names) == 1 else f"{args.out}.{name}"
+            scores.save(stem)
+            print(f"  written to {stem}.safetensors and {stem}.json")
     return 0
 
 
@@ -239,9 +296,12 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("score", help="score the components of a model")
     _model_args(p)
-    p.add_argument("--scorer", default="l1")
-    p.add_argument("-o", "--option", type=_kv, action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--out", default=None, help="save Scores (safetensors + json) under this stem")
+    p.add_argument("--scorer", action="append", default=None,
+                   help="scorer plugin (repeat to score with several in one pass; default l1)")
+    p.add_argument("-o", "--option", type=_kv, action="append", default=[], metavar="KEY=VALUE",
+                   help="scorer option; <scorer>.<key>=value with several scorers")
+    p.add_argument("--out", default=None,
+                   help="save Scores as OUT.safetensors + OUT.json (OUT.<scorer>.* for several)")
     p.set_defaults(fn=cmd_score)
 
     p = sub.add_parser("prune", help="score and prune a model, then report before/after")

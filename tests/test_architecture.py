@@ -10,7 +10,7 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "pluginedit"
 # Lowest first; a module may import its own layer and the ones before it.
-LAYERS = ["core", "linalg", "ops", "stats", "capture", "scorers", "editors",
+LAYERS = ["core", "linalg", "ops", "stats", "capture", "scorers", "editors", "io",
           "report", "api", "cli"]
 CONTRIB_USERS = {"cli", "api", "contrib"}
 TP_ADAPTER = "pluginedit.editors._tp"

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from ..capture import Split, as_loader, check_classes  # noqa: F401 (re-exported)
 from ..core.errors import InputError
+from . import files
 
 DATA_ENV = "PLUGINEDIT_DATA_DIR"
 _IDX = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -111,10 +112,19 @@ def load_idx_dataset(name: str, root: str | Path | None = None) -> DataBundle:
 
 
 def load_dataset(spec: str, root: str | Path | None = None) -> DataBundle:
-    """``digits``, ``mnist`` or ``fashion-mnist`` (``name:PATH`` also accepted)."""
+    """``digits``, ``mnist`` or ``fashion-mnist`` (``name:PATH`` also accepted), or a path: a
+    ``.safetensors``/``.npz`` file of tensors, or a local Hugging Face data set (see files.py)."""
     name, _, path = spec.partition(":")
     if name == "digits":
         return load_digits()
     if name in _SUBDIR:
         return load_idx_dataset(name, path or root)
-    raise InputError(f"unknown data set {spec!r}; known: digits, mnist, fashion-mnist")
+    file = Path(spec)
+    if file.suffix in files.TENSOR_SUFFIXES:
+        train, test, k = files.load_tensor_file(file)
+    elif file.exists():
+        train, test, k = files.load_hf_dataset(file)
+    else:
+        raise InputError(f"unknown data set {spec!r}: not digits, mnist or fashion-mnist, and no "
+                         "such file or folder")
+    return DataBundle(file.stem, train, test, k, tuple(str(i) for i in range(k)))

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from . import zoo
 from ..capture import Split, as_loader, model_device
+from ..core.errors import InputError
 from .data import DataBundle
 
 CACHE_ENV = "PLUGINEDIT_CACHE"
@@ -57,8 +58,19 @@ def fit(model: nn.Module, train: Split, epochs: int, lr: float = 2e-3, batch_siz
     return model.eval()
 
 
+def data_hash(split: Split) -> str:
+    """SHA-256 of the training tensors: the cache must never serve a model trained on other
+    data that happens to share the name and size."""
+    h = hashlib.sha256()
+    for t in (split.x, split.y):
+        t = t.detach().cpu().contiguous()
+        h.update(str((t.dtype, tuple(t.shape))).encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
 def _key(arch: str, data: DataBundle, config: dict, epochs: int, seed: int) -> str:
-    blob = json.dumps([CACHE_VERSION, arch, data.name, len(data.train), config, epochs, seed],
+    blob = json.dumps([CACHE_VERSION, arch, data.name, data_hash(data.train), config, epochs, seed],
                       sort_keys=True, default=list)
     return f"{arch}-{data.name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
@@ -75,6 +87,8 @@ def pretrained(arch: str, data: DataBundle, epochs: int | None = None, seed: int
         model.load_state_dict(load_file(str(path)))
         return model.eval()
     fit(model, data.train, epochs, seed=seed, progress=progress)
+    if not all(torch.isfinite(p).all() for p in model.state_dict().values() if p.is_floating_point()):
+        raise InputError(f"training {arch} on {data.name} diverged (NaN or Inf weights); not cached")
     tmp = path.with_suffix(".tmp")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
     tmp.replace(path)  # atomic: a killed run never leaves a half-written checkpoint

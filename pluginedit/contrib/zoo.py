@@ -4,6 +4,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..core.errors import InputError
+from ..io.models import set_source
 
 
 def conv_bn(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
@@ -81,7 +82,11 @@ ARCHS = {"vgg": VGG, "resnet": ResNet}
 def build(arch: str, in_channels: int, num_classes: int, **kwargs) -> nn.Module:
     if arch not in ARCHS:
         raise InputError(f"unknown architecture {arch!r}; known: {sorted(ARCHS)}")
-    return ARCHS[arch](in_channels=in_channels, num_classes=num_classes, **kwargs)
+    model = ARCHS[arch](in_channels=in_channels, num_classes=num_classes, **kwargs)
+    # Remembered so an edited copy can be saved and rebuilt (pluginedit.io).
+    return set_source(model, {"kind": "factory", "factory": "pluginedit.contrib.zoo:build",
+                              "args": {"arch": arch, "in_channels": in_channels,
+                                       "num_classes": num_classes, **kwargs}})
 
 
 def default_config(arch: str, dataset: str) -> dict:

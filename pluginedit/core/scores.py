@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .components import groups, size_of
 from .errors import InputError
 
 
@@ -35,18 +36,43 @@ class Scores:
     def __iter__(self):
         return iter(self.values)
 
+    def check_fits(self, model) -> None:
+        """Every scored layer exists in ``model`` with as many components as it has scores:
+        scores of another model, or of this one before an edit, are refused, never truncated."""
+        layers = groups(model)
+        missing = [p for p in self.values if p not in layers]
+        if missing:
+            raise InputError(f"scores from {self.scorer!r} name layers the model does not have: "
+                             f"{missing[:5]} (scores of another model?)")
+        bad = {p: (len(v), size_of(layers[p])) for p, v in self.values.items() if len(v) != size_of(layers[p])}
+        if bad:
+            p, (n, m) = next(iter(bad.items()))
+            raise InputError(f"scores of {p!r} have {n} entries but the layer has {m} components "
+                             f"({len(bad)} layer(s) differ: scores of another model, or of an earlier state?)")
+
     def lowest(self, path: str, n: int) -> torch.Tensor:
         """Indices of the ``n`` least important components of a group (stable order)."""
         return torch.argsort(self.values[path], stable=True)[:n]
 
-    def save(self, path: str | Path) -> None:
-        path = Path(path)
-        save_file({k: v.contiguous() for k, v in self.values.items()}, str(path.with_suffix(".safetensors")))
-        head = {"scorer": self.scorer, "options": self.options, "meta": self.meta}
-        path.with_suffix(".json").write_text(json.dumps(head, indent=2, default=str))
+    @staticmethod
+    def _files(stem: str | Path) -> tuple[Path, Path]:
+        """STEM.safetensors and STEM.json; a stem with dots ("run.v1") keeps them (no
+        with_suffix, which would turn run.v1 and run.v2 into the same run.*)."""
+        stem = str(stem)
+        for ext in (".safetensors", ".json"):
+            stem = stem[: -len(ext)] if stem.endswith(ext) else stem
+        return Path(stem + ".safetensors"), Path(stem + ".json")
+
+    def save(self, stem: str | Path) -> None:
+        tensors, head = self._files(stem)
+        save_file({k: v.contiguous() for k, v in self.values.items()}, str(tensors))
+        meta = {"scorer": self.scorer, "options": self.options, "meta": self.meta}
+        head.write_text(json.dumps(meta, indent=2, default=str))
 
     @classmethod
-    def load(cls, path: str | Path) -> "Scores":
-        path = Path(path)
-        head = json.loads(path.with_suffix(".json").read_text())
-        return cls(load_file(str(path.with_suffix(".safetensors"))), **head)
+    def load(cls, stem: str | Path) -> "Scores":
+        tensors, head = cls._files(stem)
+        for f in (tensors, head):
+            if not f.is_file():
+                raise InputError(f"scores file {f} does not exist")
+        return cls(load_file(str(tensors)), **json.loads(head.read_text()))

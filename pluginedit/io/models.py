@@ -1,0 +1,143 @@
+"""Building a model from a description (factory + arguments, or a transformers class + config)
+and reading weight files without unpickling arbitrary objects."""
+from __future__ import annotations
+
+import importlib
+import os
+import re
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+from ..core.errors import InputError
+
+SOURCE_ATTR = "_pluginedit_source"     # how the dense architecture was built
+STEPS_ATTR = "_pluginedit_steps"       # structural edits applied since then
+_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+def source_of(model: nn.Module) -> dict | None:
+    return model.__dict__.get(SOURCE_ATTR)
+
+
+def set_source(model: nn.Module, source: dict, steps: list | None = None) -> nn.Module:
+    """Remember how ``model`` was built (saved with it; plain attributes, not state)."""
+    model.__dict__[SOURCE_ATTR] = source
+    model.__dict__[STEPS_ATTR] = list(steps or [])
+    return model
+
+
+def import_factory(spec: str):
+    """The callable named by ``package.module:attribute``."""
+    if not isinstance(spec, str) or not _SPEC.match(spec):
+        raise InputError(f"model factory {spec!r} must look like 'package.module:callable'")
+    module_name, attr = spec.split(":")
+    try:
+        obj = importlib.import_module(module_name)
+    except ImportError as e:
+        raise InputError(f"cannot import {module_name!r} for model factory {spec!r}: {e}") from e
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise InputError(f"model factory {spec!r}: {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise InputError(f"model factory {spec!r} is not callable")
+    return obj
+
+
+def _transformers_model(source: dict) -> nn.Module:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import transformers
+    cls = getattr(transformers, str(source.get("class")), None)
+    if cls is None or not hasattr(cls, "config_class"):
+        raise InputError(f"unknown transformers model class {source.get('class')!r}")
+    return cls(cls.config_class.from_dict(dict(source.get("config") or {})))
+
+
+def build(source: dict) -> nn.Module:
+    """The dense model a source description names."""
+    kind = source.get("kind") if isinstance(source, dict) else None
+    if kind == "factory":
+        args = source.get("args") or {}
+        if not isinstance(args, dict):
+            raise InputError(f"model arguments must be a JSON object, got {args!r}")
+        try:
+            model = import_factory(source.get("factory"))(**args)
+        except InputError:
+            raise
+        except Exception as e:
+            raise InputError(f"model factory {source.get('factory')!r} failed with {args}: "
+                             f"{type(e).__name__}: {e}") from e
+    elif kind == "transformers":
+        model = _transformers_model(source)
+    else:
+        raise InputError(f"unknown model source {source!r}: need kind 'factory' or 'transformers'")
+    if not isinstance(model, nn.Module):
+        raise InputError(f"model source {source} built a {type(model).__name__}, not an nn.Module")
+    return set_source(model, source)
+
+
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from ``.safetensors`` or a ``.pt``/``.pth`` state dict read with
+    ``weights_only=True`` (tensors and containers only: no code runs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise InputError(f"{path}: not a readable safetensors file ({e})") from e
+    if path.suffix not in (".pt", ".pth", ".bin"):
+        raise InputError(f"{path}: weights must be .safetensors, .pt or .pth")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise InputError(f"{path}: not a state dict loadable with weights_only=True "
+                         f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise InputError(f"{path}: expected a state dict (name -> tensor)")
+    return state
+
+
+def load_state(model: nn.Module, state: dict, where: str) -> None:
+    """``load_state_dict(strict=True)`` with an error naming the file and the mismatch."""
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()][1:4]
+        raise InputError(f"{where}: the weights do not fit the model ({'; '.join(lines)[:600]})") from e
+
+
+def load_model(factory: str | None = None, args: dict | None = None, weights=None,
+               hf: str | Path | None = None) -> nn.Module:
+    """A model from a factory (``package.module:callable`` with ``args``) or a local transformers
+    directory (``hf``), with optional ``weights``; in eval mode, its source remembered for
+    ``save``."""
+    if (factory is None) == (hf is None):
+        raise InputError("give exactly one of a model factory or a transformers directory")
+    if hf is not None:
+        model = _from_pretrained(Path(hf))
+    else:
+        model = build({"kind": "factory", "factory": factory, "args": dict(args or {})})
+    if weights is not None:
+        load_state(model, load_weights(weights), str(weights))
+    return model.eval()
+
+
+def _from_pretrained(path: Path) -> nn.Module:
+    if not (path / "config.json").is_file():
+        raise InputError(f"{path} is not a transformers model directory (no config.json)")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import transformers
+    config = transformers.AutoConfig.from_pretrained(path)
+    archs = getattr(config, "architectures", None) or []
+    cls = getattr(transformers, archs[0], None) if archs else None
+    cls = cls or transformers.AutoModel._model_mapping[type(config)]
+    model = cls.from_pretrained(path)
+    return set_source(model, {"kind": "transformers", "class": type(model).__name__,
+                              "config": model.config.to_dict()})
