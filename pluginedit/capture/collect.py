@@ -10,6 +10,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..core.components import eval_mode, get_module
+from ..core.outputs import call
 from .inputs import batches
 from ..core.errors import InputError
 from ..stats import Statistic, check_labels
@@ -62,7 +63,7 @@ def collect(model: nn.Module, data, requests: Iterable[Request], num_classes: in
             for x, y in batches(model, data, num_classes, batch_size, max_samples, progress, "statistics"):
                 current["labels"], current["seen"] = y, set()
                 try:
-                    model(x)
+                    call(model, x)
                 except _StopForward:
                     pass
     finally:

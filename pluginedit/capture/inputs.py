@@ -6,18 +6,20 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..core.components import groups, output_layers, size_of
 from ..core.errors import InputError
+from ..core.outputs import batch_size as batch_size_of
+from ..core.outputs import finite, take, to
 from ..stats import check_labels
 
 
 @dataclass
 class Split:
-    x: torch.Tensor   # [N, C, H, W] float32, normalised
-    y: torch.Tensor   # [N] int64
+    x: torch.Tensor | dict   # [N, C, H, W] float32, normalised; or {name: [N, ...]} (token ids)
+    y: torch.Tensor          # [N] int64 (zeros for unlabelled calibration text)
 
     def __len__(self):
         return len(self.y)
@@ -33,19 +35,35 @@ class Split:
         if n is not None and n < len(idx):
             g = torch.Generator().manual_seed(seed)
             idx = idx[torch.randperm(len(idx), generator=g)[:n]].sort().values
-        return Split(self.x[idx], self.y[idx])
+        return Split(take(self.x, idx), self.y[idx])
+
+
+class _Rows(Dataset):
+    """(x, y) rows of a tensor or of a mapping of tensors (the default collate re-batches both)."""
+
+    def __init__(self, x, y):
+        n = batch_size_of(x)
+        if n != len(y):
+            raise InputError(f"{n} inputs but {len(y)} labels")
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return take(self.x, i), self.y[i]
 
 
 def as_loader(data, batch_size: int = 256, shuffle: bool = False, seed: int = 0) -> DataLoader:
-    """A DataLoader of (x, y) from a Split, an (x, y) pair of tensors, a Dataset or a DataLoader."""
+    """A DataLoader of (x, y) from a Split, an (x, y) pair (x a tensor or a mapping of tensors),
+    a Dataset or a DataLoader."""
     if isinstance(data, DataLoader):
         return data
     if isinstance(data, Split):
-        data = TensorDataset(data.x, data.y)
-    elif isinstance(data, (tuple, list)) and len(data) == 2 and all(torch.is_tensor(t) for t in data):
-        if len(data[0]) != len(data[1]):
-            raise InputError(f"{len(data[0])} inputs but {len(data[1])} labels")
-        data = TensorDataset(*data)
+        data = _Rows(data.x, data.y)
+    elif isinstance(data, (tuple, list)) and len(data) == 2 and torch.is_tensor(data[1]) and \
+            (torch.is_tensor(data[0]) or isinstance(data[0], dict)):
+        data = _Rows(*data)
     if not isinstance(data, Dataset):
         raise InputError(f"cannot make a loader from {type(data).__name__}; "
                          "pass a Split, (x, y) tensors, a Dataset or a DataLoader")
@@ -78,13 +96,13 @@ def batches(model: nn.Module, data, num_classes: int | None, batch_size: int = 2
         if max_samples is not None and seen >= max_samples:
             break
         if max_samples is not None:
-            x, y = x[: max_samples - seen], y[: max_samples - seen]
-        if not torch.isfinite(x).all():
+            x, y = take(x, slice(0, max_samples - seen)), y[: max_samples - seen]
+        if not finite(x):
             raise InputError("NaN or Inf in the input data")
         if num_classes is not None:
-            y = check_labels(y, num_classes, x.shape[0])
-        seen += x.shape[0]
-        yield x.to(device), y.to(device)
+            y = check_labels(y, num_classes, batch_size_of(x))
+        seen += batch_size_of(x)
+        yield to(x, device), y.to(device)
 
 
 def example_batch(data) -> torch.Tensor | None:
@@ -93,9 +111,9 @@ def example_batch(data) -> torch.Tensor | None:
     if data is None:
         return None
     if isinstance(data, Split):
-        return data.x[:1]
+        return take(data.x, slice(0, 1))
     x = next(iter(as_loader(data, batch_size=1)))[0]
-    return x[:1]
+    return take(x, slice(0, 1))
 
 
 def head_layers(model: nn.Module, example: torch.Tensor | None = None,

@@ -7,6 +7,8 @@ import contextlib
 import torch
 from torch import nn
 
+from .outputs import call, tensors
+
 
 def kind_of(module: nn.Module) -> str | None:
     if isinstance(module, nn.Conv2d):
@@ -54,12 +56,11 @@ def output_layers(model: nn.Module, example) -> list[str]:
                for p, m in groups(model).items()]
     try:
         with torch.no_grad(), eval_mode(model):
-            out = model(example)
+            out = call(model, example)
     finally:
         for h in handles:
             h.remove()
-    outs = out if isinstance(out, (tuple, list)) else [out]
-    return [produced[id(o)] for o in outs if id(o) in produced]
+    return [produced[id(o)] for o in tensors(out) if id(o) in produced]
 
 
 def bn_of(model: nn.Module) -> dict[str, str]:

@@ -9,6 +9,7 @@ from ..capture import Split, check_classes, collect, default_targets, example_ba
 from ..core import registry
 from ..core.components import eval_mode, groups
 from ..core.errors import InputError
+from ..core.outputs import call, primary
 from ..core.plugin import Inputs, Scorer
 from ..core.scores import Scores
 
@@ -18,7 +19,7 @@ def num_classes_of(model: nn.Module, example: torch.Tensor | None) -> int:
     if example is None:
         raise InputError("num_classes is unknown: pass num_classes or data")
     with torch.no_grad(), eval_mode(model):
-        out = model(example)
+        out = primary(call(model, example))
     return int(out.shape[-1])
 
 
