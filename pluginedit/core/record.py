@@ -17,6 +17,7 @@ class EditRecord:
     saved: dict[str, torch.Tensor] = field(default_factory=dict)  # tensor name -> original values
     info: dict = field(default_factory=dict)
     scores: str | None = None                                      # scorer whose Scores decided, if any
+    steps: list[dict] = field(default_factory=list)                # structural edits, replayable (io)
 
     @property
     def reversible(self) -> bool:
@@ -36,7 +37,7 @@ class EditRecord:
 
     def summary(self) -> dict:
         return {"editor": self.editor, "semantics": self.semantics, "options": self.options,
-                "scores": self.scores,
+                "scores": self.scores, "structural_steps": len(self.steps),
                 "changed": {k: len(v) for k, v in self.changes.items()}, **self.info}
 
 

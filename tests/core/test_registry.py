@@ -11,7 +11,7 @@ from pluginedit import cli
 from pluginedit.core import registry
 from pluginedit.core.errors import InputError, PluginError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "pluginedit-example-scorer"
 
 
@@ -107,3 +107,25 @@ def test_example_plugin_is_discovered_and_prunes(example_installed, tmp_path):
     rep = json.loads(out.read_text())
     assert rep["scorer"] == "bn-gamma"
     assert rep["after"]["params"] * 3 < rep["before"]["params"]
+
+
+def test_example_scorer_shares_the_pass_and_editor_undoes(example_installed, digits, digits_vgg):
+    """act-rms declares a statistic: scored together with fidelity it gives exactly its own
+    scores; zero-lowest is reversible byte for byte."""
+    import copy
+
+    import torch
+
+    import pluginedit as pe
+    calib = digits.train.subset(256)
+    both = pe.score_many(digits_vgg, ["act-rms", "fidelity"], data=calib)
+    alone = pe.score(digits_vgg, "act-rms", data=calib)
+    for path in alone:
+        assert torch.equal(both["act-rms"][path], alone[path])
+    model = copy.deepcopy(digits_vgg)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rec = pe.edit(model, "zero-lowest", alone, fraction=0.5)
+    assert rec.reversible and rec.scores == "act-rms" and rec.num_changed() > 0
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    rec.undo(model)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
