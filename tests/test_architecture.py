@@ -11,8 +11,8 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "pluginedit"
 # Lowest first; a module may import its own layer and the ones before it.
 LAYERS = ["core", "linalg", "ops", "stats", "capture", "scorers", "editors", "io",
-          "report", "api", "cli"]
-CONTRIB_USERS = {"cli", "api", "contrib"}
+          "report", "api", "demo", "cli"]
+CONTRIB_USERS = {"cli", "api", "demo", "contrib"}
 TP_ADAPTER = "pluginedit.editors._tp"
 
 

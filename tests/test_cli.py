@@ -18,18 +18,25 @@ from conftest import FMNIST_RECIPE
 KEYS = {"accuracy", "per_class_accuracy", "params", "macs", "latency_ms"}
 
 
-def test_demo_prunes_3x_within_2_points(tmp_path):
+def test_demo_shows_modhifi_against_l1_and_reloads(tmp_path):
     out = tmp_path / "demo.json"
     env = {**os.environ, "PLUGINEDIT_DISABLE_PLUGIN_AUTOLOAD": "1"}
-    run = subprocess.run(["pluginedit", "demo", "--report", str(out)], capture_output=True, text=True,
-                         env=env, timeout=300)
+    run = subprocess.run(["pluginedit", "demo", "--report", str(out), "--save", str(tmp_path / "m"),
+                          "--plot", str(tmp_path / "demo.png")], capture_output=True, text=True,
+                         env=env, timeout=600)
     assert run.returncode == 0, run.stderr
-    assert "params" in run.stdout and "before" in run.stdout       # the table was printed
+    assert "modhifi-p, no fine-tuning" in run.stdout and "fresh process" in run.stdout
     rep = json.loads(out.read_text())
-    assert KEYS <= rep["before"].keys() and KEYS <= rep["after"].keys()
-    assert rep["before"]["params"] >= 3 * rep["after"]["params"]
-    assert rep["after"]["accuracy"] >= rep["before"]["accuracy"] - 0.02
-    assert rep["before"]["accuracy"] > 0.95
+    dense, (ft, l1, mh) = rep["dense"], rep["rows"]
+    assert KEYS <= dense.keys() and all(KEYS <= r.keys() for r in rep["rows"])
+    assert dense["accuracy"] > 0.95
+    assert ft["params"] == l1["params"] and abs(mh["params"] - l1["params"]) <= 0.02 * l1["params"]
+    assert dense["params"] >= 3 * mh["params"]
+    assert ft["accuracy"] >= dense["accuracy"] - 0.02           # the usual recipe, with training
+    assert mh["accuracy"] > l1["accuracy"] + 0.2                 # no training at all
+    assert rep["reload"]["max_abs_logit_diff"] <= 1e-5
+    assert rep["reload"]["accuracy"] == pytest.approx(mh["accuracy"], abs=1e-9)
+    assert (tmp_path / "m" / "manifest.json").exists() and (tmp_path / "demo.png").stat().st_size > 0
 
 
 def test_prune_fashion_mnist_resnet_report(shared_data, fmnist_resnet, tmp_path):
