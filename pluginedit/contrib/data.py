@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,19 +59,49 @@ def load_digits(test_fraction: float = 0.25, seed: int = 0) -> DataBundle:
 
 
 def read_idx(path: str | Path) -> np.ndarray:
-    """An idx file (gzipped or not) as a numpy array."""
+    """An idx file (gzipped or not) of unsigned bytes as a numpy array; every way it can be
+    damaged is an InputError naming the file."""
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise InputError(f"{path} is not an idx file of unsigned bytes")
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                raw = f.read()
+        else:
+            raw = path.read_bytes()
+    except (OSError, EOFError, zlib.error) as e:   # BadGzipFile is an OSError
+        raise InputError(f"{path}: not a readable gzip file ({type(e).__name__}: {e}); "
+                         "the download may be truncated or not gzipped") from e
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise InputError(f"{path}: not an idx file (bad magic number)")
+    if raw[2] != 0x08:
+        raise InputError(f"{path}: idx data type 0x{raw[2]:02x}, expected 0x08 (unsigned bytes)")
     nd = raw[3]
+    if nd == 0 or len(raw) < 4 + 4 * nd:
+        raise InputError(f"{path}: idx header declares {nd} dimensions but is cut short")
     dims = struct.unpack(">" + "I" * nd, raw[4:4 + 4 * nd])
     data = np.frombuffer(raw, np.uint8, offset=4 + 4 * nd)
     if data.size != int(np.prod(dims)):
         raise InputError(f"{path} is truncated: header says {dims}, found {data.size} bytes")
     return data.reshape(dims)
+
+
+def _check_pair(name: str, split: str, x: np.ndarray, y: np.ndarray, paths) -> None:
+    """Images [N, H, W] with 8-bit pixels and labels [N] in 0..9, the same N > 0."""
+    img, lab = paths
+    if x.ndim != 3:
+        hint = " (are the image and label files swapped?)" if y.ndim == 3 else ""
+        raise InputError(f"{img}: {name} {split} images must be [N, H, W], got shape {x.shape}{hint}")
+    if y.ndim != 1:
+        raise InputError(f"{lab}: {name} {split} labels must be [N], got shape {y.shape}")
+    if len(x) == 0:
+        raise InputError(f"{img}: {name} {split} split has no items")
+    if len(x) != len(y):
+        raise InputError(f"{name} {split}: {len(x)} images in {img} but {len(y)} labels in {lab}")
+    if y.max() >= 10:
+        raise InputError(f"{lab}: {name} {split} labels out of range: found up to {int(y.max())}, expected 0..9")
+    if x.max() < 16:
+        raise InputError(f"{img}: {name} {split} pixels only reach {int(x.max())}; expected 8-bit "
+                         "grey levels 0..255 (already scaled images?)")
 
 
 def _find_idx(root: Path, stem: str) -> Path:
@@ -100,11 +131,11 @@ def load_idx_dataset(name: str, root: str | Path | None = None) -> DataBundle:
     base = _idx_root(name, root)
     splits = {}
     for split, (img, lab) in _IDX.items():
-        x = torch.from_numpy(read_idx(_find_idx(base, img)).copy()).float().div_(255).unsqueeze(1)
-        y = torch.from_numpy(read_idx(_find_idx(base, lab)).astype(np.int64))
-        if len(x) != len(y):
-            raise InputError(f"{name} {split}: {len(x)} images but {len(y)} labels")
-        splits[split] = (x, y)
+        paths = (_find_idx(base, img), _find_idx(base, lab))
+        x, y = (read_idx(p) for p in paths)
+        _check_pair(name, split, x, y, paths)
+        splits[split] = (torch.from_numpy(x.copy()).float().div_(255).unsqueeze(1),
+                         torch.from_numpy(y.astype(np.int64)))
     mean, std = splits["train"][0].mean().item(), splits["train"][0].std().item()
     train, test = (Split(_normalise(x, mean, std), y) for x, y in splits.values())
     names = FASHION_CLASSES if name == "fashion-mnist" else tuple(str(i) for i in range(10))
