@@ -14,6 +14,7 @@ from .core import registry
 from . import report
 from .contrib import train, zoo
 from .contrib.data import load_dataset
+from .capture import check_classes
 from .core.errors import InputError, PluginEditError
 from .core.plugin import describe
 
@@ -73,6 +74,7 @@ def _bundle(args):
         bundle.train = bundle.train.subset(args.train_samples)
     if getattr(args, "test_samples", None):
         bundle.test = bundle.test.subset(args.test_samples)
+    check_classes(bundle.train.y, bundle.num_classes)   # one class is no classification task
     return bundle
 
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .errors import EditError
+
 
 @dataclass
 class EditRecord:
@@ -24,10 +26,18 @@ class EditRecord:
         return bool(self.saved)
 
     def undo(self, model: nn.Module) -> None:
-        """Restore every saved tensor (masking edits); physical removals cannot be undone."""
+        """Restore every saved tensor (masking edits); physical removals cannot be undone.
+        Checked whole before anything is written, so a failed undo changes nothing; tied
+        parameters are found under every name they have."""
         if not self.reversible:
-            raise RuntimeError(f"the {self.editor!r} edit ({self.semantics}) is not reversible")
-        state = dict(model.named_parameters()) | dict(model.named_buffers())
+            raise EditError(f"the {self.editor!r} edit ({self.semantics}) is not reversible")
+        state = dict(model.named_parameters(remove_duplicate=False)) | \
+            dict(model.named_buffers(remove_duplicate=False))
+        missing = [k for k in self.saved if k not in state]
+        wrong = [k for k in self.saved if k in state and state[k].shape != self.saved[k].shape]
+        if missing or wrong:
+            raise EditError(f"cannot undo the {self.editor!r} edit on this model: "
+                            f"missing {missing[:5]}, shape changed {wrong[:5]}")
         with torch.no_grad():
             for name, value in self.saved.items():
                 state[name].copy_(value)

@@ -40,8 +40,10 @@ def _inputs(model, scorers, data, targets, num_classes, example) -> Inputs:
         num_classes = num_classes or num_classes_of(model, example)
         if isinstance(data, Split):
             check_classes(data.y, num_classes)
-    targets = list(targets or default_targets(model, example, num_classes))
     known = groups(model)
+    if not known:
+        raise InputError(f"the model ({type(model).__name__}) has no conv/linear layers to score")
+    targets = list(targets or default_targets(model, example, num_classes))
     missing = [t for t in targets if t not in known]
     if missing:
         raise InputError(f"targets {missing} are not conv/linear layers of the model; known: {list(known)}")
