@@ -30,6 +30,15 @@ class Request:
             raise InputError(f"hook point must be 'input' or 'output', got {self.where!r}")
 
 
+def _real_tokens(t: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None):
+    """Token activations [B, L, ...] of a padded text batch -> [real tokens, ...] with each
+    token labelled by its sequence: padding must not enter the statistics."""
+    if mask is None or t.ndim < 3 or tuple(t.shape[:2]) != tuple(mask.shape):
+        return t, labels
+    keep = mask.bool()
+    return t[keep], labels.repeat_interleave(keep.sum(1))
+
+
 class _StopForward(Exception):
     """Raised by a hook to end a forward pass whose remaining layers are not needed."""
 
@@ -49,7 +58,8 @@ def collect(model: nn.Module, data, requests: Iterable[Request], num_classes: in
     def make_hook(req: Request):
         def hook(module, inputs, output):
             t = inputs[0] if req.where == "input" else output
-            req.statistic.update(t.detach(), current["labels"])
+            t, labels = _real_tokens(t.detach(), current["labels"], current["mask"])
+            req.statistic.update(t, labels)
             if stop_early:
                 current["seen"].add(id(req))
                 if len(current["seen"]) == len(requests):
@@ -62,6 +72,7 @@ def collect(model: nn.Module, data, requests: Iterable[Request], num_classes: in
         with eval_mode(model):
             for x, y in batches(model, data, num_classes, batch_size, max_samples, progress, "statistics"):
                 current["labels"], current["seen"] = y, set()
+                current["mask"] = x.get("attention_mask") if isinstance(x, dict) else None
                 try:
                     call(model, x)
                 except _StopForward:

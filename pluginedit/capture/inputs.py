@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..core.components import groups, output_layers, size_of
+from ..core.components import groups, kind_of, output_layers, size_of, transformer_units
 from ..core.errors import InputError
 from ..core.outputs import batch_size as batch_size_of
 from ..core.outputs import finite, take, to
@@ -133,6 +133,10 @@ def head_layers(model: nn.Module, example: torch.Tensor | None = None,
 
 def default_targets(model: nn.Module, example: torch.Tensor | None = None,
                     num_classes: int | None = None) -> list[str]:
-    """Every conv / linear layer except the classifier head."""
+    """Every conv / linear layer except the classifier head; for a transformer, its attention
+    blocks (heads) and FFN up projections (neurons)."""
+    units = transformer_units(model)
+    if units:
+        return units
     heads = set(head_layers(model, example, num_classes))
-    return [p for p in groups(model) if p not in heads]
+    return [p for p in groups(model) if p not in heads and kind_of(groups(model)[p]) != "attn_head"]

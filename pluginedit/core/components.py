@@ -10,11 +10,20 @@ from torch import nn
 from .outputs import call, tensors
 
 
+def is_attention(module: nn.Module) -> bool:
+    """A multi-head self-attention block of the BERT family: query/key/value projections and
+    a head count (its components are the heads)."""
+    return all(isinstance(getattr(module, n, None), nn.Linear) for n in ("query", "key", "value")) \
+        and isinstance(getattr(module, "num_attention_heads", None), int)
+
+
 def kind_of(module: nn.Module) -> str | None:
     if isinstance(module, nn.Conv2d):
         return "conv_out"
     if isinstance(module, nn.Linear):
         return "linear_out"
+    if is_attention(module):
+        return "attn_head"
     return None
 
 
@@ -24,7 +33,21 @@ def groups(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def size_of(module: nn.Module) -> int:
+    if is_attention(module):
+        return module.num_attention_heads
     return module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+
+
+def transformer_units(model: nn.Module) -> list[str]:
+    """The attention blocks and FFN up projections (``intermediate.dense``) of a BERT-family
+    model, layer by layer: the units a transformer is pruned by. Empty for other models."""
+    out = []
+    for path, m in model.named_modules():
+        if is_attention(m):
+            out.append(path)
+        elif path.endswith("intermediate.dense") and isinstance(m, nn.Linear):
+            out.append(path)
+    return out
 
 
 def get_module(model: nn.Module, path: str) -> nn.Module:
