@@ -11,7 +11,7 @@ from .core.plugin import Editor, Inputs
 from .core.record import EditRecord, atomic
 from .core.scores import Scores
 from .io import load, load_model, load_weights, save
-from .io.models import load_state
+from .io.models import add_steps, load_state
 from .scorers.run import num_classes_of, score, score_many
 
 __all__ = ["score", "score_many", "edit", "prune", "forget", "editor_inputs", "save", "load",
@@ -36,7 +36,7 @@ def editor_inputs(model: nn.Module, editor: Editor, scores: Scores | None, data=
                   example_inputs=None, num_classes=None, forget_class=None, targets=None) -> Inputs:
     """Check what ``editor`` declares it needs and assemble its Inputs."""
     if editor.needs_data and data is None:
-        raise InputError(f"editor {editor.name!r} needs data (calibration samples)")
+        raise InputError(f"editor {editor.name!r} needs calibration data (data=...)")
     if scores is not None and not editor.uses_scores:
         raise InputError(f"editor {editor.name!r} computes its own scores and ignores the Scores "
                          f"given (from {scores.scorer!r}); pass scores=None")
@@ -68,7 +68,9 @@ def edit(model: nn.Module, editor: str | Editor, scores: Scores | None = None, *
     editor = _editor(editor, options)
     inputs = editor_inputs(model, editor, scores, data, example_inputs, num_classes, forget_class, targets)
     with atomic(model):
-        return editor.apply(model, scores, inputs)
+        record = editor.apply(model, scores, inputs)
+    add_steps(model, record.steps)     # structural edits travel with the model (pe.save)
+    return record
 
 
 def prune(model: nn.Module, scores: Scores | str = "l1", ratio: float = 0.5, example_inputs=None,

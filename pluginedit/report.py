@@ -8,28 +8,12 @@ import time
 from pathlib import Path
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
-from .capture import batches, model_device
-from .capture import Split
+from .capture import Split, accuracy, model_device  # noqa: F401  (accuracy: the one, re-exported)
+from .editors._tp import count_ops_and_params
 
 METRICS = ("accuracy", "per_class_accuracy", "params", "macs", "latency_ms")
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, split: Split, num_classes: int, batch_size: int = 512) -> tuple[float, list[float]]:
-    """Top-1 accuracy and per-class accuracy (NaN-free: a class absent from ``split`` reports 0 and
-    is left out of nothing else)."""
-    model.eval()
-    correct = torch.zeros(num_classes)
-    total = torch.zeros(num_classes)
-    for x, y in batches(model, split, num_classes, batch_size):
-        hit = (model(x).argmax(1) == y).float().cpu()
-        correct.index_add_(0, y.cpu(), hit)
-        total.index_add_(0, y.cpu(), torch.ones_like(hit))
-    per_class = (correct / total.clamp_min(1)).tolist()
-    return (correct.sum() / total.sum().clamp_min(1)).item(), per_class
 
 
 @torch.no_grad()
@@ -52,16 +36,16 @@ def latency_ms(model: nn.Module, example: torch.Tensor, warmup: int = 5, repeats
 def evaluate(model: nn.Module, test: Split, num_classes: int, latency_batch: int = 64) -> dict:
     acc, per_class = accuracy(model, test, num_classes)
     example = test.x[:latency_batch]
-    macs, params = tp.utils.count_ops_and_params(model, example[:1].to(model_device(model)))
+    macs, params = count_ops_and_params(model, example[:1].to(model_device(model)))
     return {"accuracy": acc, "per_class_accuracy": per_class, "params": int(params),
             "macs": int(macs), "latency_ms": latency_ms(model, example)}
 
 
 def forgetting(per_class: list[float], forget_class: int) -> dict:
     """Forgotten-class accuracy and the mean accuracy of the retained classes."""
-    kept = [a for k, a in enumerate(per_class) if k != forget_class]
+    kept = [a for k, a in enumerate(per_class) if k != forget_class and a is not None]
     return {"forgotten_class": forget_class, "forgotten_accuracy": per_class[forget_class],
-            "retained_accuracy": sum(kept) / len(kept)}
+            "retained_accuracy": sum(kept) / len(kept) if kept else None}
 
 
 def table(report: dict) -> str:
@@ -71,7 +55,7 @@ def table(report: dict) -> str:
             ("MACs", f"{before['macs']:,}", f"{after['macs']:,}", f"{before['macs'] / max(after['macs'], 1):.2f}x fewer"),
             ("latency ms", f"{before['latency_ms']:.3f}", f"{after['latency_ms']:.3f}", f"{before['latency_ms'] / max(after['latency_ms'], 1e-9):.2f}x faster")]
     for key in ("forgotten_accuracy", "retained_accuracy"):
-        if key in before:
+        if key in before and before[key] is not None and after[key] is not None:
             rows.append((key.replace("_", " "), f"{before[key]:.4f}", f"{after[key]:.4f}", f"{after[key] - before[key]:+.4f}"))
     widths = [max(len(r[i]) for r in rows + [("metric", "before", "after", "change")]) for i in range(4)]
     line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
@@ -88,7 +72,8 @@ def plot(report: dict, path: str | Path, class_names=None) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    before, after = report["before"]["per_class_accuracy"], report["after"]["per_class_accuracy"]
+    # a class absent from the test data (None) is drawn as an empty bar
+    before, after = ([a or 0.0 for a in report[s]["per_class_accuracy"]] for s in ("before", "after"))
     k = range(len(before))
     fig, ax = plt.subplots(figsize=(max(6, len(before) * 0.7), 3.5))
     ax.bar([i - 0.2 for i in k], before, 0.4, label=f"before ({report['before']['accuracy']:.3f})")

@@ -136,7 +136,7 @@ def test_collect_stop_early_gives_the_same_statistics_without_the_rest_of_the_ne
     got = {}
     for stop in (False, True):
         req = Request("1", ClassMoments(C, K))
-        got[stop] = collect(net, (x, y), [req], K, batch_size=8, stop_early=stop)[req.key]
+        got[stop] = collect(net, (x, y), [req], K, batch_size=8, stop_early=stop)[req]
     assert torch.equal(got[True].count, got[False].count)
     assert torch.equal(got[True].sums, got[False].sums)
     assert len(calls) == 3   # three batches ran the last conv without stopping, none with

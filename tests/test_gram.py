@@ -48,7 +48,7 @@ def test_gram_collected_through_capture_hooks():
     model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Conv2d(2, 3, 3))
     x = torch.randn(20, 1, 6, 6)
     req = Request("2", Gram.for_module(model[2], backend="torch"), where="input")
-    g = collect(model, (x, torch.zeros(20, dtype=torch.long)), [req], batch_size=8)[req.key]
+    g = collect(model, (x, torch.zeros(20, dtype=torch.long)), [req], batch_size=8)[req]
     p = _explicit_patches(model[1](model[0](x)).detach(), model[2])
     torch.testing.assert_close(g.second_moment(), p.T @ p / p.shape[0], rtol=1e-9, atol=1e-9)
 

@@ -7,13 +7,12 @@ from typing import Iterable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..core.components import eval_mode, get_module
 from ..core.outputs import call
 from .inputs import batches
 from ..core.errors import InputError
-from ..stats import Statistic, check_labels
+from ..stats import Statistic
 
 
 @dataclass(eq=False)

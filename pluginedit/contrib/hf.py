@@ -24,7 +24,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..editors.compensate import DEFAULT_RIDGE, compensate
+from ..editors._tp import prune_heads as prune_heads_tp
+from ..editors._tp import remove_hidden_units
+from ..editors.compensate import compensate
+from ..linalg import DEFAULT_RIDGE
 from ..core.errors import InputError
 from ..scorers.fidelity import ffn_scores
 from ..stats import Gram
@@ -127,16 +130,6 @@ def ffn_grams(model, tok, sentences: list[str], batch_size: int = 32) -> list[Gr
     return input_grams(model, tok, [down for _, down in ffn_layers(model)], sentences, batch_size)
 
 
-def _shrink(linear: nn.Linear, keep: torch.Tensor, dim: int) -> nn.Linear:
-    """A new Linear keeping the ``keep`` rows (dim 0: outputs) or columns (dim 1: inputs)."""
-    w = linear.weight.detach().index_select(dim, keep)
-    new = nn.Linear(w.shape[1], w.shape[0], bias=linear.bias is not None)
-    new.weight.data.copy_(w)
-    if linear.bias is not None:
-        new.bias.data.copy_(linear.bias.detach()[keep] if dim == 0 else linear.bias.detach())
-    return new
-
-
 @torch.no_grad()
 def prune_ffn(model, grams: list[Gram], fraction: float, compensate_: bool = True,
               variant: str = "cholesky", ridge: float = DEFAULT_RIDGE):
@@ -155,9 +148,7 @@ def prune_ffn(model, grams: list[Gram], fraction: float, compensate_: bool = Tru
         keep_mask[drop] = False
         if compensate_ and n_drop:
             compensate(down, gram, keep_mask, ridge=ridge)
-        keep = keep_mask.nonzero().flatten()
-        layer.intermediate.dense = _shrink(up, keep, 0)
-        layer.output.dense = _shrink(down, keep, 1)
+        remove_hidden_units(model, up, down, drop.tolist())
         removed.append(n_drop)
     return model, removed
 
@@ -193,27 +184,11 @@ def head_scores(model, grams: list[Gram]) -> list[torch.Tensor]:
     return res
 
 
-class _HeadImportance:
-    """torch-pruning importance for the q/k/v groups: each head's score on all its channels
-    (MetaPruner averages channel importance per head, so heads rank by the given score)."""
-
-    def __init__(self, per_query: dict):
-        self.per_query = per_query
-
-    def __call__(self, group):
-        for dep, _ in group:
-            s = self.per_query.get(dep.layer)
-            if s is not None:
-                return s.repeat_interleave(dep.layer.out_features // len(s))
-        return None
-
-
 def prune_heads(model, example_inputs: dict, heads_per_layer: int, scores=None):
     """Remove the ``heads_per_layer`` lowest-scored attention heads of every BERT layer
     physically with torch-pruning (a copy is returned). ``scores``: one [num_heads] tensor per
     layer (higher = keep; e.g. ``head_scores``), or None for torch-pruning's group L2 magnitude.
     FFN and hidden widths are left alone. Returns (pruned model, removed head indices per layer)."""
-    import torch_pruning as tp
     model = copy.deepcopy(model)
     atts = attention_layers(model)
     n_heads = atts[0].num_attention_heads
@@ -225,26 +200,9 @@ def prune_heads(model, example_inputs: dict, heads_per_layer: int, scores=None):
     if heads_per_layer == 0:
         return model, [[] for _ in atts]
     before = [a.query.weight.detach().clone() for a in atts]
-    num_heads = {lin: a.num_attention_heads for a in atts for lin in (a.query, a.key, a.value)}
-    qkv = set(num_heads)
-    ignored = [m for m in model.modules() if isinstance(m, nn.Linear) and m not in qkv]
-    imp = tp.importance.GroupMagnitudeImportance(p=2) if scores is None else _HeadImportance(
-        {lin: s.detach().float() for a, s in zip(atts, scores) for lin in (a.query, a.key, a.value)})
-    # MetaPruner removes ceil(ratio * heads) heads per layer; (n - 0.5) / heads rounds to n
-    pruner = tp.pruner.MetaPruner(
-        model, example_inputs, importance=imp, pruning_ratio=0.5, global_pruning=False,
-        ignored_layers=ignored, num_heads=num_heads, prune_num_heads=True, prune_head_dims=False,
-        head_pruning_ratio=(heads_per_layer - 0.5) / n_heads,
-        output_transform=lambda out: out.last_hidden_state.sum())
-    with torch.no_grad():
-        for group in pruner.step(interactive=True):
-            group.prune()
+    prune_heads_tp(model, dict(example_inputs), atts, int(heads_per_layer), scores)
     removed = []
     for a, w in zip(atts, before):
-        a.num_attention_heads = pruner.num_heads[a.query]
-        a.all_head_size = a.query.out_features
-        if a.all_head_size != a.num_attention_heads * a.attention_head_size:
-            raise RuntimeError("torch-pruning changed the head size")
         d = a.attention_head_size
         kept = {h for h in range(w.shape[0] // d) for k in range(a.num_attention_heads)
                 if torch.equal(w[h * d:(h + 1) * d], a.query.weight[k * d:(k + 1) * d])}

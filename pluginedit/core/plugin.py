@@ -94,7 +94,8 @@ class _Plugin:
         self.options = make_options(self.Options, options, self.name or type(self).__name__)
 
     def options_dict(self) -> dict:
-        return dataclasses.asdict(self.options)
+        """The options used, shallow (no copy of tensors or data sets an option may hold)."""
+        return {f.name: getattr(self.options, f.name) for f in dataclasses.fields(self.options)}
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,11 @@ under-sampled channels) the ridge grows until the regularised condition number i
 ``max_cond`` and an ``IllConditionedWarning`` says so. No solve ever returns NaN."""
 from __future__ import annotations
 
-import warnings
-
 import torch
 from torch import nn
 
-from ..core.errors import EditError, InputError
-from ..linalg import DEFAULT_MAX_COND, DEFAULT_RIDGE, IllConditionedWarning, ridge_for, solve_spd  # noqa: F401
+from ..core.errors import InputError
+from ..linalg import DEFAULT_MAX_COND, DEFAULT_RIDGE, solve_spd
 
 def _keep_mask(keep, n: int) -> torch.Tensor:
     keep = torch.as_tensor(keep)

@@ -2,11 +2,13 @@
 and the semantics class forgetting uses."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..core.components import bn_of, get_module
 from ..core.errors import InputError
-from ..core.plugin import Editor
+from ..core.plugin import Editor, option
 from ..core.record import EditRecord
 from ..core.scores import Scores
 from .prune import check_ratio
@@ -24,16 +26,18 @@ def select_lowest(scores: Scores, ratio: float, targets=None) -> dict[str, list[
 
 def zero_components(model, indices: dict[str, list[int]], with_bn: bool, record: EditRecord) -> None:
     """Zero weight rows (and bias, and the following BN's affine when ``with_bn``), saving the
-    originals in ``record`` so the edit can be undone."""
+    originals in ``record`` so the edit can be undone. Every index is checked first: a bad one
+    changes nothing."""
+    for path, idx in indices.items():
+        n = get_module(model, path).weight.shape[0]
+        if idx and (max(idx) >= n or min(idx) < 0):
+            raise InputError(f"component index out of range for {path!r} ({n} components)")
     bns = bn_of(model) if with_bn else {}
     with torch.no_grad():
         for path, idx in indices.items():
-            module = get_module(model, path)
             if not idx:
                 continue
-            if max(idx) >= module.weight.shape[0] or min(idx) < 0:
-                raise InputError(f"component index out of range for {path!r} "
-                                 f"({module.weight.shape[0]} components)")
+            module = get_module(model, path)
             touched = [(path, module)] + ([(bns[path], get_module(model, bns[path]))] if path in bns else [])
             for mpath, m in touched:
                 for pname in ("weight", "bias"):
@@ -46,20 +50,30 @@ def zero_components(model, indices: dict[str, list[int]], with_bn: bool, record:
             record.changes.setdefault(path, []).extend(idx)
 
 
-class MaskEditor(Editor):
-    """Options: ``indices`` ({path: [component, ...]}) or ``ratio`` with Scores (the lowest
-    fraction per layer); ``with_bn`` also zeroes the BN affine so the channel emits exactly 0."""
-    name = "mask"
+@dataclass(frozen=True)
+class MaskOptions:
+    indices: dict | None = option(None, "{layer path: [component, ...]} to zero (instead of scores)")
+    ratio: float = option(0.5, "with Scores: the lowest fraction of each scored layer")
+    with_bn: bool = option(True, "also zero the following BatchNorm's affine (the channel emits 0)")
 
-    def apply(self, model, scores, **kw):
-        opts = {**self.options, **kw}
-        opts.pop("example_inputs", None)
-        indices = opts.get("indices")
+    def __post_init__(self):
+        check_ratio(self.ratio)
+
+
+class MaskEditor(Editor):
+    """Zero components in place; ``record.undo(model)`` restores them."""
+    name = "mask"
+    kind = "mask"
+    Options = MaskOptions
+
+    def apply(self, model, scores, inputs):
+        o = self.options
+        indices = o.indices
         if indices is None:
             if scores is None:
                 raise InputError("mask needs either indices or Scores with a ratio")
-            indices = select_lowest(scores, check_ratio(opts.get("ratio", 0.5)))
-        with_bn = bool(opts.get("with_bn", True))
-        record = EditRecord(self.name, opts, "zeroed weight+bias" + ("+bn affine" if with_bn else ""))
-        zero_components(model, indices, with_bn, record)
+            indices = select_lowest(scores, o.ratio)
+        record = self.record("zeroed weight+bias" + ("+bn affine" if o.with_bn else ""),
+                             scores if o.indices is None else None)
+        zero_components(model, {k: list(v) for k, v in indices.items()}, o.with_bn, record)
         return record

@@ -30,6 +30,12 @@ def set_source(model: nn.Module, source: dict, steps: list | None = None) -> nn.
     return model
 
 
+def add_steps(model: nn.Module, steps: list[dict]) -> None:
+    """Append structural edits to those the model carries (saved with it)."""
+    if steps:
+        model.__dict__[STEPS_ATTR] = list(model.__dict__.get(STEPS_ATTR, [])) + list(steps)
+
+
 def import_factory(spec: str):
     """The callable named by ``package.module:attribute``."""
     if not isinstance(spec, str) or not _SPEC.match(spec):

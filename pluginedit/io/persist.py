@@ -8,6 +8,7 @@ from torch import nn
 
 from ..core.errors import InputError
 from ..core.record import EditRecord
+from ..editors._tp import replay_steps
 from .manifest import FORMAT, MANIFEST, WEIGHTS, read_manifest, sha256, versions, write_manifest
 from .models import STEPS_ATTR, build, load_state, set_source, source_of
 
@@ -33,7 +34,7 @@ def save(model: nn.Module, path: str | Path, records=(), source: dict | None = N
     # tied again by the architecture on load).
     state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
     weights = folder / WEIGHTS
-    save_file(state, str(weights))
+    save_file(state, str(weights), metadata={"format": "pt"})   # transformers reads it too
     extra = ("transformers",) if source.get("kind") == "transformers" else ()
     write_manifest(folder, {
         "format": FORMAT, "source": source, "steps": list(model.__dict__.get(STEPS_ATTR, [])),
@@ -47,7 +48,6 @@ def load(path: str | Path) -> nn.Module:
     folder = Path(path)
     manifest = read_manifest(folder)
     model = build(manifest["source"])
-    from ..editors._tp import replay_steps   # TODO(lead): top-level once _tp lands
     try:
         replay_steps(model, manifest["steps"])
     except InputError as e:

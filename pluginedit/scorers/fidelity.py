@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
 from ..capture import Request, collect
@@ -33,10 +32,10 @@ from ..core.components import get_module, groups, size_of
 from ..linalg import ridge_for
 from ..core.errors import InputError
 from ..core.plugin import Scorer, option
+from ..editors._tp import consumers   # the torch-pruning adapter (see ARCHITECTURE.md)
 from ..stats import Gram
 
 VARIANTS = ("centred", "uncentred", "fidelity", "alpha")
-_IN_FNS = (tp.prune_conv_in_channels, tp.prune_linear_in_channels)
 
 
 def pair_scores(weight: torch.Tensor, gram: Gram, variant: str = "centred") -> torch.Tensor:
@@ -58,25 +57,6 @@ def pair_scores(weight: torch.Tensor, gram: Gram, variant: str = "centred") -> t
     if variant == "alpha":
         return r / a.clamp_min(tiny)
     return r.square() / (a * y).clamp_min(tiny)
-
-
-def consumers(model: nn.Module, example: torch.Tensor, targets: list[str]) -> dict:
-    """target path -> [(consumer path, producer channel idx, consumer input idx)] from the
-    torch-pruning dependency graph (follows residual adds, flattens and concatenations)."""
-    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
-    paths = {m: p for p, m in model.named_modules()}
-    out = {}
-    for path in targets:
-        layer = get_module(model, path)
-        fn = tp.prune_conv_out_channels if isinstance(layer, nn.Conv2d) else tp.prune_linear_out_channels
-        group = dg.get_pruning_group(layer, fn, idxs=list(range(size_of(layer))))
-        found = []
-        for i, (dep, idxs) in enumerate(group):
-            if any(dep.pruning_fn == f for f in _IN_FNS) and paths.get(dep.layer) is not None:
-                found.append((paths[dep.layer], torch.as_tensor(group[i].root_idxs),
-                              torch.as_tensor(idxs)))
-        out[path] = found
-    return out
 
 
 def gram_requests(model: nn.Module, paths=None) -> dict[str, Request]:

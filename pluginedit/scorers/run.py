@@ -34,7 +34,7 @@ def _resolve(scorer, options: dict) -> Scorer:
 def _inputs(model, scorers, data, targets, num_classes, example) -> Inputs:
     if any(s.needs_data for s in scorers) and data is None:
         need = [s.name for s in scorers if s.needs_data]
-        raise InputError(f"scorer(s) {need} need data (labelled samples)")
+        raise InputError(f"scorer {', '.join(map(repr, need))} needs data (labelled samples)")
     example = example if example is not None else example_batch(data)
     if any(s.needs_labels for s in scorers):
         num_classes = num_classes or num_classes_of(model, example)

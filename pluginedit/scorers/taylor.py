@@ -1,33 +1,17 @@
-"""First-order Taylor importance from torch-pruning, wrapped as a scorer plugin: shows that any
-torch-pruning importance (a callable on a dependency group) can serve as a pluginedit scorer."""
+"""First-order Taylor importance from torch-pruning, wrapped as a scorer plugin (through the
+adapter, ``editors/_tp.py``): any torch-pruning importance can serve as a pluginedit scorer."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-import torch_pruning as tp
 from torch import nn
 
 from ..capture import batches
-from ..core.components import eval_mode, get_module, size_of
+from ..core.components import eval_mode
 from ..core.errors import InputError
 from ..core.outputs import call, primary
 from ..core.plugin import Scorer, option
-
-
-def group_scores(model: nn.Module, example: torch.Tensor, importance, targets: list[str]) -> dict:
-    """Call a torch-pruning importance (an object, or "taylor") on the out-channel group rooted
-    at each target layer."""
-    if importance == "taylor":
-        importance = tp.importance.TaylorImportance()
-    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
-    out = {}
-    for path in targets:
-        layer = get_module(model, path)
-        fn = tp.prune_conv_out_channels if isinstance(layer, nn.Conv2d) else tp.prune_linear_out_channels
-        group = dg.get_pruning_group(layer, fn, idxs=list(range(size_of(layer))))
-        out[path] = importance(group).detach().float()
-    return out
+from ..editors._tp import group_scores   # torch-pruning's Taylor importance, through the adapter
 
 
 @dataclass(frozen=True)

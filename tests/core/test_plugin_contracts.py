@@ -126,7 +126,7 @@ def test_editor_flags_are_checked_before_editing():
     model = _Net()
     with pytest.raises(InputError, match="computes its own scores"):
         pe.edit(model, _Breaks(), pe.Scores({"a": torch.ones(8)}, "l1"))
-    with pytest.raises(InputError, match="needs data"):
+    with pytest.raises(InputError, match="needs calibration data"):
         pe.edit(model, "modhifi-p")
     with pytest.raises(InputError, match="not a forgetting one"):
         pe.forget(model, 0, (torch.randn(4, 3, 6, 6), torch.tensor([0, 1, 2, 3])), editor="prune")

@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from pluginedit import api, report
-from pluginedit.editors.discedit import DisCEditSP
 from pluginedit.editors.mask import zero_components
 from pluginedit.core.errors import InputError
 from pluginedit.core.record import EditRecord
@@ -47,7 +46,7 @@ def test_forgetting_top_m_guard_and_bad_input(fmnist, fmnist_vgg):
     with pytest.raises(InputError, match=r"\[3\] have no samples"):
         api.forget(edited, 3, no_class_3, num_classes=10, max_samples=600)
     assert all(torch.equal(before[k], v) for k, v in edited.state_dict().items())   # untouched
-    with pytest.raises(InputError, match="unknown options"):
+    with pytest.raises(InputError, match="unknown option"):
         api.forget(edited, 3, data, num_classes=10, mm=3)
 
 
@@ -77,7 +76,7 @@ def test_threshold_loop_respects_floor_and_stops(fmnist, fmnist_vgg, fmnist_resn
     stats, held = fmnist.train.subset(500, seed=3), fmnist.test.subset(500)
     model = copy.deepcopy(fmnist_vgg)
     dense = report.accuracy(model, held, 10)[0]
-    rec = api.edit(model, DisCEditSP(), data=stats, num_classes=10, allocation="threshold", rho=0.3,
+    rec = api.edit(model, "discedit-sp", data=stats, num_classes=10, allocation="threshold", rho=0.3,
                    rho_step=0.1, acc_floor=dense - 0.1, eval_data=held, max_iter=2, max_samples=500)
     rounds = rec.info["rounds"]
     assert 1 <= len(rounds) <= 2

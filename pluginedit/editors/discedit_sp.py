@@ -1,0 +1,142 @@
+"""DisCEdit-SP (ALGORITHMS.md §3.4): structured pruning by the witness bound, layer by layer, with
+statistics recomputed on the partially pruned model; removal through torch-pruning."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from ..capture import accuracy, head_layers
+from ..core.components import groups
+from ..core.errors import InputError
+from ..core.plugin import Editor, option
+from ..core.record import EditRecord
+from . import _tp
+from .discedit_u import layer_scores
+from .mask import zero_components
+from .prune import check_ratio
+
+
+def _params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@dataclass(frozen=True)
+class DisCEditSPOptions:
+    ratio: float = option(0.3, "uniform: fraction of each layer's channels removed")
+    allocation: Literal["uniform", "threshold"] = option(
+        "uniform", "the ratio lowest per layer, or TVSPrune's threshold s/max <= rho mean")
+    rho: float = option(0.5, "threshold allocation: the starting rho")
+    rho_step: float = option(0.025, "accuracy-floor loop: rho shrinks by this when a round fails")
+    acc_floor: float | None = option(None, "threshold: repeat rounds while accuracy on eval_data stays >= this")
+    eval_data: Any = option(None, "held-out Split for the accuracy floor")
+    max_iter: int = option(10, "accuracy-floor loop: at most this many rounds")
+    target_sparsity: float | None = option(None, "stop once this fraction of parameters would be removed")
+    method: Literal["fisher", "mpm", "robust", "raw"] = option("fisher", "witness bound")
+    features: Literal["poly", "linear", "exp"] = option("poly", "witness features")
+    aggregation: Literal["ovr_min", "pairwise_min"] = option("ovr_min", "min over comparisons")
+    hook: Literal["auto", "conv", "bn", "act", "ln"] = option("conv", "where channels are observed")
+    gamma: float = option(1.0, "scale of the exp witness")
+    layers: list | None = option(None, "layer paths (default: every uncoupled conv/linear but the head)")
+    max_samples: int = option(2048, "samples per statistic")
+    batch_size: int = option(256, "batch size of the passes")
+    physical: bool = option(True, "remove the channels with torch-pruning (else keep them zeroed)")
+
+    def __post_init__(self):
+        if self.allocation == "uniform":
+            check_ratio(self.ratio)
+        if self.target_sparsity is not None:
+            check_ratio(self.target_sparsity, "target_sparsity")
+        if self.acc_floor is not None and self.eval_data is None:
+            raise InputError("the accuracy-floor loop (acc_floor) needs eval_data (a held-out Split)")
+
+
+class DisCEditSP(Editor):
+    """Witness-bound pruning, first layer to last, on the model pruned so far."""
+    name = "discedit-sp"
+    kind = "prune"
+    needs_data = True
+    needs_labels = True
+    uses_scores = False
+    Options = DisCEditSPOptions
+
+    def options_dict(self) -> dict:
+        return {k: v for k, v in super().options_dict().items() if k != "eval_data"}
+
+    def apply(self, model, scores, inputs):
+        o, example = self.options, inputs.example
+        layers = o.layers or self._layers(model, example)
+        before = _params(model)
+        if o.allocation == "threshold" and o.acc_floor is not None:
+            masks, info = self._iterate(model, layers, inputs)
+        else:
+            masks, info = self._one_pass(model, layers, inputs, o.rho), {}
+        record = self.record("zeroed weight+bias+bn affine" + (", then removed (torch-pruning)" if o.physical else ""),
+                             info={**info, "layers": layers, "params_before": before})
+        zero_components(model, masks, True, record)
+        if o.physical:
+            record.steps = _tp.remove_channels(model, example, masks)
+            record.saved.clear()   # a physical removal cannot be undone by restoring tensors
+        record.info["params_after"] = _params(model)
+        record.info["fraction_removed"] = 1 - record.info["params_after"] / before
+        return record
+
+    @staticmethod
+    def _layers(model, example) -> list[str]:
+        heads = set(head_layers(model, example))
+        return _tp.uncoupled_layers(model, example, [p for p in groups(model) if p not in heads])
+
+    def _one_pass(self, model, layers, inputs, rho) -> dict[str, list[int]]:
+        """Zero channels layer by layer on ``model`` (statistics after earlier layers' edits)."""
+        o, masks = self.options, {}
+        for layer in layers:
+            r = layer_scores(model, layer, inputs.data, inputs.num_classes, o.hook, o.gamma, o.max_samples,
+                             o.batch_size, method=o.method, features=o.features, aggregation=o.aggregation)
+            idx = self._choose(r, rho)
+            if idx:
+                zero_components(model, {layer: idx}, True, EditRecord("step"))
+                masks[layer] = idx
+        return masks
+
+    def _choose(self, r: torch.Tensor, rho: float) -> list[int]:
+        if self.options.allocation == "uniform":
+            return torch.argsort(r, stable=True)[:int(self.options.ratio * len(r))].tolist()
+        top = r.max()
+        rn = r / top if top > 0 else torch.zeros_like(r)
+        drop = (rn <= rho * rn.mean()).nonzero().squeeze(1).tolist()
+        if len(drop) >= len(r):      # keep the best channel: never empty a layer
+            drop.remove(int(r.argmax()))
+        return drop
+
+    def _iterate(self, model, layers, inputs):
+        """IterTVSPrune's loop with a max-iteration and a target-sparsity stop."""
+        o, rho = self.options, self.options.rho
+        work, accepted, history = copy.deepcopy(model), {}, []
+        for _ in range(o.max_iter):
+            if rho <= 0:
+                break
+            cand = copy.deepcopy(work)
+            masks = self._one_pass(cand, layers, inputs, rho)
+            acc = accuracy(cand, o.eval_data, inputs.num_classes)[0]
+            merged = {k: set(accepted.get(k, ())) | set(masks.get(k, ())) for k in set(accepted) | set(masks)}
+            removed = sum(len(v) for v in merged.values())
+            history.append({"rho": rho, "accuracy": acc, "channels_zeroed": removed})
+            if acc >= o.acc_floor:
+                grew = removed > sum(len(v) for v in accepted.values())
+                work, accepted = cand, merged
+                if not grew or (o.target_sparsity and
+                                self._sparsity(model, inputs.example, accepted) >= o.target_sparsity):
+                    break
+            else:
+                rho -= o.rho_step
+        return {k: sorted(v) for k, v in accepted.items()}, {"rounds": history}
+
+    @staticmethod
+    def _sparsity(model, example, masks) -> float:
+        """Fraction of parameters removed if ``masks`` were removed (measured on a pruned copy,
+        traced with the model's own example input, whatever its size)."""
+        trial = copy.deepcopy(model)
+        _tp.remove_channels(trial, example, {k: sorted(v) for k, v in masks.items()})
+        return 1 - _params(trial) / _params(model)

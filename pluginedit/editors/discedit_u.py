@@ -1,0 +1,141 @@
+"""DisCEdit-U (ALGORITHMS.md §3.5): forget a class by zeroing its most discriminative filters.
+Statistics are recomputed on the partially edited model layer by layer.
+
+Edited channels have conv weight, conv bias and the following BN's affine zeroed, so they emit
+exactly 0 (no BN constant survives to be folded into the next layer)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ..capture import Request, Split, class_accuracy, collect, head_layers
+from ..capture.hookpoints import resolve, resolve_auto
+from ..core.components import get_module, groups, size_of
+from ..core.errors import InputError
+from ..core.plugin import Editor, option
+from ..core.record import EditRecord
+from ..scorers.witness import witness_scores
+from ..stats import ClassMoments
+from .finetune import fit
+from .mask import zero_components
+
+
+def layer_scores(model, layer, data, num_classes, hook, gamma, max_samples, batch_size,
+                 active_only=False, **witness) -> torch.Tensor:
+    """Witness scores [C] of one layer's channels on the model as it is now. ``active_only``
+    zeroes the score of channels less active (larger exp(-gamma ||A||)) on the target class
+    than on the rest: removing those would not remove the class's evidence."""
+    module, where = resolve_auto(model, layer) if hook == "auto" else resolve(model, layer, hook)
+    req = Request(module, ClassMoments(size_of(get_module(model, layer)), num_classes, gamma=gamma), where)
+    stat = collect(model, data, [req], num_classes, batch_size, max_samples, stop_early=True)[req]
+    r = witness_scores(stat, **witness)
+    if active_only:
+        k = witness["target_class"]
+        n_rest, s_rest = stat.rest()
+        e_k, e_rest = stat.sums[k, :, 4] / stat.count[k], s_rest[k, :, 4] / n_rest[k]
+        r = torch.where(e_k < e_rest, r, torch.zeros_like(r))
+    return r
+
+
+def conv_layers(model, example) -> list[str]:
+    heads = set(head_layers(model, example))
+    return [p for p, m in groups(model).items() if isinstance(m, nn.Conv2d) and p not in heads]
+
+
+@dataclass(frozen=True)
+class DisCEditUOptions:
+    layers: list | None = option(None, "conv layer paths (default: the last num_layers)")
+    num_layers: int = option(2, "how many of the last conv layers to consider")
+    hook: Literal["auto", "conv", "bn", "act", "ln"] = option("auto", "where channels are observed")
+    select: Literal["adaptive", "top_m", "zscore"] = option(
+        "adaptive", "fewest top channels that forget the class / the top m / above mean + z std")
+    m: float = option(0.5, "top_m: a count, or a fraction of the layer when < 1; adaptive: the cap")
+    forget_target: float = option(0.02, "adaptive: forgotten-class accuracy to reach on the data")
+    z: float = option(1.5, "zscore threshold")
+    gamma: float = option(1.0, "scale of the exp witness")
+    active_only: bool = option(True, "only channels more active on the class than on the rest")
+    method: Literal["fisher", "mpm", "robust", "raw"] = option("fisher", "witness bound")
+    features: Literal["poly", "linear", "exp"] = option("linear", "witness features")
+    max_samples: int = option(4096, "samples read per statistic / accuracy check")
+    batch_size: int = option(256, "batch size of the passes")
+    finetune_epochs: int = option(0, "fine-tune on the retained classes afterwards (edits re-zeroed)")
+    finetune_lr: float = option(5e-4, "fine-tuning learning rate")
+
+    def __post_init__(self):
+        if self.num_layers < 1 or self.max_samples < 1 or self.batch_size < 1 or self.finetune_epochs < 0:
+            raise InputError("num_layers, max_samples and batch_size must be >= 1, finetune_epochs >= 0")
+
+
+class DisCEditU(Editor):
+    """Per chosen layer, the raw-moment witness bound of each channel for the forgotten class vs
+    the rest; the most discriminative channels are zeroed. ``adaptive`` visits layers deepest
+    first and stops once the class is forgotten on ``data``."""
+    name = "discedit-u"
+    kind = "forget"
+    needs_data = True
+    needs_labels = True
+    uses_scores = False
+    Options = DisCEditUOptions
+
+    def apply(self, model, scores, inputs):
+        o, k = self.options, inputs.forget_class
+        layers = o.layers or conv_layers(model, inputs.example)[-o.num_layers:]
+        record = self.record("zeroed weight+bias+bn affine", info={"forget_class": k, "skipped": []})
+        adaptive = o.select == "adaptive"
+        for layer in (list(reversed(layers)) if adaptive else layers):
+            r = layer_scores(model, layer, inputs.data, inputs.num_classes, o.hook, o.gamma, o.max_samples,
+                             o.batch_size, o.active_only, method=o.method, features=o.features,
+                             aggregation="ovr_min", target_class=k)
+            idx = self._adaptive(model, layer, r, inputs) if adaptive else self._select(r)
+            if not idx:   # guard: the authors' [-0:] slice would select every filter
+                record.info["skipped"].append(layer)
+                continue
+            zero_components(model, {layer: idx}, True, record)
+            if adaptive and self._forgotten(model, inputs) <= o.forget_target:
+                break
+        if o.finetune_epochs:
+            self._finetune(model, inputs, record)
+        return record
+
+    def _forgotten(self, model, inputs) -> float:
+        o = self.options
+        return class_accuracy(model, inputs.data, inputs.forget_class, inputs.num_classes,
+                              o.batch_size, o.max_samples)
+
+    def _select(self, r: torch.Tensor, select: str | None = None) -> list[int]:
+        o = self.options
+        if (select or o.select) == "zscore":
+            return (r > r.mean() + o.z * r.std()).nonzero().squeeze(1).tolist()
+        n = math.ceil(o.m * len(r)) if o.m < 1 else int(o.m)
+        n = min(n, len(r) - 1, int((r > 0).sum()))   # never a whole layer; score 0 carries nothing
+        return torch.argsort(r, descending=True, stable=True)[:n].tolist() if n > 0 else []
+
+    def _adaptive(self, model, layer, r, inputs) -> list[int]:
+        """Binary search for the fewest top channels of ``layer`` reaching ``forget_target``:
+        each trial zeroes in place and is undone (no copy of the model)."""
+        order = self._select(r, "top_m")
+        lo, hi = 1, len(order)
+        if hi == 0:
+            return []
+        while lo < hi:
+            mid = (lo + hi) // 2
+            trial = EditRecord("trial")
+            zero_components(model, {layer: order[:mid]}, True, trial)
+            try:
+                forgotten = self._forgotten(model, inputs) <= self.options.forget_target
+            finally:
+                trial.undo(model)
+            hi, lo = (mid, lo) if forgotten else (hi, mid + 1)
+        return order[:lo]
+
+    def _finetune(self, model, inputs, record) -> None:
+        """Fine-tune on the retained classes of ``data``, then re-zero: edits stay removed."""
+        if not isinstance(inputs.data, Split):
+            raise InputError("fine-tuning after discedit-u needs a Split as data")
+        fit(model, inputs.data.subset(exclude=[inputs.forget_class]), self.options.finetune_epochs,
+            lr=self.options.finetune_lr)
+        zero_components(model, {k: list(v) for k, v in record.changes.items()}, True, EditRecord("refit"))

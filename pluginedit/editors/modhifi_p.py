@@ -1,0 +1,139 @@
+"""ModHiFi-P (ALGORITHMS.md 4.5): structured pruning with least-squares compensation of every
+consumer of a removed channel and BatchNorm recalibration, without fine-tuning."""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from ..capture import default_targets, head_layers
+from ..core.components import bn_of
+from ..core.errors import EditError, InputError
+from ..core.plugin import Editor, option
+from ..core.scores import Scores
+from ..linalg import DEFAULT_RIDGE, IllConditionedWarning
+from ..scorers.fidelity import channel_scores, collect_grams
+from ..scorers.run import score
+from . import _tp
+from .bnrecal import recalibrate_bn
+from .compensate import compensate
+from .prune import check_ratio
+
+
+@dataclass(frozen=True)
+class ModHiFiPOptions:
+    ratio: float = option(0.5, "fraction of channels removed per layer (target='channels')")
+    steps: int = option(1, "steps for target='channels' (one measured better: errors compound)")
+    target: Literal["channels", "params", "macs"] = option(
+        "channels", "what ``ratio`` / ``amount`` counts")
+    amount: float | None = option(None, "fraction of params / MACs to remove (default: ratio)")
+    per_step: float = option(0.1, "fraction of channels per step when aiming at params / MACs")
+    max_steps: int = option(40, "give up after this many steps")
+    compensate: bool = option(True, "least-squares refit (delta*) of the consumers' kept inputs")
+    recalibrate: bool = option(True, "re-estimate BatchNorm statistics after each step")
+    ridge: float = option(DEFAULT_RIDGE, "relative ridge of the compensation solves")
+    conv_refit: Literal["full", "slice"] = option(
+        "full", "conv delta*: full refit of the kept slices, or the paper's per-slice scale")
+    calib_samples: int = option(2048, "calibration samples per step")
+    scorer: str = option("fidelity", "scorer for steps without given Scores")
+    variant: Literal["centred", "uncentred", "fidelity", "alpha"] = option(
+        "centred", "fidelity pair score")
+    reduce: Literal["mean", "max"] = option("mean", "fidelity channel score over consumers")
+    global_pruning: bool = option(False, "rank channels across layers")
+    ignored: list | None = option(None, "module paths kept whole")
+
+    def __post_init__(self):
+        check_ratio(self.ratio)
+        check_ratio(self.per_step, "per_step")
+        if self.amount is not None:
+            check_ratio(self.amount, "amount")
+        if self.steps < 1 or self.max_steps < 1 or self.calib_samples < 1:
+            raise InputError("steps, max_steps and calib_samples must be >= 1")
+
+
+class ModHiFiP(Editor):
+    """Each step: input Grams on calibration data, channel scores (fidelity from the same
+    Grams, or the given Scores for the first step), removal of the lowest channels with
+    torch-pruning, delta* on each consumer just before its inputs go, BN recalibration."""
+    name = "modhifi-p"
+    kind = "prune"
+    needs_data = True
+    Options = ModHiFiPOptions
+
+    def apply(self, model, scores, inputs):
+        o, example = self.options, inputs.example
+        macs0, params0 = _tp.count_ops_and_params(model, example)
+        plan = ([1 - (1 - o.ratio) ** (1 / o.steps)] * o.steps if o.target == "channels"
+                else [o.per_step] * o.max_steps)
+        amount = o.amount if o.amount is not None else o.ratio
+        used = scores.scorer if scores is not None else o.scorer
+        totals = {"removed": {}, "steps": [], "ridges": [], "warned": 0}
+        for i, step_ratio in enumerate(plan):
+            self._step(model, scores if i == 0 else None, inputs, step_ratio, totals)
+            macs, params = _tp.count_ops_and_params(model, example)
+            if o.target != "channels" and 1 - (params / params0 if o.target == "params" else macs / macs0) >= amount:
+                break
+        else:
+            if o.target != "channels":
+                raise EditError(f"could not remove {amount:.0%} of the {o.target} in {o.max_steps} steps")
+        if totals["warned"]:
+            warnings.warn(f"modhifi-p: {totals['warned']} compensation solve(s) met an ill-conditioned "
+                          "Gram; the ridge was grown there", IllConditionedWarning, stacklevel=2)
+        record = self.record("removed (physical, torch-pruning)" + (" + delta*" if o.compensate else "")
+                             + (" + BN recalibration" if o.recalibrate else ""), scores,
+                             changes=totals["removed"], steps=totals["steps"])
+        record.scores = used
+        record.info = {"params_before": params0, "params_after": params, "macs_before": macs0,
+                       "macs_after": macs, "steps_run": i + 1, "ill_conditioned_solves": totals["warned"],
+                       "max_ridge": max(totals["ridges"], default=0.0), "scores_used": used,
+                       "topk_reading": f"channel score = {o.reduce} over consumers and outputs; "
+                                       "lowest pruned" if used == "fidelity" else f"scores from {used!r}"}
+        return record
+
+    def _step(self, model, scores, inputs, ratio, totals) -> None:
+        o = self.options
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", IllConditionedWarning)
+            need_grams = o.compensate or (scores is None and o.scorer == "fidelity")
+            grams = collect_grams(model, inputs.data, max_samples=o.calib_samples) if need_grams else {}
+            scores = scores or self._scores(model, inputs, grams)
+            removed, steps = _tp.prune_by_scores(
+                model, inputs.example, scores, ratio, self._kept_whole(model, inputs), o.global_pruning,
+                before_group=self._compensator(model, grams, totals["ridges"]) if o.compensate else None)
+        totals["warned"] += sum(issubclass(w.category, IllConditionedWarning) for w in caught)
+        if not removed:
+            raise EditError("modhifi-p removed no channel (nothing prunable, or ratio too small)")
+        for k, v in removed.items():
+            totals["removed"].setdefault(k, []).extend(v)
+        totals["steps"] += steps
+        if o.recalibrate:
+            recalibrate_bn(model, inputs.data, max_samples=o.calib_samples)
+
+    def _scores(self, model, inputs, grams) -> Scores:
+        o = self.options
+        targets = default_targets(model, inputs.example)
+        if o.scorer == "fidelity":      # reuse the Grams: one pass over the data per step
+            values = channel_scores(model, inputs.example, targets, grams, o.variant, o.reduce)
+            return Scores(values, "fidelity", {"variant": o.variant, "reduce": o.reduce})
+        return score(model, o.scorer, data=inputs.data, targets=targets, max_samples=o.calib_samples,
+                     example_inputs=inputs.example, num_classes=inputs.num_classes)
+
+    def _kept_whole(self, model, inputs) -> set[str]:
+        return set(self.options.ignored or []) | set(head_layers(model, inputs.example))
+
+    def _compensator(self, model, grams, ridges):
+        """Before a group goes: refit each consumer with a Gram on its kept inputs."""
+        bns = {c: model.get_submodule(b) for c, b in bn_of(model).items()}
+        ridge, conv = self.options.ridge, self.options.conv_refit
+
+        def before_group(group, paths):
+            for dep, idxs in group:
+                path = paths.get(dep.layer)
+                if path in grams and _tp.is_in(dep.pruning_fn):
+                    keep = torch.ones(dep.layer.weight.shape[1], dtype=torch.bool)
+                    keep[torch.as_tensor(idxs, dtype=torch.long)] = False
+                    ridges.append(compensate(dep.layer, grams[path], keep, bns.get(path),
+                                             ridge=ridge, conv=conv))
+        return before_group
