@@ -116,7 +116,7 @@ def test_bad_input_is_rejected_or_defined():
 
 def test_scorer_rejects_nan_activations_and_unknown_options(digits_vgg, digits):
     model = torch.nn.Sequential(digits_vgg, torch.nn.Identity())
-    with pytest.raises(InputError, match="unknown options"):
+    with pytest.raises(InputError, match="unknown option"):
         api.score(digits_vgg, "witness", data=digits.train, num_classes=10, metod="fisher")
     bad = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), torch.nn.Linear(72, 10))
     with torch.no_grad():

@@ -29,6 +29,11 @@ class Request:
             raise InputError(f"hook point must be 'input' or 'output', got {self.where!r}")
 
 
+def class_conditional(statistic: Statistic) -> bool:
+    """Labels go to statistics kept per class (``num_classes`` > 1); the others get None."""
+    return getattr(statistic, "num_classes", 1) > 1
+
+
 def _real_tokens(t: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None):
     """Token activations [B, L, ...] of a padded text batch -> [real tokens, ...] with each
     token labelled by its sequence: padding must not enter the statistics."""
@@ -58,7 +63,7 @@ def collect(model: nn.Module, data, requests: Iterable[Request], num_classes: in
         def hook(module, inputs, output):
             t = inputs[0] if req.where == "input" else output
             t, labels = _real_tokens(t.detach(), current["labels"], current["mask"])
-            req.statistic.update(t, labels)
+            req.statistic.update(t, labels if class_conditional(req.statistic) else None)
             if stop_early:
                 current["seen"].add(id(req))
                 if len(current["seen"]) == len(requests):

@@ -1,5 +1,6 @@
 """Plugin discovery through entry points: built-ins, broken, duplicate and incompatible plugins,
 the autoload switch, and a real third-party package installed with pip."""
+import importlib
 import json
 import subprocess
 import sys
@@ -92,7 +93,9 @@ def test_unknown_name_lists_the_known_ones():
 @pytest.fixture(scope="module")
 def example_installed():
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    str(EXAMPLE)], check=True)
+                    "--force-reinstall", str(EXAMPLE)], check=True)   # the current source, not a stale copy
+    sys.modules.pop("pluginedit_example", None)
+    importlib.invalidate_caches()
     registry.refresh()
     yield
     registry.refresh()
