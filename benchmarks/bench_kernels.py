@@ -98,7 +98,7 @@ def cpu_suite(rows: list[dict]) -> None:
 def _rows_and_width(x, kw) -> tuple[int, int]:
     if kw is None:
         return x.reshape(-1, x.shape[-1]).shape[0], x.shape[-1]
-    from pluginedit.ops.csrc_ops import _conv_rows
+    from pluginedit.ops.gram import _conv_rows
     return _conv_rows(x, kw["kernel_size"], kw.get("stride", 1), kw.get("padding", 0), kw.get("dilation", 1))
 
 
@@ -158,71 +158,55 @@ def gpu_suite(rows: list[dict], dtypes=(torch.bfloat16, torch.float32)) -> None:
 
 def end_to_end(device: str, images: int, size: int, batch: int, classes: int, gram: bool,
                half: bool) -> dict:
-    """Seconds to collect every layer's statistics (K2 class moments of every conv/linear output,
-    and with ``gram`` also K3 of every groups=1 conv/linear input) over ``images`` random images,
-    divided by plain inference seconds on the same images (both under inference_mode)."""
+    """Seconds to collect every layer's statistics through the library path (``capture.collect``
+    with ``ClassMoments`` on every conv/linear output, and with ``gram`` a ``Gram`` on every
+    groups=1 conv/linear input) over ``images`` random images, divided by plain inference
+    seconds on the same images."""
+    from pluginedit.capture import Request, collect
     from pluginedit.contrib.zoo import ResNet50
+    from pluginedit.stats import ClassMoments, Gram
     model = ResNet50(3, 1000).to(device).eval()
     if device == "cuda":
         model = model.to(memory_format=torch.channels_last)
     gen = torch.Generator(device=device).manual_seed(0)
     nb = max(1, images // batch)
-    xs = [torch.randn(batch, 3, size, size, device=device, generator=gen) for _ in range(nb)]
+    x = torch.randn(nb * batch, 3, size, size, device=device, generator=gen)
     if device == "cuda":
-        xs = [x.to(memory_format=torch.channels_last) for x in xs]
-    labels = [torch.randint(0, classes, (batch,), device=device, generator=gen) for _ in range(nb)]
-    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
-    state: dict = {}
-    cur = {}
+        x = x.to(memory_format=torch.channels_last)
+    y = torch.randint(0, classes, (nb * batch,), device=device, generator=gen)
+    layers = {p: m for p, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
 
-    def hook(mod, inp, out):
-        counts, sums = kernels.call("class_moments", out, cur["labels"], classes)
-        acc = state.setdefault((id(mod), "k2"), [0, 0])
-        acc[0] = acc[0] + counts
-        acc[1] = acc[1] + sums
-        if gram and (isinstance(mod, torch.nn.Linear) or mod.groups == 1):
-            x = inp[0]
-            kw = {} if isinstance(mod, torch.nn.Linear) else dict(
-                kernel_size=mod.kernel_size, stride=mod.stride, padding=mod.padding, dilation=mod.dilation)
-            g, s, n = kernels.call("gram", x, **kw)
-            acc = state.setdefault((id(mod), "k3"), [0, 0, 0])
-            acc[0] = acc[0] + g.double()
-            acc[1] = acc[1] + s.double()
-            acc[2] += n
+    def requests():
+        reqs = [Request(p, ClassMoments(m.out_channels if isinstance(m, torch.nn.Conv2d) else m.out_features,
+                                        classes), "output") for p, m in layers.items()]
+        if gram:
+            reqs += [Request(p, Gram.for_module(m), "input") for p, m in layers.items()
+                     if isinstance(m, torch.nn.Linear) or m.groups == 1]
+        return reqs
 
-    def run(with_stats: bool) -> float:
-        handles = [m.register_forward_hook(hook) for m in layers] if with_stats else []
+    def timed(fn) -> float:
         ctx = torch.autocast(device, dtype=torch.bfloat16) if half else torch.autocast(device, enabled=False)
-        try:
-            with torch.inference_mode(), ctx:
-                model(xs[0][: min(batch, 2)]) if not with_stats else None  # warm-up (cudnn, allocator)
-                if device == "cuda":
-                    torch.cuda.synchronize()
-                t = time.perf_counter()
-                for x, lab in zip(xs, labels):
-                    cur["labels"] = lab
-                    model(x)
-                if device == "cuda":
-                    torch.cuda.synchronize()
-                return time.perf_counter() - t
-        finally:
-            for h in handles:
-                h.remove()
+        with torch.inference_mode(), ctx:
+            fn(2)                      # warm-up: cudnn, the allocator, Triton compilation
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            fn(None)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            return time.perf_counter() - t
 
-    if device == "cuda":  # warm the Triton kernels (compilation) outside the timed loop
-        cur["labels"] = labels[0][:2]
-        hs = [m.register_forward_hook(hook) for m in layers]
-        with torch.inference_mode():
-            model(xs[0][:2])
-        for h in hs:
-            h.remove()
-        state.clear()
-    t_inf = run(False)
-    t_stats = run(True)
-    backend = kernels.resolve("class_moments", xs[0])[0]
+    def infer(n):
+        for part in (x[:n],) if n else x.split(batch):
+            model(part)
+
+    t_inf = timed(infer)
+    t_stats = timed(lambda n: collect(model, (x[:n], y[:n]) if n else (x, y), requests(), classes,
+                                      batch_size=batch))
+    backend = kernels.resolve("class_moments", x[:1])[0]
     return dict(images=nb * batch, size=size, batch=batch, classes=classes, gram=gram,
                 autocast_bf16=half, layers=len(layers), backend=backend, inference_s=t_inf,
-                stats_s=t_stats, ratio=t_stats / t_inf)
+                stats_s=t_stats, ratio=t_stats / t_inf, path="capture.collect + stats classes")
 
 
 def _fmt(v, spec):

@@ -21,9 +21,11 @@ import torch
 from pluginedit import api, report
 from pluginedit.contrib import data
 from pluginedit.contrib import train
-from pluginedit.editors.discedit import remove_zeroed, uncoupled_layers
-from pluginedit.editors.mask import select_lowest, zero_components
+from pluginedit.capture import head_layers
+from pluginedit.core.components import groups
 from pluginedit.core.record import EditRecord
+from pluginedit.editors._tp import remove_channels, uncoupled_layers
+from pluginedit.editors.mask import select_lowest, zero_components
 
 OUT = Path(__file__).parent / "results"
 SCORERS = {"witness-fisher": ("discedit-sp", {"features": "linear"}),
@@ -45,8 +47,14 @@ def prune_with(m, kind, opts, ratio, stats, example, layers, n_stats):
     s = api.score(m, kind, data=stats, targets=layers, num_classes=10, max_samples=n_stats, **opts)
     idx = select_lowest(s, ratio, layers)
     zero_components(m, idx, True, EditRecord("bench"))
-    remove_zeroed(m, example, idx)
+    remove_channels(m, example, idx)
     return m
+
+
+def prunable_layers(model, example) -> list[str]:
+    """The layers torch-pruning can remove alone (no residual coupling), head excluded."""
+    heads = set(head_layers(model, example))
+    return uncoupled_layers(model, example, [p for p in groups(model) if p not in heads])
 
 
 def prune_one(model, name, ratio, stats, example, layers, n_stats):
@@ -56,7 +64,7 @@ def prune_one(model, name, ratio, stats, example, layers, n_stats):
 def bench_prune(bundle, arch, model, ratios, n_stats):
     stats, test = bundle.train.subset(n_stats, seed=1), bundle.test
     example = test.x[:2]
-    layers = uncoupled_layers(model, example)
+    layers = prunable_layers(model, example)
     rows, before = [], params(model)
     dense = report.accuracy(model, test, 10)[0]
     for name in SCORERS:
@@ -77,8 +85,10 @@ def bench_forget(bundle, arch, model, n_stats, ft_samples, classes):
         for ft in (0, 1):
             m = copy.deepcopy(model)
             t = time.perf_counter()
-            rec = api.forget(m, k, stats, num_classes=10, max_samples=n_stats, finetune_epochs=ft,
-                             finetune_data=bundle.train.subset(ft_samples, seed=2) if ft else None)
+            rec = api.forget(m, k, stats, num_classes=10, max_samples=n_stats)
+            if ft:   # fine-tune on retained classes, then re-zero: edited channels stay removed
+                train.fit(m, bundle.train.subset(ft_samples, seed=2).subset(exclude=[k]), ft, lr=5e-4)
+                zero_components(m, {p: list(v) for p, v in rec.changes.items()}, True, EditRecord("refit"))
             secs = time.perf_counter() - t
             _, pc = report.accuracy(m, test, 10)
             f = report.forgetting(pc, k)

@@ -13,13 +13,12 @@ import sys
 
 import torch
 
-from discedit import params, prune_with
+from discedit import params, prunable_layers, prune_with
 from pluginedit import report
 from pluginedit.contrib import data
 from pluginedit.contrib import train
 from pluginedit.editors.bnrecal import recalibrate_bn
 from pluginedit.contrib.data import Split
-from pluginedit.editors.discedit import uncoupled_layers
 
 N_STATS = 1500
 
@@ -46,7 +45,7 @@ def main(mode: str, archs: str, ratios: str, configs: str = "l1,random,sp:,sp:fe
     acc = lambda m: round(report.accuracy(m, hold, 10)[0], 4)  # noqa: E731
     for arch in archs.split(","):
         model = train.pretrained(arch, fm)
-        layers = uncoupled_layers(model, ex)
+        layers = prunable_layers(model, ex)
         print(arch, "dense", acc(model), layers, flush=True)
         for r in map(float, ratios.split(",")):
             for c in configs.split(","):

@@ -28,19 +28,12 @@ def register(op: str, backend: str):
     return deco
 
 
-def _load_optional_backends() -> None:
-    # Imported lazily: triton is optional and csrc may not be built.
-    from . import csrc_ops, triton_ops  # noqa: F401
-
-
 def available(op: str) -> list[str]:
-    _load_optional_backends()
     return [b for b in BACKENDS if b in _ops.get(op, {})]
 
 
 def resolve(op: str, tensor: torch.Tensor, backend: str | None = None) -> tuple[str, Callable]:
     """The (backend name, function) that will run ``op`` on ``tensor``."""
-    _load_optional_backends()
     impls = _ops.get(op)
     if impls is None:
         raise KeyError(f"unknown kernel op {op!r}; known: {sorted(_ops)}")
@@ -63,4 +56,6 @@ def call(op: str, tensor: torch.Tensor, *args, backend: str | None = None, **kwa
     return resolve(op, tensor, backend)[1](tensor, *args, **kwargs)
 
 
-from . import reference  # noqa: E402,F401  (registers the torch backend)
+# One module per op: each registers its backends (torch always; csrc, triton where present).
+from . import channel_moments, class_maps, class_moments, gram  # noqa: E402,F401
+from . import reference  # noqa: E402,F401  (every reference in one namespace)

@@ -24,6 +24,18 @@ class Statistic(abc.ABC):
     @abc.abstractmethod
     def state_dict(self) -> dict[str, torch.Tensor]: ...
 
+    def to(self, device) -> "Statistic":
+        """Move the accumulators to ``device`` (they follow the activations: an update on another
+        device moves them once, a merge brings the other side over)."""
+        for name, value in list(vars(self).items()):
+            if torch.is_tensor(value) and value.device != torch.device(device):
+                setattr(self, name, value.to(device))
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next((v.device for v in vars(self).values() if torch.is_tensor(v)), torch.device("cpu"))
+
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         for key, value in state.items():
             setattr(self, key, value.clone())
@@ -31,6 +43,7 @@ class Statistic(abc.ABC):
     def _check_merge(self, other: "Statistic") -> None:
         if type(other) is not type(self):
             raise TypeError(f"cannot merge {type(other).__name__} into {type(self).__name__}")
+        other.to(self.device)
         mine, theirs = self.state_dict(), other.state_dict()
         for key in mine:
             if mine[key].shape != theirs[key].shape:

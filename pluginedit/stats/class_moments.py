@@ -83,19 +83,24 @@ class ClassMoments(Statistic):
         self.num_channels, self.num_classes, self.gamma, self._backend = num_channels, num_classes, float(gamma), backend
         self.count = torch.zeros(num_classes, dtype=torch.float64)
         self.sums = torch.zeros(num_classes, num_channels, 6, dtype=torch.float64)
-        self.shift = None if shift is None else shift.detach().double().cpu().reshape(num_channels)
+        self.shift = None if shift is None else shift.detach().double().reshape(num_channels)
 
     def update(self, x, labels=None):
         check_activations(x)
         if x.shape[1] != self.num_channels:
             raise InputError(f"expected {self.num_channels} channels, got {x.shape[1]}")
         labels = _labels(x, labels, self.num_classes)
+        self.to(x.device)
         if self.shift is None:
-            self.shift = x.detach().reshape(x.shape[0], x.shape[1], -1).double().sum(2).mean(0).cpu()
+            self.shift = x.detach().reshape(x.shape[0], x.shape[1], -1).double().sum(2).mean(0)
         self.backend, fn = ops.resolve("class_moments", x, self._backend)
-        counts, sums = fn(x, labels, self.num_classes, gamma=self.gamma, shift=self.shift.to(x.device))
-        self.count = self.count + counts.cpu()
-        self.sums = self.sums + sums.cpu()
+        if self.backend == "triton":     # the kernel accumulates into the sums in place, on device
+            counts, self.sums = fn(x, labels, self.num_classes, gamma=self.gamma, shift=self.shift,
+                                   state=self.sums.contiguous())
+        else:
+            counts, sums = fn(x, labels, self.num_classes, gamma=self.gamma, shift=self.shift)
+            self.sums = self.sums + sums
+        self.count = self.count + counts.to(self.count.dtype)
         if not torch.isfinite(self.sums).all():
             raise InputError("witness power sums overflowed float64 (activations too large)")
 
@@ -170,11 +175,12 @@ class ClassMaps(Statistic):
             self.full = False
         self.backend, fn = ops.resolve("class_maps", x, self._backend)
         counts, sums, squares, outer = fn(x, labels, self.num_classes, full=self.full)
-        self.count = self.count + counts.cpu()
-        self.sums = sums.cpu() if self.sums is None else self.sums + sums.cpu()
-        self.squares = squares.cpu() if self.squares is None else self.squares + squares.cpu()
+        self.to(x.device)
+        self.count = self.count + counts
+        self.sums = sums if self.sums is None else self.sums + sums
+        self.squares = squares if self.squares is None else self.squares + squares
         if self.full:
-            self.outer = outer.cpu() if self.outer is None else self.outer + outer.cpu()
+            self.outer = outer if self.outer is None else self.outer + outer
 
     def merge(self, other: "ClassMaps") -> "ClassMaps":
         if other.sums is None:

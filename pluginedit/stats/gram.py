@@ -55,9 +55,17 @@ class Gram(Statistic):
         g, s, n = fn(x, **self.conv, chunk=self.chunk) if self.conv else fn(x)
         if n == 0:
             return
-        g, s = g.double().cpu(), s.double().cpu()
+        self.to(x.device)
+        g, s = g.double(), s.double()
         mean_b = s / n
         self._fold(float(n), mean_b, g - n * torch.outer(mean_b, mean_b))
+
+    def to(self, device) -> "Gram":
+        """Mean and scatter follow the activations; the count stays a host scalar (it is known
+        from shapes, so reading it never waits for the device)."""
+        self.mean, self.scatter = self.mean.to(device), self.scatter.to(device)
+        self.count = self.count.cpu()
+        return self
 
     def _fold(self, n_b: float, mean_b: torch.Tensor, scatter_b: torch.Tensor) -> None:
         n_a = float(self.count)

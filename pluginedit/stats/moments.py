@@ -33,7 +33,8 @@ class ChannelMoments(Statistic):
             labels = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         labels = check_labels(labels, self.num_classes, x.shape[0]).to(x.device)
         self.backend, fn = ops.resolve("channel_moments", x, self._backend)
-        batch = [t.cpu() for t in fn(x, labels, self.num_classes)]
+        self.to(x.device)
+        batch = fn(x, labels, self.num_classes)
         self.count, self.mean, self.m2 = chan_merge(self.count, self.mean, self.m2, *batch)
 
     def merge(self, other: "ChannelMoments") -> "ChannelMoments":

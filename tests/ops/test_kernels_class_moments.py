@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pluginedit import ops as kernels
-from tests._kernel_tol import check
+from tests.ops._kernel_tol import check
 
 try:
     from pluginedit.triton_kernels import class_moments as k2

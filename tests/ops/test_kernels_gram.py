@@ -1,12 +1,12 @@
 """K3 Gram: every backend against the float64 reference on awkward linear and conv shapes.
 
-Backends may return fp32 (G, s); the tolerance rule (tests/_kernel_tol.py) compares them with the
+Backends may return fp32 (G, s); the tolerance rule (tests/ops/_kernel_tol.py) compares them with the
 float64 truth using plain PyTorch in the input dtype (unfold + matmul) as the yardstick."""
 import pytest
 import torch
 
 from pluginedit import ops as kernels
-from tests._kernel_tol import check
+from tests.ops._kernel_tol import check
 
 try:
     from pluginedit.triton_kernels import gram as k3

@@ -1,0 +1,40 @@
+"""``channel_moments``: per-class count, mean and M2 of every channel (ChannelMoments).
+The plain-PyTorch reference and its torch.library op (with fake) for torch.compile."""
+from __future__ import annotations
+
+import torch
+
+from . import register
+from ._common import _as_nc_l
+
+
+@register("channel_moments", "torch")
+def channel_moments(x: torch.Tensor, labels: torch.Tensor, num_classes: int):
+    """Per-class count, mean and M2 (sum of squared deviations) of every channel of one batch.
+
+    Every element of a channel (all samples, all positions) is one observation.
+    Returns float64 tensors count [K], mean [K, C], m2 [K, C]; classes absent from the batch
+    have count 0, mean 0 and m2 0.
+    """
+    v = _as_nc_l(x).double()
+    n, c, l = v.shape
+    k = num_classes
+    count = torch.zeros(k, dtype=torch.float64, device=x.device).index_add_(
+        0, labels, torch.full((n,), float(l), dtype=torch.float64, device=x.device))
+    sums = torch.zeros(k, c, dtype=torch.float64, device=x.device).index_add_(0, labels, v.sum(2))
+    mean = sums / count.clamp_min(1).unsqueeze(1)
+    dev = v - mean[labels].unsqueeze(2)
+    m2 = torch.zeros(k, c, dtype=torch.float64, device=x.device).index_add_(0, labels, dev.square().sum(2))
+    return count, mean, m2
+
+
+@torch.library.custom_op("pluginedit::channel_moments_ref", mutates_args=())
+def channel_moments_op(x: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return channel_moments(x, labels, num_classes)
+
+
+@channel_moments_op.register_fake
+def _(x, labels, num_classes):
+    k, c = num_classes, x.shape[1]
+    f = dict(dtype=torch.float64, device=x.device)
+    return x.new_empty((k,), **f), x.new_empty((k, c), **f), x.new_empty((k, c), **f)
