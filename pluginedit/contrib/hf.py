@@ -28,6 +28,8 @@ from ..editors._tp import prune_heads as prune_heads_tp
 from ..editors._tp import remove_hidden_units
 from ..editors.compensate import compensate
 from ..linalg import DEFAULT_RIDGE
+from ..capture import Split
+from ..io.models import set_source
 from ..core.errors import InputError
 from ..scorers.fidelity import ffn_scores
 from ..stats import Gram
@@ -54,7 +56,9 @@ def load_minilm():
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModel, AutoTokenizer
     path = model_dir()
-    return AutoModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    model = AutoModel.from_pretrained(path).eval()
+    set_source(model, {"kind": "transformers", "class": type(model).__name__, "config": model.config.to_dict()})
+    return model, AutoTokenizer.from_pretrained(path)
 
 
 def _docstrings(names):
@@ -86,6 +90,14 @@ def split_corpus(sentences: list[str], n_calib: int, n_test: int):
     if len(ranked) < n_calib + n_test:
         raise InputError(f"only {len(ranked)} sentences, need {n_calib + n_test}")
     return ranked[:n_calib], ranked[n_calib:n_calib + n_test]
+
+
+def text_split(tok, sentences: list[str], max_length: int = 128) -> Split:
+    """Tokenised sentences as a Split of dict inputs (padded to the longest; padding tokens are
+    masked out of every statistic), labels 0: calibration data for ``pe.score`` / ``pe.edit``."""
+    enc = tok(sentences, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    x = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
+    return Split(x, torch.zeros(len(sentences), dtype=torch.long))
 
 
 @torch.no_grad()
@@ -177,7 +189,7 @@ def head_scores(model, grams: list[Gram]) -> list[torch.Tensor]:
     res = []
     for att, out, g in zip(attention_layers(model),
                            (layer.attention.output.dense for layer in model.encoder.layer), grams):
-        d, m, w = att.attention_head_size, g.second_moment(), out.weight.detach().double()
+        d, m, w = att.attention_head_size, g.second_moment().cpu(), out.weight.detach().double().cpu()
         res.append(torch.stack([((w[:, h * d:(h + 1) * d] @ m[h * d:(h + 1) * d, h * d:(h + 1) * d])
                                  * w[:, h * d:(h + 1) * d]).sum()
                                 for h in range(att.num_attention_heads)]).float())

@@ -50,6 +50,20 @@ def transformer_units(model: nn.Module) -> list[str]:
     return out
 
 
+def unit_consumer(model: nn.Module, path: str) -> str:
+    """The Linear that reads a transformer unit's output: the attention output projection of a
+    self-attention block (``X.attention.self`` -> ``X.attention.output.dense``), the down
+    projection of an FFN (``X.intermediate.dense`` -> ``X.output.dense``)."""
+    if path.endswith("attention.self"):
+        cand = path[: -len("self")] + "output.dense"
+    elif path.endswith("intermediate.dense"):
+        cand = path[: -len("intermediate.dense")] + "output.dense"
+    else:
+        raise KeyError(f"{path!r} is not a transformer unit")
+    get_module(model, cand)
+    return cand
+
+
 def get_module(model: nn.Module, path: str) -> nn.Module:
     try:
         return model.get_submodule(path)

@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 
 from ..capture import default_targets, head_layers
-from ..core.components import bn_of
+from ..core.components import bn_of, transformer_units
 from ..core.errors import EditError, InputError
 from ..core.plugin import Editor, option
 from ..core.scores import Scores
@@ -19,6 +19,7 @@ from ..scorers.run import score
 from . import _tp
 from .bnrecal import recalibrate_bn
 from .compensate import compensate
+from .modhifi_transformer import prune_transformer
 from .prune import check_ratio
 
 
@@ -42,6 +43,7 @@ class ModHiFiPOptions:
         "centred", "fidelity pair score")
     reduce: Literal["mean", "max"] = option("mean", "fidelity channel score over consumers")
     global_pruning: bool = option(False, "rank channels across layers")
+    heads: int = option(0, "transformers: attention heads removed per layer (ratio: FFN neurons)")
     ignored: list | None = option(None, "module paths kept whole")
 
     def __post_init__(self):
@@ -64,6 +66,8 @@ class ModHiFiP(Editor):
 
     def apply(self, model, scores, inputs):
         o, example = self.options, inputs.example
+        if transformer_units(model):
+            return self._transformer(model, scores, inputs)
         macs0, params0 = _tp.count_ops_and_params(model, example)
         plan = ([1 - (1 - o.ratio) ** (1 / o.steps)] * o.steps if o.target == "channels"
                 else [o.per_step] * o.max_steps)
@@ -90,6 +94,15 @@ class ModHiFiP(Editor):
                        "max_ridge": max(totals["ridges"], default=0.0), "scores_used": used,
                        "topk_reading": f"channel score = {o.reduce} over consumers and outputs; "
                                        "lowest pruned" if used == "fidelity" else f"scores from {used!r}"}
+        return record
+
+    def _transformer(self, model, scores, inputs):
+        o = self.options
+        done = prune_transformer(model, scores, inputs, o.ratio, o.heads, o.compensate, o.ridge, o.calib_samples)
+        record = self.record("removed FFN neurons / attention heads (torch-pruning)"
+                             + (" + delta*" if o.compensate else ""), scores,
+                             changes=done["changes"], steps=done["steps"], info=done["info"])
+        record.scores = scores.scorer if scores is not None else "fidelity"
         return record
 
     def _step(self, model, scores, inputs, ratio, totals) -> None:

@@ -48,9 +48,9 @@ def forget_scores(weight, gram, bn=None) -> torch.Tensor:
     (E_f[y_c a_ci] - m_c E_f[a_ci]) / var_c. Without a BN: the uncentred share R_ci / E||Y_c||^2."""
     co, ci = weight.shape[:2]
     w = weight.detach().double().cpu().reshape(co, ci, -1)
-    u = (gram.second_moment() @ w.reshape(co, -1).T).T.reshape(co, ci, -1)
+    u = (gram.second_moment().cpu() @ w.reshape(co, -1).T).T.reshape(co, ci, -1)
     r = (w * u).sum(-1)                                               # E_f[y_c a_ci]
-    mean_a = (w * gram.mean.reshape(ci, -1)).sum(-1)                  # E_f[a_ci]
+    mean_a = (w * gram.mean.cpu().reshape(ci, -1)).sum(-1)                # E_f[a_ci]
     if bn is None:
         return r
     m, v = bn.running_mean.double().cpu(), bn.running_var.double().cpu()

@@ -40,12 +40,15 @@ def write_manifest(folder: Path, manifest: dict) -> None:
 
 
 def _check_step(i: int, step, where: Path) -> None:
+    if isinstance(step, dict) and isinstance(step.get("module"), str) and isinstance(step.get("attrs"), dict):
+        if all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in step["attrs"].values()):
+            return
     ok = (isinstance(step, dict) and isinstance(step.get("module"), str)
           and isinstance(step.get("fn"), str) and isinstance(step.get("idxs"), list)
           and all(isinstance(j, int) and not isinstance(j, bool) and j >= 0 for j in step["idxs"]))
     if not ok:
-        raise InputError(f"{where}: step {i} is malformed (need module, fn and non-negative "
-                         f"integer idxs), got {str(step)[:200]}")
+        raise InputError(f"{where}: step {i} is malformed (need module, and fn with non-negative "
+                         f"integer idxs or attrs of integers), got {str(step)[:200]}")
 
 
 def read_manifest(folder: str | Path) -> dict:

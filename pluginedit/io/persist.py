@@ -39,8 +39,22 @@ def save(model: nn.Module, path: str | Path, records=(), source: dict | None = N
     write_manifest(folder, {
         "format": FORMAT, "source": source, "steps": list(model.__dict__.get(STEPS_ATTR, [])),
         "history": _history(records), "versions": versions(*extra),
+        "transformers_from_pretrained": _write_config(model, folder) if extra else False,
         "weights": {"file": WEIGHTS, "bytes": weights.stat().st_size, "sha256": sha256(weights)}})
     return folder
+
+
+def _write_config(model: nn.Module, folder: Path) -> bool:
+    """Write config.json beside the weights when the edited model's config describes it, so
+    plain ``transformers.AutoModel.from_pretrained(folder)`` loads it too. BERT-family configs
+    derive the head size from hidden_size / num_attention_heads, so a model with heads removed
+    cannot be described (transformers >= 5 has no pruned_heads); it reloads with pe.load."""
+    config = getattr(model, "config", None)
+    heads = {m.num_attention_heads for m in model.modules() if hasattr(m, "attention_head_size")}
+    if config is None or heads - {getattr(config, "num_attention_heads", None)}:
+        return False
+    config.save_pretrained(folder)
+    return True
 
 
 def load(path: str | Path) -> nn.Module:

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..capture import Request, collect
-from ..core.components import get_module, groups, size_of
+from ..core.components import get_module, groups, kind_of, size_of, transformer_units, unit_consumer
 from ..linalg import ridge_for
 from ..core.errors import InputError
 from ..core.plugin import Scorer, option
@@ -45,7 +45,7 @@ def pair_scores(weight: torch.Tensor, gram: Gram, variant: str = "centred") -> t
     co, ci = weight.shape[:2]
     w = weight.detach().double().cpu().reshape(co, ci, -1)
     k = w.shape[2]
-    sigma = gram.matrix(centred=variant == "centred")
+    sigma = gram.matrix(centred=variant == "centred").cpu()   # scores are computed on the host
     u = (sigma @ w.reshape(co, -1).T).T.reshape(co, ci, k)        # one GEMM: (Sigma W^T)^T
     r = (w * u).sum(-1)                                           # E<Y_c, A_ci>
     y = r.sum(1, keepdim=True)                                    # E||Y_c||^2
@@ -65,7 +65,7 @@ def gram_requests(model: nn.Module, paths=None) -> dict[str, Request]:
     for path, m in groups(model).items():
         if paths is not None and path not in paths:
             continue
-        if isinstance(m, nn.Conv2d) and m.groups != 1:
+        if not isinstance(m, (nn.Conv2d, nn.Linear)) or isinstance(m, nn.Conv2d) and m.groups != 1:
             continue
         reqs[path] = Request(path, Gram.for_module(m), "input")
     return reqs
@@ -116,7 +116,7 @@ def ffn_scores(gram: Gram, w_down: torch.Tensor, variant: str = "cholesky",
         return pair_scores(w_down, gram, "centred").sum(0).float()
     if variant != "cholesky":
         raise InputError(f"unknown FFN score variant {variant!r}; known: cholesky, centred")
-    q = gram.second_moment() * (w @ w.T)
+    q = gram.second_moment().cpu() * (w @ w.T)
     lam = ridge_for(q, ridge)[0]
     chol = torch.linalg.cholesky(q + lam * torch.eye(q.shape[0], dtype=q.dtype))
     return chol.norm(dim=1).float()
@@ -129,15 +129,43 @@ class FidelityOptions:
     reduce: Literal["mean", "max"] = option("mean", "channel score over consumers and outputs")
 
 
+def head_scores(weight_out: torch.Tensor, gram: Gram, num_heads: int) -> torch.Tensor:
+    """[num_heads]: E ||W_O[:, h] z_h||^2 over calibration tokens, the mean squared contribution
+    of head h to the attention output, exactly from the Gram of the concatenated head outputs z:
+    tr(W_h E[z_h z_h^T] W_h^T)."""
+    m, w = gram.second_moment().cpu(), weight_out.detach().double().cpu()
+    d = w.shape[1] // num_heads
+    return torch.stack([((w[:, h * d:(h + 1) * d] @ m[h * d:(h + 1) * d, h * d:(h + 1) * d])
+                         * w[:, h * d:(h + 1) * d]).sum() for h in range(num_heads)]).float()
+
+
+def unit_scores(model, path: str, gram: Gram, ffn_variant: str = "cholesky") -> torch.Tensor:
+    """Scores of a transformer unit (heads of an attention block, neurons of an FFN) from the
+    Gram of its consumer's inputs."""
+    module, consumer = get_module(model, path), get_module(model, unit_consumer(model, path))
+    if kind_of(module) == "attn_head":
+        return head_scores(consumer.weight, gram, module.num_attention_heads)
+    return ffn_scores(gram, consumer.weight, ffn_variant)
+
+
 class FidelityScorer(Scorer):
-    """ModHiFi channel scores from one input Gram per consumer layer."""
+    """ModHiFi scores from one input Gram per consumer layer: conv/linear channels (coupled
+    through the dependency graph), or a transformer's attention heads and FFN neurons."""
     name = "fidelity"
     needs_data = True
     Options = FidelityOptions
 
     def requests(self, model, inputs):
+        units = [p for p in inputs.targets if p in transformer_units(model)]
+        if units:
+            consumers_ = {unit_consumer(model, p) for p in units}
+            return gram_requests(model, consumers_)
         return gram_requests(model)
 
     def score(self, model, stats, inputs):
-        return channel_scores(model, inputs.example, inputs.targets, stats,
-                              self.options.variant, self.options.reduce)
+        units = set(transformer_units(model))
+        out = {p: unit_scores(model, p, stats[unit_consumer(model, p)]) for p in inputs.targets if p in units}
+        rest = [p for p in inputs.targets if p not in units]
+        if rest:
+            out |= channel_scores(model, inputs.example, rest, stats, self.options.variant, self.options.reduce)
+        return out
