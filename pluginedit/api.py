@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .capture import example_batch
+from .capture import check_runs, example_batch
 from .core import registry
 from .core.errors import InputError
 from .core.plugin import Editor, Inputs
@@ -46,6 +46,7 @@ def editor_inputs(model: nn.Module, editor: Editor, scores: Scores | None, data=
                              "(wrap a dict with Scores(values, scorer=...))")
         scores.check_fits(model)
     example = example_inputs if example_inputs is not None else example_batch(data)
+    check_runs(model, example)
     if editor.needs_labels or editor.kind == "forget":
         num_classes = num_classes or num_classes_of(model, example)
     if editor.kind == "forget":

@@ -9,10 +9,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..core.components import groups, kind_of, output_layers, size_of, transformer_units
+from ..core.components import eval_mode, groups, kind_of, output_layers, size_of, transformer_units
 from ..core.errors import InputError
 from ..core.outputs import batch_size as batch_size_of
-from ..core.outputs import finite, take, to
+from ..core.outputs import call, finite, take, to
 from ..stats import check_labels
 
 
@@ -114,6 +114,20 @@ def example_batch(data) -> torch.Tensor | None:
         return take(data.x, slice(0, 1))
     x = next(iter(as_loader(data, batch_size=1)))[0]
     return take(x, slice(0, 1))
+
+
+def check_runs(model: nn.Module, example) -> None:
+    """One forward pass on the example batch, so that inputs the model cannot take (a wrong
+    image size, channel count or dtype) are reported up front, not deep inside a statistic."""
+    if example is None:
+        return
+    shape = {k: tuple(v.shape) for k, v in example.items()} if isinstance(example, dict) else tuple(example.shape)
+    try:
+        with torch.no_grad(), eval_mode(model):
+            call(model, example)
+    except Exception as e:
+        raise InputError(f"the model cannot run on the data's inputs of shape {shape} "
+                         f"({type(e).__name__}: {str(e).splitlines()[0][:300]})") from e
 
 
 def head_layers(model: nn.Module, example: torch.Tensor | None = None,

@@ -98,11 +98,23 @@ def group_steps(group, paths: dict[nn.Module, str]) -> list[dict]:
     return steps
 
 
+def refuse_tied(model: nn.Module) -> None:
+    """torch-pruning rebuilds each module's parameters, which would silently untie weights
+    shared between modules: refuse instead."""
+    seen: dict[int, str] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen and seen[id(p)] != name:
+            raise EditError(f"parameters {seen[id(p)]!r} and {name!r} are tied (one tensor): physical "
+                            "pruning would untie them; use the 'mask' editor")
+        seen.setdefault(id(p), name)
+
+
 def run_pruner(model: nn.Module, example, importance, before_group: Callable | None = None,
                **pruner_kw) -> tuple[dict[str, list[int]], list[dict]]:
     """One MetaPruner step; ``before_group(group, paths)`` runs before each group is removed
     (compensation). Returns ({out-channel layer path: removed indices}, steps)."""
     paths = _paths(model)
+    refuse_tied(model)
     try:
         pruner = tp.pruner.MetaPruner(model, example, importance=importance,
                                       output_transform=_output_sum, **pruner_kw)
@@ -134,6 +146,7 @@ def prune_by_scores(model: nn.Module, example, scores: Scores, ratio: float, ign
 
 def remove_channels(model: nn.Module, example, indices: dict[str, list[int]]) -> list[dict]:
     """Physically remove the given out-channels (with everything coupled to them)."""
+    refuse_tied(model)
     dg, paths, steps = graph(model, example), _paths(model), []
     for path, idx in indices.items():
         if idx:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..capture import Split, check_classes, collect, default_targets, example_batch
+from ..capture import Split, check_classes, check_runs, collect, default_targets, example_batch
 from ..core import registry
 from ..core.components import eval_mode, groups
 from ..core.errors import InputError
@@ -36,6 +36,7 @@ def _inputs(model, scorers, data, targets, num_classes, example) -> Inputs:
         need = [s.name for s in scorers if s.needs_data]
         raise InputError(f"scorer {', '.join(map(repr, need))} needs data (labelled samples)")
     example = example if example is not None else example_batch(data)
+    check_runs(model, example)
     if any(s.needs_labels for s in scorers):
         num_classes = num_classes or num_classes_of(model, example)
         if isinstance(data, Split):

@@ -168,3 +168,43 @@ def test_scores_out_stems_with_dots_stay_apart(tmp_path):
     assert json.loads((tmp_path / "run.v2.json").read_text())["scorer"] == "y"
     with pytest.raises(InputError, match="does not exist"):
         pe.Scores.load(tmp_path / "run.v3")
+
+
+def test_prune_refuses_tied_weights_and_leaves_them_tied():
+    lin = nn.Linear(4, 4)
+    model = nn.Sequential(lin, nn.ReLU(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 3))
+    model[2].weight = lin.weight
+    snap = _state(model)
+    x = torch.randn(2, 4)
+    with pytest.raises(EditError, match="tied"):
+        pe.edit(model, "prune", pe.score(model, "l1", example_inputs=x), example_inputs=x, ratio=0.5)
+    assert _same(model, snap) and model[2].weight is lin.weight
+
+
+def test_images_the_model_cannot_take_are_refused_up_front():
+    model = _net()
+    with pytest.raises(InputError, match=r"cannot run on the data's inputs of shape \(1, 1, 8, 8\)"):
+        pe.score(model, "witness", data=(torch.randn(8, 1, 8, 8), torch.arange(8) % 4))
+    with pytest.raises(InputError, match="cannot run on the data"):
+        pe.edit(model, "modhifi-p", data=(torch.randn(8, 1, 8, 8), torch.arange(8) % 4))
+
+
+def test_depthwise_model_keeps_running_after_discedit_sp():
+    """Depthwise convs are coupled to their input channels: discedit-sp must leave them (it
+    returned Conv2d(1, 0, groups=0) before)."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
+    import custom_models
+    model = custom_models.make(width=8)
+    x, y = torch.randn(60, 3, 32, 32), torch.arange(60) % 10
+    rec = pe.edit(model, "discedit-sp", data=(x, y), ratio=0.25, max_samples=60)
+    assert all("dw" not in p for p in rec.info["layers"])
+    assert all(m.groups >= 1 and m.out_channels > 0 for m in model.modules() if isinstance(m, nn.Conv2d))
+    assert model(x[:2]).shape == (2, 10)
+
+
+def test_classes_absent_from_the_test_data_report_none():
+    from pluginedit.report import accuracy
+    acc, per_class = accuracy(_net(), (X[:3], Y[:3]), 4)
+    assert per_class[3] is None and all(a is not None for a in per_class[:3])
