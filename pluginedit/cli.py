@@ -14,7 +14,7 @@ from .core import registry
 from . import report
 from .contrib import train, zoo
 from .contrib.data import load_dataset
-from .capture import check_classes
+from .capture import check_classes, example_batch
 from .core.errors import InputError, PluginEditError
 from .core.plugin import describe
 
@@ -45,6 +45,9 @@ def _model_args(p: argparse.ArgumentParser, data_default: str = "digits") -> Non
                    help="your own model: a factory called with --model-args (instead of --arch)")
     p.add_argument("--model-args", default="{}", metavar="JSON", help="keyword arguments of --model")
     p.add_argument("--weights", default=None, help="weights: .safetensors, or a .pt/.pth state dict")
+    p.add_argument("--hf", default=None, metavar="DIR",
+                   help="a local transformers model directory (its class from the config); --data is "
+                        "then a text file or data set (.json/.jsonl/.csv/.txt, 'text' column)")
     p.add_argument("--data", default=data_default,
                    help="digits, mnist, fashion-mnist, a .safetensors/.npz file with x and y, or a "
                         "local Hugging Face data set folder")
@@ -69,16 +72,22 @@ def _edit_args(p: argparse.ArgumentParser, editor: str) -> None:
 
 
 def _bundle(args):
-    bundle = load_dataset(args.data, args.data_dir)
+    if getattr(args, "hf", None):
+        from .contrib import hf
+        bundle = hf.text_bundle(args.data, args.hf)       # labels are optional for text
+    else:
+        bundle = load_dataset(args.data, args.data_dir)
+        check_classes(bundle.train.y, bundle.num_classes)   # one class is no classification task
     if getattr(args, "train_samples", None):
         bundle.train = bundle.train.subset(args.train_samples)
     if getattr(args, "test_samples", None):
         bundle.test = bundle.test.subset(args.test_samples)
-    check_classes(bundle.train.y, bundle.num_classes)   # one class is no classification task
     return bundle
 
 
 def _model(args, bundle):
+    if args.hf:
+        return api.load_model(hf=args.hf, weights=args.weights)
     if args.model:
         try:
             model_args = json.loads(args.model_args)
@@ -229,16 +238,18 @@ def cmd_prune(args) -> int:
     if unused:
         raise InputError(f"editor {args.editor!r} has no option(s) {sorted(unused)}")
     scores = None
-    if cls.uses_scores:
-        scores = api.score(model, args.scorer, data=calib, num_classes=bundle.num_classes,
+    # an editor with a scorer of its own (modhifi-p) uses it unless --scorer is given
+    scorer = args.scorer or (None if "scorer" in _known_options(cls, scorer=1) else "l1")
+    if cls.uses_scores and scorer:
+        scores = api.score(model, scorer, data=calib, num_classes=bundle.num_classes,
                            progress=args.progress, **scorer_opts)
     elif scorer_opts:
         raise InputError(f"editor {args.editor!r} computes its own scores: scorer options are unused")
     record = api.edit(model, args.editor, scores, data=calib if cls.needs_data else None,
-                      example_inputs=calib.x[:1], num_classes=bundle.num_classes if cls.needs_labels else None,
+                      example_inputs=example_batch(calib), num_classes=bundle.num_classes if cls.needs_labels else None,
                       **flags, **edit_opts)
     _finish(args, bundle, model, dense, record,
-            {"scorer": args.scorer if cls.uses_scores else record.editor, "ratio": args.ratio})
+            {"scorer": record.scores, "ratio": args.ratio})
     return 0
 
 
@@ -304,7 +315,8 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="score and prune a model, then report before/after")
     _model_args(p)
     _edit_args(p, "prune")
-    p.add_argument("--scorer", default="l1")
+    p.add_argument("--scorer", default=None,
+                   help="scorer plugin (default: l1, or the editor's own scorer if it has one)")
     p.add_argument("--ratio", type=float, default=0.5, help="fraction of channels to remove")
     p.add_argument("--global", dest="global_pruning", action="store_true", help="rank channels across layers")
     p.set_defaults(fn=cmd_prune)

@@ -11,32 +11,37 @@ import torch
 from torch import nn
 
 from .capture import Split, accuracy, model_device  # noqa: F401  (accuracy: the one, re-exported)
+from .core.outputs import call, primary, take, to
 from .editors._tp import count_ops_and_params
 
 METRICS = ("accuracy", "per_class_accuracy", "params", "macs", "latency_ms")
 
 
 @torch.no_grad()
-def latency_ms(model: nn.Module, example: torch.Tensor, warmup: int = 5, repeats: int = 30,
+def latency_ms(model: nn.Module, example, warmup: int = 5, repeats: int = 30,
                stat=statistics.median) -> float:
     """Wall time of one forward pass of ``example`` after warm-up: the median of ``repeats``
     timed runs (``stat=min`` is the steadier choice for A/B comparisons on a busy machine)."""
     model.eval()
-    example = example.to(model_device(model))
+    example = to(example, model_device(model))
     for _ in range(warmup):
-        model(example)
+        call(model, example)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        model(example)
+        call(model, example)
         times.append((time.perf_counter() - t0) * 1e3)
     return stat(times)
 
 
 def evaluate(model: nn.Module, test: Split, num_classes: int, latency_batch: int = 64) -> dict:
-    acc, per_class = accuracy(model, test, num_classes)
-    example = test.x[:latency_batch]
-    macs, params = count_ops_and_params(model, example[:1].to(model_device(model)))
+    """Accuracy (None for a model whose output is not class logits, e.g. a sentence encoder),
+    parameters, MACs and latency."""
+    example = take(test.x, slice(0, latency_batch))
+    with torch.no_grad():
+        logits = primary(call(model.eval(), to(take(example, slice(0, 1)), model_device(model)))).ndim == 2
+    acc, per_class = accuracy(model, test, num_classes) if logits else (None, [None] * num_classes)
+    macs, params = count_ops_and_params(model, to(take(example, slice(0, 1)), model_device(model)))
     return {"accuracy": acc, "per_class_accuracy": per_class, "params": int(params),
             "macs": int(macs), "latency_ms": latency_ms(model, example)}
 
@@ -50,8 +55,9 @@ def forgetting(per_class: list[float], forget_class: int) -> dict:
 
 def table(report: dict) -> str:
     before, after = report["before"], report["after"]
-    rows = [("accuracy", f"{before['accuracy']:.4f}", f"{after['accuracy']:.4f}", f"{after['accuracy'] - before['accuracy']:+.4f}"),
-            ("params", f"{before['params']:,}", f"{after['params']:,}", f"{before['params'] / max(after['params'], 1):.2f}x fewer"),
+    rows = [("accuracy", f"{before['accuracy']:.4f}", f"{after['accuracy']:.4f}", f"{after['accuracy'] - before['accuracy']:+.4f}")
+            ] if before["accuracy"] is not None else []
+    rows += [("params", f"{before['params']:,}", f"{after['params']:,}", f"{before['params'] / max(after['params'], 1):.2f}x fewer"),
             ("MACs", f"{before['macs']:,}", f"{after['macs']:,}", f"{before['macs'] / max(after['macs'], 1):.2f}x fewer"),
             ("latency ms", f"{before['latency_ms']:.3f}", f"{after['latency_ms']:.3f}", f"{before['latency_ms'] / max(after['latency_ms'], 1e-9):.2f}x faster")]
     for key in ("forgotten_accuracy", "retained_accuracy"):

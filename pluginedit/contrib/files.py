@@ -12,6 +12,7 @@ import torch
 
 from ..capture import Split
 from ..core.errors import InputError
+from ..core.outputs import take
 
 TENSOR_SUFFIXES = (".safetensors", ".npz")
 
@@ -49,7 +50,7 @@ def _holdout(data: Split, fraction: float, seed: int) -> tuple[Split, Split]:
     """(train, test): a seeded ``fraction`` of the samples held out, order kept."""
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
     cut = max(1, int(round(len(data) * fraction)))
-    test, train = (Split(data.x[i], data.y[i]) for i in (order[:cut].sort().values, order[cut:].sort().values))
+    test, train = (Split(take(data.x, i), data.y[i]) for i in (order[:cut].sort().values, order[cut:].sort().values))
     return train, test
 
 
@@ -127,3 +128,31 @@ def load_hf_dataset(path: str | Path, image_size: int | None = None, test_fracti
     else:
         train, test = _holdout(train, test_fraction, seed)
     return train, test, int(max(train.y.max(), test.y.max())) + 1
+
+
+def load_text_dataset(path: str | Path, tokenizer, max_length: int = 128, test_fraction: float = 0.2,
+                      seed: int = 0):
+    """(train, test, num_classes) from a local ``.json``/``.jsonl``/``.csv`` file or ``save_to_disk``
+    folder with a ``text`` (or ``sentence``) column and an optional integer ``label`` column,
+    tokenised with ``tokenizer`` into dict inputs."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"data set {path} does not exist")
+    if path.suffix == ".txt":
+        lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+        rows = {"text": lines}
+    else:
+        source = _hf_source(path)
+        ds = source["train"] if hasattr(source, "keys") else source
+        rows = ds.to_dict()
+    column = next((c for c in ("text", "sentence", "sentences") if c in rows), None)
+    if column is None or not rows[column]:
+        raise InputError(f"{path}: need a non-empty 'text' column, found {sorted(rows)}")
+    enc = tokenizer(list(rows[column]), padding=True, truncation=True, max_length=max_length,
+                    return_tensors="pt")
+    x = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
+    y = torch.as_tensor(rows["label"]) if "label" in rows else torch.zeros(len(rows[column]), dtype=torch.long)
+    if y.is_floating_point() or (len(y) and y.min() < 0):
+        raise InputError(f"{path}: labels must be non-negative integers")
+    train, test = _holdout(Split(x, y.long()), test_fraction, seed)
+    return train, test, max(2, int(y.max()) + 1)

@@ -100,6 +100,17 @@ def text_split(tok, sentences: list[str], max_length: int = 128) -> Split:
     return Split(x, torch.zeros(len(sentences), dtype=torch.long))
 
 
+def text_bundle(data_path, model_path):
+    """A DataBundle of tokenised text (``files.load_text_dataset``) for the transformers model in
+    ``model_path`` (its own tokenizer)."""
+    from transformers import AutoTokenizer
+    from .data import DataBundle
+    from .files import load_text_dataset
+    tok = AutoTokenizer.from_pretrained(model_path)
+    train, test, k = load_text_dataset(data_path, tok)
+    return DataBundle(Path(data_path).stem, train, test, k, tuple(str(i) for i in range(k)))
+
+
 @torch.no_grad()
 def embed(model, tok, sentences: list[str], batch_size: int = 32) -> torch.Tensor:
     """Sentence embeddings as sentence-transformers computes them: mean pooling, L2 normalised."""

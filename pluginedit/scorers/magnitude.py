@@ -1,7 +1,9 @@
 """Weight-magnitude scorers: the norm of each output filter / neuron's weights."""
 from __future__ import annotations
 
-from ..core.components import get_module
+import torch
+
+from ..core.components import get_module, kind_of
 from ..core.plugin import Scorer
 
 
@@ -11,7 +13,12 @@ class _NormScorer(Scorer):
     def score(self, model, stats, inputs):
         out = {}
         for path in inputs.targets:
-            w = get_module(model, path).weight.detach()
+            module = get_module(model, path)
+            if kind_of(module) == "attn_head":   # a head: its rows of the query, key and value
+                h = module.num_attention_heads
+                w = torch.cat([getattr(module, n).weight.detach().reshape(h, -1) for n in ("query", "key", "value")], 1)
+            else:
+                w = module.weight.detach()
             out[path] = w.reshape(w.shape[0], -1).norm(p=self.p, dim=1)
         return out
 
