@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .capture import Split, accuracy, model_device  # noqa: F401  (accuracy: the one, re-exported)
-from .core.outputs import call, primary, take, to
+from .core.outputs import call, output, take, to
 from .editors._tp import count_ops_and_params
 
 METRICS = ("accuracy", "per_class_accuracy", "params", "macs", "latency_ms")
@@ -39,7 +39,7 @@ def evaluate(model: nn.Module, test: Split, num_classes: int, latency_batch: int
     parameters, MACs and latency."""
     example = take(test.x, slice(0, latency_batch))
     with torch.no_grad():
-        logits = primary(call(model.eval(), to(take(example, slice(0, 1)), model_device(model)))).ndim == 2
+        logits = output(model.eval(), to(take(example, slice(0, 1)), model_device(model))).ndim == 2
     acc, per_class = accuracy(model, test, num_classes) if logits else (None, [None] * num_classes)
     macs, params = count_ops_and_params(model, to(take(example, slice(0, 1)), model_device(model)))
     return {"accuracy": acc, "per_class_accuracy": per_class, "params": int(params),

@@ -7,7 +7,7 @@ from torch import nn
 
 from ..core.components import eval_mode
 from ..core.errors import InputError
-from ..core.outputs import call, primary, take
+from ..core.outputs import output, take
 from .inputs import batches
 
 
@@ -20,7 +20,7 @@ def accuracy(model: nn.Module, data, num_classes: int, batch_size: int = 512,
     total = torch.zeros(num_classes, dtype=torch.float64)
     with eval_mode(model):
         for x, y in batches(model, data, num_classes, batch_size, max_samples):
-            hit = (primary(call(model, x)).argmax(-1) == y).double().cpu()
+            hit = (output(model, x).argmax(-1) == y).double().cpu()
             correct.index_add_(0, y.cpu(), hit)
             total.index_add_(0, y.cpu(), torch.ones_like(hit))
     per_class = [float(c / t) if t > 0 else None for c, t in zip(correct, total)]
@@ -37,7 +37,7 @@ def class_accuracy(model: nn.Module, data, k: int, num_classes: int, batch_size:
         for x, y in batches(model, data, num_classes, batch_size, max_samples):
             sel = y == k
             if sel.any():
-                hit += int((primary(call(model, take(x, sel))).argmax(-1) == k).sum())
+                hit += int((output(model, take(x, sel)).argmax(-1) == k).sum())
                 n += int(sel.sum())
     if n == 0:
         raise InputError(f"the data has no samples of class {k}")

@@ -88,8 +88,9 @@ def eval_mode(model: nn.Module):
 def output_layers(model: nn.Module, example) -> list[str]:
     """Paths of the component layers whose output is the model's output (the classifier head):
     pruning their units would remove classes, so editors leave them alone."""
-    produced: dict[int, str] = {}
-    handles = [m.register_forward_hook(lambda mod, i, o, p=p: produced.__setitem__(id(o), p))
+    # (tensor, path) kept alive: a freed activation's id could be reused by a later tensor
+    produced: dict[int, tuple] = {}
+    handles = [m.register_forward_hook(lambda mod, i, o, p=p: produced.__setitem__(id(o), (o, p)))
                for p, m in groups(model).items()]
     try:
         with torch.no_grad(), eval_mode(model):
@@ -97,7 +98,7 @@ def output_layers(model: nn.Module, example) -> list[str]:
     finally:
         for h in handles:
             h.remove()
-    return [produced[id(o)] for o in tensors(out) if id(o) in produced]
+    return [produced[id(o)][1] for o in tensors(out) if id(o) in produced and produced[id(o)][0] is o]
 
 
 def bn_of(model: nn.Module) -> dict[str, str]:

@@ -4,7 +4,9 @@
 
 The rule for "the output" (what accuracy, class counts and shape checks read): a tensor is
 itself; a mapping gives its ``logits`` entry if it has one, else its first tensor value (a
-``ModelOutput``'s ``last_hidden_state``); a tuple or list gives its first tensor."""
+``ModelOutput``'s ``last_hidden_state``); a tuple or list gives its first tensor. A model
+overrides the rule with an attribute ``pluginedit_output``: a function from its raw output to
+the tensor to read (e.g. ``model.pluginedit_output = lambda out: out["cls_logits"]``)."""
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -18,6 +20,15 @@ from .errors import InputError
 def call(model: nn.Module, x) -> Any:
     """``model(**x)`` for a mapping of tensors, else ``model(x)``."""
     return model(**x) if isinstance(x, Mapping) else model(x)
+
+
+def output(model: nn.Module, x) -> torch.Tensor:
+    """The model's output tensor on ``x`` by the rule above (or the model's own override)."""
+    rule = getattr(model, "pluginedit_output", None) or primary
+    out = rule(call(model, x))
+    if not torch.is_tensor(out):
+        raise InputError(f"the output rule gave a {type(out).__name__}, not a tensor")
+    return out
 
 
 def tensors(out) -> list[torch.Tensor]:

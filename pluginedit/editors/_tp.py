@@ -16,7 +16,7 @@ from torch import nn
 
 from ..core.components import get_module, size_of
 from ..core.errors import EditError, InputError
-from ..core.outputs import call, primary
+from ..core.outputs import output, primary
 from ..core.scores import Scores
 
 _FN_NAMES = {getattr(tp, n): n for n in dir(tp) if n.startswith("prune_")}
@@ -277,4 +277,4 @@ def _replay_one(i: int, module: nn.Module, fn, step: dict) -> None:
 
 def call_shape(model: nn.Module, example) -> tuple:
     with torch.no_grad():
-        return tuple(primary(call(model, example)).shape)
+        return tuple(output(model, example).shape)

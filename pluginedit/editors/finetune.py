@@ -7,7 +7,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..capture import Split, as_loader, model_device
-from ..core.outputs import call, primary, to
+from ..core.outputs import output, to
 
 
 def fit(model: nn.Module, train: Split, epochs: int, lr: float = 2e-3, batch_size: int = 128,
@@ -26,7 +26,7 @@ def fit(model: nn.Module, train: Split, epochs: int, lr: float = 2e-3, batch_siz
     while step < steps:
         for x, y in loader:
             x, y = to(x, device), y.to(device)
-            loss = nn.functional.cross_entropy(primary(call(model, x)), y)
+            loss = nn.functional.cross_entropy(output(model, x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

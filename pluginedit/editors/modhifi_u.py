@@ -11,7 +11,7 @@ from torch import nn
 from ..capture import as_loader, head_layers
 from ..core.components import bn_of
 from ..core.errors import InputError
-from ..core.outputs import call, primary
+from ..core.outputs import output
 from ..core.plugin import Editor, option
 from ..scorers.fidelity import collect_grams
 from ..stats import check_labels
@@ -38,7 +38,7 @@ def forget_class_batches(data, forget_class: int, num_classes: int, max_samples:
 
 @torch.no_grad()
 def class_accuracy(model, x, y) -> float:
-    return (primary(call(model.eval(), x)).argmax(1) == y).float().mean().item()
+    return (output(model.eval(), x).argmax(1) == y).float().mean().item()
 
 
 def forget_scores(weight, gram, bn=None) -> torch.Tensor:

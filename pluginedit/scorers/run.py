@@ -9,7 +9,7 @@ from ..capture import Split, check_classes, check_runs, collect, default_targets
 from ..core import registry
 from ..core.components import eval_mode, groups
 from ..core.errors import InputError
-from ..core.outputs import call, primary
+from ..core.outputs import output
 from ..core.plugin import Inputs, Scorer
 from ..core.scores import Scores
 
@@ -19,7 +19,7 @@ def num_classes_of(model: nn.Module, example: torch.Tensor | None) -> int:
     if example is None:
         raise InputError("num_classes is unknown: pass num_classes or data")
     with torch.no_grad(), eval_mode(model):
-        out = primary(call(model, example))
+        out = output(model, example)
     return int(out.shape[-1])
 
 

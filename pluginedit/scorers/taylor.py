@@ -9,7 +9,7 @@ from torch import nn
 from ..capture import batches
 from ..core.components import eval_mode
 from ..core.errors import InputError
-from ..core.outputs import call, primary
+from ..core.outputs import output
 from ..core.plugin import Scorer, option
 from ..editors._tp import group_scores   # torch-pruning's Taylor importance, through the adapter
 
@@ -38,7 +38,7 @@ class TaylorScorer(Scorer):
         try:   # BN in inference mode: gradients of the deployed function
             with eval_mode(model):
                 for x, y in batches(model, inputs.data, inputs.num_classes, max_samples=self.options.max_samples):
-                    nn.functional.cross_entropy(primary(call(model, x)), y, reduction="sum").backward()
+                    nn.functional.cross_entropy(output(model, x), y, reduction="sum").backward()
                 return group_scores(model, inputs.example, "taylor", inputs.targets)
         finally:
             model.zero_grad(set_to_none=True)

@@ -208,3 +208,36 @@ def test_classes_absent_from_the_test_data_report_none():
     from pluginedit.report import accuracy
     acc, per_class = accuracy(_net(), (X[:3], Y[:3]), 4)
     assert per_class[3] is None and all(a is not None for a in per_class[:3])
+
+
+class _TwoHeads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net, self.aux = _net(), nn.Linear(4, 7)
+
+    def forward(self, x):
+        y = self.net(x)
+        return {"aux": self.aux(y), "cls": y}      # no "logits": the rule would take "aux"
+
+
+def test_the_output_rule_can_be_overridden_per_model():
+    from pluginedit.capture import accuracy
+    model = _TwoHeads()
+    with pytest.raises(InputError, match="labels out of range"):      # 7 outputs read as classes
+        pe.score(model, "witness", data=(X, Y + 5))
+    model.pluginedit_output = lambda out: out["cls"]
+    assert accuracy(model, (X, Y), 4)[0] == accuracy(model.net, (X, Y), 4)[0]
+    assert set(pe.score(model, "witness", data=(X, Y))) >= {"net.0"}
+
+
+@pytest.mark.parametrize("scorer", ["l1", "witness", "fidelity", "taylor", "tvs"])
+def test_scoring_that_fails_leaves_a_train_mode_model_as_it_was(scorer):
+    model = _net().train()
+    snap = _state(model)
+    bad = X.clone()
+    bad[3, 0, 0, 0] = float("nan")
+    with pytest.raises(InputError):
+        pe.score(model, scorer, data=(bad, Y), targets=["0"] if scorer == "l1" else None,
+                 num_classes=4 if scorer == "l1" else None, max_samples=None) if scorer != "l1" else \
+            pe.score(model, scorer, data=(X, Y), targets=["nope"])
+    assert _same(model, snap)
