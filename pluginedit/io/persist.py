@@ -4,8 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
+import torch
 from torch import nn
 
+from ..core.components import kind_of, unit_consumer
 from ..core.errors import InputError
 from ..core.record import EditRecord
 from ..editors._tp import replay_steps
@@ -39,22 +41,47 @@ def save(model: nn.Module, path: str | Path, records=(), source: dict | None = N
     write_manifest(folder, {
         "format": FORMAT, "source": source, "steps": list(model.__dict__.get(STEPS_ATTR, [])),
         "history": _history(records), "versions": versions(*extra),
-        "transformers_from_pretrained": _write_config(model, folder) if extra else False,
+        "transformers_from_pretrained": _write_transformers(model, folder) if extra else None,
         "weights": {"file": WEIGHTS, "bytes": weights.stat().st_size, "sha256": sha256(weights)}})
     return folder
 
 
-def _write_config(model: nn.Module, folder: Path) -> bool:
-    """Write config.json beside the weights when the edited model's config describes it, so
-    plain ``transformers.AutoModel.from_pretrained(folder)`` loads it too. BERT-family configs
-    derive the head size from hidden_size / num_attention_heads, so a model with heads removed
-    cannot be described (transformers >= 5 has no pruned_heads); it reloads with pe.load."""
+def _write_transformers(model: nn.Module, folder: Path) -> str | None:
+    """Make the save loadable by plain ``transformers.AutoModel.from_pretrained`` too; returns the
+    folder to load from ("." or "transformers"), or None. FFN pruning is described by the config
+    (a uniform ``intermediate_size``). Removed heads are not: BERT-family configs derive the head
+    size from hidden_size / num_attention_heads and transformers >= 5 has no ``pruned_heads``, so
+    a copy with the removed heads as zero slices goes to ``transformers/`` (a zero query, key and
+    value head with zero output-projection columns adds exactly nothing)."""
     config = getattr(model, "config", None)
-    heads = {m.num_attention_heads for m in model.modules() if hasattr(m, "attention_head_size")}
-    if config is None or heads - {getattr(config, "num_attention_heads", None)}:
-        return False
-    config.save_pretrained(folder)
-    return True
+    ffn = {m.out_features for p, m in model.named_modules() if p.endswith("intermediate.dense")}
+    if config is None or ffn - {getattr(config, "intermediate_size", None)}:
+        return None
+    atts = {p: m for p, m in model.named_modules() if kind_of(m) == "attn_head"}
+    full = getattr(config, "num_attention_heads", None)
+    if all(a.num_attention_heads == full for a in atts.values()):
+        config.save_pretrained(folder)
+        return "."
+    state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+    for path, att in atts.items():
+        width = full * att.attention_head_size
+        for name in ("query", "key", "value"):
+            for part in ("weight", "bias"):
+                key = f"{path}.{name}.{part}"
+                if key in state:
+                    state[key] = _pad(state[key], 0, width)
+        out = f"{unit_consumer(model, path)}.weight"
+        state[out] = _pad(state[out], 1, width)
+    sub = folder / "transformers"
+    config.save_pretrained(sub)
+    save_file(state, str(sub / WEIGHTS), metadata={"format": "pt"})
+    return "transformers"
+
+
+def _pad(t: torch.Tensor, dim: int, size: int) -> torch.Tensor:
+    shape = list(t.shape)
+    shape[dim] = size - t.shape[dim]
+    return torch.cat([t, t.new_zeros(shape)], dim).contiguous()
 
 
 def load(path: str | Path) -> nn.Module:

@@ -53,15 +53,20 @@ def test_ffn_pruning_reloads_with_plain_transformers(minilm, tmp_path):
     assert m.config.intermediate_size == 1229 and rec.info["ffn_neurons_removed"] == 6 * 307
     assert hf.cosine_to_dense(dense, m, tok, held) > 0.97
     pe.save(m, tmp_path / "m", rec)
-    assert json.loads((tmp_path / "m" / "manifest.json").read_text())["transformers_from_pretrained"]
+    assert json.loads((tmp_path / "m" / "manifest.json").read_text())["transformers_from_pretrained"] == "."
+    fresh = _plain_transformers_embed(tmp_path / "m", held[:10], tmp_path / "e.pt")
+    torch.testing.assert_close(fresh, hf.embed(m, tok, held[:10]), atol=1e-5, rtol=0)
+
+
+def _plain_transformers_embed(folder, sentences, out):
+    """Sentence embeddings of AutoModel.from_pretrained(folder) in a fresh Python process."""
     code = ("import os, torch; os.environ['HF_HUB_OFFLINE']='1';"
             "from transformers import AutoModel, AutoTokenizer; from pluginedit.contrib import hf;"
-            f"m = AutoModel.from_pretrained({str(tmp_path / 'm')!r}).eval();"
+            f"m = AutoModel.from_pretrained({str(folder)!r}).eval();"
             "tok = AutoTokenizer.from_pretrained(hf.model_dir());"
-            f"torch.save(hf.embed(m, tok, {held[:10]!r}), {str(tmp_path / 'e.pt')!r})")
+            f"torch.save(hf.embed(m, tok, {sentences!r}), {str(out)!r})")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
-    fresh = torch.load(tmp_path / "e.pt")
-    torch.testing.assert_close(fresh, hf.embed(m, tok, held[:10]), atol=1e-5, rtol=0)
+    return torch.load(out)
 
 
 def test_heads_and_neurons_reload_with_pe_load(minilm, tmp_path):
@@ -73,6 +78,10 @@ def test_heads_and_neurons_reload_with_pe_load(minilm, tmp_path):
     m2, _ = _edit(minilm, ratio=0.2, heads=2, compensate=False)
     assert with_comp > hf.cosine_to_dense(dense, m2, tok, held)      # the refit helps
     pe.save(m, tmp_path / "m", rec)
-    assert not json.loads((tmp_path / "m" / "manifest.json").read_text())["transformers_from_pretrained"]
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    assert manifest["transformers_from_pretrained"] == "transformers"
     back = pe.load(tmp_path / "m")
     torch.testing.assert_close(hf.embed(back, tok, held[:10]), hf.embed(m, tok, held[:10]), atol=1e-6, rtol=0)
+    # removed heads as zero slices: plain transformers loads that copy, same embeddings
+    fresh = _plain_transformers_embed(tmp_path / "m" / "transformers", held[:10], tmp_path / "e.pt")
+    torch.testing.assert_close(fresh, hf.embed(m, tok, held[:10]), atol=1e-5, rtol=0)
