@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .capture import check_runs, example_batch
+from .capture import Pairs, check_runs, example_batch
 from .core import registry
 from .core.errors import InputError
 from .core.plugin import Editor, Inputs
@@ -14,7 +14,7 @@ from .io import load, load_model, load_weights, save
 from .io.models import add_steps, load_state
 from .scorers.run import num_classes_of, score, score_many
 
-__all__ = ["score", "score_many", "edit", "prune", "forget", "editor_inputs", "save", "load",
+__all__ = ["Pairs", "score", "score_many", "edit", "prune", "forget", "editor_inputs", "save", "load",
            "load_model", "load_weights_into"]
 
 
@@ -33,10 +33,16 @@ def _editor(editor: str | Editor, options: dict) -> Editor:
 
 
 def editor_inputs(model: nn.Module, editor: Editor, scores: Scores | None, data=None,
-                  example_inputs=None, num_classes=None, forget_class=None, targets=None) -> Inputs:
+                  example_inputs=None, num_classes=None, forget_class=None, targets=None,
+                  pairs=None) -> Inputs:
     """Check what ``editor`` declares it needs and assemble its Inputs."""
     if editor.needs_data and data is None:
         raise InputError(f"editor {editor.name!r} needs calibration data (data=...)")
+    if editor.needs_pairs and not isinstance(pairs, Pairs):
+        raise InputError(f"editor {editor.name!r} needs clean / corrupted pairs (pairs=pluginedit.Pairs(...)), "
+                         f"got {type(pairs).__name__}")
+    if pairs is not None and not editor.needs_pairs:
+        raise InputError(f"editor {editor.name!r} does not read clean / corrupted pairs")
     if scores is not None and not editor.uses_scores:
         raise InputError(f"editor {editor.name!r} computes its own scores and ignores the Scores "
                          f"given (from {scores.scorer!r}); pass scores=None")
@@ -58,16 +64,17 @@ def editor_inputs(model: nn.Module, editor: Editor, scores: Scores | None, data=
     elif forget_class is not None:
         raise InputError(f"editor {editor.name!r} ({editor.kind}) does not forget a class")
     return Inputs(data=data, example=example, num_classes=num_classes,
-                  targets=tuple(targets or ()), forget_class=forget_class)
+                  targets=tuple(targets or ()), forget_class=forget_class, pairs=pairs)
 
 
 def edit(model: nn.Module, editor: str | Editor, scores: Scores | None = None, *, data=None,
-         example_inputs=None, num_classes=None, forget_class=None, targets=None,
+         example_inputs=None, num_classes=None, forget_class=None, targets=None, pairs=None,
          **options) -> EditRecord:
     """Apply an editor atomically: if it raises, the model is restored in place, exactly.
     Keyword arguments other than the inputs named here are the editor's options."""
     editor = _editor(editor, options)
-    inputs = editor_inputs(model, editor, scores, data, example_inputs, num_classes, forget_class, targets)
+    inputs = editor_inputs(model, editor, scores, data, example_inputs, num_classes, forget_class, targets,
+                           pairs)
     with atomic(model):
         record = editor.apply(model, scores, inputs)
     add_steps(model, record.steps)     # structural edits travel with the model (pe.save)

@@ -62,3 +62,33 @@ def solve_spd(a: torch.Tensor, b: torch.Tensor, ridge: float = DEFAULT_RIDGE,
     if not torch.isfinite(x).all():
         raise EditError(f"{what}: the solve produced NaN or Inf")
     return x, lam
+
+
+def inverse_sqrt_psd(c: torch.Tensor, rel_floor: float = 1e-6) -> torch.Tensor:
+    """C^{-1/2} of a symmetric PSD matrix, eigenvalues floored at rel_floor * the largest (the
+    nearest PD matrix: key statistics of dead channels are singular)."""
+    vals, vecs = torch.linalg.eigh((c + c.T) / 2)
+    vals = vals.clamp_min(float(vals.max().clamp_min(1e-30)) * rel_floor)
+    return (vecs * vals.rsqrt()) @ vecs.T
+
+
+def rank_r_update(weight: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, c: torch.Tensor,
+                  rank: int = 1, select: torch.Tensor | None = None) -> torch.Tensor:
+    """The rank-``rank`` change dW = L D^T of a linear map v = W k (Bau et al. 2020; Santurkar et
+    al. 2021) that best maps ``keys`` [P, D] to ``values`` [P, O]: the directions D = C^{-1/2} Q,
+    Q the top right singular vectors of the whitened keys of the rows ``select`` (default: all),
+    and L the least-squares fit on those rows (the others are protected by the C^{-1} metric of
+    D, not by the fit). For one key, D = C^{-1} k* and
+    L = (v* - W k*) / (d^T k*): the closed form. Keys orthogonal to D (d^T k = 0) keep their
+    values exactly."""
+    keys, values, weight = keys.double(), values.double(), weight.double()
+    z = inverse_sqrt_psd(c.double())
+    chosen = keys if select is None else keys[select]
+    if chosen.shape[0] == 0:
+        raise ValueError("rank_r_update: no key selected")
+    _, _, vh = torch.linalg.svd(chosen @ z, full_matrices=False)
+    d = z @ vh[:rank].T                                            # [D, r]
+    m = chosen @ d                                                 # [P, r]
+    resid = (values if select is None else values[select]) - chosen @ weight.T    # [P, O]
+    lam = torch.linalg.lstsq(m, resid).solution                    # [r, O]
+    return lam.T @ d.T                                             # [O, D]

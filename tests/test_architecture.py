@@ -79,7 +79,8 @@ def test_layers_import_only_downwards():
 
 
 def test_nothing_imports_the_facade():
-    bad = [name for name, path in MODULES.items() if name not in ("pluginedit", "pluginedit.cli", "pluginedit.demo")
+    bad = [name for name, path in MODULES.items() if name not in ("pluginedit", "pluginedit.demo")
+           and not name.startswith("pluginedit.cli")
            and any(i == "pluginedit.api" or i.startswith("pluginedit.api.") for i in _imports(name, path))]
     assert not bad
 

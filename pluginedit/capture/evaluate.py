@@ -42,3 +42,11 @@ def class_accuracy(model: nn.Module, data, k: int, num_classes: int, batch_size:
     if n == 0:
         raise InputError(f"the data has no samples of class {k}")
     return hit / n
+
+
+@torch.no_grad()
+def predictions(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Top-1 predictions [n] on the input tensor ``x``, in eval mode."""
+    with eval_mode(model):
+        return torch.cat([output(model, x[i:i + batch_size]).argmax(-1) for i in range(0, len(x), batch_size)]) \
+            if len(x) else torch.zeros(0, dtype=torch.long)

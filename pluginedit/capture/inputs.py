@@ -38,6 +38,30 @@ class Split:
         return Split(take(self.x, idx), self.y[idx])
 
 
+@dataclass
+class Pairs:
+    """Clean / corrupted input pairs for rectification: ``corrupted[i]`` carries the trigger or
+    artefact, ``clean[i]`` is its cleansed version, ``y[i]`` the label the corrupted input should
+    get."""
+    clean: torch.Tensor
+    corrupted: torch.Tensor
+    y: torch.Tensor
+
+    def __post_init__(self):
+        if not (torch.is_tensor(self.clean) and torch.is_tensor(self.corrupted) and torch.is_tensor(self.y)):
+            raise InputError("Pairs needs tensors clean, corrupted and y")
+        if self.clean.shape != self.corrupted.shape or self.clean.ndim < 2 or len(self.y) != len(self.clean):
+            raise InputError(f"Pairs: clean {tuple(self.clean.shape)} and corrupted {tuple(self.corrupted.shape)} "
+                             f"must have the same [n, ...] shape and y {tuple(self.y.shape)} n labels")
+        if len(self.y) == 0:
+            raise InputError("Pairs: at least one clean / corrupted pair is needed")
+        if not (torch.isfinite(self.clean).all() and torch.isfinite(self.corrupted).all()):
+            raise InputError("Pairs: NaN or Inf in the inputs")
+
+    def __len__(self):
+        return len(self.y)
+
+
 class _Rows(Dataset):
     """(x, y) rows of a tensor or of a mapping of tensors (the default collate re-batches both)."""
 

@@ -39,19 +39,35 @@ def component_slices(model: nn.Module, paths: list[str]) -> list[tuple[str, int,
     return out
 
 
-def _mask_hook(keep: torch.Tensor, n: int):
-    """keep [M, C] for one layer; the output batch is [M * n, C, ...]."""
+def _channel_view(module: nn.Module, out: torch.Tensor, groups: int) -> tuple[torch.Tensor, tuple]:
+    """``out`` [groups * n, ...] viewed as [groups, n, ...], and the shape a [groups, C] keep
+    tensor takes to broadcast over it (channels on dim 1 for convs, last for linears)."""
+    view = out.reshape((groups, -1) + tuple(out.shape[1:]))
+    if isinstance(module, nn.Conv2d):
+        return view, (groups, 1, -1) + (1,) * (out.ndim - 2)
+    return view, (groups,) + (1,) * (out.ndim - 1) + (-1,)
+
+
+def _mask_hook(keep: torch.Tensor):
+    """keep [G, C] (float) for one layer, the output batch being G groups of n rows: channel c of
+    group g becomes out * keep + bias * (1 - keep). In place when no gradient is recorded: the
+    masked forward then costs one extra elementwise pass (no new activation tensor)."""
     def hook(module, inputs, out):
-        k = keep.to(out.device, out.dtype).repeat_interleave(n, 0)          # [M*n, C]
-        shape = (k.shape[0], k.shape[1]) + (1,) * (out.ndim - 2) if isinstance(module, nn.Conv2d) \
-            else (k.shape[0],) + (1,) * (out.ndim - 2) + (k.shape[1],)
-        k = k.reshape(shape)
+        view, shape = _channel_view(module, out, keep.shape[0])
+        k = keep.to(out.device, out.dtype).reshape(shape)
         bias = module.bias
-        if bias is None:
-            return out * k
-        b = bias.reshape((1, -1) + (1,) * (out.ndim - 2)) if isinstance(module, nn.Conv2d) else bias
-        return out * k + b * (1 - k)
+        b = None if bias is None else (bias.reshape((1, 1, -1) + (1,) * (out.ndim - 2))
+                                        if isinstance(module, nn.Conv2d) else bias)
+        if torch.is_grad_enabled():
+            masked = view * k if b is None else view * k + b * (1 - k)
+        else:
+            masked = view.mul_(k) if b is None else view.mul_(k).add_(b * (1 - k))
+        return masked.reshape(out.shape)
     return hook
+
+
+def _hooked(model, slices, keep: torch.Tensor):
+    return [get_module(model, p).register_forward_hook(_mask_hook(keep[:, s:s + w])) for p, s, w in slices]
 
 
 @torch.no_grad()
@@ -59,14 +75,29 @@ def masked_outputs(model: nn.Module, x: torch.Tensor, slices, masks: torch.Tenso
     """The model's outputs [M, n, classes] on the ``n`` inputs ``x`` under each of the ``M`` keep
     masks [M, C] (C = total components of ``slices``), in one forward pass."""
     m, n = masks.shape[0], x.shape[0]
-    handles = [get_module(model, p).register_forward_hook(_mask_hook(masks[:, s:s + w], n))
-               for p, s, w in slices]
+    handles = _hooked(model, slices, masks.float())
     try:
         out = output(model, x.repeat((m,) + (1,) * (x.ndim - 1)))
     finally:
         for h in handles:
             h.remove()
     return out.reshape(m, n, -1)
+
+
+def keep_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, slices,
+                   keep: torch.Tensor) -> torch.Tensor:
+    """d margin / d keep [n, C] of each example at its own keep point ``keep`` [n, C] (a mask,
+    or all ones): the linearised model's attribution, one backward for the whole batch. At all
+    ones it is the gradient x parameter of each weight slice."""
+    with torch.enable_grad():                 # estimation runs under no_grad; slices need a graph
+        k = keep.float().to(x.device).requires_grad_(True)
+        handles = _hooked(model, slices, k)   # one group per example
+        try:
+            grad, = torch.autograd.grad(margins(output(model, x), y).sum(), k)
+        finally:
+            for h in handles:
+                h.remove()
+    return grad
 
 
 def margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -107,6 +107,7 @@ class Inputs:
     num_classes: int | None = None
     targets: tuple[str, ...] = ()            # the layers being scored / edited
     forget_class: int | None = None          # forgetting editors
+    pairs: Any = None                        # rectifying editors: capture.Pairs (clean, corrupted, y)
 
 
 class Scorer(_Plugin):
@@ -133,6 +134,7 @@ class Editor(_Plugin):
     needs_data: ClassVar[bool] = False     # reads inputs.data (calibration samples)
     needs_labels: ClassVar[bool] = False   # needs inputs.num_classes and labelled data
     uses_scores: ClassVar[bool] = True     # False: ignores the Scores it is given
+    needs_pairs: ClassVar[bool] = False    # reads inputs.pairs (clean / corrupted pairs)
 
     def apply(self, model: nn.Module, scores: Scores | None, inputs: Inputs) -> EditRecord:
         raise NotImplementedError

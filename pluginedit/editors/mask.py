@@ -24,10 +24,11 @@ def select_lowest(scores: Scores, ratio: float, targets=None) -> dict[str, list[
     return out
 
 
-def zero_components(model, indices: dict[str, list[int]], with_bn: bool, record: EditRecord) -> None:
-    """Zero weight rows (and bias, and the following BN's affine when ``with_bn``), saving the
-    originals in ``record`` so the edit can be undone. Every index is checked first: a bad one
-    changes nothing."""
+def zero_components(model, indices: dict[str, list[int]], with_bn: bool, record: EditRecord,
+                    bias: bool = True) -> None:
+    """Zero weight rows (and the bias when ``bias``, and the following BN's affine when
+    ``with_bn``), saving the originals in ``record`` so the edit can be undone. Every index is
+    checked first: a bad one changes nothing."""
     for path, idx in indices.items():
         n = get_module(model, path).weight.shape[0]
         if idx and (max(idx) >= n or min(idx) < 0):
@@ -40,7 +41,7 @@ def zero_components(model, indices: dict[str, list[int]], with_bn: bool, record:
             module = get_module(model, path)
             touched = [(path, module)] + ([(bns[path], get_module(model, bns[path]))] if path in bns else [])
             for mpath, m in touched:
-                for pname in ("weight", "bias"):
+                for pname in ("weight", "bias") if bias or m is not module else ("weight",):
                     p = getattr(m, pname, None)
                     if p is None:
                         continue

@@ -10,30 +10,37 @@ per-component importance for pruning (mean |w| over the calibration examples, or
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from ..capture import as_loader, model_device
-from ..capture.masks import component_slices, keep_masks, margins, masked_outputs
+from ..capture.masks import component_slices, keep_gradients, keep_masks, margins, masked_outputs
 from ..core.errors import InputError
 from ..core.plugin import Scorer, option
 from ..core.outputs import take
 from ..stats.ablation import AblationSums
 
 
-def _examples(data, n: int):
+def labelled(data, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` (all when None) examples of labelled ``data`` as (x, y) tensors."""
     xs, ys, seen = [], [], 0
-    for x, y in as_loader(data, batch_size=max(1, n)):
+    for x, y in as_loader(data, batch_size=512 if n is None else max(1, min(n, 512))):
         xs.append(x)
         ys.append(y)
         seen += len(y)
-        if seen >= n:
+        if n is not None and seen >= n:
             break
+    if not ys:
+        raise InputError("COAR needs labelled data; got none")
+    n = seen if n is None else n
     return take(torch.cat(xs), slice(0, n)), torch.cat(ys)[:n]
 
 
-def _margins_under(model, x, y, slices, masks, chunk: int) -> torch.Tensor:
+def masked_margins(model, x, y, slices, masks, chunk: int) -> torch.Tensor:
     """[M, N] margins for every mask, ``chunk`` masks per forward pass."""
     dev = model_device(model)
     x, y = x.to(dev), y.to(dev)
@@ -41,43 +48,202 @@ def _margins_under(model, x, y, slices, masks, chunk: int) -> torch.Tensor:
                       for i in range(0, masks.shape[0], chunk)])
 
 
+def gradient_prior(model, x, y, slices, points: int, alpha: float, seed: int) -> torch.Tensor:
+    """The linearised model's attributions [C, N]: per example, d margin / d keep averaged over
+    ``points`` random keep masks of the same design (at all ones when ``points`` is 0)."""
+    c, n = sum(w for _, _, w in slices), len(y)
+    dev = model_device(model)
+    x, y = x.to(dev), y.to(dev)
+    if points == 0:
+        return keep_gradients(model, x, y, slices, torch.ones(n, c)).T.cpu().double()
+    total = torch.zeros(n, c, dtype=torch.float64)
+    for p in range(points):      # every example at its own mask; stream disjoint from estimation's
+        keep = keep_masks(seed + 7_919, p * n, n, c, alpha)
+        total += keep_gradients(model, x, y, slices, keep).cpu().double()
+    return (total / points).T
+
+
+def chord_prior(model, x, y, slices, points: int, alpha: float, seed: int) -> torch.Tensor:
+    """Sampled chords [C, N]: w_c = E_background[y(k_c = 1) - y(k_c = 0)] = E[integral over
+    k_c in [0, 1] of d y / d k_c], estimated from gradients. Each pass probes one group of a
+    fresh random partition of the components into G = round(1 / (2 alpha)) groups: probes sit at
+    k = (s + U) / 2, s a fair bit (a stratified uniform point of the ablation path), the other
+    components at a Bernoulli background thinned so the expected ablated mass stays alpha. One
+    backward thus samples C / G chords at once (a mask samples one output), which is why this
+    needs several times fewer model evaluations than regression for the same LDS."""
+    c, n = sum(w for _, _, w in slices), len(y)
+    if points < 1:
+        raise InputError(f"the chord prior needs points >= 1, got {points}")
+    groups = max(2, min(c, round(1 / (2 * alpha))))
+    thinned = max(0.0, (alpha - 0.5 / groups) / (1 - 1 / groups))
+    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + 104_729)
+    dev = model_device(model)
+    x, y = x.to(dev), y.to(dev)
+    total = torch.zeros(n, c, dtype=torch.float64)
+    count = torch.zeros(n, c, dtype=torch.float64)
+    for p in range(points):
+        if p % groups == 0:       # a fresh partition per cycle: no fixed co-probed components
+            group = torch.rand(n, c, generator=g).argsort(1).argsort(1) % groups
+        probe = group == p % groups
+        u = (torch.randint(0, 2, (n, c), generator=g) + torch.rand(n, c, generator=g)) / 2
+        keep = torch.where(probe, u, (torch.rand(n, c, generator=g) >= thinned).float())
+        total += keep_gradients(model, x, y, slices, keep).cpu().double() * probe
+        count += probe
+    return (total / count.clamp_min(1)).T
+
+
+PRIORS = {"grad": gradient_prior, "chord": chord_prior}
+
+
+@dataclass
+class Attributions:
+    """w [C, N] (w_c > 0: keeping component c raises the example's margin), b [N], the
+    component layout ``slices`` [(path, first, width)] and how they were estimated."""
+    w: torch.Tensor
+    b: torch.Tensor
+    slices: list
+    info: dict
+
+
+ESTIMATORS = ("ols", "ridge", "diffmeans")
+
+
+def _check(estimator: str, prior: str, n_masks: int, folds: int) -> None:
+    if estimator not in ESTIMATORS:
+        raise InputError(f"unknown COAR estimator {estimator!r}; known: {', '.join(ESTIMATORS)}")
+    if prior != "none" and prior not in PRIORS:
+        raise InputError(f"unknown COAR prior {prior!r}; known: none, {', '.join(PRIORS)}")
+    if n_masks == 0 and prior == "none":
+        raise InputError("COAR with masks=0 needs a prior (chord or grad)")
+    if 0 < n_masks < max(2, folds):
+        raise InputError(f"COAR needs 0 masks (prior alone) or at least max(2, folds) = {max(2, folds)}, got {n_masks}")
+
+
+def _resume(path, sums: AblationSums, meta: dict):
+    """Partial sums (and the prior) from ``path`` when it holds a run of the same design."""
+    if path is None or not Path(path).exists():
+        return None
+    with safe_open(str(path), "pt") as f:
+        saved = f.metadata() or {}
+        if {k: saved.get(k) for k in meta} != {k: str(v) for k, v in meta.items()}:
+            raise InputError(f"{path} holds COAR sums of another design: {saved}, not {meta}")
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    prior = state.pop("prior", None)
+    sums.load_state_dict(state)
+    return prior
+
+
+def _checkpoint(path, sums: AblationSums, prior, meta: dict) -> None:
+    if path is None:
+        return
+    tensors = dict(sums.state_dict()) | ({"prior": prior} if prior is not None else {})
+    tmp = Path(str(path) + ".tmp")
+    save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp),
+              metadata={k: str(v) for k, v in meta.items()})
+    tmp.replace(path)     # atomic: a killed run resumes from the last complete block
+
+
 @torch.no_grad()
 def estimate(model, x, y, paths: list[str], n_masks: int = 1000, alpha: float = 0.05, seed: int = 0,
-             estimator: str = "ols", ridge: float = 0.0, chunk: int = 16):
-    """Attributions (W [C, N], b [N], slices) of the ``N`` examples ``(x, y)`` over the components
-    of ``paths``; w_c > 0: keeping component c raises the example's margin."""
+             estimator: str = "ridge", prior: str = "chord", prior_points: int = 80, ridge: float | None = None,
+             folds: int = 5, chunk: int = 16, block: int = 256, resume=None) -> Attributions:
+    """COAR attributions of the ``N`` examples ``(x, y)`` over the components of ``paths``.
+
+    A prior p [C, N] comes first: ``chord`` (``chord_prior``, the fewer-evaluations estimator,
+    ``prior_points`` backward passes), ``grad`` (mask gradients) or ``none``. Margins under
+    ``n_masks`` regenerable keep masks are then folded into ``AblationSums`` as the residual
+    y - x.p and solved by ``ols`` (p cancels), ``ridge`` towards p (``ridge=None``: chosen per
+    example by ``folds``-fold cross-validation) or ``diffmeans`` (plus p: a control variate);
+    ``n_masks=0`` returns the prior alone. With
+    ``resume`` (a .safetensors path) partial sums are saved every ``block`` masks and a run
+    with the same design continues from them."""
+    _check(estimator, prior, n_masks, folds)
     was = model.training
     model.eval()
     try:
         slices = component_slices(model, paths)
         c = sum(w for _, _, w in slices)
-        sums = AblationSums(c, len(y), gram=estimator == "ols")
-        for start in range(0, n_masks, 256):
-            masks = keep_masks(seed, start, min(256, n_masks - start), c, alpha)
-            sums.update(masks, _margins_under(model, x, y, slices, masks, chunk))
+        gram = estimator != "diffmeans"
+        sums = AblationSums(c, len(y), gram=gram, folds=folds if gram else 1)
+        meta = {"seed": seed, "alpha": alpha, "components": c, "examples": len(y), "prior": prior,
+                "prior_points": prior_points, "gram": gram, "folds": sums.folds}
+        p = _resume(resume, sums, meta)
+        if p is None:
+            p = (PRIORS[prior](model, x, y, slices, prior_points, alpha, seed) if prior != "none"
+                 else torch.zeros(c, len(y), dtype=torch.float64))
+        while sums.masks_seen < n_masks:
+            start = sums.masks_seen
+            masks = keep_masks(seed, start, min(block, n_masks - start), c, alpha)
+            y_masked = masked_margins(model, x, y, slices, masks, chunk).double()
+            sums.update(masks, y_masked - masks.double() @ p, first=start)
+            _checkpoint(resume, sums, p, meta)
     finally:
         model.train(was)
-    if estimator == "ols":
-        w, b = sums.least_squares(ridge)
-    elif estimator == "diffmeans":
-        w, b = sums.difference_of_means()
+    if sums.masks_seen == 0:
+        w, b, info = torch.zeros_like(p), torch.zeros(len(y), dtype=torch.float64), {"estimator": "prior only"}
     else:
-        raise InputError(f"unknown COAR estimator {estimator!r}; known: ols, diffmeans")
-    return w.float(), b.float(), slices
+        w, b, info = solve(sums, estimator, ridge)
+    grad_passes = 0 if prior == "none" else max(prior_points, 1) * 3   # forward + backward ~ 3 forwards
+    info = {"estimator": estimator} | info | {"prior": prior, "masks": sums.masks_seen, "alpha": alpha,
+             "forward_equivalents_per_example": sums.masks_seen + grad_passes}
+    return Attributions((w + p).float(), b.float(), slices, info)
+
+
+def solve(sums: AblationSums, estimator: str, ridge: float | None):
+    if estimator == "diffmeans":
+        w, b = sums.difference_of_means()
+        return w, b, {}
+    if estimator == "ols":
+        w, b = sums.least_squares(0.0)
+        return w, b, {}
+    if ridge is not None:
+        w, b = sums.least_squares(ridge)
+        return w, b, {"ridge": float(ridge)}
+    w, b, chosen = sums.cross_validated()
+    return w, b, {"ridge_median": float(chosen.median())}
 
 
 @torch.no_grad()
-def lds(model, x, y, slices, w: torch.Tensor, b: torch.Tensor, n_masks: int = 200,
-        alpha: float = 0.05, seed: int = 10_000, chunk: int = 16) -> torch.Tensor:
+def lds(model, x, y, att: Attributions, n_masks: int = 200, alpha: float = 0.05, seed: int = 10_000,
+        chunk: int = 16) -> torch.Tensor:
     """Per example, the Pearson correlation [N] between predicted (b + w.x) and actual margins on
     ``n_masks`` fresh masks (mask indices disjoint from estimation's when ``seed`` differs)."""
-    c = w.shape[0]
-    masks = keep_masks(seed, 0, n_masks, c, alpha)
+    masks = keep_masks(seed, 0, n_masks, att.w.shape[0], alpha)
+    was = model.training
     model.eval()
-    actual = _margins_under(model, x, y, slices, masks, chunk)               # [M, N]
-    predicted = masks.float() @ w + b                                        # [M, N]
-    a, p = actual - actual.mean(0), predicted - predicted.mean(0)
+    try:
+        actual = masked_margins(model, x, y, att.slices, masks, chunk)        # [M, N]
+    finally:
+        model.train(was)
+    return pearson(actual, masks.float() @ att.w + att.b)
+
+
+def pearson(a: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """Column-wise Pearson correlation of [M, N] tensors (0 where either is constant)."""
+    a, p = a - a.mean(0), p - p.mean(0)
     return (a * p).sum(0) / (a.norm(dim=0) * p.norm(dim=0)).clamp_min(1e-12)
+
+
+@torch.no_grad()
+def leave_one_out(model, x, y, paths: list[str], chunk: int = 16) -> Attributions:
+    """Baseline: w_c = margin with everything kept - margin with only c ablated (C + 1 passes)."""
+    slices = component_slices(model, paths)
+    c = sum(w for _, _, w in slices)
+    model.eval()
+    full = masked_margins(model, x, y, slices, torch.ones(1, c, dtype=torch.bool), 1)[0]
+    single = masked_margins(model, x, y, slices, ~torch.eye(c, dtype=torch.bool), chunk)
+    return Attributions(full - single, torch.zeros_like(full), slices, {"estimator": "loo",
+                        "forward_equivalents_per_example": c + 1})
+
+
+def gradient_times_parameter(model, x, y, paths: list[str]) -> Attributions:
+    """Baseline: d margin / d keep at the full model, i.e. sum over each weight slice of
+    gradient x parameter (one backward)."""
+    slices = component_slices(model, paths)
+    model.eval()
+    g = gradient_prior(model, x, y, slices, 0, 0.0, 0).float()
+    return Attributions(g, torch.zeros(len(y)), slices, {"estimator": "grad_x_param",
+                        "forward_equivalents_per_example": 3})
 
 
 @dataclass(frozen=True)
@@ -85,14 +251,20 @@ class CoarOptions:
     masks: int = option(1000, "random ablation masks")
     alpha: float = option(0.05, "fraction of components ablated per mask")
     examples: int = option(256, "calibration examples attributed")
-    estimator: Literal["ols", "diffmeans"] = option("ols", "least squares, or difference of means")
+    estimator: Literal["ols", "ridge", "diffmeans"] = option(
+        "ridge", "least squares, ridge towards the prior (cross-validated), or difference of means")
+    prior: Literal["none", "grad", "chord"] = option(
+        "chord", "ridge prior / control variate: none, mask gradients, or sampled chords (fewer evaluations)")
+    prior_points: int = option(80, "backward passes of the prior")
     reduce: Literal["abs", "signed"] = option("abs", "importance = mean |w| or mean w over examples")
     seed: int = option(0, "mask seed (masks regenerate from (seed, index))")
     chunk: int = option(16, "masks per forward pass")
+    resume: str | None = option(None, ".safetensors file of partial sums to save to and resume from")
 
     def __post_init__(self):
-        if self.masks < 2 or self.examples < 1 or self.chunk < 1 or not 0 < self.alpha < 1:
-            raise InputError("COAR needs masks >= 2, examples >= 1, chunk >= 1 and alpha in (0, 1)")
+        if self.masks < 0 or self.examples < 1 or self.chunk < 1 or self.prior_points < 0 or not 0 < self.alpha < 1:
+            raise InputError("COAR needs masks >= 0, examples >= 1, chunk >= 1, prior_points >= 0 "
+                             "and alpha in (0, 1)")
 
 
 class CoarScorer(Scorer):
@@ -105,8 +277,8 @@ class CoarScorer(Scorer):
 
     def score(self, model, stats, inputs):
         o = self.options
-        x, y = _examples(inputs.data, o.examples)
-        w, b, slices = estimate(model, x, y, list(inputs.targets), o.masks, o.alpha, o.seed, o.estimator,
-                                chunk=o.chunk)
-        imp = w.abs().mean(1) if o.reduce == "abs" else w.mean(1)
-        return {p: imp[s:s + n] for p, s, n in slices}
+        x, y = labelled(inputs.data, o.examples)
+        att = estimate(model, x, y, list(inputs.targets), o.masks, o.alpha, o.seed, o.estimator, o.prior,
+                       o.prior_points, chunk=o.chunk, resume=o.resume)
+        imp = att.w.abs().mean(1) if o.reduce == "abs" else att.w.mean(1)
+        return {p: imp[s:s + n] for p, s, n in att.slices}, {"coar": att.info}

@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 import pluginedit as pe
-from pluginedit.capture.masks import component_slices, keep_masks, margins, masked_outputs
+from pluginedit.capture.masks import component_slices, keep_gradients, keep_masks, margins, masked_outputs
 from pluginedit.core.components import groups
 from pluginedit.core.errors import InputError
-from pluginedit.scorers.coar import estimate, lds
+from pluginedit.scorers.coar import estimate, gradient_times_parameter, lds, leave_one_out
 from pluginedit.stats import AblationSums
 
 
@@ -86,9 +86,95 @@ def test_margin_is_true_minus_best_other():
 def test_lds_correlation_on_the_digits_cnn(digits, digits_vgg):
     x, y = digits.test.x[:24], digits.test.y[:24]
     paths = [p for p in groups(digits_vgg) if p != "classifier.3"]
-    w, b, slices = estimate(digits_vgg, x, y, paths, n_masks=600, alpha=0.05, seed=0)
-    corr = lds(digits_vgg, x, y, slices, w, b, n_masks=120, seed=99)
-    assert corr.shape == (24,) and corr.mean() > 0.6
+    for estimator, prior, n in (("ols", "none", 600), ("ridge", "grad", 600), ("ridge", "chord", 0)):
+        att = estimate(digits_vgg, x, y, paths, n_masks=n, alpha=0.05, seed=0, estimator=estimator, prior=prior,
+                       prior_points=60)
+        corr = lds(digits_vgg, x, y, att, n_masks=120, seed=99)
+        assert corr.shape == (24,) and corr.mean() > 0.6, (estimator, corr.mean())
+
+
+def test_ols_ignores_the_prior_and_ridge_shrinks_towards_it(digits, digits_vgg):
+    """OLS on the residual y - x.p plus p is OLS on y whatever p is; a huge ridge returns p."""
+    x, y = digits.test.x[:6], digits.test.y[:6]
+    paths = ["features.0", "features.3"]
+    a = estimate(digits_vgg, x, y, paths, n_masks=300, estimator="ols", prior="none")
+    b = estimate(digits_vgg, x, y, paths, n_masks=300, estimator="ols", prior="grad", prior_points=1)
+    torch.testing.assert_close(a.w, b.w, atol=1e-4, rtol=1e-4)
+    c = estimate(digits_vgg, x, y, paths, n_masks=300, estimator="ridge", prior="grad", prior_points=1, ridge=1e9)
+    prior_only = estimate(digits_vgg, x, y, paths, n_masks=5, estimator="ridge", prior="grad",
+                          prior_points=1, ridge=1e9, folds=1)
+    torch.testing.assert_close(c.w, prior_only.w, atol=1e-5, rtol=1e-4)
+
+
+def test_cross_validated_error_matches_explicit_refits():
+    g = torch.Generator().manual_seed(1)
+    masks = keep_masks(0, 0, 60, 8, 0.3)
+    y = masks.double() @ torch.randn(8, 2, generator=g, dtype=torch.float64) + 0.3 * torch.randn(60, 2, generator=g, dtype=torch.float64)
+    s = AblationSums(8, 2, folds=3)
+    s.update(masks, y)
+    want = torch.zeros(2, dtype=torch.float64)
+    for f in range(3):
+        out = torch.arange(60) % 3 == f
+        t = AblationSums(8, 2)
+        t.update(masks[~out], y[~out])
+        w, b = t.least_squares(0.1)
+        want += ((y[out] - masks[out].double() @ w - b) ** 2).sum(0)
+    torch.testing.assert_close(s.heldout_error(0.1), want / 60)
+    w, b, chosen = s.cross_validated()
+    assert chosen.shape == (2,)
+    with pytest.raises(InputError, match="folds"):
+        AblationSums(8, 2, gram=False, folds=3)
+
+
+def test_keep_gradient_at_ones_is_gradient_times_parameter():
+    model, x, y = _cnn(), torch.randn(4, 3, 7, 7), torch.tensor([0, 3, 1, 2])
+    slices = component_slices(model, ["0", "3", "8"])
+    got = keep_gradients(model, x, y, slices, torch.ones(4, 18))
+    for i in range(4):
+        model.zero_grad()
+        margins(model(x[i:i + 1]), y[i:i + 1]).sum().backward()
+        want = torch.cat([(model.get_submodule(p).weight.grad * model.get_submodule(p).weight)
+                          .flatten(1).sum(1) for p, _, _ in slices])
+        torch.testing.assert_close(got[i], want, atol=1e-5, rtol=1e-4)
+
+
+def test_chords_are_exact_where_the_margin_is_linear_in_the_keeps():
+    """Two classes and no nonlinearity after the ablated layer: every chord is the single
+    ablation's effect, whatever the background."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 9), nn.Linear(9, 2)).eval()
+    x, y = torch.randn(5, 4), torch.tensor([0, 1, 1, 0, 1])
+    loo = leave_one_out(model, x, y, ["0"])
+    chord = estimate(model, x, y, ["0"], n_masks=0, prior="chord", prior_points=12, alpha=0.1)
+    torch.testing.assert_close(chord.w, loo.w, atol=1e-5, rtol=1e-4)
+    assert chord.info["forward_equivalents_per_example"] == 36
+    with pytest.raises(InputError, match="prior"):
+        estimate(model, x, y, ["0"], n_masks=0, prior="none")
+
+
+def test_leave_one_out_is_single_ablations():
+    model, x, y = _cnn(), torch.randn(3, 3, 7, 7), torch.tensor([0, 3, 1])
+    att = leave_one_out(model, x, y, ["0", "3"])
+    full = margins(model(x), y)
+    for c in (0, 5, 6, 12):
+        mask = torch.ones(13, dtype=torch.bool)
+        mask[c] = False
+        with torch.no_grad():
+            ablated = margins(_zeroed(model, att.slices, mask)(x), y)
+        torch.testing.assert_close(att.w[c], full - ablated, atol=1e-5, rtol=1e-5)
+    assert gradient_times_parameter(model, x, y, ["0", "3"]).w.shape == (13, 3)
+
+
+def test_estimation_resumes_from_saved_sums(tmp_path):
+    model, x, y = _cnn(), torch.randn(4, 3, 7, 7), torch.tensor([0, 3, 1, 2])
+    path = tmp_path / "sums.safetensors"
+    straight = estimate(model, x, y, ["0", "3"], n_masks=300, estimator="ols", block=64)
+    estimate(model, x, y, ["0", "3"], n_masks=130, estimator="ols", block=64, resume=path)
+    resumed = estimate(model, x, y, ["0", "3"], n_masks=300, estimator="ols", block=64, resume=path)
+    assert resumed.info["masks"] == 300
+    torch.testing.assert_close(resumed.w, straight.w, atol=1e-5, rtol=1e-5)
+    with pytest.raises(InputError, match="another design"):
+        estimate(model, x, y, ["0", "3"], n_masks=300, alpha=0.1, estimator="ols", resume=path)
 
 
 def test_coar_scorer_prunes_like_any_scorer(digits, digits_vgg):

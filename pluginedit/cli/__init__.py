@@ -1,4 +1,4 @@
-"""The ``pluginedit`` command line: plugins, train, score, prune, forget, demo, bench."""
+"""The ``pluginedit`` command line: plugins, train, score, prune, forget, fix, rectify, demo, bench."""
 from __future__ import annotations
 
 import argparse
@@ -9,14 +9,14 @@ import json
 import sys
 import time
 
-from . import api
-from .core import registry
-from . import report
-from .contrib import train, zoo
-from .contrib.data import load_dataset
-from .capture import check_classes, example_batch
-from .core.errors import InputError, PluginEditError
-from .core.plugin import describe
+from .. import api
+from ..core import registry
+from .. import report
+from ..contrib import train, zoo
+from ..contrib.data import load_dataset
+from ..capture import check_classes, example_batch
+from ..core.errors import InputError, PluginEditError
+from ..core.plugin import describe
 
 
 def _kv(text: str):
@@ -73,7 +73,7 @@ def _edit_args(p: argparse.ArgumentParser, editor: str) -> None:
 
 def _bundle(args):
     if getattr(args, "hf", None):
-        from .contrib import hf
+        from ..contrib import hf
         bundle = hf.text_bundle(args.data, args.hf)       # labels are optional for text
     else:
         bundle = load_dataset(args.data, args.data_dir)
@@ -268,7 +268,7 @@ def cmd_forget(args) -> int:
 def cmd_demo(args) -> int:
     """The same digits CNN pruned to the same size three ways; the ModHiFi-P model saved,
     reloaded in a fresh process and re-evaluated."""
-    from . import demo
+    from .. import demo
     out = demo.run(args.ratio, args.finetune_epochs, args.seed, args.save, args.report, args.plot)
     if args.report:
         print(f"report written to {args.report}")
@@ -281,7 +281,7 @@ def cmd_bench(args) -> int:
     # Benchmark code is not part of the package: load it from the source checkout.
     import importlib.util
     from pathlib import Path
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_kernels.py"
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_kernels.py"
     if not script.exists():
         raise PluginEditError(f"{script} not found: `pluginedit bench` runs from a source checkout")
     spec = importlib.util.spec_from_file_location("pluginedit_bench_kernels", script)
@@ -291,6 +291,7 @@ def cmd_bench(args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    from .rectify import add_rectify_parsers     # it imports this module's helpers
     ap = argparse.ArgumentParser(prog="pluginedit", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("plugins", help="list scorer and editor plugins")
@@ -326,6 +327,8 @@ def parser() -> argparse.ArgumentParser:
     _edit_args(p, "discedit-u")
     p.add_argument("--class", dest="forget_class", type=int, required=True)
     p.set_defaults(fn=cmd_forget)
+
+    add_rectify_parsers(sub)
 
     p = sub.add_parser("demo", help="the main job: l1 vs modhifi-p at the same size, save and reload")
     p.add_argument("--ratio", type=float, default=0.5, help="fraction of each layer's channels removed")

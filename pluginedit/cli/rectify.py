@@ -1,0 +1,97 @@
+"""The rectifying commands: ``fix`` (one misclassified test example, COAR-Edit) and ``rectify``
+(clean / corrupted pairs: a pairs file, or the built-in trojan benchmark)."""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from .. import api
+from ..capture import Pairs, Split, predictions
+from ..core.errors import InputError
+from . import _bundle, _edit_args, _editor_class, _finish, _model, _model_args, _positive, _setup
+
+
+def cmd_fix(args) -> int:
+    """Fix one misclassified test example with a rectify editor (coar-edit): the references and
+    the accuracy guard come from the calibration (training) samples, the target is the test
+    example, appended to them."""
+    _editor_class(args.editor, ("rectify",), "fix")
+    bundle, model, calib = _setup(args)
+    test = bundle.test
+    wrong = (predictions(model, test.x) != test.y).nonzero().squeeze(1)
+    if args.example == "auto":
+        if len(wrong) == 0:
+            raise InputError("every test example is classified correctly; nothing to fix")
+        i = int(wrong[0])
+    else:
+        try:
+            i = int(args.example)
+        except ValueError as e:
+            raise InputError(f"--example must be a test index or 'auto', got {args.example!r}") from e
+        if not 0 <= i < len(test.y):
+            raise InputError(f"--example {i} out of range [0, {len(test.y) - 1}]")
+    dense = copy.deepcopy(model)
+    pool = Split(torch.cat([calib.x, test.x[i:i + 1]]), torch.cat([calib.y, test.y[i:i + 1]]))
+    record = api.edit(model, args.editor, data=pool, num_classes=bundle.num_classes,
+                      **({"target": [len(calib.y)]} | dict(args.option)))
+    after = int(predictions(model, test.x[i:i + 1])[0])
+    print(f"test example {i}: label {int(test.y[i])}, predicted {int(predictions(dense, test.x[i:i + 1])[0])} "
+          f"before and {after} after ({record.num_changed()} components ablated)")
+    _finish(args, bundle, model, dense, record, {"example": i, "label": int(test.y[i]), "predicted_after": after})
+    return 0
+
+
+def _rectify_inputs(args, bundle):
+    """(model, pairs, triggered test split or None): the user's model and pairs file, or the
+    built-in trojan benchmark (a trojaned zoo model, n clean / triggered training pairs)."""
+    if args.pairs:
+        from safetensors.torch import load_file
+        try:
+            t = load_file(args.pairs)
+        except Exception as e:
+            raise InputError(f"cannot read --pairs {args.pairs}: {e}") from e
+        missing = {"clean", "corrupted", "y"} - set(t)
+        if missing:
+            raise InputError(f"--pairs {args.pairs} lacks tensors {sorted(missing)} (needs clean, corrupted, y)")
+        return _model(args, bundle), Pairs(t["clean"], t["corrupted"], t["y"].long()), None
+    from .contrib import backdoor
+    trigger = backdoor.calibrated(bundle)
+    model = backdoor.trojaned(args.arch, bundle, target=0, trigger=trigger, progress=args.progress)
+    clean, corrupted, y = backdoor.pairs(bundle.train, args.n, 0, trigger, seed=args.seed)
+    return model, Pairs(clean, corrupted, y), backdoor.triggered_test(bundle, 0, trigger)
+
+
+def cmd_rectify(args) -> int:
+    """Rectify corrupted inputs (a trigger, an artefact) from clean / corrupted pairs."""
+    _editor_class(args.editor, ("rectify",), "rectify")
+    bundle = _bundle(args)
+    model, pairs, triggered = _rectify_inputs(args, bundle)
+    calib = bundle.train.subset(args.calib_samples, seed=args.seed)
+    dense = copy.deepcopy(model)
+    record = api.edit(model, args.editor, data=calib, pairs=pairs, num_classes=bundle.num_classes,
+                      **dict(args.option))
+    extra = {"pairs": len(pairs), "rectified": record.info.get("rectified")}
+    if triggered is not None:
+        asr = [float((predictions(m, triggered.x) == 0).float().mean()) for m in (dense, model)]
+        extra["attack_success_rate"] = {"before": asr[0], "after": asr[1]}
+        print(f"attack success rate {asr[0]:.4f} -> {asr[1]:.4f} ({len(pairs)} pair(s))")
+    _finish(args, bundle, model, dense, record, extra)
+    return 0
+
+
+def add_rectify_parsers(sub) -> None:
+    p = sub.add_parser("fix", help="fix one misclassified test example (coar-edit), then report before/after")
+    _model_args(p)
+    _edit_args(p, "coar-edit")
+    p.add_argument("--example", default="auto", help="test example index, or 'auto' (the first misclassified)")
+    p.set_defaults(fn=cmd_fix)
+
+    p = sub.add_parser("rectify", help="rectify corrupted inputs from clean / corrupted pairs (default: the trojan benchmark)")
+    _model_args(p, data_default="fashion-mnist")
+    _edit_args(p, "rectify")
+    p.add_argument("--pairs", default=None, metavar="FILE",
+                   help=".safetensors with clean, corrupted [n, ...] and y [n] (with --model/--weights); "
+                        "default: the built-in trojaned zoo model")
+    p.add_argument("--n", type=_positive, default=1, help="trojan benchmark: clean / triggered pairs used")
+    p.set_defaults(fn=cmd_rectify)
