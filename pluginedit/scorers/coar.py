@@ -248,14 +248,14 @@ def gradient_times_parameter(model, x, y, paths: list[str]) -> Attributions:
 
 @dataclass(frozen=True)
 class CoarOptions:
-    masks: int = option(1000, "random ablation masks")
+    masks: int = option(200, "random ablation masks (0: the chord prior alone)")
     alpha: float = option(0.05, "fraction of components ablated per mask")
-    examples: int = option(256, "calibration examples attributed")
+    examples: int = option(64, "calibration examples attributed")
     estimator: Literal["ols", "ridge", "diffmeans"] = option(
         "ridge", "least squares, ridge towards the prior (cross-validated), or difference of means")
     prior: Literal["none", "grad", "chord"] = option(
         "chord", "ridge prior / control variate: none, mask gradients, or sampled chords (fewer evaluations)")
-    prior_points: int = option(80, "backward passes of the prior")
+    prior_points: int = option(40, "backward passes of the prior")
     reduce: Literal["abs", "signed"] = option("abs", "importance = mean |w| or mean w over examples")
     seed: int = option(0, "mask seed (masks regenerate from (seed, index))")
     chunk: int = option(16, "masks per forward pass")
