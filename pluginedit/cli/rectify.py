@@ -55,7 +55,7 @@ def _rectify_inputs(args, bundle):
         if missing:
             raise InputError(f"--pairs {args.pairs} lacks tensors {sorted(missing)} (needs clean, corrupted, y)")
         return _model(args, bundle), Pairs(t["clean"], t["corrupted"], t["y"].long()), None
-    from .contrib import backdoor
+    from ..contrib import backdoor
     trigger = backdoor.calibrated(bundle)
     model = backdoor.trojaned(args.arch, bundle, target=0, trigger=trigger, progress=args.progress)
     clean, corrupted, y = backdoor.pairs(bundle.train, args.n, 0, trigger, seed=args.seed)

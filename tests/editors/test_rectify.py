@@ -167,3 +167,15 @@ def test_rectify_from_the_cli_with_a_pairs_file(tmp_path, digits, trojan, capsys
     assert cli.main(args) == 2
     assert "lacks tensors ['corrupted', 'y']" in capsys.readouterr().err
     assert cli.main(["rectify", "--editor", "prune", "--data", "digits"]) == 2
+
+
+def test_rectify_the_builtin_trojan_benchmark_from_the_cli(tmp_path):
+    """No --pairs: the trojaned zoo model of the data (digits here) and n training pairs."""
+    import json
+    from pluginedit import cli
+    out = tmp_path / "r.json"
+    assert cli.main(["rectify", "--data", "digits", "--n", "3", "-o", "rank=8", "--report", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    asr = rep["attack_success_rate"]
+    assert asr["before"] > 0.8 and asr["after"] < 0.5 * asr["before"]
+    assert rep["after"]["accuracy"] >= rep["before"]["accuracy"] - 0.03
