@@ -25,6 +25,14 @@ class EditRecord:
     def reversible(self) -> bool:
         return bool(self.saved)
 
+    def absorb(self, trial: "EditRecord") -> None:
+        """Keep a trial edit made on top of this one: its changes join ours, and for tensors
+        saved by both our copy (the earlier one, the original) stays."""
+        for key, value in trial.saved.items():
+            self.saved.setdefault(key, value)
+        for path, idx in trial.changes.items():
+            self.changes.setdefault(path, []).extend(idx)
+
     def undo(self, model: nn.Module) -> None:
         """Restore every saved tensor (masking edits); physical removals cannot be undone.
         Checked whole before anything is written, so a failed undo changes nothing; tied

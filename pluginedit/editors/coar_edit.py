@@ -83,9 +83,7 @@ class _CoarEditor(Editor):
                 trial.undo(model)
                 record.info["skipped"] += 1
                 continue
-            for key, value in trial.saved.items():
-                record.saved.setdefault(key, value)      # the first saved copy is the original
-            record.changes.setdefault(path, []).append(i)
+            record.absorb(trial)
             if goal(model):
                 return record.num_changed()
         raise InputError(f"{self.name}: the goal was not reached within budget={o.budget} candidates "

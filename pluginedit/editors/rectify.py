@@ -158,10 +158,7 @@ class Rectify(Editor):
             if not kept:
                 trial.undo(model)
                 continue
-            for key, value in trial.saved.items():
-                record.saved.setdefault(key, value)
-            for path, v in trial.changes.items():
-                record.changes.setdefault(path, []).extend(v)
+            record.absorb(trial)
         record.info["rectified"] = rectified(model, inputs.pairs)
         record.info["gap_after"] = float(self._gap(model, inputs.pairs).max())
         if record.info["rectified"] < 1.0:      # the gap target is the aim; every pair rectified is required

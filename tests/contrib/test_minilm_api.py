@@ -66,7 +66,7 @@ def _plain_transformers_embed(folder, sentences, out):
             "tok = AutoTokenizer.from_pretrained(hf.model_dir());"
             f"torch.save(hf.embed(m, tok, {sentences!r}), {str(out)!r})")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
-    return torch.load(out)
+    return torch.load(out, weights_only=True)
 
 
 def test_heads_and_neurons_reload_with_pe_load(minilm, tmp_path):

@@ -39,7 +39,8 @@ def _csrc_cases(x, y):
 def test_opcheck_reference_ops(shape):
     x, y = _data(shape)
     for op, args in _ref_cases(x, y):
-        torch.library.opcheck(op, args)
+        results = torch.library.opcheck(op, args)
+        assert results and set(results.values()) == {"SUCCESS"}, (op, results)
 
 
 @pytest.mark.skipif(not _csrc.LOADED, reason="compiled extension not built")
@@ -47,7 +48,8 @@ def test_opcheck_reference_ops(shape):
 def test_opcheck_csrc_ops(shape):
     x, y = _data(shape)
     for op, args in _csrc_cases(x, y):
-        torch.library.opcheck(op, args)
+        results = torch.library.opcheck(op, args)
+        assert results and set(results.values()) == {"SUCCESS"}, (op, results)
 
 
 def _update(backend: str):
