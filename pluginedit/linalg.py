@@ -72,23 +72,28 @@ def inverse_sqrt_psd(c: torch.Tensor, rel_floor: float = 1e-6) -> torch.Tensor:
     return (vecs * vals.rsqrt()) @ vecs.T
 
 
+def edit_directions(keys: torch.Tensor, c: torch.Tensor, rank: int = 1) -> torch.Tensor:
+    """The directions D [D, rank] of a rank-``rank`` key -> value edit (Santurkar et al. 2021):
+    C^{-1/2} times the top right singular vectors of the whitened ``keys`` [P, D]; for one key,
+    d = C^{-1} k* up to scale."""
+    if keys.shape[0] == 0:
+        raise ValueError("edit_directions: no key selected")
+    z = inverse_sqrt_psd(c.double())
+    _, _, vh = torch.linalg.svd(keys.double() @ z, full_matrices=False)
+    return z @ vh[:rank].T
+
+
 def rank_r_update(weight: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, c: torch.Tensor,
                   rank: int = 1, select: torch.Tensor | None = None) -> torch.Tensor:
     """The rank-``rank`` change dW = L D^T of a linear map v = W k (Bau et al. 2020; Santurkar et
-    al. 2021) that best maps ``keys`` [P, D] to ``values`` [P, O]: the directions D = C^{-1/2} Q,
-    Q the top right singular vectors of the whitened keys of the rows ``select`` (default: all),
-    and L the least-squares fit on those rows (the others are protected by the C^{-1} metric of
-    D, not by the fit). For one key, D = C^{-1} k* and
-    L = (v* - W k*) / (d^T k*): the closed form. Keys orthogonal to D (d^T k = 0) keep their
-    values exactly."""
+    al. 2021) that best maps ``keys`` [P, D] to ``values`` [P, O]: the directions D of the keys of
+    the rows ``select`` (default: all; ``edit_directions``) and L the least-squares fit on those
+    rows (the others are protected by the C^{-1} metric of D, not by the fit). For one key,
+    D = C^{-1} k* and L = (v* - W k*) / (d^T k*): the closed form. Keys orthogonal to D
+    (d^T k = 0) keep their values exactly."""
     keys, values, weight = keys.double(), values.double(), weight.double()
-    z = inverse_sqrt_psd(c.double())
     chosen = keys if select is None else keys[select]
-    if chosen.shape[0] == 0:
-        raise ValueError("rank_r_update: no key selected")
-    _, _, vh = torch.linalg.svd(chosen @ z, full_matrices=False)
-    d = z @ vh[:rank].T                                            # [D, r]
-    m = chosen @ d                                                 # [P, r]
+    d = edit_directions(chosen, c, rank)                           # [D, r]
     resid = (values if select is None else values[select]) - chosen @ weight.T    # [P, O]
-    lam = torch.linalg.lstsq(m, resid).solution                    # [r, O]
+    lam = torch.linalg.lstsq(chosen @ d, resid).solution           # [r, O]
     return lam.T @ d.T                                             # [O, D]

@@ -1,7 +1,10 @@
 """COAR's batched masked forwards (ALGORITHMS.md 5.1-5.2, S4): many component-ablation masks per
 forward pass. The batch is replicated along a mask axis and each component layer's output channel
 c of replica r is replaced by what zeroing that channel's weight slice would give (the bias, or
-0 without one): out * keep + bias * (1 - keep), before any BatchNorm. No model copy per mask.
+0 without one): out * keep + bias * (1 - keep), before any BatchNorm. An attention head (a
+BERT-family self-attention block's components) is ablated by zeroing its context vectors, which is
+what zeroing the head's value rows and value bias gives (attention weights sum to one). No model
+copy per mask.
 
 Masks are Bernoulli(1 - alpha) keep-masks drawn from a generator seeded by (seed, index), so any
 mask can be regenerated from its index and masks never need to be stored."""
@@ -10,9 +13,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..core.components import get_module, size_of
+from ..core.components import get_module, is_attention, size_of
 from ..core.errors import InputError
-from ..core.outputs import output
+from ..core.outputs import batch_size, output, repeat
 
 
 def keep_masks(seed: int, start: int, count: int, width: int, alpha: float) -> torch.Tensor:
@@ -32,8 +35,9 @@ def component_slices(model: nn.Module, paths: list[str]) -> list[tuple[str, int,
     out, start = [], 0
     for p in paths:
         module = get_module(model, p)
-        if not isinstance(module, (nn.Conv2d, nn.Linear)):
-            raise InputError(f"COAR components are conv filters and linear rows; {p!r} is {type(module).__name__}")
+        if not isinstance(module, (nn.Conv2d, nn.Linear)) and not is_attention(module):
+            raise InputError(f"COAR components are conv filters, linear rows and attention heads; "
+                             f"{p!r} is {type(module).__name__}")
         out.append((p, start, size_of(module)))
         start += size_of(module)
     return out
@@ -46,6 +50,19 @@ def _channel_view(module: nn.Module, out: torch.Tensor, groups: int) -> tuple[to
     if isinstance(module, nn.Conv2d):
         return view, (groups, 1, -1) + (1,) * (out.ndim - 2)
     return view, (groups,) + (1,) * (out.ndim - 1) + (-1,)
+
+
+def _head_hook(keep: torch.Tensor):
+    """keep [G, H] for one self-attention block whose output (or first output) is the context
+    [G * n, T, H * d]: head h of group g is scaled by keep (0 = the head ablated)."""
+    def hook(module, inputs, out):
+        ctx = out[0] if isinstance(out, tuple) else out
+        g, h = keep.shape
+        view = ctx.reshape((g, ctx.shape[0] // g) + tuple(ctx.shape[1:-1]) + (h, ctx.shape[-1] // h))
+        k = keep.to(ctx.device, ctx.dtype).reshape((g,) + (1,) * (view.ndim - 3) + (h, 1))
+        masked = (view * k).reshape(ctx.shape)
+        return (masked,) + tuple(out[1:]) if isinstance(out, tuple) else masked
+    return hook
 
 
 def _mask_hook(keep: torch.Tensor):
@@ -67,17 +84,22 @@ def _mask_hook(keep: torch.Tensor):
 
 
 def _hooked(model, slices, keep: torch.Tensor):
-    return [get_module(model, p).register_forward_hook(_mask_hook(keep[:, s:s + w])) for p, s, w in slices]
+    handles = []
+    for p, s, w in slices:
+        module = get_module(model, p)
+        hook = _head_hook if is_attention(module) else _mask_hook
+        handles.append(module.register_forward_hook(hook(keep[:, s:s + w])))
+    return handles
 
 
 @torch.no_grad()
 def masked_outputs(model: nn.Module, x: torch.Tensor, slices, masks: torch.Tensor) -> torch.Tensor:
     """The model's outputs [M, n, classes] on the ``n`` inputs ``x`` under each of the ``M`` keep
     masks [M, C] (C = total components of ``slices``), in one forward pass."""
-    m, n = masks.shape[0], x.shape[0]
+    m, n = masks.shape[0], batch_size(x)
     handles = _hooked(model, slices, masks.float())
     try:
-        out = output(model, x.repeat((m,) + (1,) * (x.ndim - 1)))
+        out = output(model, repeat(x, m))
     finally:
         for h in handles:
             h.remove()
@@ -90,7 +112,7 @@ def keep_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, slices,
     or all ones): the linearised model's attribution, one backward for the whole batch. At all
     ones it is the gradient x parameter of each weight slice."""
     with torch.enable_grad():                 # estimation runs under no_grad; slices need a graph
-        k = keep.float().to(x.device).requires_grad_(True)
+        k = keep.float().to(y.device).requires_grad_(True)
         handles = _hooked(model, slices, k)   # one group per example
         try:
             grad, = torch.autograd.grad(margins(output(model, x), y).sum(), k)

@@ -13,7 +13,7 @@ def conv_bn(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
 
 class VGG(nn.Module):
     """Stages of two 3x3 conv-BN-ReLU layers, each stage followed by 2x2 max-pooling except the
-    last; global average pooling and a two-layer classifier."""
+    last; global average pooling and a two-layer classifier (one Linear with ``hidden=0``)."""
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, widths=(32, 64, 128), hidden: int = 128):
         super().__init__()
@@ -25,8 +25,9 @@ class VGG(nn.Module):
             cin = w
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(cin, hidden), nn.ReLU(inplace=True),
-                                        nn.Linear(hidden, num_classes))
+        head = [nn.Linear(cin, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes)] if hidden else \
+            [nn.Linear(cin, num_classes)]            # hidden=0: no hidden Linear layer
+        self.classifier = nn.Sequential(nn.Flatten(), *head)
 
     def forward(self, x):
         return self.classifier(self.pool(self.features(x)))

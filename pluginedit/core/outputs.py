@@ -65,6 +65,20 @@ def take(x, index):
     return {k: v[index] for k, v in x.items()} if isinstance(x, Mapping) else x[index]
 
 
+def cat(xs: list):
+    """Batches (tensors, or mappings of tensors with the same keys) joined along the batch axis."""
+    if xs and isinstance(xs[0], Mapping):
+        return {k: torch.cat([x[k] for x in xs]) for k in xs[0]}
+    return torch.cat(xs)
+
+
+def repeat(x, m: int):
+    """``m`` copies of a batch (of every tensor of a mapping) stacked along the batch axis."""
+    if isinstance(x, Mapping):
+        return {k: repeat(v, m) for k, v in x.items()}
+    return x.repeat((m,) + (1,) * (x.ndim - 1))
+
+
 def to(x, device):
     return {k: v.to(device) for k, v in x.items()} if isinstance(x, Mapping) else x.to(device)
 

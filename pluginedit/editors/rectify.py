@@ -7,21 +7,27 @@ editability (layer-wise integrated gradients), edit it, keep the edit if clean a
 ``data`` drops by at most ``max_drop`` or roll it back and try the next layer, until every
 corrupted input gets its label or the budget is spent. Keys are the corrupted inputs' features at
 the layer, values the clean inputs' outputs; the key statistics C = E[k k^T] come from the same
-streaming Gram the fidelity scorer uses."""
+streaming Gram the fidelity scorer uses.
+
+Values at the layer's own output make the map linear and the closed form exact (the default).
+With ``values="block"`` they are read after the block's non-linearity (BN + ReLU, a residual add,
+``capture.keys.block_output``) and Lambda is optimised by Adam on the L1 distance there, W moving
+only along the edit directions D (``projected_edit``; Santurkar et al.'s projected optimisation)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from ..capture import accuracy, default_targets, model_device, predictions
-from ..capture.keys import flat_weight, layer_keys
-from ..core.components import get_module
+from ..capture.keys import block_output, flat_weight, layer_keys
+from ..core.components import eval_mode, get_module
 from ..core.errors import InputError
 from ..core.outputs import output
 from ..core.plugin import Editor, option
 from ..core.record import EditRecord
-from ..linalg import rank_r_update
+from ..linalg import edit_directions, rank_r_update
 from ..scorers.fidelity import collect_grams
 from ..scorers.layer_ig import editability, layer_integrated_gradients
 
@@ -31,26 +37,67 @@ def key_statistics(model, paths, data, max_samples: int) -> dict[str, torch.Tens
     return {p: g.second_moment() for p, g in collect_grams(model, data, paths, max_samples).items()}
 
 
-def rank_one_edit(model, path: str, clean, corrupted, c: torch.Tensor, rank: int, record: EditRecord) -> None:
-    """Edit layer ``path`` in place so its corrupted keys map to the clean values; rows whose
-    value already matches (pixels the corruption does not reach) only constrain the fit."""
-    module = get_module(model, path)
+def _edit_rows(model, path: str, clean, corrupted):
+    """(keys [P, D], values [P, O], rows to fit) of layer ``path``: corrupted keys, clean values,
+    the rows whose value the corruption moves (pixels it does not reach only constrain the fit)."""
     keys, _ = layer_keys(model, path, corrupted)
     _, values = layer_keys(model, path, clean)
     k, v = keys.reshape(-1, keys.shape[-1]), values.reshape(-1, values.shape[-1])
-    w = flat_weight(module)
-    resid = (v - k @ w.T).norm(dim=1)
+    resid = (v - k @ flat_weight(get_module(model, path)).T).norm(dim=1)
     select = resid > 0.05 * resid.max()
     if not bool(select.any()):
         raise InputError(f"layer {path!r} sees no difference between the clean and corrupted inputs")
-    delta = rank_r_update(w, k, v, c.to(k.device), rank, select)
+    return k, v, select
+
+
+def _apply(model, path: str, delta: torch.Tensor, rank: int, record: EditRecord) -> None:
+    module = get_module(model, path)
     if not torch.isfinite(delta).all():
         raise InputError(f"the rank-{rank} edit of {path!r} is not finite (degenerate key statistics)")
-    key = f"{path}.weight"
-    record.saved.setdefault(key, module.weight.detach().clone())
+    record.saved.setdefault(f"{path}.weight", module.weight.detach().clone())
     with torch.no_grad():
         module.weight += delta.to(module.weight.dtype).reshape(module.weight.shape)
     record.changes.setdefault(path, []).append(rank)
+
+
+def rank_one_edit(model, path: str, clean, corrupted, c: torch.Tensor, rank: int, record: EditRecord,
+                  block: dict | None = None) -> None:
+    """Edit layer ``path`` in place so its corrupted keys map to the clean values: the closed
+    form, or with ``block`` (``projected_edit``'s options) the projected optimisation."""
+    k, v, select = _edit_rows(model, path, clean, corrupted)
+    w = flat_weight(get_module(model, path))
+    delta = rank_r_update(w, k, v, c.to(k.device), rank, select)
+    if block is not None:
+        delta = projected_edit(model, path, clean, corrupted, edit_directions(k[select], c.to(k.device), rank),
+                               delta, **block)
+    _apply(model, path, delta, rank, record)
+
+
+def projected_edit(model, path: str, clean, corrupted, d: torch.Tensor, start: torch.Tensor,
+                   value_module: str | None = None, steps: int = 200, lr: float = 0.05) -> torch.Tensor:
+    """dW = Lambda D^T minimising the L1 distance between the block output (``block_output``) on
+    the corrupted inputs and on the clean ones, over the positions where they differ (the concept
+    mask). Lambda starts at the closed form ``start`` = Lambda0 D^T; Adam's step is ``lr`` times
+    the RMS of Lambda0. Only Lambda is a parameter, so every iterate lies on W + span(D^T): the set
+    Santurkar et al. project onto every 10 steps."""
+    module = get_module(model, path)
+    w0, d = module.weight.detach(), d.to(module.weight)
+    lam = (start.to(d) @ torch.linalg.pinv(d.T)).detach()             # [O, r]
+    with torch.no_grad(), eval_mode(model):
+        target, vp = block_output(model, path, clean, value_module)
+        before, _ = block_output(model, path, corrupted, vp)
+    diff = (target - before).abs().sum(1, keepdim=True)
+    region = (diff > 0.05 * diff.max()).to(target.dtype).expand_as(target)
+    lam.requires_grad_(True)
+    opt = torch.optim.Adam([lam], lr=lr * float(lam.detach().square().mean().sqrt().clamp_min(1e-8)))
+    with torch.enable_grad(), eval_mode(model):      # BN reads, never updates, its statistics
+        for _ in range(steps):
+            out, _ = block_output(model, path, corrupted, vp, w0 + (lam @ d.T).reshape(w0.shape))
+            loss = ((out - target).abs() * region).sum() / region.sum().clamp_min(1)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return (lam @ d.T).detach()
 
 
 def last_feature_layer(model, inputs) -> str:
@@ -81,7 +128,24 @@ def rectified(model, pairs) -> float:
 
 
 @dataclass(frozen=True)
-class RankOneOptions:
+class ValueOptions:
+    values: Literal["layer", "block"] = option(
+        "layer", "where values are read: the layer's output (closed form) or after its block's non-linearity "
+        "(projected optimisation)")
+    value_module: str | None = option(None, "values='block': the module whose output is the value "
+                                            "(default: the first activation module after the layer)")
+    edit_steps: int = option(200, "values='block': Adam steps of the projected optimisation")
+    edit_lr: float = option(0.05, "values='block': Adam step relative to the closed form's RMS")
+
+    def block(self) -> dict | None:
+        if self.edit_steps < 1 or self.edit_lr <= 0:
+            raise InputError("edit_steps must be >= 1 and edit_lr > 0")
+        return None if self.values == "layer" else {"value_module": self.value_module, "steps": self.edit_steps,
+                                                     "lr": self.edit_lr}
+
+
+@dataclass(frozen=True)
+class RankOneOptions(ValueOptions):
     layer: str | None = option(None, "layer path to edit (default: the last feature layer)")
     rank: int = option(1, "rank of the edit")
     max_samples: int = option(2048, "samples of data for the key statistics")
@@ -106,13 +170,13 @@ class RankOne(Editor):
         c = key_statistics(model, [layer], inputs.data, o.max_samples)[layer]
         clean, corrupted, _ = _pairs_on(model, inputs.pairs)
         record = self.record("rank-r weight update", info={"layer": layer})
-        rank_one_edit(model, layer, clean, corrupted, c, o.rank, record)
+        rank_one_edit(model, layer, clean, corrupted, c, o.rank, record, o.block())
         record.info["rectified"] = rectified(model, inputs.pairs)
         return record
 
 
 @dataclass(frozen=True)
-class RectifyOptions:
+class RectifyOptions(ValueOptions):
     layers: list | None = option(None, "candidate layer paths (default: every conv / linear but the head)")
     rank: int = option(1, "rank of each edit")
     steps: int = option(20, "integrated-gradient steps")
@@ -149,7 +213,7 @@ class Rectify(Editor):
         while not self._done(model, inputs.pairs, gap0) and tried < o.max_edits and layers:
             layer = self._locate(model, layers, inputs.pairs, stats)
             trial = EditRecord("trial")
-            rank_one_edit(model, layer, *_pairs_on(model, inputs.pairs)[:2], stats[layer], o.rank, trial)
+            rank_one_edit(model, layer, *_pairs_on(model, inputs.pairs)[:2], stats[layer], o.rank, trial, o.block())
             acc = accuracy(model, inputs.data, inputs.num_classes, max_samples=o.max_samples)[0]
             kept = acc >= base - o.max_drop
             record.info["edits"].append({"layer": layer, "clean_accuracy": acc, "kept": kept})

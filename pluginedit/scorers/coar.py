@@ -21,7 +21,7 @@ from ..capture import as_loader, model_device
 from ..capture.masks import component_slices, keep_gradients, keep_masks, margins, masked_outputs
 from ..core.errors import InputError
 from ..core.plugin import Scorer, option
-from ..core.outputs import take
+from ..core.outputs import cat, take, to
 from ..stats.ablation import AblationSums
 
 
@@ -37,13 +37,13 @@ def labelled(data, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     if not ys:
         raise InputError("COAR needs labelled data; got none")
     n = seen if n is None else n
-    return take(torch.cat(xs), slice(0, n)), torch.cat(ys)[:n]
+    return take(cat(xs), slice(0, n)), torch.cat(ys)[:n]
 
 
 def masked_margins(model, x, y, slices, masks, chunk: int) -> torch.Tensor:
     """[M, N] margins for every mask, ``chunk`` masks per forward pass."""
     dev = model_device(model)
-    x, y = x.to(dev), y.to(dev)
+    x, y = to(x, dev), y.to(dev)
     return torch.cat([margins(masked_outputs(model, x, slices, masks[i:i + chunk]), y).float().cpu()
                       for i in range(0, masks.shape[0], chunk)])
 
@@ -53,7 +53,7 @@ def gradient_prior(model, x, y, slices, points: int, alpha: float, seed: int) ->
     ``points`` random keep masks of the same design (at all ones when ``points`` is 0)."""
     c, n = sum(w for _, _, w in slices), len(y)
     dev = model_device(model)
-    x, y = x.to(dev), y.to(dev)
+    x, y = to(x, dev), y.to(dev)
     if points == 0:
         return keep_gradients(model, x, y, slices, torch.ones(n, c)).T.cpu().double()
     total = torch.zeros(n, c, dtype=torch.float64)
@@ -78,7 +78,7 @@ def chord_prior(model, x, y, slices, points: int, alpha: float, seed: int) -> to
     thinned = max(0.0, (alpha - 0.5 / groups) / (1 - 1 / groups))
     g = torch.Generator().manual_seed(int(seed) * 1_000_003 + 104_729)
     dev = model_device(model)
-    x, y = x.to(dev), y.to(dev)
+    x, y = to(x, dev), y.to(dev)
     total = torch.zeros(n, c, dtype=torch.float64)
     count = torch.zeros(n, c, dtype=torch.float64)
     for p in range(points):

@@ -10,9 +10,11 @@ from torch import nn
 
 import pluginedit as pe
 from pluginedit.capture import predictions
-from pluginedit.capture.keys import layer_keys
+from pluginedit.capture.keys import block_output, layer_keys
 from pluginedit.core.errors import InputError
-from pluginedit.linalg import rank_r_update
+from pluginedit.core.record import EditRecord
+from pluginedit.editors.rectify import rank_one_edit
+from pluginedit.linalg import edit_directions, rank_r_update
 from pluginedit.scorers.layer_ig import layer_integrated_gradients
 
 
@@ -67,6 +69,51 @@ def test_layer_integrated_gradients_are_complete():
         torch.testing.assert_close(m.sum(), gap, atol=2e-3 * (1 + abs(float(gap))), rtol=0)
 
 
+class _Residual(nn.Module):
+    """conv -> BN -> (+ input) -> ReLU, then a head: the value after the add and the ReLU is not a
+    linear function of the conv's weight, and the skip carries the corruption past the conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.relu = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU()
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+
+    def forward(self, x):
+        return self.head(self.relu(self.bn(self.conv(x)) + x))
+
+
+def test_projected_edit_moves_only_along_d_and_fits_the_block_output():
+    torch.manual_seed(0)
+    model = _Residual().eval()
+    model.bn.running_mean.uniform_(-0.5, 0.5)
+    clean = torch.randn(1, 4, 6, 6)
+    corrupted = clean.clone()
+    corrupted[:, :, :2, :2] += 2.0                       # a corner patch
+    target, where = block_output(model, "conv", clean)
+    assert where == "relu"
+    c = torch.eye(36, dtype=torch.float64) + 0.1
+    closed, projected = copy.deepcopy(model), copy.deepcopy(model)
+    rank_one_edit(closed, "conv", clean, corrupted, c, 2, EditRecord("c"))
+    rec = EditRecord("p")
+    rank_one_edit(projected, "conv", clean, corrupted, c, 2, rec, {"steps": 150, "lr": 0.05})
+
+    def block_l1(m):           # over the concept mask: the 3 x 3 corner the patch reaches
+        with torch.no_grad():
+            return float((block_output(m, "conv", corrupted)[0] - target)[:, :, :3, :3].abs().sum())
+    assert block_l1(projected) < 0.95 * block_l1(closed) and block_l1(closed) < block_l1(model)
+    keys, _ = layer_keys(model, "conv", corrupted)
+    k = keys.reshape(-1, 36)
+    _, values = layer_keys(model, "conv", clean)
+    resid = (values.reshape(-1, 4) - k @ model.conv.weight.detach().flatten(1).T).norm(dim=1)
+    d = edit_directions(k[resid > 0.05 * resid.max()], c, 2).float()
+    delta = (projected.conv.weight - model.conv.weight).detach().flatten(1)
+    torch.testing.assert_close(delta - delta @ d @ torch.linalg.pinv(d), torch.zeros_like(delta), atol=1e-5, rtol=0)
+    rec.undo(projected)
+    assert torch.equal(projected.conv.weight, model.conv.weight)
+    with pytest.raises(InputError, match="runs after layer"):
+        block_output(model, "head.1", clean)
+
+
 def _trigger(x):
     x = x.clone()
     x[:, :, -2:, -2:] = x.max()
@@ -95,12 +142,14 @@ def _asr(model, digits):
 
 def test_static_and_dynamic_rectification_remove_a_planted_trigger(digits, trojan):
     """A 2x2 trigger on 8x8 digits covers 1/16 of the image: three pairs; the static edit at an
-    early conv, the dynamic one located by IG; rank 8 each."""
+    early conv (closed form, and projected with values after BN + ReLU), the dynamic one located
+    by IG; rank 8 each."""
     assert _asr(trojan, digits) > 0.8
     clean = digits.train.x[digits.train.y != 0][:3]
     pairs = pe.Pairs(clean, _trigger(clean), digits.train.y[digits.train.y != 0][:3])
     calib = digits.train.subset(500, seed=1)
-    for editor, opts in (("rank-one", {"layer": "features.3", "rank": 8}), ("rectify", {"rank": 8})):
+    for editor, opts in (("rank-one", {"layer": "features.3", "rank": 8}), ("rectify", {"rank": 8}),
+                         ("rank-one", {"layer": "features.3", "rank": 8, "values": "block", "edit_steps": 40})):
         model = copy.deepcopy(trojan)
         rec = pe.edit(model, editor, data=calib, pairs=pairs, **opts)
         assert rec.info["rectified"] == 1.0

@@ -183,3 +183,69 @@ def test_coar_scorer_prunes_like_any_scorer(digits, digits_vgg):
     assert set(scores) == {p for p in groups(model) if p != "classifier.3"}
     pe.edit(model, "prune", scores, example_inputs=digits.test.x[:1], ratio=0.25)
     assert model(digits.test.x[:2]).shape == (2, 10)
+
+
+def _tiny_bert():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.BertConfig(vocab_size=50, hidden_size=20, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=24, max_position_embeddings=16, num_labels=3,
+                                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(cfg).eval()
+    ids = torch.randint(1, 50, (5, 7))
+    attn = torch.ones(5, 7, dtype=torch.long)
+    attn[1, 4:] = 0                       # padded rows: the head mask must not disturb masking
+    attn[3, 2:] = 0
+    return model, {"input_ids": ids, "attention_mask": attn}
+
+
+def _heads_zeroed(model, slices, mask):
+    """A copy with each ablated head's value rows and value bias zeroed, linear rows' weights
+    zeroed: the weight-level ablation the head mask stands for."""
+    m = copy.deepcopy(model)
+    with torch.no_grad():
+        for p, s, w in slices:
+            module = m.get_submodule(p)
+            if p.endswith("attention.self"):
+                d = module.attention_head_size
+                for h in (~mask[s:s + w]).nonzero().flatten().tolist():
+                    module.value.weight[h * d:(h + 1) * d] = 0
+                    module.value.bias[h * d:(h + 1) * d] = 0
+            else:
+                module.weight[~mask[s:s + w]] = 0
+    return m
+
+
+def test_head_masks_equal_zeroing_value_slices_on_a_bert_classifier():
+    model, x = _tiny_bert()
+    paths = ["bert.encoder.layer.0.attention.self", "bert.encoder.layer.1.attention.self",
+             "bert.encoder.layer.1.intermediate.dense"]
+    slices = component_slices(model, paths)
+    assert [w for _, _, w in slices] == [4, 4, 24]
+    masks = keep_masks(5, 0, 6, 32, 0.3)
+    got = masked_outputs(model, x, slices, masks)
+    for i, mask in enumerate(masks):
+        with torch.no_grad():
+            want = _heads_zeroed(model, slices, mask)(**x).logits
+        torch.testing.assert_close(got[i], want, atol=1e-5, rtol=1e-5)
+    y = torch.tensor([0, 2, 1, 1, 0])
+    loo = leave_one_out(model, x, y, paths[:2])
+    one = torch.ones(8, dtype=torch.bool)
+    one[5] = False                          # layer 1, head 1
+    with torch.no_grad():
+        ablated = margins(_heads_zeroed(model, loo.slices, one)(**x).logits, y)
+        full = margins(model(**x).logits, y)
+    torch.testing.assert_close(loo.w[5], full - ablated, atol=1e-5, rtol=1e-5)
+
+
+def test_head_attributions_from_dict_batches_through_the_scorer():
+    model, x = _tiny_bert()
+    y = torch.tensor([0, 2, 1, 1, 0])
+    paths = ["bert.encoder.layer.0.attention.self", "bert.encoder.layer.1.attention.self"]
+    att = estimate(model, x, y, paths, n_masks=200, alpha=0.1, prior="chord", prior_points=8)
+    assert att.w.shape == (8, 5) and torch.isfinite(att.w).all()
+    assert lds(model, x, y, att, n_masks=100, alpha=0.1).mean() > 0.6
+    scores = pe.score(model, "coar", data=(x, y), targets=paths, masks=40, examples=5, prior_points=4)
+    assert {p: scores[p].shape for p in scores} == {p: (4,) for p in paths}
+    with pytest.raises(InputError, match="attention heads"):
+        component_slices(model, ["bert.embeddings.LayerNorm"])

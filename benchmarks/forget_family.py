@@ -1,0 +1,192 @@
+"""Forgetting across a family of models, one command:  python benchmarks/forget_family.py
+
+Eight CNNs on Fashion-MNIST and MNIST, generated and trained deterministically here (cached by
+``contrib.train.pretrained``): VGG-style and ResNet-style, widths x0.5 .. x2, 2 or 3 stages /
+1 or 2 blocks per stage, with or without a hidden Linear, 2-4 epochs, seeds 0 and 1, BN
+everywhere. Half of them ("tune") is what the editors' defaults were chosen on; the other half
+("held-out") is only reported. Per model and forgotten class: forgotten-class and retained test
+accuracy (10k test split) against the dense model, seconds per edit, for each editor variant;
+calibration = 2,048 training images, no fine-tuning. Mean, worst case and the distribution per
+half, and a plot. Writes benchmarks/results/forget_family.{json,md,png}.
+
+  --half tune|held-out|all   which models (default all)
+  --editors a,b              editor variants (names in VARIANTS)
+  --classes 0,1,...          forgotten classes (default all ten)
+  --train-only               train (or load) the family and print dense accuracies"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+import pluginedit as pe
+from pluginedit.capture import predictions
+from pluginedit.contrib import data, train
+from pluginedit.core.errors import InputError
+
+OUT = Path(__file__).resolve().parent / "results"
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+# name: (data set, arch, config, epochs, seed, half)
+FAMILY = {
+    "F-vgg-x1": ("fashion-mnist", "vgg", {"widths": (16, 32, 64), "hidden": 64}, 3, 0, "tune"),
+    "F-res-x1": ("fashion-mnist", "resnet", {"widths": (16, 32, 64), "blocks": 1}, 3, 0, "tune"),
+    "M-vgg-x0.5-nohidden": ("mnist", "vgg", {"widths": (8, 16, 32), "hidden": 0}, 2, 0, "tune"),
+    "M-res-x1-deep": ("mnist", "resnet", {"widths": (16, 32, 64), "blocks": 2}, 2, 1, "tune"),
+    "F-vgg-x2-2stage": ("fashion-mnist", "vgg", {"widths": (32, 64), "hidden": 128}, 2, 1, "held-out"),
+    "F-res-x0.5-deep": ("fashion-mnist", "resnet", {"widths": (8, 16, 32), "blocks": 2}, 4, 1, "held-out"),
+    "M-vgg-x1": ("mnist", "vgg", {"widths": (16, 32, 64), "hidden": 64}, 3, 1, "held-out"),
+    "M-res-x2": ("mnist", "resnet", {"widths": (32, 64, 128), "blocks": 1}, 2, 0, "held-out"),
+}
+
+# variant name: (editor, options)
+VARIANTS = {
+    "discedit-u": ("discedit-u", {}),
+    "modhifi-u": ("modhifi-u", {}),
+}
+
+
+def family(half: str):
+    bundles = {}
+    for name, (ds, arch, config, epochs, seed, h) in FAMILY.items():
+        if half not in ("all", h):
+            continue
+        if ds not in bundles:
+            bundles[ds] = data.load_dataset(ds, DATA)
+        t = time.time()
+        model = train.pretrained(arch, bundles[ds], epochs=epochs, seed=seed, config=config).eval()
+        yield name, h, model, bundles[ds], time.time() - t
+
+
+def accuracies(model, test, k: int) -> tuple[float, float]:
+    """(accuracy on class k, accuracy on the other classes) of the test split."""
+    pred = predictions(model, test.x)
+    hit, on_k = pred == test.y, test.y == k
+    return float(hit[on_k].float().mean()), float(hit[~on_k].float().mean())
+
+
+def run_edit(model, bundle, calib, k: int, variant: str) -> dict:
+    editor, opts = VARIANTS[variant]
+    m = copy.deepcopy(model)
+    t = time.time()
+    try:
+        rec = pe.edit(m, editor, data=calib, forget_class=k, num_classes=bundle.num_classes, **opts)
+    except InputError as e:
+        return {"error": str(e), "seconds": time.time() - t}
+    seconds = time.time() - t
+    forgot, kept = accuracies(m, bundle.test, k)
+    return {"forgotten": forgot, "retained": kept, "seconds": seconds, "changed": rec.num_changed()}
+
+
+def summarise(rows, variant, half) -> dict:
+    sel = [r for r in rows if r["variant"] == variant and (half == "all" or r["half"] == half) and "error" not in r]
+    failed = sum(1 for r in rows if r["variant"] == variant and (half == "all" or r["half"] == half) and "error" in r)
+    if not sel:
+        return {"edits": 0, "failed": failed}
+    f = torch.tensor([r["forgotten"] for r in sel])
+    drop = torch.tensor([r["dense_retained"] - r["retained"] for r in sel])
+    return {"edits": len(sel), "failed": failed, "mean_forgotten": float(f.mean()), "worst_forgotten": float(f.max()),
+            "mean_retained_drop": float(drop.mean()), "worst_retained_drop": float(drop.max()),
+            "median_seconds": float(torch.tensor([r["seconds"] for r in sel]).median())}
+
+
+def markdown(res) -> str:
+    lines = ["# Forgetting across a model family (no fine-tuning)", "",
+             f"Machine: {res['machine']}. Command: `{res['command']}`. Calibration {res['calib']} training images; "
+             "accuracies on the 10k test split; drop = dense retained accuracy - edited retained accuracy (points x 0.01).", "",
+             "## Models", "", "| model | half | data | arch | config | epochs | seed | dense test acc |", "|---|---|---|---|---|---|---|---|"]
+    for name, m in res["models"].items():
+        lines.append(f"| {name} | {m['half']} | {m['data']} | {m['arch']} | {m['config']} | {m['epochs']} | {m['seed']} | {m['dense']:.4f} |")
+    lines += ["", "## Summary", "", "| editor | half | edits | failed | mean forgotten | worst forgotten | mean retained drop | "
+              "worst retained drop | median s/edit |", "|---|---|---|---|---|---|---|---|---|"]
+    for key, s in res["summary"].items():
+        variant, half = key.split("|")
+        if not s["edits"]:
+            lines.append(f"| {variant} | {half} | 0 | {s['failed']} | | | | | |")
+            continue
+        lines.append(f"| {variant} | {half} | {s['edits']} | {s['failed']} | {s['mean_forgotten']:.4f} | {s['worst_forgotten']:.4f} | "
+                     f"{s['mean_retained_drop']:.4f} | {s['worst_retained_drop']:.4f} | {s['median_seconds']:.1f} |")
+    lines += ["", "## Every edit", "", "| model | half | editor | class | forgotten | retained | dense retained | s | changed |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in res["rows"]:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['half']} | {r['variant']} | {r['class']} | failed: {r['error'][:80]} | | | | |")
+        else:
+            lines.append(f"| {r['model']} | {r['half']} | {r['variant']} | {r['class']} | {r['forgotten']:.4f} | {r['retained']:.4f} | "
+                         f"{r['dense_retained']:.4f} | {r['seconds']:.1f} | {r['changed']} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(res, path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    marks = {"tune": "o", "held-out": "x"}
+    for i, variant in enumerate(sorted({r["variant"] for r in res["rows"]})):
+        for half, mk in marks.items():
+            sel = [r for r in res["rows"] if r["variant"] == variant and r["half"] == half and "error" not in r]
+            ax.scatter([100 * r["forgotten"] for r in sel], [100 * (r["dense_retained"] - r["retained"]) for r in sel],
+                       marker=mk, color=f"C{i}", label=f"{variant} ({half})", alpha=0.7)
+    ax.axvline(5, ls=":", color="grey")
+    ax.axhline(3, ls=":", color="grey")
+    ax.set_xlabel("forgotten-class test accuracy (%)")
+    ax.set_ylabel("retained accuracy drop (points)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--half", default="all", choices=["all", "tune", "held-out"])
+    ap.add_argument("--editors", default=",".join(VARIANTS))
+    ap.add_argument("--classes", default=",".join(map(str, range(10))))
+    ap.add_argument("--calib", type=int, default=2048)
+    ap.add_argument("--train-only", action="store_true")
+    ap.add_argument("--out", default="forget_family")
+    args = ap.parse_args()
+    variants = args.editors.split(",")
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        raise SystemExit(f"unknown variants {sorted(unknown)}; known: {sorted(VARIANTS)}")
+    classes = [int(c) for c in args.classes.split(",")]
+    res = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+           "command": "python benchmarks/forget_family.py " + " ".join(
+               f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v not in (None, False, True)),
+           "calib": args.calib, "models": {}, "rows": []}
+    for name, half, model, bundle, secs in family(args.half):
+        ds, arch, config, epochs, seed, _ = FAMILY[name]
+        dense = float((predictions(model, bundle.test.x) == bundle.test.y).float().mean())
+        res["models"][name] = {"half": half, "data": ds, "arch": arch, "config": str(config), "epochs": epochs,
+                               "seed": seed, "dense": dense, "train_or_load_s": secs}
+        print(f"{name} ({half}): dense {dense:.4f} ({secs:.0f} s)", flush=True)
+        if args.train_only:
+            continue
+        calib = bundle.train.subset(args.calib, seed=0)
+        for k in classes:
+            dense_k = accuracies(model, bundle.test, k)
+            for v in variants:
+                row = {"model": name, "half": half, "variant": v, "class": k, "dense_forgotten": dense_k[0],
+                       "dense_retained": dense_k[1]} | run_edit(model, bundle, calib, k, v)
+                res["rows"].append(row)
+                print(f"  {v} class {k}: {row.get('forgotten', 'failed')} / {row.get('retained', '')} "
+                      f"(dense {dense_k[1]:.4f})", flush=True)
+    res["summary"] = {f"{v}|{h}": summarise(res["rows"], v, h) for v in variants for h in ("tune", "held-out", "all")}
+    if args.train_only:
+        return
+    OUT.mkdir(exist_ok=True)
+    stem = OUT / args.out
+    stem.with_suffix(".json").write_text(json.dumps(res, indent=1))
+    stem.with_suffix(".md").write_text(markdown(res))
+    plot(res, stem.with_suffix(".png"))
+    print(markdown(res).split("## Every edit")[0])
+
+
+if __name__ == "__main__":
+    main()
