@@ -2,12 +2,14 @@
 this module; the CLI and users do."""
 from __future__ import annotations
 
+import torch
 from torch import nn
 
-from .capture import Pairs, check_runs, example_batch
+from .capture import Pairs, check_classes, check_nonempty, check_runs, example_batch, labels_of
 from .core import registry
-from .core.errors import InputError
-from .core.plugin import Editor, Inputs
+from .core.components import groups
+from .core.errors import InputError, PluginRunError
+from .core.plugin import Editor, Inputs, failures_named
 from .core.record import EditRecord, atomic
 from .core.scores import Scores
 from .io import load, load_model, load_weights, save
@@ -36,6 +38,8 @@ def editor_inputs(model: nn.Module, editor: Editor, scores: Scores | None, data=
                   example_inputs=None, num_classes=None, forget_class=None, targets=None,
                   pairs=None) -> Inputs:
     """Check what ``editor`` declares it needs and assemble its Inputs."""
+    if not groups(model):
+        raise InputError(f"the model ({type(model).__name__}) has no conv/linear layers to edit")
     if editor.needs_data and data is None:
         raise InputError(f"editor {editor.name!r} needs calibration data (data=...)")
     if editor.needs_pairs and not isinstance(pairs, Pairs):
@@ -51,11 +55,14 @@ def editor_inputs(model: nn.Module, editor: Editor, scores: Scores | None, data=
             raise InputError(f"scores must be a pluginedit.Scores, got {type(scores).__name__} "
                              "(wrap a dict with Scores(values, scorer=...))")
         scores.check_fits(model)
+    check_nonempty(data)
     example = example_inputs if example_inputs is not None else example_batch(data)
     check_runs(model, example)
     if editor.needs_labels or editor.kind == "forget":
         num_classes = num_classes or num_classes_of(model, example)
     if editor.kind == "forget":
+        if labels_of(data) is not None:
+            check_classes(labels_of(data), num_classes)   # the forgotten class and one to keep
         if forget_class is None or isinstance(forget_class, bool) or int(forget_class) != forget_class:
             raise InputError(f"editor {editor.name!r} needs an integer forget_class, got {forget_class!r}")
         if not 0 <= int(forget_class) < num_classes:
@@ -76,8 +83,27 @@ def edit(model: nn.Module, editor: str | Editor, scores: Scores | None = None, *
     inputs = editor_inputs(model, editor, scores, data, example_inputs, num_classes, forget_class, targets,
                            pairs)
     with atomic(model):
-        record = editor.apply(model, scores, inputs)
+        record = _apply(editor, model, scores, inputs)
     add_steps(model, record.steps)     # structural edits travel with the model (pe.save)
+    return record
+
+
+def _nonfinite(model: nn.Module) -> set[str]:
+    return {k for k, t in model.state_dict(keep_vars=True).items()
+            if t.is_floating_point() and not bool(torch.isfinite(t.detach()).all())}
+
+
+def _apply(editor: Editor, model: nn.Module, scores, inputs: Inputs) -> EditRecord:
+    """Run the editor (inside ``atomic``): its own exceptions, a missing record and NaN / Inf
+    it wrote into the weights are errors naming it, and the model is restored."""
+    before = _nonfinite(model)
+    with failures_named(f"editor {editor.name!r}"):
+        record = editor.apply(model, scores, inputs)
+    if not isinstance(record, EditRecord):
+        raise PluginRunError(f"editor {editor.name!r} returned {type(record).__name__}, not an EditRecord")
+    bad = sorted(_nonfinite(model) - before)
+    if bad:
+        raise PluginRunError(f"editor {editor.name!r} left NaN or Inf in {bad[:5]}; the model was restored")
     return record
 
 

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .capture import Split, accuracy, model_device  # noqa: F401  (accuracy: the one, re-exported)
+from .core.files import written_whole
 from .core.outputs import call, output, take, to
 from .editors._tp import count_ops_and_params
 
@@ -69,7 +70,9 @@ def table(report: dict) -> str:
 
 
 def write(report: dict, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(report, indent=2))
+    text = json.dumps(report, indent=2)
+    with written_whole(path) as tmp:
+        tmp.write_text(text)
 
 
 def plot(report: dict, path: str | Path, class_names=None) -> None:
@@ -90,5 +93,6 @@ def plot(report: dict, path: str | Path, class_names=None) -> None:
     ax.legend(loc="lower right")
     ax.set_title(report.get("title", "before / after edit"))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with written_whole(path) as tmp:
+        fig.savefig(tmp, dpi=120, format=Path(path).suffix[1:] or "png")
     plt.close(fig)

@@ -13,6 +13,7 @@ from ..core.outputs import call
 from .inputs import batches
 from ..core.errors import InputError
 from ..stats import Statistic
+from ..stats.distributed import all_reduce
 
 
 @dataclass(eq=False)
@@ -54,7 +55,9 @@ def collect(model: nn.Module, data, requests: Iterable[Request], num_classes: in
     """One pass over ``data`` feeding every request; returns {request handle: statistic}.
     Every module's training flag is restored afterwards. ``stop_early`` abandons each batch's
     forward once every request has seen it (the rest of the network is not needed); only for
-    modules called once per forward."""
+    modules called once per forward. Under ``torch.distributed`` each rank reads its shard of
+    the batches and the statistics (which must start empty) are then all-reduced: every rank
+    returns the statistics of the whole data."""
     requests = list(requests)
     current: dict = {}
     handles = []
@@ -74,7 +77,8 @@ def collect(model: nn.Module, data, requests: Iterable[Request], num_classes: in
         handles.append(get_module(model, req.module).register_forward_hook(make_hook(req)))
     try:
         with eval_mode(model):
-            for x, y in batches(model, data, num_classes, batch_size, max_samples, progress, "statistics"):
+            for x, y in batches(model, data, num_classes, batch_size, max_samples, progress, "statistics",
+                                shard=True):
                 current["labels"], current["seen"] = y, set()
                 current["mask"] = x.get("attention_mask") if isinstance(x, dict) else None
                 try:
@@ -84,4 +88,5 @@ def collect(model: nn.Module, data, requests: Iterable[Request], num_classes: in
     finally:
         for h in handles:
             h.remove()
+    all_reduce(req.statistic for req in requests)
     return {req: req.statistic for req in requests}

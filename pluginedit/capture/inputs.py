@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler
 from tqdm.auto import tqdm
 
 from ..core.components import eval_mode, groups, kind_of, output_layers, size_of, transformer_units
@@ -14,6 +14,7 @@ from ..core.errors import InputError
 from ..core.outputs import batch_size as batch_size_of
 from ..core.outputs import call, finite, take, to
 from ..stats import check_labels
+from ..stats.distributed import world
 
 
 @dataclass
@@ -105,27 +106,79 @@ def check_classes(y: torch.Tensor, num_classes: int, need: int = 2) -> None:
         raise InputError(f"the data has {present} class(es); this needs at least {need}")
 
 
+def check_nonempty(data) -> None:
+    """Refuse data of known length without a sample (a Split, an (x, y) pair, a Dataset or its
+    DataLoader); data of unknown length is found empty by ``example_batch``."""
+    sized = data.dataset if isinstance(data, DataLoader) else \
+        data[1] if isinstance(data, (tuple, list)) and len(data) == 2 else data
+    try:
+        n = len(sized) if data is not None else None
+    except TypeError:
+        return
+    if n == 0:
+        raise InputError("the data is empty: no sample to run the model on")
+
+
+def labels_of(data) -> torch.Tensor | None:
+    """The labels of a Split or an (x, y) pair, to check whole; None for a Dataset or a loader
+    (their labels are checked batch by batch)."""
+    y = data.y if isinstance(data, Split) else data[1] if isinstance(data, (tuple, list)) and len(data) == 2 else None
+    ok = torch.is_tensor(y) and y.ndim == 1 and not y.is_floating_point() and not y.is_complex()
+    return y if ok else None     # other labels get the batch check's message (dtype, shape)
+
+
 def model_device(model: nn.Module) -> torch.device:
     p = next(iter(model.parameters()), None)
     return p.device if p is not None else torch.device("cpu")
 
 
+def _sharded(data, batch_size: int, max_samples: int | None, comm):
+    """(loader, its first ``max_samples`` are already cut) of this rank's batches: batch b of the
+    whole pass goes to rank b mod world size. A Split, tensors or a Dataset are sliced straight
+    into those batches; a DataLoader (or an iterable data set) is read whole and the other
+    ranks' batches skipped."""
+    if isinstance(data, DataLoader):
+        sampler = getattr(data.batch_sampler, "sampler", data.sampler)
+        if isinstance(sampler, RandomSampler) and sampler.generator is None:
+            raise InputError("a shuffling DataLoader without a seeded generator reads its batches in a "
+                             "different order on every rank: sharding it would count samples twice and "
+                             "drop others; pass the data set, or a DataLoader with generator=")
+        return data, False
+    dataset = as_loader(data, batch_size=1).dataset
+    if isinstance(dataset, IterableDataset):
+        return as_loader(data, batch_size=batch_size), False
+    n = len(dataset) if max_samples is None else min(len(dataset), max_samples)
+    mine = [list(range(b * batch_size, min((b + 1) * batch_size, n)))
+            for b in range(comm.rank, -(-n // batch_size), comm.size)]
+    return DataLoader(dataset, batch_sampler=mine), True
+
+
 def batches(model: nn.Module, data, num_classes: int | None, batch_size: int = 256,
-            max_samples: int | None = None, progress: bool = False, desc: str = "batches"):
-    """Validated (x, y) batches on the model's device: finite inputs, labels in range."""
+            max_samples: int | None = None, progress: bool = False, desc: str = "batches",
+            shard: bool = False):
+    """Validated (x, y) batches on the model's device: finite inputs, labels in range. With
+    ``shard`` and a process group (``stats.distributed``), this rank's batches only: batch b of
+    the single-process pass goes to rank b mod world size, so each batch is exactly the batch one
+    process would see, and none is read twice or dropped."""
     device = model_device(model)
+    comm = world() if shard else None
+    if comm is None:
+        loader, cut = as_loader(data, batch_size=batch_size), False
+    else:
+        loader, cut = _sharded(data, batch_size, max_samples, comm)
     seen = 0
-    loader = as_loader(data, batch_size=batch_size)
-    for x, y in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        if max_samples is not None and seen >= max_samples:
-            break
-        if max_samples is not None:
+    for b, (x, y) in enumerate(tqdm(loader, desc=desc, disable=not progress, leave=False)):
+        if not cut and max_samples is not None:
+            if seen >= max_samples:
+                break
             x, y = take(x, slice(0, max_samples - seen)), y[: max_samples - seen]
+        seen += batch_size_of(x)
+        if comm is not None and not cut and not comm.mine(b):
+            continue
         if not finite(x):
             raise InputError("NaN or Inf in the input data")
         if num_classes is not None:
             y = check_labels(y, num_classes, batch_size_of(x))
-        seen += batch_size_of(x)
         yield to(x, device), y.to(device)
 
 
@@ -134,9 +187,12 @@ def example_batch(data) -> torch.Tensor | None:
     ``Dataset`` yields unbatched samples: the loader batches them)."""
     if data is None:
         return None
-    if isinstance(data, Split):
+    if isinstance(data, Split) and len(data):
         return take(data.x, slice(0, 1))
-    x = next(iter(as_loader(data, batch_size=1)))[0]
+    try:
+        x = next(iter(as_loader(data, batch_size=1)))[0]
+    except StopIteration:
+        raise InputError("the data is empty: no sample to run the model on") from None
     return take(x, slice(0, 1))
 
 

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import copy
 import dataclasses
 import json
+import os
 import sys
 import time
 
@@ -17,6 +19,7 @@ from ..contrib.data import load_dataset
 from ..capture import check_classes, example_batch
 from ..core.errors import InputError, PluginEditError
 from ..core.plugin import describe
+from ..stats import distributed
 
 
 def _kv(text: str):
@@ -94,7 +97,8 @@ def _model(args, bundle):
         except json.JSONDecodeError as e:
             raise InputError(f"--model-args is not valid JSON: {e}") from e
         return api.load_model(args.model, model_args, args.weights)
-    model = train.pretrained(args.arch, bundle, epochs=args.epochs, seed=args.seed, progress=args.progress)
+    with distributed.main_first():     # under torchrun rank 0 trains and caches, the others load
+        model = train.pretrained(args.arch, bundle, epochs=args.epochs, seed=args.seed, progress=args.progress)
     if args.weights:
         api.load_weights_into(model, args.weights)
     return model
@@ -120,6 +124,8 @@ def _finish(args, bundle, model, dense, record, extra: dict) -> dict:
         for side in ("before", "after"):
             rep[side].update(report.forgetting(rep[side]["per_class_accuracy"], extra["forgotten_class"]))
     print(report.table(rep))
+    if not distributed.is_main():      # under torchrun only rank 0 writes
+        return rep
     if getattr(args, "save", None):
         api.save(model, args.save, record)
         print(f"edited model saved to {args.save} (reload with pluginedit.load)")
@@ -182,8 +188,9 @@ def _describe(name: str) -> int:
 def cmd_train(args) -> int:
     bundle = _bundle(args)
     t0 = time.perf_counter()
-    model = train.pretrained(args.arch, bundle, epochs=args.epochs, seed=args.seed,
-                             progress=args.progress, retrain=args.retrain)
+    with distributed.main_first():
+        model = train.pretrained(args.arch, bundle, epochs=args.epochs, seed=args.seed,
+                                 progress=args.progress, retrain=args.retrain and distributed.is_main())
     acc, _ = report.accuracy(model, bundle.test, bundle.num_classes)
     print(f"{args.arch} on {bundle.name}: test accuracy {acc:.4f} ({time.perf_counter() - t0:.1f}s, cache {train.cache_dir()})")
     return 0
@@ -219,7 +226,7 @@ def cmd_score(args) -> int:
         print(f"{name}:")
         for path, v in scores.values.items():
             print(f"  {path:32s} n={len(v):4d}  min={v.min():.4g}  median={v.median():.4g}  max={v.max():.4g}")
-        if args.out:
+        if args.out and distributed.is_main():
             stem = args.out if len(names) == 1 else f"{args.out}.{name}"
             scores.save(stem)
             print(f"  written to {stem}.safetensors and {stem}.json")
@@ -347,12 +354,24 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Under ``torchrun --nproc_per_node N`` every process joins the group (gloo on CPU), reads its
+    shard of the data for the statistics, and only rank 0 prints results and writes files."""
     args = parser().parse_args(argv)
+    joined = distributed.init_from_env()
     try:
-        return args.fn(args)
+        with contextlib.ExitStack() as quiet:
+            if not distributed.is_main():
+                quiet.enter_context(contextlib.redirect_stdout(quiet.enter_context(open(os.devnull, "w"))))
+            return args.fn(args)
     except PluginEditError as e:
         print(f"pluginedit: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:      # every file is written whole or not at all: nothing to clean
+        print("pluginedit: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if joined:
+            distributed.finish()
 
 
 if __name__ == "__main__":

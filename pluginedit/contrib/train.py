@@ -7,13 +7,15 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from . import zoo
 from ..capture import Split
 from ..editors.finetune import fit  # noqa: F401  (the one training loop, re-exported)
 from ..core.errors import InputError
+from ..core.files import written_whole
+from ..io.models import load_state, load_weights
 from .data import DataBundle
 
 CACHE_ENV = "PLUGINEDIT_CACHE"
@@ -54,12 +56,15 @@ def pretrained(arch: str, data: DataBundle, epochs: int | None = None, seed: int
     model = zoo.build(arch, data.input_shape[0], data.num_classes, **config)
     path = cache_dir() / (_key(arch, data, config, epochs, seed) + ".safetensors")
     if path.exists() and not retrain:
-        model.load_state_dict(load_file(str(path)))
+        try:
+            load_state(model, load_weights(path), str(path))
+        except InputError as e:
+            raise InputError(f"corrupted cache checkpoint: {e}; delete the file or retrain "
+                             "(`pluginedit train --retrain`)") from e
         return model.eval()
     fit(model, data.train, epochs, seed=seed, progress=progress)
     if not all(torch.isfinite(p).all() for p in model.state_dict().values() if p.is_floating_point()):
         raise InputError(f"training {arch} on {data.name} diverged (NaN or Inf weights); not cached")
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    tmp.replace(path)  # atomic: a killed run never leaves a half-written checkpoint
+    with written_whole(path) as tmp:    # an interrupted run leaves no half-written checkpoint
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
     return model

@@ -7,6 +7,7 @@ lists the known ones, and a value of the wrong type or outside its choices names
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import typing
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from typing import Any, ClassVar, Literal, Mapping
 import torch
 from torch import nn
 
-from .errors import InputError
+from .errors import InputError, PluginEditError, PluginRunError
 from .record import EditRecord
 from .scores import Scores
 
@@ -83,6 +84,18 @@ def describe(plugin: type) -> list[tuple[str, str, str]]:
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         rows.append((f.name, repr(default), f.metadata.get("help", "")))
     return rows
+
+
+@contextlib.contextmanager
+def failures_named(what: str):
+    """Run a plugin's code: an exception of its own (not a pluginedit error, not an interrupt)
+    becomes a ``PluginRunError`` naming ``what`` ("scorer 'x'"), the original chained."""
+    try:
+        yield
+    except PluginEditError:
+        raise
+    except Exception as e:
+        raise PluginRunError(f"{what} failed: {type(e).__name__}: {e}") from e
 
 
 class _Plugin:

@@ -6,10 +6,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .components import groups, size_of
 from .errors import InputError
+from .files import written_whole
 
 
 @dataclass
@@ -64,15 +66,36 @@ class Scores:
         return Path(stem + ".safetensors"), Path(stem + ".json")
 
     def save(self, stem: str | Path) -> None:
+        """STEM.safetensors and STEM.json, each written whole or not at all (an interrupted
+        save leaves no partial or temporary file)."""
         tensors, head = self._files(stem)
-        save_file({k: v.contiguous() for k, v in self.values.items()}, str(tensors))
-        meta = {"scorer": self.scorer, "options": self.options, "meta": self.meta}
-        head.write_text(json.dumps(meta, indent=2, default=str))
+        meta = json.dumps({"scorer": self.scorer, "options": self.options, "meta": self.meta},
+                          indent=2, default=str)
+        with written_whole(tensors) as t, written_whole(head) as h:
+            save_file({k: v.contiguous() for k, v in self.values.items()}, str(t))
+            h.write_text(meta)
 
     @classmethod
     def load(cls, stem: str | Path) -> "Scores":
+        """The Scores saved under ``stem``, or an ``InputError`` naming the file and the problem."""
         tensors, head = cls._files(stem)
         for f in (tensors, head):
             if not f.is_file():
                 raise InputError(f"scores file {f} does not exist")
-        return cls(load_file(str(tensors)), **json.loads(head.read_text()))
+        try:
+            values = load_file(str(tensors))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise InputError(f"{tensors}: not a readable safetensors file ({e})") from e
+        try:
+            fields = json.loads(head.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise InputError(f"{head}: not valid JSON ({e})") from e
+        kinds = {"scorer": str, "options": dict, "meta": dict}
+        if not isinstance(fields, dict) or set(fields) - set(kinds) or \
+                any(not isinstance(fields[k], kind) for k, kind in kinds.items() if k in fields):
+            raise InputError(f"{head}: expected a JSON object with a string 'scorer' and objects "
+                             f"'options' and 'meta', got {str(fields)[:200]}")
+        try:
+            return cls(values, **fields)
+        except InputError as e:
+            raise InputError(f"{tensors}: {e}") from e

@@ -53,7 +53,12 @@ def _output_sum(out) -> torch.Tensor:
 
 def out_group(dg: tp.DependencyGraph, layer: nn.Module, idxs=None):
     """The group that removing ``idxs`` (default: all) of ``layer``'s outputs drags along."""
-    return dg.get_pruning_group(layer, out_fn(layer), idxs=list(range(size_of(layer))) if idxs is None else list(idxs))
+    try:
+        return dg.get_pruning_group(layer, out_fn(layer),
+                                    idxs=list(range(size_of(layer))) if idxs is None else list(idxs))
+    except ValueError as e:    # the layer ran outside the traced graph (e.g. through .numpy())
+        raise EditError(f"torch-pruning cannot trace this model: {e} (does the forward leave torch, "
+                        "e.g. through .numpy()?); the 'mask' editor and the l1 scorer need no graph") from e
 
 
 def count_ops_and_params(model: nn.Module, example) -> tuple[float, float]:
@@ -215,9 +220,16 @@ def uncoupled_layers(model: nn.Module, example, candidates: list[str]) -> list[s
         if isinstance(layer, nn.Conv2d) and layer.groups != 1:
             continue
         group = out_group(dg, layer, [0])
-        if sum(1 for d, _ in group if is_out(d.pruning_fn) or d.pruning_fn == tp.prune_depthwise_conv_out_channels) == 1:
+        if sum(1 for d, _ in group if is_out(d.pruning_fn) or d.pruning_fn == tp.prune_depthwise_conv_out_channels) == 1 \
+                and not any(is_in(d.pruning_fn) and _grouped(d.layer) for d, _ in group):
             out.append(path)
     return out
+
+
+def _grouped(layer: nn.Module) -> bool:
+    """A grouped, not depthwise, convolution: removing arbitrary input channels would break its
+    groups (torch-pruning indexes past the per-group weight)."""
+    return isinstance(layer, nn.Conv2d) and 1 < layer.groups < layer.in_channels
 
 
 def consumers(model: nn.Module, example, targets: list[str]) -> dict:

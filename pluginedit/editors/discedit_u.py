@@ -16,6 +16,7 @@ from ..capture import Request, Split, class_accuracy, collect, head_layers
 from ..capture.hookpoints import resolve, resolve_auto
 from ..core.components import get_module, groups, size_of
 from ..core.errors import InputError
+from ..core.outputs import take
 from ..core.plugin import Editor, option
 from ..core.record import EditRecord
 from ..scorers.witness import witness_scores
@@ -41,6 +42,18 @@ def layer_scores(model, layer, data, num_classes, hook, gamma, max_samples, batc
     return r
 
 
+def halves(data) -> tuple[Split, Split]:
+    """(even, odd) samples of a Split or an (x, y) pair: scoring and checking halves."""
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        data = Split(*data)
+    if not isinstance(data, Split):
+        raise InputError(f"check='held-out' needs a Split or (x, y) tensors, got {type(data).__name__}")
+    if len(data) < 2:
+        raise InputError("check='held-out' needs at least 2 samples")
+    n = len(data)
+    return (Split(take(data.x, slice(0, n, 2)), data.y[0::2]), Split(take(data.x, slice(1, n, 2)), data.y[1::2]))
+
+
 def conv_layers(model, example) -> list[str]:
     heads = set(head_layers(model, example))
     return [p for p, m in groups(model).items() if isinstance(m, nn.Conv2d) and p not in heads]
@@ -55,6 +68,9 @@ class DisCEditUOptions:
         "adaptive", "fewest top channels that forget the class / the top m / above mean + z std")
     m: float = option(0.5, "top_m: a count, or a fraction of the layer when < 1; adaptive: the cap")
     forget_target: float = option(0.02, "adaptive: forgotten-class accuracy to reach on the data")
+    check: Literal["data", "held-out"] = option(
+        "data", "adaptive: check forgetting on the scored data (the authors') or on a held-out half of it "
+                "(scores from the other half), so the stopping rule is not fitted to the scored samples")
     z: float = option(1.5, "zscore threshold")
     gamma: float = option(1.0, "scale of the exp witness")
     active_only: bool = option(True, "only channels more active on the class than on the rest")
@@ -86,24 +102,25 @@ class DisCEditU(Editor):
         layers = o.layers or conv_layers(model, inputs.example)[-o.num_layers:]
         record = self.record("zeroed weight+bias+bn affine", info={"forget_class": k, "skipped": []})
         adaptive = o.select == "adaptive"
+        scored, check = halves(inputs.data) if o.check == "held-out" else (inputs.data, inputs.data)
         for layer in (list(reversed(layers)) if adaptive else layers):
-            r = layer_scores(model, layer, inputs.data, inputs.num_classes, o.hook, o.gamma, o.max_samples,
+            r = layer_scores(model, layer, scored, inputs.num_classes, o.hook, o.gamma, o.max_samples,
                              o.batch_size, o.active_only, method=o.method, features=o.features,
                              aggregation="ovr_min", target_class=k)
-            idx = self._adaptive(model, layer, r, inputs) if adaptive else self._select(r)
+            idx = self._adaptive(model, layer, r, inputs, check) if adaptive else self._select(r)
             if not idx:   # guard: the authors' [-0:] slice would select every filter
                 record.info["skipped"].append(layer)
                 continue
             zero_components(model, {layer: idx}, True, record)
-            if adaptive and self._forgotten(model, inputs) <= o.forget_target:
+            if adaptive and self._forgotten(model, inputs, check) <= o.forget_target:
                 break
         if o.finetune_epochs:
             self._finetune(model, inputs, record)
         return record
 
-    def _forgotten(self, model, inputs) -> float:
+    def _forgotten(self, model, inputs, check) -> float:
         o = self.options
-        return class_accuracy(model, inputs.data, inputs.forget_class, inputs.num_classes,
+        return class_accuracy(model, check, inputs.forget_class, inputs.num_classes,
                               o.batch_size, o.max_samples)
 
     def _select(self, r: torch.Tensor, select: str | None = None) -> list[int]:
@@ -114,7 +131,7 @@ class DisCEditU(Editor):
         n = min(n, len(r) - 1, int((r > 0).sum()))   # never a whole layer; score 0 carries nothing
         return torch.argsort(r, descending=True, stable=True)[:n].tolist() if n > 0 else []
 
-    def _adaptive(self, model, layer, r, inputs) -> list[int]:
+    def _adaptive(self, model, layer, r, inputs, check) -> list[int]:
         """Binary search for the fewest top channels of ``layer`` reaching ``forget_target``:
         each trial zeroes in place and is undone (no copy of the model)."""
         order = self._select(r, "top_m")
@@ -126,7 +143,7 @@ class DisCEditU(Editor):
             trial = EditRecord("trial")
             zero_components(model, {layer: order[:mid]}, True, trial)
             try:
-                forgotten = self._forgotten(model, inputs) <= self.options.forget_target
+                forgotten = self._forgotten(model, inputs, check) <= self.options.forget_target
             finally:
                 trial.undo(model)
             hi, lo = (mid, lo) if forgotten else (hi, mid + 1)

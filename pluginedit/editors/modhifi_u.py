@@ -67,6 +67,9 @@ class ModHiFiUOptions:
     mode: Literal["auto", "zero", "negate"] = option("auto", "zero (BN nets) or negate (LayerNorm nets)")
     samples: int = option(256, "forget-class samples read")
     target: float = option(0.01, "auto fraction: accuracy on the forget samples to reach")
+    check: Literal["samples", "held-out"] = option(
+        "samples", "auto fraction: check on the forget samples the Grams come from, or on a held-out half "
+                   "of them (Grams from the other half)")
 
     def __post_init__(self):
         if self.fraction != "auto":
@@ -93,13 +96,18 @@ class ModHiFiU(Editor):
         x, y = forget_class_batches(inputs.data, inputs.forget_class, inputs.num_classes, o.samples)
         bns = {c: model.get_submodule(b) for c, b in bn_of(model).items()}
         layers = list(o.layers or self._default_layers(model, x[:1]))
+        xc, yc = (x[1::2], y[1::2]) if o.check == "held-out" else (x, y)
+        if o.check == "held-out":
+            if len(y) < 2:
+                raise InputError("modhifi-u check='held-out' needs at least 2 forget-class samples")
+            x, y = x[0::2], y[0::2]
         grams = collect_grams(model, (x, y), set(layers))
         order = {p: forget_scores(model.get_submodule(p).weight, grams[p], bns.get(p))
                  .flatten().argsort(descending=True) for p in layers}
         saved = {p: model.get_submodule(p).weight.detach().clone() for p in layers}
         for f in (FRACTIONS if o.fraction == "auto" else (o.fraction,)):
             edited = self._edit(model, order, saved, f, mode)
-            if o.fraction != "auto" or class_accuracy(model, x, y) <= o.target:
+            if o.fraction != "auto" or class_accuracy(model, xc, yc) <= o.target:
                 break
         record = self.record(f"{mode} HiFi kernel slices W[c, i]", changes=edited,
                              saved={f"{p}.weight": w for p, w in saved.items()})

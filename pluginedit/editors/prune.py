@@ -56,6 +56,9 @@ class PruneEditor(Editor):
         if unknown:
             raise InputError(f"ignored layers not in the model: {unknown}")
         ignored = set(o.ignored or []) | set(head_layers(model, inputs.example))
+        if not set(scores) - ignored:
+            raise InputError(f"nothing to prune: the scores name no layer outside the classifier head "
+                             f"and the ignored ones (scored: {list(scores)}; kept: {sorted(ignored)})")
         before = {p: modules[p].weight.shape[0] for p in scores if p in modules}
         shape = _tp.call_shape(model, inputs.example)
         removed, steps = _tp.prune_by_scores(model, inputs.example, scores, o.ratio, ignored,

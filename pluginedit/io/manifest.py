@@ -7,6 +7,7 @@ from importlib import metadata
 from pathlib import Path
 
 from ..core.errors import InputError
+from ..core.files import written_whole
 
 FORMAT = "pluginedit-model/1"
 MANIFEST = "manifest.json"
@@ -34,9 +35,9 @@ def versions(*dists: str) -> dict[str, str]:
 
 
 def write_manifest(folder: Path, manifest: dict) -> None:
-    tmp = folder / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1, default=str))
-    tmp.replace(folder / MANIFEST)    # a reader never sees half a manifest
+    text = json.dumps(manifest, indent=1, default=str)
+    with written_whole(folder / MANIFEST) as tmp:    # a reader never sees half a manifest
+        tmp.write_text(text)
 
 
 def _check_step(i: int, step, where: Path) -> None:

@@ -3,16 +3,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 import torch
 from torch import nn
 
 from ..core.components import kind_of, unit_consumer
 from ..core.errors import InputError
+from ..core.files import written_whole
 from ..core.record import EditRecord
 from ..editors._tp import replay_steps
 from .manifest import FORMAT, MANIFEST, WEIGHTS, read_manifest, sha256, versions, write_manifest
-from .models import STEPS_ATTR, build, load_state, set_source, source_of
+from .models import STEPS_ATTR, build, load_state, load_weights, set_source, source_of
 
 
 def _history(records) -> list[dict]:
@@ -36,7 +37,8 @@ def save(model: nn.Module, path: str | Path, records=(), source: dict | None = N
     # tied again by the architecture on load).
     state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
     weights = folder / WEIGHTS
-    save_file(state, str(weights), metadata={"format": "pt"})   # transformers reads it too
+    with written_whole(weights) as tmp:         # never half a weights file, even on SIGINT
+        save_file(state, str(tmp), metadata={"format": "pt"})   # transformers reads it too
     extra = ("transformers",) if source.get("kind") == "transformers" else ()
     write_manifest(folder, {
         "format": FORMAT, "source": source, "steps": list(model.__dict__.get(STEPS_ATTR, [])),
@@ -88,13 +90,15 @@ def load(path: str | Path) -> nn.Module:
     """The model saved in ``path``, in eval mode, or an ``InputError`` naming the problem."""
     folder = Path(path)
     manifest = read_manifest(folder)
-    model = build(manifest["source"])
+    try:
+        model = build(manifest["source"])
+    except InputError as e:
+        raise InputError(f"{folder / MANIFEST}: {e}") from e
     try:
         replay_steps(model, manifest["steps"])
     except InputError as e:
         raise InputError(f"{folder / MANIFEST}: {e} (a manifest for another architecture?)") from e
-    state = load_file(str(folder / WEIGHTS))
-    load_state(model, state, str(folder / WEIGHTS))
+    load_state(model, load_weights(folder / WEIGHTS), str(folder / WEIGHTS))
     set_source(model, manifest["source"], manifest["steps"])
     return model.eval()
 

@@ -23,6 +23,7 @@ from ..core.errors import InputError
 from ..core.plugin import Scorer, option
 from ..core.outputs import cat, take, to
 from ..stats.ablation import AblationSums
+from ..stats.distributed import is_main, world
 
 
 def labelled(data, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,10 +57,12 @@ def gradient_prior(model, x, y, slices, points: int, alpha: float, seed: int) ->
     x, y = to(x, dev), y.to(dev)
     if points == 0:
         return keep_gradients(model, x, y, slices, torch.ones(n, c)).T.cpu().double()
-    total = torch.zeros(n, c, dtype=torch.float64)
+    total, comm = torch.zeros(n, c, dtype=torch.float64), world()
     for p in range(points):      # every example at its own mask; stream disjoint from estimation's
-        keep = keep_masks(seed + 7_919, p * n, n, c, alpha)
-        total += keep_gradients(model, x, y, slices, keep).cpu().double()
+        if comm is None or comm.mine(p):      # points shared out over the ranks
+            keep = keep_masks(seed + 7_919, p * n, n, c, alpha)
+            total += keep_gradients(model, x, y, slices, keep).cpu().double()
+    total = comm.sum({"t": total})["t"] if comm is not None else total
     return (total / points).T
 
 
@@ -81,14 +84,17 @@ def chord_prior(model, x, y, slices, points: int, alpha: float, seed: int) -> to
     x, y = to(x, dev), y.to(dev)
     total = torch.zeros(n, c, dtype=torch.float64)
     count = torch.zeros(n, c, dtype=torch.float64)
-    for p in range(points):
+    comm = world()
+    for p in range(points):       # every rank draws every point; it differentiates its share
         if p % groups == 0:       # a fresh partition per cycle: no fixed co-probed components
             group = torch.rand(n, c, generator=g).argsort(1).argsort(1) % groups
         probe = group == p % groups
         u = (torch.randint(0, 2, (n, c), generator=g) + torch.rand(n, c, generator=g)) / 2
         keep = torch.where(probe, u, (torch.rand(n, c, generator=g) >= thinned).float())
-        total += keep_gradients(model, x, y, slices, keep).cpu().double() * probe
+        if comm is None or comm.mine(p):
+            total += keep_gradients(model, x, y, slices, keep).cpu().double() * probe
         count += probe
+    total = comm.sum({"t": total})["t"] if comm is not None else total
     return (total / count.clamp_min(1)).T
 
 
@@ -143,6 +149,23 @@ def _checkpoint(path, sums: AblationSums, prior, meta: dict) -> None:
     tmp.replace(path)     # atomic: a killed run resumes from the last complete block
 
 
+def _block(model, x, y, slices, p, sums: AblationSums, n_masks, seed, alpha, chunk, block) -> AblationSums:
+    """The sums of the next ``block`` masks. Under torch.distributed the block's ``chunk``-mask
+    forwards are shared out over the ranks (chunk j to rank j mod world size; masks regenerate
+    from their index) and the block's sums all-reduced."""
+    start, comm = sums.masks_seen, world()
+    end = min(start + block, n_masks)
+    part = AblationSums(sums.num_components, sums.num_examples, gram=sums.gram, folds=sums.folds)
+    for j, first in enumerate(range(start, end, chunk)):
+        if comm is None or comm.mine(j):
+            masks = keep_masks(seed, first, min(chunk, end - first), sums.num_components, alpha)
+            y_masked = masked_margins(model, x, y, slices, masks, chunk).double()
+            part.update(masks, y_masked - masks.double() @ p, first=first)
+    if comm is not None:
+        part.all_reduce(comm)
+    return part
+
+
 @torch.no_grad()
 def estimate(model, x, y, paths: list[str], n_masks: int = 1000, alpha: float = 0.05, seed: int = 0,
              estimator: str = "ridge", prior: str = "chord", prior_points: int = 80, ridge: float | None = None,
@@ -156,7 +179,8 @@ def estimate(model, x, y, paths: list[str], n_masks: int = 1000, alpha: float = 
     example by ``folds``-fold cross-validation) or ``diffmeans`` (plus p: a control variate);
     ``n_masks=0`` returns the prior alone. With
     ``resume`` (a .safetensors path) partial sums are saved every ``block`` masks and a run
-    with the same design continues from them."""
+    with the same design continues from them. Under torch.distributed the prior's points and
+    the masks are shared out over the ranks and their sums all-reduced; rank 0 saves."""
     _check(estimator, prior, n_masks, folds)
     was = model.training
     model.eval()
@@ -172,11 +196,9 @@ def estimate(model, x, y, paths: list[str], n_masks: int = 1000, alpha: float = 
             p = (PRIORS[prior](model, x, y, slices, prior_points, alpha, seed) if prior != "none"
                  else torch.zeros(c, len(y), dtype=torch.float64))
         while sums.masks_seen < n_masks:
-            start = sums.masks_seen
-            masks = keep_masks(seed, start, min(block, n_masks - start), c, alpha)
-            y_masked = masked_margins(model, x, y, slices, masks, chunk).double()
-            sums.update(masks, y_masked - masks.double() @ p, first=start)
-            _checkpoint(resume, sums, p, meta)
+            sums.merge(_block(model, x, y, slices, p, sums, n_masks, seed, alpha, chunk, block))
+            if is_main():
+                _checkpoint(resume, sums, p, meta)
     finally:
         model.train(was)
     if sums.masks_seen == 0:

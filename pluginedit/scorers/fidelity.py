@@ -36,6 +36,7 @@ from ..editors._tp import consumers   # the torch-pruning adapter (see ARCHITECT
 from ..stats import Gram
 
 VARIANTS = ("centred", "uncentred", "fidelity", "alpha")
+FLAT = 1e-4   # an output whose variance is below this fraction of its second moment is constant
 
 
 def pair_scores(weight: torch.Tensor, gram: Gram, variant: str = "centred") -> torch.Tensor:
@@ -50,6 +51,11 @@ def pair_scores(weight: torch.Tensor, gram: Gram, variant: str = "centred") -> t
     r = (w * u).sum(-1)                                           # E<Y_c, A_ci>
     y = r.sum(1, keepdim=True)                                    # E||Y_c||^2
     tiny = 1e-12 * float(y.abs().max().clamp_min(1e-300))
+    if variant == "centred":
+        # A constant output (a zero-variance channel upstream, constant inputs): its centred
+        # energy is float round-off of the Gram, so its shares are 0, not noise over noise.
+        mean_part = (w.reshape(co, -1) @ gram.mean.cpu().double()).square().unsqueeze(1)
+        r = torch.where(y <= FLAT * (y + mean_part), torch.zeros_like(r), r)
     if variant in ("centred", "uncentred"):
         return r / y.clamp_min(tiny)
     blocks = sigma.reshape(ci, k, ci, k).diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # [ci, k, k]
@@ -98,8 +104,10 @@ def channel_scores(model, example, targets, grams: dict[str, Gram], variant="cen
             s[root] = cache[cpath][:, idx].T
             parts.append(s)
         if not parts:
+            grouped = [c for c, _, _ in cons[path] if c not in grams]
+            why = f"its consumers {grouped} are grouped convolutions" if grouped else "is it the model's output layer?"
             raise InputError(f"layer {path!r} has no consumer with a Gram statistic: fidelity cannot "
-                             "score it (is it the model's output layer?)")
+                             f"score it ({why})")
         allp = torch.cat(parts, 1)
         out[path] = (allp.max(1).values if reduce == "max" else allp.mean(1)).float()
     return out

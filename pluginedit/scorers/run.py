@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..capture import Split, check_classes, check_runs, collect, default_targets, example_batch
+from ..capture import check_classes, check_nonempty, check_runs, collect, default_targets, example_batch, labels_of
 from ..core import registry
 from ..core.components import eval_mode, groups
-from ..core.errors import InputError
+from ..core.errors import InputError, PluginRunError
 from ..core.outputs import output
-from ..core.plugin import Inputs, Scorer
+from ..core.plugin import Inputs, Scorer, failures_named
 from ..core.scores import Scores
 
 
@@ -35,12 +35,14 @@ def _inputs(model, scorers, data, targets, num_classes, example) -> Inputs:
     if any(s.needs_data for s in scorers) and data is None:
         need = [s.name for s in scorers if s.needs_data]
         raise InputError(f"scorer {', '.join(map(repr, need))} needs data (labelled samples)")
+    check_nonempty(data)
     example = example if example is not None else example_batch(data)
     check_runs(model, example)
     if any(s.needs_labels for s in scorers):
         num_classes = num_classes or num_classes_of(model, example)
-        if isinstance(data, Split):
-            check_classes(data.y, num_classes)
+        labels = labels_of(data)
+        if labels is not None:
+            check_classes(labels, num_classes)
     known = groups(model)
     if not known:
         raise InputError(f"the model ({type(model).__name__}) has no conv/linear layers to score")
@@ -70,18 +72,35 @@ def _score_many(model, scorers, data, targets, num_classes, max_samples, batch_s
         raise InputError(f"scorers named twice in {[getattr(s, 'name', s) for s in scorers]}")
     scorers = [_resolve(s, options or {}) for s in scorers]
     inputs = _inputs(model, scorers, data, targets, num_classes, example_inputs)
-    wanted = [dict(s.requests(model, inputs)) for s in scorers]
+    wanted = []
+    for s in scorers:
+        with failures_named(f"scorer {s.name!r}"):
+            wanted.append(dict(s.requests(model, inputs)))
     handles = [h for w in wanted for h in w.values()]
     got = collect(model, data, handles, inputs.num_classes, batch_size, max_samples, progress) if handles else {}
     out = {}
     for s, w in zip(scorers, wanted):
         own = Inputs(**{**inputs.__dict__, "data": data if s.own_loop else None})
-        values = s.score(model, {k: got[h] for k, h in w.items()}, own)
-        values, extra = values if isinstance(values, tuple) else (values, {})
+        with failures_named(f"scorer {s.name!r}"):
+            values = s.score(model, {k: got[h] for k, h in w.items()}, own)
+            values, extra = values if isinstance(values, tuple) else (values, {})
         backends = sorted({got[h].backend for h in w.values()})
-        out[s.name] = Scores(values, s.name, s.options_dict(),
-                             meta={"backends": backends, "targets": list(inputs.targets), **extra})
+        out[s.name] = _result(model, s, values, {"backends": backends, "targets": list(inputs.targets), **extra})
     return out
+
+
+def _result(model: nn.Module, scorer: Scorer, values, meta: dict) -> Scores:
+    """A scorer's result as Scores, refused unless it holds finite 1-D tensors with one score per
+    component of layers the model has."""
+    if not isinstance(values, dict) or not all(torch.is_tensor(v) for v in values.values()):
+        raise PluginRunError(f"scorer {scorer.name!r} returned {type(values).__name__}, not a dict "
+                             "of {layer path: 1-D tensor}")
+    scores = Scores(values, scorer.name, scorer.options_dict(), meta=meta)
+    try:
+        scores.check_fits(model)
+    except InputError as e:
+        raise PluginRunError(f"scorer {scores.scorer!r} returned scores that do not fit the model: {e}") from e
+    return scores
 
 
 def score(model: nn.Module, scorer="l1", data=None, targets=None, num_classes=None, max_samples=None,

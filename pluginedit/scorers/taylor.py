@@ -11,6 +11,7 @@ from ..core.components import eval_mode
 from ..core.errors import InputError
 from ..core.outputs import output
 from ..core.plugin import Scorer, option
+from ..stats.distributed import sum_gradients
 from ..editors._tp import group_scores   # torch-pruning's Taylor importance, through the adapter
 
 
@@ -37,8 +38,10 @@ class TaylorScorer(Scorer):
         model.zero_grad(set_to_none=True)
         try:   # BN in inference mode: gradients of the deployed function
             with eval_mode(model):
-                for x, y in batches(model, inputs.data, inputs.num_classes, max_samples=self.options.max_samples):
+                for x, y in batches(model, inputs.data, inputs.num_classes, max_samples=self.options.max_samples,
+                                    shard=True):
                     nn.functional.cross_entropy(output(model, x), y, reduction="sum").backward()
+                sum_gradients(model.parameters())     # each rank's shard, under torch.distributed
                 return group_scores(model, inputs.example, "taylor", inputs.targets)
         finally:
             model.zero_grad(set_to_none=True)

@@ -68,13 +68,19 @@ class AblationSums(Statistic):
             setattr(self, key, getattr(self, key) + getattr(other, key))
         return self
 
+    def all_reduce(self, comm) -> None:
+        """Every accumulator is a sum over masks: one all-reduce."""
+        self._sum_state(comm)
+
     def state_dict(self):
         return {"count": self.count, "xty": self.xty, "yty": self.yty, "xtx": self.xtx, "kept": self.kept}
 
     def _solve(self, xtx, xty, ridge: float, prior) -> torch.Tensor:
-        """[C + 1, N]: weights then intercept."""
+        """[C + 1, N]: weights then intercept. Without a ridge, the minimum-norm least-squares
+        solution: unique even with fewer masks than components, where a pivoted solver's
+        answer (lstsq's default) changes with the thread count."""
         if ridge == 0:
-            return torch.linalg.lstsq(xtx, xty).solution
+            return torch.linalg.pinv(xtx, hermitian=True, rtol=1e-10) @ xty
         scale = float(xtx.diagonal()[:-1].mean().clamp_min(1))
         reg = torch.full((xtx.shape[0],), ridge * scale, dtype=xtx.dtype, device=xtx.device)
         reg[-1] = 0.0

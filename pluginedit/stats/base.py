@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import abc
+import copy
 
 import torch
 
@@ -39,6 +40,27 @@ class Statistic(abc.ABC):
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         for key, value in state.items():
             setattr(self, key, value.clone())
+
+    def all_reduce(self, comm) -> None:
+        """Combine this statistic, in place, with the same statistic on every other rank of
+        ``comm`` (a ``stats.distributed.Comm``): afterwards every rank holds the statistic of all
+        the shards. This default is right for any mergeable statistic: each rank's state is
+        broadcast in turn and merged in rank order. The built-in statistics override it with
+        all-reduces of their sums."""
+        total = None
+        for src in range(comm.size):
+            state = comm.broadcast({k: v.cpu() for k, v in self.state_dict().items()}
+                                   if comm.rank == src else None, src)
+            part = copy.deepcopy(self)
+            part.load_state_dict(state)
+            part.to(self.device)
+            total = part if total is None else total.merge(part)
+        self.load_state_dict(total.state_dict())
+
+    def _sum_state(self, comm) -> None:
+        """``all_reduce`` of a statistic whose state is all sums (each tensor is added)."""
+        for key, value in comm.sum(self.state_dict()).items():
+            setattr(self, key, value)
 
     def _check_merge(self, other: "Statistic") -> None:
         if type(other) is not type(self):

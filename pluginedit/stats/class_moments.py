@@ -132,6 +132,22 @@ class ClassMoments(Statistic):
         self.count = self.count + other.count
         return self
 
+    def all_reduce(self, comm) -> None:
+        """The shift of the lowest rank that saw data becomes everyone's (rank 0 holds the first
+        batch of a sharded pass: the shift a single process would take); each rank re-centres
+        its power sums to it, then the sums are all-reduced."""
+        table = torch.zeros(comm.size, self.num_channels + 1, dtype=torch.float64)
+        if self.shift is not None:
+            table[comm.rank, 0], table[comm.rank, 1:] = 1.0, self.shift.cpu()
+        table = comm.sum({"shifts": table})["shifts"]
+        have = table[:, 0].nonzero()
+        if len(have) == 0:
+            return
+        shift = table[int(have[0, 0]), 1:].to(self.sums.device)
+        sums = self.recentred(shift) if self.shift is not None else torch.zeros_like(self.sums)
+        got = comm.sum({"count": self.count, "sums": sums})
+        self.shift, self.count, self.sums = shift, got["count"], got["sums"]
+
     def state_dict(self):
         shift = self.shift if self.shift is not None else torch.zeros(self.num_channels, dtype=torch.float64)
         return {"count": self.count, "sums": self.sums, "shift": shift}
@@ -193,6 +209,21 @@ class ClassMaps(Statistic):
         if self.full:
             self.outer = self.outer + other.outer
         return self
+
+    def all_reduce(self, comm) -> None:
+        """Sums over ranks; a rank that saw no batch learns the map size from the others."""
+        pixels = 0.0 if self.sums is None else float(self.sums.shape[-1])
+        got = comm.sum({"info": torch.tensor([pixels, float(pixels > 0)])})["info"]
+        if got[1] == 0:
+            return
+        if self.sums is None:
+            size, dev = int(got[0] / got[1]), self.count.device
+            self.full = self.full and size <= self.max_full
+            self.sums = torch.zeros(self.num_classes, self.num_channels, size, dtype=torch.float64, device=dev)
+            self.squares = torch.zeros_like(self.sums)
+            if self.full:
+                self.outer = torch.zeros(*self.sums.shape, size, dtype=torch.float64, device=dev)
+        self._sum_state(comm)
 
     def state_dict(self):
         out = {"count": self.count}

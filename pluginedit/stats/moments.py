@@ -43,6 +43,15 @@ class ChannelMoments(Statistic):
             self.count, self.mean, self.m2, other.count, other.mean, other.m2)
         return self
 
+    def all_reduce(self, comm) -> None:
+        """Chan's formula over ranks: counts and sums give each class's overall mean, then each
+        rank's M2 about that mean is summed."""
+        n_r = self.count.unsqueeze(1)
+        got = comm.sum({"count": self.count, "sum": self.mean * n_r})
+        mean = got["sum"] / got["count"].clamp_min(1).unsqueeze(1)
+        m2 = comm.sum({"m2": self.m2 + (self.mean - mean).square() * n_r})["m2"]
+        self.count, self.mean, self.m2 = got["count"], mean, m2
+
     def state_dict(self):
         return {"count": self.count, "mean": self.mean, "m2": self.m2}
 

@@ -97,3 +97,18 @@ def test_threshold_loop_respects_floor_and_stops(fmnist, fmnist_vgg, fmnist_resn
     with pytest.raises(InputError, match="eval_data"):
         api.edit(copy.deepcopy(fmnist_resnet), "discedit-sp", data=stats, num_classes=10,
                  allocation="threshold", acc_floor=0.5)
+
+
+def test_held_out_check_scores_one_half_and_checks_the_other(fmnist, fm_test, fmnist_vgg):
+    from pluginedit.editors.discedit_u import halves
+    data = fmnist.train.subset(1000, seed=1)
+    scored, check = halves(data)
+    assert len(scored) == len(check) == 500
+    assert torch.equal(scored.x[3], data.x[6]) and torch.equal(check.x[3], data.x[7])
+    k = 7
+    edited = copy.deepcopy(fmnist_vgg)
+    rec = api.forget(edited, k, data, num_classes=10, max_samples=1000, check="held-out")
+    _, pc = report.accuracy(edited, fm_test, 10)
+    assert report.forgetting(pc, k)["forgotten_accuracy"] <= 0.05 and rec.num_changed() > 0
+    with pytest.raises(InputError, match="held-out"):
+        halves(torch.utils.data.TensorDataset(data.x, data.y))

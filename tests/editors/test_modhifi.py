@@ -144,3 +144,12 @@ def test_modhifi_u_negates_hifi_slices_without_batchnorm():
     assert len(flat) == 4
     torch.testing.assert_close(model[3].weight[edited], -before[edited])
     torch.testing.assert_close(model[3].weight[~edited], before[~edited])
+
+
+def test_modhifi_u_held_out_check_fits_grams_on_half_the_samples(fmnist_vgg, fmnist):
+    calib = fmnist.train.subset(3000, seed=2)
+    m = copy.deepcopy(fmnist_vgg)
+    record = api.forget(m, 1, calib, editor="modhifi-u", num_classes=10, check="held-out")
+    assert record.info["forget_samples"] == 128          # Grams from half of the 256 samples read
+    test = fmnist.test.subset(2000, seed=2)
+    assert _acc(m, test, torch.tensor([1])) <= 0.05
