@@ -51,8 +51,11 @@ FAMILY = {
 VARIANTS = {
     "discedit-u": ("discedit-u", {}),
     "discedit-u/held-out": ("discedit-u", {"check": "held-out"}),
+    "discedit-u/held-out/0.5%": ("discedit-u", {"check": "held-out", "forget_target": 0.005}),
     "modhifi-u": ("modhifi-u", {}),
     "modhifi-u/held-out": ("modhifi-u", {"check": "held-out"}),
+    "modhifi-u/head": ("modhifi-u", {"hidden": False}),
+    "modhifi-u/head/25%": ("modhifi-u", {"hidden": False, "max_fraction": 0.25}),
 }
 
 

@@ -17,7 +17,7 @@ from ..scorers.fidelity import collect_grams
 from ..stats import check_labels
 from .prune import check_ratio
 
-FRACTIONS = (0.01, 0.02, 0.03, 0.05, 0.08)  # capped at the fixed default: never edits more
+FRACTIONS = (0.01, 0.02, 0.03, 0.05, 0.08, 0.12, 0.16, 0.2, 0.25)  # tried up to max_fraction
 
 
 def forget_class_batches(data, forget_class: int, num_classes: int, max_samples: int):
@@ -61,9 +61,11 @@ def forget_scores(weight, gram, bn=None) -> torch.Tensor:
 @dataclass(frozen=True)
 class ModHiFiUOptions:
     fraction: float | Literal["auto"] = option(
-        "auto", "share of each layer's slices edited; auto: the smallest of 1-8% that forgets "
-                "the class on its own samples")
-    layers: list | None = option(None, "layer paths (default: the head and the hidden Linear layers)")
+        "auto", "share of each layer's slices edited; auto: the smallest of 1% .. max_fraction that "
+                "forgets the class on its own samples")
+    layers: list | None = option(None, "layer paths (default: the head and, with hidden, the hidden Linear layers)")
+    hidden: bool = option(True, "default layers include the hidden Linear layers before the head")
+    max_fraction: float = option(0.08, "auto fraction: the largest share tried")
     mode: Literal["auto", "zero", "negate"] = option("auto", "zero (BN nets) or negate (LayerNorm nets)")
     samples: int = option(256, "forget-class samples read")
     target: float = option(0.01, "auto fraction: accuracy on the forget samples to reach")
@@ -72,10 +74,17 @@ class ModHiFiUOptions:
                    "of them (Grams from the other half)")
 
     def __post_init__(self):
+        check_ratio(self.max_fraction, "max_fraction")
         if self.fraction != "auto":
             check_ratio(self.fraction, "fraction")
         if self.samples < 1:
             raise InputError(f"samples must be >= 1, got {self.samples}")
+
+    def fractions(self) -> list[float]:
+        """The shares tried in turn: the fixed one, or FRACTIONS up to max_fraction."""
+        if self.fraction != "auto":
+            return [self.fraction]
+        return [f for f in FRACTIONS if f <= self.max_fraction] or [self.max_fraction]
 
 
 class ModHiFiU(Editor):
@@ -95,7 +104,7 @@ class ModHiFiU(Editor):
             mode = "zero" if any(isinstance(m, nn.BatchNorm2d) for m in model.modules()) else "negate"
         x, y = forget_class_batches(inputs.data, inputs.forget_class, inputs.num_classes, o.samples)
         bns = {c: model.get_submodule(b) for c, b in bn_of(model).items()}
-        layers = list(o.layers or self._default_layers(model, x[:1]))
+        layers = list(o.layers or self._default_layers(model, x[:1], o.hidden))
         xc, yc = (x[1::2], y[1::2]) if o.check == "held-out" else (x, y)
         if o.check == "held-out":
             if len(y) < 2:
@@ -105,7 +114,7 @@ class ModHiFiU(Editor):
         order = {p: forget_scores(model.get_submodule(p).weight, grams[p], bns.get(p))
                  .flatten().argsort(descending=True) for p in layers}
         saved = {p: model.get_submodule(p).weight.detach().clone() for p in layers}
-        for f in (FRACTIONS if o.fraction == "auto" else (o.fraction,)):
+        for f in o.fractions():
             edited = self._edit(model, order, saved, f, mode)
             if o.fraction != "auto" or class_accuracy(model, xc, yc) <= o.target:
                 break
@@ -131,10 +140,10 @@ class ModHiFiU(Editor):
         return edited
 
     @staticmethod
-    def _default_layers(model, example):
+    def _default_layers(model, example, hidden: bool = True):
         """The classifier head and the hidden Linear layers before it: on these small CNNs the
         forget-class HiFi slices concentrate there (editing BN convs moved every class's BN
         input mean and cost 10-50 points of retained accuracy in our measurements)."""
         heads = head_layers(model, example)
-        hidden = [p for p, m in model.named_modules() if isinstance(m, nn.Linear) and p not in heads]
-        return hidden + heads
+        before = [p for p, m in model.named_modules() if isinstance(m, nn.Linear) and p not in heads]
+        return before + heads if hidden else heads

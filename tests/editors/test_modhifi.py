@@ -153,3 +153,16 @@ def test_modhifi_u_held_out_check_fits_grams_on_half_the_samples(fmnist_vgg, fmn
     assert record.info["forget_samples"] == 128          # Grams from half of the 256 samples read
     test = fmnist.test.subset(2000, seed=2)
     assert _acc(m, test, torch.tensor([1])) <= 0.05
+
+
+def test_modhifi_u_head_only_and_its_fraction_cap():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    x, y = torch.randn(90, 6), torch.arange(90) % 3
+    rec = api.forget(model, 1, (x, y), editor="modhifi-u", num_classes=3, hidden=False, max_fraction=0.25)
+    assert set(rec.changes) == {"4"} and rec.info["fraction"] <= 0.25
+    rec.undo(model)
+    both = api.forget(model, 1, (x, y), editor="modhifi-u", num_classes=3, fraction=0.1)
+    assert set(both.changes) == {"0", "2", "4"}
+    with pytest.raises(InputError, match="max_fraction"):
+        api.forget(model, 1, (x, y), editor="modhifi-u", num_classes=3, max_fraction=1.5)
