@@ -83,17 +83,22 @@ def edit_directions(keys: torch.Tensor, c: torch.Tensor, rank: int = 1) -> torch
     return z @ vh[:rank].T
 
 
+def closed_form(weight: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """Lambda [O, r] of dW = Lambda D^T: the least-squares fit of ``keys`` [P, D] to ``values``
+    [P, O] along the directions ``d`` [D, r]."""
+    keys, d = keys.double(), d.double()
+    resid = values.double() - keys @ weight.double().T                # [P, O]
+    return torch.linalg.lstsq(keys @ d, resid).solution.T             # [O, r]
+
+
 def rank_r_update(weight: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, c: torch.Tensor,
                   rank: int = 1, select: torch.Tensor | None = None) -> torch.Tensor:
     """The rank-``rank`` change dW = L D^T of a linear map v = W k (Bau et al. 2020; Santurkar et
     al. 2021) that best maps ``keys`` [P, D] to ``values`` [P, O]: the directions D of the keys of
     the rows ``select`` (default: all; ``edit_directions``) and L the least-squares fit on those
-    rows (the others are protected by the C^{-1} metric of D, not by the fit). For one key,
-    D = C^{-1} k* and L = (v* - W k*) / (d^T k*): the closed form. Keys orthogonal to D
+    rows (``closed_form``; the others are protected by the C^{-1} metric of D, not by the fit). For
+    one key, D = C^{-1} k* and L = (v* - W k*) / (d^T k*): the closed form. Keys orthogonal to D
     (d^T k = 0) keep their values exactly."""
-    keys, values, weight = keys.double(), values.double(), weight.double()
     chosen = keys if select is None else keys[select]
-    d = edit_directions(chosen, c, rank)                           # [D, r]
-    resid = (values if select is None else values[select]) - chosen @ weight.T    # [P, O]
-    lam = torch.linalg.lstsq(chosen @ d, resid).solution           # [r, O]
-    return lam.T @ d.T                                             # [O, D]
+    d = edit_directions(chosen, c, rank)                               # [D, r]
+    return closed_form(weight, chosen, values if select is None else values[select], d) @ d.T   # [O, D]

@@ -27,7 +27,7 @@ from ..core.errors import InputError
 from ..core.outputs import output
 from ..core.plugin import Editor, option
 from ..core.record import EditRecord
-from ..linalg import edit_directions, rank_r_update
+from ..linalg import closed_form, edit_directions, rank_r_update
 from ..scorers.fidelity import collect_grams
 from ..scorers.layer_ig import editability, layer_integrated_gradients
 
@@ -66,23 +66,24 @@ def rank_one_edit(model, path: str, clean, corrupted, c: torch.Tensor, rank: int
     form, or with ``block`` (``projected_edit``'s options) the projected optimisation."""
     k, v, select = _edit_rows(model, path, clean, corrupted)
     w = flat_weight(get_module(model, path))
-    delta = rank_r_update(w, k, v, c.to(k.device), rank, select)
-    if block is not None:
-        delta = projected_edit(model, path, clean, corrupted, edit_directions(k[select], c.to(k.device), rank),
-                               delta, **block)
+    if block is None:
+        delta = rank_r_update(w, k, v, c.to(k.device), rank, select)
+    else:
+        d = edit_directions(k[select], c.to(k.device), rank)
+        delta = projected_edit(model, path, clean, corrupted, d, closed_form(w, k[select], v[select], d), **block)
     _apply(model, path, delta, rank, record)
 
 
-def projected_edit(model, path: str, clean, corrupted, d: torch.Tensor, start: torch.Tensor,
+def projected_edit(model, path: str, clean, corrupted, d: torch.Tensor, lam0: torch.Tensor,
                    value_module: str | None = None, steps: int = 200, lr: float = 0.05) -> torch.Tensor:
     """dW = Lambda D^T minimising the L1 distance between the block output (``block_output``) on
     the corrupted inputs and on the clean ones, over the positions where they differ (the concept
-    mask). Lambda starts at the closed form ``start`` = Lambda0 D^T; Adam's step is ``lr`` times
+    mask). Lambda starts at the closed form ``lam0`` [O, r]; Adam's step is ``lr`` times
     the RMS of Lambda0. Only Lambda is a parameter, so every iterate lies on W + span(D^T): the set
     Santurkar et al. project onto every 10 steps."""
     module = get_module(model, path)
     w0, d = module.weight.detach(), d.to(module.weight)
-    lam = (start.to(d) @ torch.linalg.pinv(d.T)).detach()             # [O, r]
+    lam = lam0.to(d).detach().clone()                                 # [O, r]
     with torch.no_grad(), eval_mode(model):
         target, vp = block_output(model, path, clean, value_module)
         before, _ = block_output(model, path, corrupted, vp)
