@@ -7,10 +7,12 @@ everywhere; each on a seeded 20,000-image subset of the training split (so the f
 minutes on 2 CPU cores). Half of them ("tune") is what the editors' defaults were chosen on; the other half
 ("held-out") is only reported. Per model and forgotten class: forgotten-class and retained test
 accuracy (10k test split) against the dense model, seconds per edit, for each editor variant;
-calibration = 2,048 images of the model's training subset, no fine-tuning. Mean, worst case and the distribution per
+calibration = 2,048 images of the model's training subset, no fine-tuning. Editors: discedit-u,
+modhifi-u and coar-forget, each in the variants of VARIANTS. Mean, worst case and the distribution per
 half, and a plot. Writes benchmarks/results/forget_family.{json,md,png}.
 
-  --half tune|held-out|all   which models (default all)
+  --half tune|held-out|all|zoo   which models (default all = tune + held-out; zoo: the two zoo
+                                 Fashion-MNIST models, calibration 6,000 images as in modhifi.py)
   --editors a,b              editor variants (names in VARIANTS)
   --classes 0,1,...          forgotten classes (default all ten)
   --models a,b               only these models
@@ -45,34 +47,55 @@ FAMILY = {
     "F-res-x0.5-deep": ("fashion-mnist", "resnet", {"widths": (8, 16, 32), "blocks": 2}, 4, 1, "held-out"),
     "M-vgg-x1": ("mnist", "vgg", {"widths": (16, 32, 64), "hidden": 64}, 2, 1, "held-out"),
     "M-res-x1": ("mnist", "resnet", {"widths": (16, 32, 64), "blocks": 1}, 2, 0, "held-out"),
+    # the zoo models the editors were first developed on (--half zoo): full training split, default
+    # recipe, calibration as in benchmarks/modhifi.py, so the rows compare with modhifi_fmnist_*.md
+    "zoo-vgg": ("fashion-mnist", "vgg", None, None, 0, "zoo"),
+    "zoo-resnet": ("fashion-mnist", "resnet", None, None, 0, "zoo"),
 }
 
-# variant name: (editor, options)
+# variant name: (editor, options); every option that differs between variants is spelled out, so
+# a row keeps its meaning when an editor's defaults change
 VARIANTS = {
-    "discedit-u": ("discedit-u", {}),
-    "discedit-u/held-out": ("discedit-u", {"check": "held-out"}),
-    "discedit-u/held-out/0.5%": ("discedit-u", {"check": "held-out", "forget_target": 0.005}),
-    "modhifi-u": ("modhifi-u", {}),
-    "modhifi-u/held-out": ("modhifi-u", {"check": "held-out"}),
-    "modhifi-u/head": ("modhifi-u", {"hidden": False}),
-    "modhifi-u/head/25%": ("modhifi-u", {"hidden": False, "max_fraction": 0.25}),
+    "discedit-u": ("discedit-u", {"num_layers": 2}),
+    "discedit-u/held-out": ("discedit-u", {"num_layers": 2, "check": "held-out"}),
+    "discedit-u/held-out/0.5%": ("discedit-u", {"num_layers": 2, "check": "held-out", "forget_target": 0.005}),
+    "discedit-u/4-layers": ("discedit-u", {"num_layers": 4}),
+    "modhifi-u": ("modhifi-u", {"hidden": True, "rows": "all", "max_fraction": 0.08}),
+    "modhifi-u/held-out": ("modhifi-u", {"hidden": True, "rows": "all", "max_fraction": 0.08, "check": "held-out"}),
+    "modhifi-u/head": ("modhifi-u", {"hidden": False, "rows": "all", "max_fraction": 0.08}),
+    "modhifi-u/head/25%": ("modhifi-u", {"hidden": False, "rows": "all", "max_fraction": 0.25}),
+    "modhifi-u/head/row": ("modhifi-u", {"hidden": False, "rows": "forget", "max_fraction": 1.0, "mode": "zero"}),
+    "modhifi-u/head/row/held-out": ("modhifi-u", {"hidden": False, "rows": "forget", "max_fraction": 1.0,
+                                                  "mode": "zero", "check": "held-out"}),
+    "modhifi-u/head/row/negate": ("modhifi-u", {"hidden": False, "rows": "forget", "max_fraction": 1.0,
+                                                "mode": "negate"}),
+    "coar-forget": ("coar-forget", {}),
 }
 
+
+# the plot: the defaults before and after issue 12, and COAR (every variant is in the tables)
+PLOTTED = ("discedit-u", "discedit-u/4-layers", "modhifi-u", "modhifi-u/head/row/negate", "coar-forget")
 
 TRAIN_IMAGES = 20_000
+
+
+def in_half(h: str, half: str) -> bool:
+    """Whether a model of half ``h`` belongs to ``half`` ("all" is the family: tune + held-out)."""
+    return h == half or (half == "all" and h != "zoo")
 
 
 def family(half: str, only=None):
     bundles = {}
     for name, (ds, arch, config, epochs, seed, h) in FAMILY.items():
-        if half not in ("all", h) or (only and name not in only):
+        if not in_half(h, half) or (only and name not in only):
             continue
-        if ds not in bundles:
+        key = ds + (" full" if h == "zoo" else "")
+        if key not in bundles:
             full = data.load_dataset(ds, DATA)
-            bundles[ds] = dataclasses.replace(full, train=full.train.subset(TRAIN_IMAGES, seed=0))
+            bundles[key] = full if h == "zoo" else dataclasses.replace(full, train=full.train.subset(TRAIN_IMAGES, seed=0))
         t = time.time()
-        model = train.pretrained(arch, bundles[ds], epochs=epochs, seed=seed, config=config).eval()
-        yield name, h, model, bundles[ds], time.time() - t
+        model = train.pretrained(arch, bundles[key], epochs=epochs, seed=seed, config=config).eval()
+        yield name, h, model, bundles[key], time.time() - t
 
 
 def accuracies(model, test, k: int) -> tuple[float, float]:
@@ -96,14 +119,16 @@ def run_edit(model, bundle, calib, k: int, variant: str) -> dict:
 
 
 def summarise(rows, variant, half) -> dict:
-    sel = [r for r in rows if r["variant"] == variant and (half == "all" or r["half"] == half) and "error" not in r]
-    failed = sum(1 for r in rows if r["variant"] == variant and (half == "all" or r["half"] == half) and "error" in r)
+    ours = [r for r in rows if r["variant"] == variant and in_half(r["half"], half)]
+    sel = [r for r in ours if "error" not in r]
+    failed = len(ours) - len(sel)
     if not sel:
         return {"edits": 0, "failed": failed}
     f = torch.tensor([r["forgotten"] for r in sel])
     drop = torch.tensor([r["dense_retained"] - r["retained"] for r in sel])
     return {"edits": len(sel), "failed": failed, "mean_forgotten": float(f.mean()), "worst_forgotten": float(f.max()),
-            "mean_retained_drop": float(drop.mean()), "worst_retained_drop": float(drop.max()),
+            "p90_forgotten": float(f.quantile(0.9)), "mean_retained_drop": float(drop.mean()),
+            "worst_retained_drop": float(drop.max()), "p90_retained_drop": float(drop.quantile(0.9)),
             "median_seconds": float(torch.tensor([r["seconds"] for r in sel]).median())}
 
 
@@ -111,18 +136,22 @@ def markdown(res) -> str:
     lines = ["# Forgetting across a model family (no fine-tuning)", "",
              f"Machine: {res['machine']}. Command: `{res['command']}`. Calibration {res['calib']} training images; "
              "accuracies on the 10k test split; drop = dense retained accuracy - edited retained accuracy (points x 0.01).", "",
+             "The editors' defaults since issue 12 are the rows `modhifi-u/head/row/negate` (modhifi-u) and "
+             "`discedit-u/4-layers` (discedit-u); the rows `modhifi-u` and `discedit-u` are the defaults before it.", "",
              "## Models", "", "| model | half | data | arch | config | epochs | seed | dense test acc |", "|---|---|---|---|---|---|---|---|"]
     for name, m in res["models"].items():
         lines.append(f"| {name} | {m['half']} | {m['data']} | {m['arch']} | {m['config']} | {m['epochs']} | {m['seed']} | {m['dense']:.4f} |")
-    lines += ["", "## Summary", "", "| editor | half | edits | failed | mean forgotten | worst forgotten | mean retained drop | "
-              "worst retained drop | median s/edit |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "## Summary", "", "| editor | half | edits | failed | mean forgotten | p90 forgotten | worst forgotten | "
+              "mean retained drop | p90 drop | worst retained drop | median s/edit |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, s in res["summary"].items():
         variant, half = key.split("|")
         if not s["edits"]:
-            lines.append(f"| {variant} | {half} | 0 | {s['failed']} | | | | | |")
+            if s["failed"]:
+                lines.append(f"| {variant} | {half} | 0 | {s['failed']} | | | | | | | |")
             continue
-        lines.append(f"| {variant} | {half} | {s['edits']} | {s['failed']} | {s['mean_forgotten']:.4f} | {s['worst_forgotten']:.4f} | "
-                     f"{s['mean_retained_drop']:.4f} | {s['worst_retained_drop']:.4f} | {s['median_seconds']:.1f} |")
+        lines.append(f"| {variant} | {half} | {s['edits']} | {s['failed']} | {s['mean_forgotten']:.4f} | {s['p90_forgotten']:.4f} | "
+                     f"{s['worst_forgotten']:.4f} | {s['mean_retained_drop']:.4f} | {s['p90_retained_drop']:.4f} | "
+                     f"{s['worst_retained_drop']:.4f} | {s['median_seconds']:.1f} |")
     lines += ["", "## Every edit", "", "| model | half | editor | class | forgotten | retained | dense retained | s | changed |",
               "|---|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
@@ -140,7 +169,7 @@ def plot(res, path) -> None:
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4))
     marks = {"tune": "o", "held-out": "x"}
-    for i, variant in enumerate(sorted({r["variant"] for r in res["rows"]})):
+    for i, variant in enumerate(v for v in PLOTTED if any(r["variant"] == v for r in res["rows"])):
         for half, mk in marks.items():
             sel = [r for r in res["rows"] if r["variant"] == variant and r["half"] == half and "error" not in r]
             ax.scatter([100 * r["forgotten"] for r in sel], [100 * (r["dense_retained"] - r["retained"]) for r in sel],
@@ -156,7 +185,7 @@ def plot(res, path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--half", default="all", choices=["all", "tune", "held-out"])
+    ap.add_argument("--half", default="all", choices=["all", "tune", "held-out", "zoo"])
     ap.add_argument("--editors", default=",".join(VARIANTS))
     ap.add_argument("--classes", default=",".join(map(str, range(10))))
     ap.add_argument("--calib", type=int, default=2048)
@@ -184,7 +213,7 @@ def main() -> None:
         print(f"{name} ({half}): dense {dense:.4f} ({secs:.0f} s)", flush=True)
         if args.train_only:
             continue
-        calib = bundle.train.subset(args.calib, seed=0)
+        calib = bundle.train.subset(6000, seed=1) if half == "zoo" else bundle.train.subset(args.calib, seed=0)
         for k in classes:
             dense_k = accuracies(model, bundle.test, k)
             for v in variants:
@@ -199,7 +228,7 @@ def main() -> None:
 
 def write(res: dict, out: str) -> None:
     variants = sorted({r["variant"] for r in res["rows"]})
-    res["summary"] = {f"{v}|{h}": summarise(res["rows"], v, h) for v in variants for h in ("tune", "held-out", "all")}
+    res["summary"] = {f"{v}|{h}": summarise(res["rows"], v, h) for v in variants for h in ("tune", "held-out", "all", "zoo")}
     OUT.mkdir(exist_ok=True)
     stem = OUT / out
     stem.with_suffix(".json").write_text(json.dumps(res, indent=1))

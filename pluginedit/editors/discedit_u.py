@@ -2,10 +2,14 @@
 Statistics are recomputed on the partially edited model layer by layer.
 
 Edited channels have conv weight, conv bias and the following BN's affine zeroed, so they emit
-exactly 0 (no BN constant survives to be folded into the next layer)."""
+exactly 0 (no BN constant survives to be folded into the next layer).
+The last 4 convs are candidates (the paper: the last 8 of VGG-16, ResNet-56's layer3): with 2, a
+ResNet with two blocks per stage kept 14-93 % of the class, its last two convs sitting inside a
+block whose skip path still carries it (benchmarks/forget_family.py, issue 12)."""
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Literal
 
@@ -62,7 +66,8 @@ def conv_layers(model, example) -> list[str]:
 @dataclass(frozen=True)
 class DisCEditUOptions:
     layers: list | None = option(None, "conv layer paths (default: the last num_layers)")
-    num_layers: int = option(2, "how many of the last conv layers to consider")
+    num_layers: int = option(4, "how many of the last conv layers to consider (adaptive: deepest first, "
+                                "stopping once the class is forgotten)")
     hook: Literal["auto", "conv", "bn", "act", "ln"] = option("auto", "where channels are observed")
     select: Literal["adaptive", "top_m", "zscore"] = option(
         "adaptive", "fewest top channels that forget the class / the top m / above mean + z std")
@@ -114,9 +119,22 @@ class DisCEditU(Editor):
             zero_components(model, {layer: idx}, True, record)
             if adaptive and self._forgotten(model, inputs, check) <= o.forget_target:
                 break
+        else:
+            if adaptive:
+                self._short_of_target(model, inputs, check, record, len(layers))
         if o.finetune_epochs:
             self._finetune(model, inputs, record)
         return record
+
+    def _short_of_target(self, model, inputs, check, record, n_layers: int) -> None:
+        """Every candidate layer used and the class not forgotten on the check data: say so (on
+        narrow ResNets the last two convs could not remove a class the skip path still carries)."""
+        left = self._forgotten(model, inputs, check)
+        record.info["forgotten_accuracy"] = left
+        if left > self.options.forget_target:
+            warnings.warn(f"discedit-u: class {inputs.forget_class} still at {left:.1%} on the check data "
+                          f"(forget_target {self.options.forget_target:.1%}) after all {n_layers} candidate "
+                          "conv layers; raise num_layers or m", stacklevel=2)
 
     def _forgotten(self, model, inputs, check) -> float:
         o = self.options

@@ -112,3 +112,15 @@ def test_held_out_check_scores_one_half_and_checks_the_other(fmnist, fm_test, fm
     assert report.forgetting(pc, k)["forgotten_accuracy"] <= 0.05 and rec.num_changed() > 0
     with pytest.raises(InputError, match="held-out"):
         halves(torch.utils.data.TensorDataset(data.x, data.y))
+
+
+def test_adaptive_forgetting_that_falls_short_says_so(fmnist, fmnist_vgg):
+    """Capped at 2 channels of the last conv, the class survives: a warning and the accuracy
+    reached, not a silent partial edit."""
+    data, k = fmnist.train.subset(600, seed=3), 7
+    edited = copy.deepcopy(fmnist_vgg)
+    with pytest.warns(UserWarning, match="class 7 still at"):
+        rec = api.forget(edited, k, data, num_classes=10, max_samples=600, num_layers=1, m=2)
+    _, pc = report.accuracy(edited, data, 10)
+    assert rec.info["forgotten_accuracy"] > 0.02
+    assert rec.info["forgotten_accuracy"] == pytest.approx(pc[k], abs=1e-6)

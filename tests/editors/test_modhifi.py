@@ -135,7 +135,7 @@ def test_modhifi_u_negates_hifi_slices_without_batchnorm():
     x, y = torch.randn(90, 6), torch.arange(90) % 3
     before = model[3].weight.detach().clone()
     record = api.forget(model, 1, (x, y), editor="modhifi-u", num_classes=3, fraction=0.2,
-                        layers=["3"])
+                        layers=["3"], rows="all")
     assert record.options["mode"] == "auto" and record.info["mode"] == "negate"
     flat = record.changes["3"]
     edited = torch.zeros(before.numel(), dtype=torch.bool)
@@ -162,7 +162,74 @@ def test_modhifi_u_head_only_and_its_fraction_cap():
     rec = api.forget(model, 1, (x, y), editor="modhifi-u", num_classes=3, hidden=False, max_fraction=0.25)
     assert set(rec.changes) == {"4"} and rec.info["fraction"] <= 0.25
     rec.undo(model)
-    both = api.forget(model, 1, (x, y), editor="modhifi-u", num_classes=3, fraction=0.1)
+    both = api.forget(model, 1, (x, y), editor="modhifi-u", num_classes=3, fraction=0.1, hidden=True)
     assert set(both.changes) == {"0", "2", "4"}
     with pytest.raises(InputError, match="max_fraction"):
         api.forget(model, 1, (x, y), editor="modhifi-u", num_classes=3, max_fraction=1.5)
+
+
+def test_modhifi_u_forget_row_only_lowers_the_forget_logit():
+    """rows='forget': only the head's row k changes, only slices that push logit k up are edited
+    (negated here: no BN), so with ReLU features logit k can only fall and no prediction other
+    than k changes."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    x, y = torch.randn(300, 6), torch.arange(300) % 3
+    with torch.no_grad():
+        before_w, before = model[2].weight.clone(), model(x)
+    rec = api.forget(model, 1, (x, y), editor="modhifi-u", num_classes=3, hidden=False, rows="forget",
+                     max_fraction=1.0, target=0.0)
+    w = model[2].weight.detach()
+    changed = (w != before_w).nonzero()
+    assert len(changed) and set(changed[:, 0].tolist()) == {1} and set(rec.changes) == {"2"}
+    assert (before_w[changed[:, 0], changed[:, 1]] > 0).all() and (w[changed[:, 0], changed[:, 1]] < 0).all()
+    with torch.no_grad():
+        after = model(x)
+    assert (after[:, 1] <= before[:, 1] + 1e-6).all()
+    torch.testing.assert_close(after[:, [0, 2]], before[:, [0, 2]])
+    kept = before.argmax(1) != 1
+    assert torch.equal(after.argmax(1)[kept], before.argmax(1)[kept])
+    assert (after.argmax(1)[y == 1] == 1).float().mean() < (before.argmax(1)[y == 1] == 1).float().mean()
+    with pytest.raises(InputError, match="rows"):
+        api.forget(model, 1, (x, y), editor="modhifi-u", num_classes=3, rows="some")
+
+
+def test_modhifi_u_forget_row_on_fmnist_keeps_retained_accuracy(fmnist_vgg, fmnist):
+    """The default (the head's forget row) on a real model: forgotten on test, retained not worse;
+    classes 0 and 6 are where the paper's edit of every row cost the most."""
+    calib, test = fmnist.train.subset(4000, seed=2), fmnist.test.subset(3000, seed=2)
+    for k in (0, 6):
+        rest = torch.tensor([j for j in range(10) if j != k])
+        m = copy.deepcopy(fmnist_vgg)
+        rec = api.forget(m, k, calib, editor="modhifi-u", num_classes=10)
+        assert rec.info["mode"] == "negate" and len(rec.changes) == 1
+        assert _acc(m, test, torch.tensor([k])) <= 0.03
+        assert _acc(m, test, rest) >= _acc(fmnist_vgg, test, rest) - 0.002
+
+
+def test_modhifi_u_auto_mode_negates_the_forget_row_and_zeroes_elsewhere_in_bn_nets():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    x, y = torch.randn(90, 1, 6, 6), torch.arange(90) % 3
+    with torch.no_grad():
+        model[6].weight[2].abs_()             # class 2's logit is pushed up by the ReLU features
+    hidden_w, head_w = model[4].weight.detach().clone(), model[6].weight.detach().clone()
+    rec = api.forget(model, 2, (x, y), editor="modhifi-u", num_classes=3, hidden=True, fraction=0.5)
+    assert rec.info["mode"] == "negate/zero" and set(rec.changes) == {"4", "6"}
+    hidden_changed = model[4].weight != hidden_w
+    assert hidden_changed.any() and (model[4].weight[hidden_changed] == 0).all()
+    head_changed = model[6].weight != head_w
+    assert head_changed[2].any() and not head_changed[:2].any()
+    torch.testing.assert_close(model[6].weight[head_changed], -head_w[head_changed])
+
+
+def test_modhifi_u_that_falls_short_says_so():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    x, y = torch.randn(300, 6), torch.arange(300) % 3
+    with pytest.warns(UserWarning, match="class 1 still at"):
+        rec = api.forget(model, 1, (x, y), editor="modhifi-u", num_classes=3, max_fraction=0.02)
+    with torch.no_grad():
+        left = float((model(x[y == 1]).argmax(1) == 1).float().mean())
+    assert rec.info["forgotten_accuracy"] == pytest.approx(left, abs=1e-6) and left > 0.01
