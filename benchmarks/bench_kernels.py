@@ -58,9 +58,10 @@ def _peaks(name: str) -> dict:
     return next((v for k, v in PEAKS.items() if k in name), {})
 
 
-def _time_cpu(fn, reps: int = 3) -> float:
-    """Best of ``reps`` wall-clock seconds after one warm-up call."""
-    fn()
+def best_seconds(fn, reps: int = 3, warmup: bool = True) -> float:
+    """Best of ``reps`` wall-clock seconds (after one warm-up call with ``warmup``)."""
+    if warmup:
+        fn()
     best = float("inf")
     for _ in range(reps):
         t = time.perf_counter()
@@ -80,7 +81,7 @@ def cpu_suite(rows: list[dict]) -> None:
     for shape in K2_CPU_SHAPES:
         x = torch.randn(shape, generator=g)
         lab = torch.randint(0, 10, (shape[0],), generator=g)
-        times = {b: _time_cpu(lambda b=b: kernels.call("class_moments", x, lab, 10, 0.05, backend=b))
+        times = {b: best_seconds(lambda b=b: kernels.call("class_moments", x, lab, 10, 0.05, backend=b))
                  for b in backends}
         for b, t in times.items():
             rows.append(dict(op="K2 class_moments", case="x".join(map(str, shape)) + " fp32", backend=b,
@@ -88,7 +89,7 @@ def cpu_suite(rows: list[dict]) -> None:
                              speedup=times["torch"] / t))
     for case, shape, kw in K3_CPU_CASES:
         x = torch.randn(shape, generator=g)
-        times = {b: _time_cpu(lambda b=b: kernels.call("gram", x, **(kw or {}), backend=b)) for b in backends}
+        times = {b: best_seconds(lambda b=b: kernels.call("gram", x, **(kw or {}), backend=b)) for b in backends}
         m, d = _rows_and_width(x, kw)
         for b, t in times.items():
             rows.append(dict(op="K3 gram", case=case + " fp32", backend=b, ms=t * 1e3,

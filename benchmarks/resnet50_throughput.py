@@ -38,6 +38,8 @@ from pluginedit.contrib import zoo
 from pluginedit.core import registry
 from pluginedit.core.plugin import Inputs
 
+from bench_kernels import best_seconds   # the script beside this one
+
 OUT = Path(__file__).resolve().parent / "results"
 CLASSES = 8                      # labels 0..7, two images each at 16 images (class statistics need two)
 
@@ -49,27 +51,15 @@ def cpu_name() -> str:
     return platform.processor() or "cpu"
 
 
-def best(fn, repeats: int, warmup: bool = True) -> float:
-    """Best wall seconds of ``repeats`` calls (after one warm-up call with ``warmup``)."""
-    if warmup:
-        fn()
-    t = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        t = min(t, time.perf_counter() - t0)
-    return t
-
-
 def peaks(repeats: int) -> dict:
     """Measured fp32 GEMM FLOP/s, fp64 GEMM FLOP/s and memcpy bytes/s (read + write)."""
     out = {}
     for dtype, key in ((torch.float32, "gemm_fp32_flops"), (torch.float64, "gemm_fp64_flops")):
         a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
-        out[key] = 2 * 2048 ** 3 / best(lambda: torch.mm(a, b), repeats + 1)
+        out[key] = 2 * 2048 ** 3 / best_seconds(lambda: torch.mm(a, b), repeats + 1)
     src = torch.ones(64 * 2 ** 20)           # 256 MiB
     dst = torch.empty_like(src)
-    out["memcpy_bytes"] = 2 * src.numel() * 4 / best(lambda: dst.copy_(src), repeats + 2)
+    out["memcpy_bytes"] = 2 * src.numel() * 4 / best_seconds(lambda: dst.copy_(src), repeats + 2)
     return out
 
 
@@ -130,7 +120,7 @@ def collect_seconds(model, name: str, data, repeats: int, batch: int, options: d
     def run():
         reqs = scorer.requests(model, inputs)       # fresh (empty) statistics every call
         collect(model, data, reqs.values(), CLASSES, batch)
-    return best(run, repeats, warmup=False)
+    return best_seconds(run, repeats, warmup=False)
 
 
 def _row(name: str, total: float, coll: float, fwd: float, flops: float, nbytes: float, pk: dict) -> dict:
@@ -151,7 +141,7 @@ def measure(args) -> dict:
         with torch.no_grad():
             for b in images.split(batch):
                 model(b)
-    fwd = best(lambda: forward(x, args.batch), args.repeats)
+    fwd = best_seconds(lambda: forward(x, args.batch), args.repeats)
     targets = [model.get_submodule(p) for p in pe.score(model, "l1", data=data, num_classes=CLASSES).values]
     w = work(model, x, args.batch, targets)
     rows = [dict(name="forward", score_s=fwd, collect_s=fwd, statistic_s=fwd, score_over_forward=1.0,
@@ -159,7 +149,7 @@ def measure(args) -> dict:
                  **fraction(fwd, w["forward_flops"], w["forward_bytes"], pk))]
     for name, flops, nbytes in (("witness", w["k2_flops"], w["k2_bytes"]), ("tvs", 0.0, w["tvs_bytes"]),
                                 ("fidelity", w["k3_flops"], w["k3_bytes"])):
-        total = best(lambda: pe.score(model, name, data=data, num_classes=CLASSES, batch_size=args.batch), args.repeats,
+        total = best_seconds(lambda: pe.score(model, name, data=data, num_classes=CLASSES, batch_size=args.batch), args.repeats,
                      warmup=False)
         coll = collect_seconds(model, name, data, args.repeats, args.batch, {})
         rows.append(_row(name, total, coll, fwd, flops, nbytes, pk))
@@ -168,9 +158,9 @@ def measure(args) -> dict:
     cx, cy = x[:args.examples], y[:args.examples]
     opts = dict(masks=args.masks, examples=args.examples, alpha=0.5, estimator="diffmeans", prior="none",
                 chunk=args.chunk)
-    total = best(lambda: pe.score(model, "coar", data=(cx, cy), num_classes=CLASSES, **opts), args.repeats, warmup=False)
+    total = best_seconds(lambda: pe.score(model, "coar", data=(cx, cy), num_classes=CLASSES, **opts), args.repeats, warmup=False)
     same = cx.repeat(args.masks, 1, 1, 1)
-    coar_fwd = best(lambda: forward(same, args.chunk * args.examples), args.repeats)
+    coar_fwd = best_seconds(lambda: forward(same, args.chunk * args.examples), args.repeats)
     scale = args.masks * args.examples / args.images          # mask work per image-forward, from w
     row = _row("coar masks", total, total, coar_fwd, w["mask_flops"] * scale, w["mask_bytes"] * scale, pk)
     row["forward_s_same_images"] = coar_fwd

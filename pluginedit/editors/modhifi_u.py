@@ -118,25 +118,26 @@ class ModHiFiU(Editor):
 
     def apply(self, model, scores, inputs):
         o = self.options
-        mode = o.mode
-        if mode == "auto":
-            mode = "zero" if any(isinstance(m, nn.BatchNorm2d) for m in model.modules()) else "negate"
+        base = o.mode
+        if base == "auto":
+            base = "zero" if any(isinstance(m, nn.BatchNorm2d) for m in model.modules()) else "negate"
         x, y = forget_class_batches(inputs.data, inputs.forget_class, inputs.num_classes, o.samples)
         bns = {c: model.get_submodule(b) for c, b in bn_of(model).items()}
-        layers = list(o.layers or self._default_layers(model, x[:1], o.hidden))
+        heads = head_layers(model, x[:1])
+        layers = list(o.layers or self._default_layers(model, heads, o.hidden))
         xc, yc = (x[1::2], y[1::2]) if o.check == "held-out" else (x, y)
         if o.check == "held-out":
             if len(y) < 2:
                 raise InputError("modhifi-u check='held-out' needs at least 2 forget-class samples")
             x, y = x[0::2], y[0::2]
         grams = collect_grams(model, (x, y), set(layers))
-        heads = set(head_layers(model, x[:1])) if o.rows == "forget" else set()
+        rows = set(heads) if o.rows == "forget" else set()       # layers edited in row k only
         order = {p: self._order(model.get_submodule(p).weight, grams[p], bns.get(p),
-                                inputs.forget_class if p in heads else None) for p in layers}
+                                inputs.forget_class if p in rows else None) for p in layers}
         saved = {p: model.get_submodule(p).weight.detach().clone() for p in layers}
         # the forget row feeds no normalisation: negating its slices pushes logit k down twice as
         # far as zeroing (zeroing all of them left > 5 % of the class on 9 of 80 family edits)
-        modes = {p: "negate" if p in heads and o.mode == "auto" else mode for p in layers}
+        modes = {p: "negate" if p in rows and o.mode == "auto" else base for p in layers}
         for f in o.fractions():
             edited = self._edit(model, order, saved, f, modes)
             left = class_accuracy(model, xc, yc)
@@ -184,10 +185,9 @@ class ModHiFiU(Editor):
         return edited
 
     @staticmethod
-    def _default_layers(model, example, hidden: bool = True):
+    def _default_layers(model, heads: list[str], hidden: bool = True):
         """The classifier head and the hidden Linear layers before it: on these small CNNs the
         forget-class HiFi slices concentrate there (editing BN convs moved every class's BN
         input mean and cost 10-50 points of retained accuracy in our measurements)."""
-        heads = head_layers(model, example)
         before = [p for p, m in model.named_modules() if isinstance(m, nn.Linear) and p not in heads]
         return before + heads if hidden else heads
