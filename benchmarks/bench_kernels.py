@@ -8,12 +8,14 @@
   divided by plain inference time on the same images. On CUDA the default is the issue's
   2,000 images at 224 px; on CPU a reduced run (see ``--images``/``--size``), stated in the output.
 
-Results go to ``benchmarks/results/<device>.json`` with the device name and torch/triton versions.
+Results go to ``<out>/<device>.json`` with the device name, torch/triton versions and the stamp of
+``_results.py``; ``--out`` defaults to a scratch folder (``$PLUGINEDIT_BENCH_OUT/bench_kernels/``
+or ``bench-out/bench_kernels/``), ``--out benchmarks/results`` updates the committed results.
 """
 from __future__ import annotations
 
 import argparse
-import json
+import importlib.util
 import platform
 import re
 import time
@@ -22,6 +24,13 @@ from pathlib import Path
 import torch
 
 from pluginedit import ops as kernels
+
+try:
+    import _results                    # the helper beside this script
+except ImportError:                    # loaded by path (`pluginedit bench kernels`): benchmarks/ not on sys.path
+    _spec = importlib.util.spec_from_file_location("_results", Path(__file__).resolve().with_name("_results.py"))
+    _results = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(_results)
 
 # Nominal peaks (dense, no sparsity) by device-name substring: bytes/s and FLOP/s per input kind.
 # H100 numbers from the issue (SXM); others from vendor sheets. Unknown devices report no %.
@@ -235,7 +244,7 @@ def main(argv=None) -> int:
     ap.add_argument("--classes", type=int, default=100)
     ap.add_argument("--gram", action="store_true", help="also time K3 Gram of every layer's input end to end")
     ap.add_argument("--no-e2e", action="store_true", help="skip the end-to-end figure")
-    ap.add_argument("--out", default="benchmarks/results", help="folder for <device>.json")
+    ap.add_argument("--out", default=None, help=_results.out_help("bench_kernels", "folder for <device>.json"))
     args = ap.parse_args(argv)
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     name = device_name(device)
@@ -268,10 +277,9 @@ def main(argv=None) -> int:
     result = dict(device=name, device_type=device, cpu_threads=threads, torch=torch.__version__,
                   triton=triton_version, cuda=torch.version.cuda, date=time.strftime("%Y-%m-%dT%H:%M:%S"),
                   kernels=rows, end_to_end=e2e)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _results.out_dir(args.out, "bench_kernels")
     path = out / (re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") + ".json")
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    _results.write_json(path, result, indent=2)
     print(f"wrote {path}")
     return 0
 

@@ -11,12 +11,12 @@ linear row except the classifier head, alpha = 5 %:
   * COAR-Edit: fix misclassified test examples (each alone), forget each of some classes;
     test accuracy before / after.
 Margins under all masks are computed once and every estimator reads the same ones.
-Writes benchmarks/results/coar_<arch>.{json,md}."""
+Writes coar_<arch>.{json,md} to --out (default: a scratch folder, see benchmarks/_results.py;
+--out benchmarks/results updates the committed results)."""
 from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import time
 from pathlib import Path
@@ -32,7 +32,8 @@ from pluginedit.scorers.coar import (chord_prior, gradient_prior, gradient_times
                                      masked_margins, pearson, solve)
 from pluginedit.stats import AblationSums
 
-OUT = Path(__file__).resolve().parent / "results"
+import _results  # the helper beside this script
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ALPHA, CHUNK, LDS_MASKS, LDS_SEED = 0.05, 16, 300, 10_000
 
@@ -239,7 +240,8 @@ def main() -> None:
     ap.add_argument("--examples", type=int, default=64)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", choices=["lds", "edits"], default=None,
-                    help="re-run one part; the other is kept from the existing results file")
+                    help="re-run one part; the other is kept from the existing results file in --out")
+    ap.add_argument("--out", default=None, help=_results.out_help("coar"))
     args = ap.parse_args()
     torch.manual_seed(0)
     bundle = data.load_dataset("fashion-mnist", DATA)
@@ -250,18 +252,16 @@ def main() -> None:
     counts = [100, 200, 500, 1000] if args.quick else [50, 100, 200, 350, 500, 1000, 2000, 5000, 10000, 20000]
     res = {"arch": args.arch, "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
            "command": "python benchmarks/coar.py --arch " + args.arch + (" --quick" if args.quick else "")}
-    stem = OUT / f"coar_{args.arch}{'_quick' if args.quick else ''}"
+    stem = _results.out_dir(args.out, "coar") / f"coar_{args.arch}{'_quick' if args.quick else ''}"
     if args.only and stem.with_suffix(".json").exists():
-        res = json.loads(stem.with_suffix(".json").read_text()) | {"machine": res["machine"]}
+        res = _results.read(stem.with_suffix(".json")) | {"machine": res["machine"]}
     if args.only != "edits":
         print(f"{args.arch}: LDS", flush=True)
         res["lds"] = run_lds(model, test.x, test.y, paths, counts, args.quick)
     if args.only != "lds":
         print(f"{args.arch}: edits", flush=True)
         res["edits"] = run_edits(model, bundle, calib, args.quick)
-    OUT.mkdir(exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(res, indent=1))
-    stem.with_suffix(".md").write_text(markdown(res))
+    _results.write(stem, res, markdown(res))
     print(markdown(res))
 
 

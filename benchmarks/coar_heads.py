@@ -6,14 +6,14 @@ formats, its date/number modules, and of torch/numpy. Components = the 72 attent
 layers x 12); a head is ablated by zeroing its context vectors (= its value rows and bias).
 LDS on 200 fresh masks (alpha = 5 %) of held-out sentences for least squares against the number
 of masks, the chord prior, ridge + chord, and the leave-one-out and gradient x parameter
-baselines. Writes benchmarks/results/coar_heads.{json,md}."""
+baselines. Writes coar_heads.{json,md} to --out (default: a scratch folder, see
+benchmarks/_results.py; --out benchmarks/results updates the committed results)."""
 from __future__ import annotations
 
-import json
+import argparse
 import os
 import platform
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -24,7 +24,8 @@ from pluginedit.scorers.coar import (chord_prior, gradient_times_parameter, leav
                                      pearson, solve)
 from pluginedit.stats import AblationSums
 
-OUT = Path(__file__).resolve().parent / "results"
+import _results  # the helper beside this script
+
 TOPICS = {"concurrency": ("asyncio", "threading", "subprocess"),
           "formats": ("json", "csv", "pickle", "sqlite3", "zipfile", "tarfile", "email"),
           "numbers and dates": ("datetime", "calendar", "decimal", "fractions", "statistics", "random"),
@@ -83,7 +84,11 @@ def summary(corr):
     return {"mean": float(corr.mean()), "p10": float(corr.quantile(0.1)), "min": float(corr.min())}
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=None, help=_results.out_help("coar_heads"))
+    args = ap.parse_args(argv)
+    out = _results.out_dir(args.out, "coar_heads")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.manual_seed(0)
     bert, tok = hf.load_minilm()
@@ -132,15 +137,13 @@ def main() -> None:
             rows.append({"estimator": f"ridge + chord40, {n} masks", "fwd_eq": n + 120} | lds_of(w + chord, b))
     res["rows"] = rows
     res["wall_s"] = time.perf_counter() - t
-    OUT.mkdir(exist_ok=True)
-    (OUT / "coar_heads.json").write_text(json.dumps(res, indent=1))
     lines = ["# COAR over the attention heads of all-MiniLM-L6-v2 (topic probe)", "",
              f"Machine: {res['machine']}. `python benchmarks/coar_heads.py`. Probe test accuracy "
              f"{acc:.3f} ({len(te_s)} held-out sentences); {len(y)} attributed sentences, {c} heads, "
              f"alpha {ALPHA}, LDS on {LDS_MASKS} fresh masks; {res['seconds_per_mask'] * 1e3:.0f} ms per mask.", "",
              "| estimator | forward-equivalents | mean LDS | p10 | min |", "|---|---|---|---|---|"]
     lines += [f"| {r['estimator']} | {r['fwd_eq']} | {r['mean']:.3f} | {r['p10']:.3f} | {r['min']:.3f} |" for r in rows]
-    (OUT / "coar_heads.md").write_text("\n".join(lines) + "\n")
+    _results.write(out / "coar_heads", res, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

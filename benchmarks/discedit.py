@@ -3,7 +3,8 @@
     python benchmarks/discedit.py [--datasets fashion-mnist mnist] [--archs vgg resnet] [--summarise-only]
 
 Statistics come from the train split, accuracy from the test split. Writes
-benchmarks/results/discedit_{prune,forget,timing}.json, discedit.md and discedit_prune.png.
+discedit_{prune,forget,timing}.json, discedit.md and discedit_prune.png to --out (default: a scratch
+folder, see benchmarks/_results.py; --out benchmarks/results updates the committed results).
 Pruning: every scorer prunes the same layers (those torch-pruning can remove alone) by the same
 per-layer fraction; `witness` runs through discedit-sp (statistics recomputed layer by layer).
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import time
 from pathlib import Path
@@ -27,7 +27,8 @@ from pluginedit.core.record import EditRecord
 from pluginedit.editors._tp import remove_channels, uncoupled_layers
 from pluginedit.editors.mask import select_lowest, zero_components
 
-OUT = Path(__file__).parent / "results"
+import _results  # the helper beside this script
+
 SCORERS = {"witness-fisher": ("discedit-sp", {"features": "linear"}),
            "witness-poly": ("discedit-sp", {"features": "poly"}),
            "tvs": ("tvs", {}), "l1": ("l1", {}), "taylor": ("taylor", {}), "random": ("random", {})}
@@ -216,7 +217,7 @@ def plot(prune, path):
         ax.set(title=f"{d} {a}", xlabel="fraction of parameters removed", ylabel="test accuracy (no FT)")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _results.save_figure(fig, path, dpi=100)
 
 
 def main():
@@ -228,17 +229,18 @@ def main():
     ap.add_argument("--ft-samples", type=int, default=6000)
     ap.add_argument("--classes", nargs="+", type=int, default=list(range(10)))
     ap.add_argument("--skip", nargs="*", default=[], choices=["prune", "forget", "timing"])
-    ap.add_argument("--out", type=Path, default=OUT, help="results folder")
+    ap.add_argument("--out", type=Path, default=None, help=_results.out_help("discedit"))
     ap.add_argument("--summarise-only", action="store_true",
                     help="rebuild discedit.md and the plot from the JSON results without running")
     args = ap.parse_args()
+    args.out = _results.out_dir(args.out, "discedit")
     if args.summarise_only:
-        rows = [json.loads((args.out / f"discedit_{n}.json").read_text()) for n in ("prune", "forget", "timing")]
-        (args.out / "discedit.md").write_text(summarise(*rows))
+        rows = [_results.read(args.out / f"discedit_{n}.json") for n in ("prune", "forget", "timing")]
+        _results.write_markdown(args.out / "discedit.md", summarise(*rows))
         plot(rows[0], args.out / "discedit_prune.png")
         return
     torch.set_num_threads(1)
-    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = _results.stamp()
     prune, forget, timing = [], [], []
     for ds in args.datasets:
         bundle = data.load_dataset(ds, "/work/shared/data")
@@ -251,8 +253,8 @@ def main():
             if "prune" not in args.skip:
                 prune += bench_prune(bundle, arch, model, args.ratios, args.stats)
             for name, rows in (("prune", prune), ("forget", forget), ("timing", timing)):
-                (args.out / f"discedit_{name}.json").write_text(json.dumps(rows, indent=1))
-            (args.out / "discedit.md").write_text(summarise(prune, forget, timing))
+                _results.write_json(args.out / f"discedit_{name}.json", rows, stamp)
+            _results.write_markdown(args.out / "discedit.md", summarise(prune, forget, timing), stamp)
             if prune:
                 plot(prune, args.out / "discedit_prune.png")
 

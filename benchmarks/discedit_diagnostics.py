@@ -7,9 +7,11 @@ samples), never on the test split.
         "l1,random,taylor,sp:,sp:hook=act,sp:features=linear,sp:method=mpm,witness:hook=act"
     # the same pruned models before and after re-estimating only the BatchNorm statistics
     python benchmarks/discedit_diagnostics.py bnrecal vgg,resnet 0.2,0.45
+
+Prints its rows to stdout; writes no files.
 """
+import argparse
 import copy
-import sys
 
 import torch
 
@@ -58,6 +60,11 @@ def main(mode: str, archs: str, ratios: str, configs: str = "l1,random,sp:,sp:fe
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 4 or sys.argv[1] not in ("variants", "bnrecal"):
-        sys.exit(__doc__)
-    main(*sys.argv[1:])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("mode", choices=["variants", "bnrecal"])
+    ap.add_argument("archs", help="comma-separated, e.g. vgg,resnet")
+    ap.add_argument("ratios", help="comma-separated channel ratios, e.g. 0.1,0.2")
+    ap.add_argument("configs", nargs="?", default="l1,random,sp:,sp:features=linear",
+                    help="comma-separated scorer configs (default: %(default)s)")
+    a = ap.parse_args()
+    main(a.mode, a.archs, a.ratios, a.configs)

@@ -9,20 +9,23 @@ minutes on 2 CPU cores). Half of them ("tune") is what the editors' defaults wer
 accuracy (10k test split) against the dense model, seconds per edit, for each editor variant;
 calibration = 2,048 images of the model's training subset, no fine-tuning. Editors: discedit-u,
 modhifi-u and coar-forget, each in the variants of VARIANTS. Mean, worst case and the distribution per
-half, and a plot. Writes benchmarks/results/forget_family.{json,md,png}.
+half, and a plot. Writes <name>.{json,md,png} (default forget_family) to --out (default: a scratch
+folder, see benchmarks/_results.py; --out benchmarks/results updates the committed results).
 
   --half tune|held-out|all|zoo   which models (default all = tune + held-out; zoo: the two zoo
                                  Fashion-MNIST models, calibration 6,000 images as in modhifi.py)
   --editors a,b              editor variants (names in VARIANTS)
   --classes 0,1,...          forgotten classes (default all ten)
   --models a,b               only these models
-  --train-only               train (or load) the family and print dense accuracies"""
+  --train-only               train (or load) the family and print dense accuracies
+  --out DIR                  results folder; --merge reads its stems from it too
+  --name STEM                results file name (default forget_family)
+  --merge a,b                combine the results DIR/a.json, DIR/b.json into --name"""
 from __future__ import annotations
 
 import argparse
 import copy
 import dataclasses
-import json
 import platform
 import time
 from pathlib import Path
@@ -34,7 +37,8 @@ from pluginedit.capture import predictions
 from pluginedit.contrib import data, train
 from pluginedit.core.errors import InputError
 
-OUT = Path(__file__).resolve().parent / "results"
+import _results  # the helper beside this script
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 # name: (data set, arch, config, epochs, seed, half)
@@ -180,7 +184,7 @@ def plot(res, path) -> None:
     ax.set_ylabel("retained accuracy drop (points)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _results.save_figure(fig, path, dpi=120)
 
 
 def main() -> None:
@@ -191,11 +195,13 @@ def main() -> None:
     ap.add_argument("--calib", type=int, default=2048)
     ap.add_argument("--models", default=None, help="comma-separated model names (default: the half's)")
     ap.add_argument("--train-only", action="store_true")
-    ap.add_argument("--out", default="forget_family")
-    ap.add_argument("--merge", default=None, help="comma-separated result stems to combine into --out")
+    ap.add_argument("--out", default=None, help=_results.out_help("forget_family"))
+    ap.add_argument("--name", default="forget_family", help="results file name: NAME.json, NAME.md, NAME.png")
+    ap.add_argument("--merge", default=None, help="comma-separated result stems (in --out) to combine into --name")
     args = ap.parse_args()
+    folder = _results.out_dir(args.out, "forget_family")
     if args.merge:
-        return merge(args.merge.split(","), args.out)
+        return merge(args.merge.split(","), folder, args.name)
     variants = args.editors.split(",")
     unknown = set(variants) - set(VARIANTS)
     if unknown:
@@ -223,30 +229,28 @@ def main() -> None:
                 print(f"  {v} class {k}: {row.get('forgotten', 'failed')} / {row.get('retained', '')} "
                       f"(dense {dense_k[1]:.4f})", flush=True)
         if not args.train_only:
-            write(res, args.out)       # after every model: a stopped run keeps what it measured
+            write(res, folder, args.name)       # after every model: a stopped run keeps what it measured
 
 
-def write(res: dict, out: str) -> None:
+def write(res: dict, folder: Path, out: str) -> None:
     variants = sorted({r["variant"] for r in res["rows"]})
     res["summary"] = {f"{v}|{h}": summarise(res["rows"], v, h) for v in variants for h in ("tune", "held-out", "all", "zoo")}
-    OUT.mkdir(exist_ok=True)
-    stem = OUT / out
-    stem.with_suffix(".json").write_text(json.dumps(res, indent=1))
-    stem.with_suffix(".md").write_text(markdown(res))
-    plot(res, stem.with_suffix(".png"))
+    stem = folder / out
+    _results.write(stem, res, markdown(res))
+    plot(res, Path(f"{stem}.png"))
     print(markdown(res).split("## Every edit")[0], flush=True)
 
 
-def merge(stems: list[str], out: str) -> None:
-    """One results file from the runs ``stems`` (each a results/<stem>.json)."""
-    parts = [json.loads((OUT / f"{s}.json").read_text()) for s in stems]
+def merge(stems: list[str], folder: Path, out: str) -> None:
+    """One results file from the runs ``stems`` (each a <folder>/<stem>.json)."""
+    parts = [_results.read(folder / f"{s}.json") for s in stems]
     res = {"machine": parts[0]["machine"], "command": "; ".join(p["command"] for p in parts) +
-           f"; python benchmarks/forget_family.py --merge {','.join(stems)} --out {out}",
+           f"; python benchmarks/forget_family.py --merge {','.join(stems)} --name {out}",
            "calib": parts[0]["calib"], "models": {}, "rows": []}
     for p in parts:
         res["models"] |= p["models"]
         res["rows"] += p["rows"]
-    write(res, out)
+    write(res, folder, out)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ and its high-water mark reset (``/proc/self/clear_refs`` = 5), so the peak is th
   array (47 MB whatever ``samples`` is), so nothing resident scales with ``samples``.
 
 Reported per run: RSS before scoring, peak RSS while scoring, their difference (what scoring
-itself adds), and the 20k / 1k ratios. Writes benchmarks/results/memory.{json,md}.
+itself adds), and the 20k / 1k ratios. Writes <name>.{json,md} (default memory) to --out (default: a
+scratch folder, see benchmarks/_results.py; --out benchmarks/results updates the committed results).
 
 Allocator: glibc raises its mmap threshold each time a large block is freed, after which
 batch-sized buffers come from the heap, whose fragmentation sets the high-water mark. With
@@ -37,7 +38,8 @@ import sys
 import time
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parent / "results"
+import _results  # the helper beside this script
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
@@ -93,7 +95,7 @@ def child(scorer: str, samples: int, mode: str, data_dir: str) -> dict:
     scores = pe.score(model, scorer, data=calib, num_classes=10)
     seconds = time.perf_counter() - t0
     peak = _status()["VmHWM"]
-    assert all(torch.isfinite(v).all() for v in scores.values.values())
+    assert all(torch.isfinite(v).all() for v in scores.values())
     del bundle
     return dict(scorer=scorer, samples=samples, mode=mode, rss_before_mb=before, peak_mb=peak,
                 scoring_mb=peak - before, seconds=seconds)
@@ -136,7 +138,8 @@ def main(argv=None) -> int:
     ap.add_argument("--malloc", default="pinned", choices=["pinned", "default"],
                     help="pinned: MALLOC_MMAP_THRESHOLD_=131072 in the measured processes")
     ap.add_argument("--data-dir", default=str(DATA))
-    ap.add_argument("--out", default=str(OUT / "memory"), help="results stem: OUT.json and OUT.md")
+    ap.add_argument("--out", default=None, help=_results.out_help("memory"))
+    ap.add_argument("--name", default="memory", help="results file name: NAME.json and NAME.md")
     ap.add_argument("--child", nargs=3, metavar=("SCORER", "SAMPLES", "MODE"), default=None)
     args = ap.parse_args(argv)
     if args.child:
@@ -158,11 +161,9 @@ def main(argv=None) -> int:
     meta = dict(cpu=cpu, threads=torch.get_num_threads(), torch=torch.__version__,
                 malloc="MALLOC_MMAP_THRESHOLD_=131072" if args.malloc == "pinned" else "glibc defaults")
     command = "python benchmarks/memory.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    out = Path(args.out)
-    out.parent.mkdir(exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(dict(meta=meta, command=command.strip(), rows=rows,
-                                                        ratios=ratios), indent=2))
-    out.with_suffix(".md").write_text(_markdown(rows, ratios, command.strip(), meta))
+    out = _results.out_dir(args.out, "memory") / args.name
+    _results.write(out, dict(meta=meta, command=command.strip(), rows=rows, ratios=ratios),
+                   _markdown(rows, ratios, command.strip(), meta), indent=2)
     print(_markdown(rows, ratios, command.strip(), meta))
     return 0
 

@@ -9,14 +9,14 @@ training images, accuracy on the 10k test split, no fine-tuning anywhere):
 MiniLM (all-MiniLM-L6-v2): mean cosine similarity of sentence embeddings to the dense model on
 held-out docstring sentences at 10/20/30% FFN neurons removed, with and without delta*, and at
 1/2/3 of 12 attention heads removed per layer (torch-pruning; head-output score vs magnitude/random).
-Writes benchmarks/results/modhifi_{fmnist,minilm}.{json,md} (with --arch: modhifi_fmnist_<arch>).
+Writes modhifi_{fmnist,minilm}.{json,md} (with --arch: modhifi_fmnist_<arch>) to --out (default: a
+scratch folder, see benchmarks/_results.py; --out benchmarks/results updates the committed results).
 Both archs in parallel:  python benchmarks/modhifi.py --only fmnist --arch vgg &
                          python benchmarks/modhifi.py --only fmnist --arch resnet"""
 from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import sys
 import time
@@ -31,7 +31,8 @@ from pluginedit.core import registry
 from pluginedit.contrib import train
 from pluginedit.editors.bnrecal import recalibrate_bn
 
-OUT = Path(__file__).resolve().parent / "results"
+import _results  # the helper beside this script
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
@@ -207,10 +208,11 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="smaller test split, one ratio")
     ap.add_argument("--arch", choices=["vgg", "resnet"], help="one Fashion-MNIST model only "
                     "(writes modhifi_fmnist_<arch>.*; run both in parallel on two cores)")
+    ap.add_argument("--out", default=None, help=_results.out_help("modhifi"))
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
-    OUT.mkdir(parents=True, exist_ok=True)
+    out = _results.out_dir(args.out, "modhifi")
     env = {"torch": torch.__version__, "python": platform.python_version(), "threads": 1,
            "command": "python benchmarks/modhifi.py " + " ".join(argv or sys.argv[1:])}
     for name, run, md in (("fmnist", fmnist, fmnist_md), ("minilm", minilm, minilm_md)):
@@ -220,9 +222,8 @@ def main(argv=None) -> int:
         res = run(args.quick, (args.arch,)) if name == "fmnist" and args.arch else run(args.quick)
         res["env"], res["seconds"] = env, time.time() - t
         stem = f"modhifi_{name}" + (f"_{args.arch}" if name == "fmnist" and args.arch else "")
-        (OUT / f"{stem}.json").write_text(json.dumps(res, indent=2))
-        (OUT / f"{stem}.md").write_text(md(res))
-        print(f"wrote {OUT}/{stem}.json/.md ({res['seconds']:.0f}s)", flush=True)
+        _results.write(out / stem, res, md(res), indent=2)
+        print(f"wrote {out}/{stem}.json/.md ({res['seconds']:.0f}s)", flush=True)
     return 0
 
 

@@ -4,12 +4,12 @@
 
 On the Fashion-MNIST ResNet and VGG (``train.pretrained``), scores with witness, fidelity and
 tvs from one ``pe.score_many`` pass and from three ``pe.score`` calls; checks that the scores are
-identical and reports the best-of-``repeats`` wall times and their ratio. Writes
-benchmarks/results/one_pass.{json,md}."""
+identical and reports the best-of-``repeats`` wall times and their ratio. Writes one_pass.{json,md}
+to --out (default: a scratch folder, see benchmarks/_results.py; --out benchmarks/results updates
+the committed results)."""
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
@@ -19,7 +19,8 @@ import torch
 import pluginedit as pe
 from pluginedit.contrib import data, train
 
-OUT = Path(__file__).resolve().parent / "results"
+import _results  # the helper beside this script
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SCORERS = ("witness", "fidelity", "tvs")
 
@@ -52,19 +53,19 @@ def main(argv=None) -> int:
     ap.add_argument("--samples", type=int, default=2048)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--data-dir", type=Path, default=DATA)
+    ap.add_argument("--out", default=None, help=_results.out_help("one_pass"))
     args = ap.parse_args(argv)
+    out = _results.out_dir(args.out, "one_pass")
     bundle = data.load_dataset("fashion-mnist", args.data_dir)
     rows = [measure(a, bundle, args.samples, args.repeats) for a in ("resnet", "vgg")]
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    OUT.mkdir(exist_ok=True)
-    (OUT / "one_pass.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
     lines = ["# Three scorers (witness, fidelity, tvs): one pass vs three passes", "",
              f"Command: `python benchmarks/one_pass.py --samples {args.samples} --repeats {args.repeats}`; "
              f"machine: {machine}; best of {args.repeats}.", "",
              "| model | samples | one pass s | three passes s | ratio | scores identical |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['arch']} | {r['samples']} | {r['one_pass_s']:.2f} | {r['separate_s']:.2f} | "
               f"{r['ratio']:.2f} | {r['identical']} |" for r in rows]
-    (OUT / "one_pass.md").write_text("\n".join(lines) + "\n")
+    _results.write(out / "one_pass", {"machine": machine, "rows": rows}, "\n".join(lines) + "\n", indent=2)
     print("\n".join(lines))
     return 0
 

@@ -9,12 +9,13 @@ static rank-one (n = 1), dynamic rectify (n = 1, 20), direct low-rank (n = 1, 20
 optimisation; ``--only projected`` re-runs just these rows into the existing results). For the dynamic n = 1 edit: ASR at other trigger positions and opacities. Robustness:
 mean accuracy over the corruption suite (6 corruptions x 3 severities, 2,000 test images) for
 every row. 1-layer interpolation of the static edit, t in 0 .. 1: ASR, clean accuracy, corrupted
-accuracy and corrupted ASR (plot). Writes benchmarks/results/rectify.{json,md,png}."""
+accuracy and corrupted ASR (plot). Writes rectify.{json,md,png} to --out (default: a scratch folder,
+see benchmarks/_results.py; --out benchmarks/results updates the committed results); ``--only``
+reads the existing results from --out."""
 from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import time
 from pathlib import Path
@@ -28,7 +29,8 @@ from pluginedit.contrib import backdoor, data, train
 from pluginedit.core.errors import InputError
 from pluginedit.editors.robust import interpolate
 
-OUT = Path(__file__).resolve().parent / "results"
+import _results  # the helper beside this script
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SEVERITIES = (1, 2, 3)
 
@@ -172,7 +174,7 @@ def plot(rows, path):
     ax.set_xlabel("t (1-layer interpolation)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _results.save_figure(fig, path, dpi=120)
 
 
 PROJECTED = {"values": "block"}
@@ -188,22 +190,24 @@ def projected_rows(b) -> list[dict]:
 
 
 def only_projected(b, stem: Path) -> None:
-    res = json.loads(stem.with_suffix(".json").read_text())
+    res = _results.read(stem.with_suffix(".json"))
     res["rows"] = [r for r in res["rows"] if "projected" not in r["method"]] + projected_rows(b)
-    stem.with_suffix(".json").write_text(json.dumps(res, indent=1))
-    stem.with_suffix(".md").write_text(markdown(res))
+    _results.write(stem, res, markdown(res))
     print(markdown(res))
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", choices=["projected"], default=None)
+    ap.add_argument("--only", choices=["projected"], default=None,
+                    help="re-run the projected rows into the existing results in --out")
+    ap.add_argument("--out", default=None, help=_results.out_help("rectify"))
     args = ap.parse_args()
+    stem = _results.out_dir(args.out, "rectify") / ("rectify_quick" if args.quick else "rectify")
     torch.manual_seed(0)
     b = Bench(args.quick)
     if args.only:
-        return only_projected(b, OUT / ("rectify_quick" if args.quick else "rectify"))
+        return only_projected(b, stem)
     base = {"method": "trojaned", "n": 0, "seconds": 0.0, "asr": b.asr(b.model), "clean_accuracy": b.acc(b.model)} | b.corrupted(b.model)
     print(f"  {base}", flush=True)
     rows = [base]
@@ -224,10 +228,7 @@ def main():
                              "edited": generalisation(b, dyn) if dyn is not None else {}}
     res["interpolation"] = interpolation(b, models[("static rank-one", 1)])
     res["monotone"] = monotone(res["interpolation"])
-    OUT.mkdir(exist_ok=True)
-    stem = OUT / ("rectify_quick" if args.quick else "rectify")
-    stem.with_suffix(".json").write_text(json.dumps(res, indent=1))
-    stem.with_suffix(".md").write_text(markdown(res))
+    _results.write(stem, res, markdown(res))
     plot(res["interpolation"], stem.with_suffix(".png"))
     print(markdown(res))
 

@@ -12,7 +12,8 @@ For each: seconds of the whole ``pe.score``, of its collection alone (statistics
 the forward it rides on), the ratio to plain inference, the FLOPs and bytes the statistic itself
 must move (model below), and the fraction of the roofline bound reached, with this CPU's peak
 fp32 GEMM FLOP/s (``torch.mm``, 2048^2) and memcpy bandwidth (``copy_`` of 256 MiB: read + write)
-measured in the same run. Writes benchmarks/results/resnet50_throughput.{json,md}.
+measured in the same run. Writes <name>.{json,md} (default resnet50_throughput) to --out (default:
+a scratch folder, see benchmarks/_results.py; --out benchmarks/results updates the committed results).
 
 Work model (per statistic, beyond the forward): K2 reads each hooked activation once (4 B) and
 does ~6 FLOPs per element (s, s^2 ... e); tvs reads it once and writes float64 sums, squares;
@@ -38,9 +39,9 @@ from pluginedit.contrib import zoo
 from pluginedit.core import registry
 from pluginedit.core.plugin import Inputs
 
+import _results                          # the helper beside this script
 from bench_kernels import best_seconds   # the script beside this one
 
-OUT = Path(__file__).resolve().parent / "results"
 CLASSES = 8                      # labels 0..7, two images each at 16 images (class statistics need two)
 
 
@@ -142,7 +143,7 @@ def measure(args) -> dict:
             for b in images.split(batch):
                 model(b)
     fwd = best_seconds(lambda: forward(x, args.batch), args.repeats)
-    targets = [model.get_submodule(p) for p in pe.score(model, "l1", data=data, num_classes=CLASSES).values]
+    targets = [model.get_submodule(p) for p in pe.score(model, "l1", data=data, num_classes=CLASSES)]
     w = work(model, x, args.batch, targets)
     rows = [dict(name="forward", score_s=fwd, collect_s=fwd, statistic_s=fwd, score_over_forward=1.0,
                  collect_over_forward=1.0, statistic_over_forward=1.0,
@@ -204,15 +205,15 @@ def main(argv=None) -> int:
     ap.add_argument("--masks", type=int, default=20)
     ap.add_argument("--examples", type=int, default=2)
     ap.add_argument("--chunk", type=int, default=4)
-    ap.add_argument("--out", default=str(OUT / "resnet50_throughput"))
+    ap.add_argument("--out", default=None, help=_results.out_help("resnet50_throughput"))
+    ap.add_argument("--name", default="resnet50_throughput", help="results file name: NAME.json and NAME.md")
     args = ap.parse_args(argv)
     r = measure(args) | {"repeats": args.repeats}
     import sys
     command = "python benchmarks/resnet50_throughput.py " + " ".join(sys.argv[1:] if argv is None else argv)
     r["command"] = command.strip()
-    Path(args.out).parent.mkdir(exist_ok=True)
-    Path(args.out + ".json").write_text(json.dumps(r, indent=2))
-    Path(args.out + ".md").write_text(markdown(r, r["command"]))
+    _results.write(_results.out_dir(args.out, "resnet50_throughput") / args.name, r, markdown(r, r["command"]),
+                   indent=2)
     print(markdown(r, r["command"]))
     return 0
 

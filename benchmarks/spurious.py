@@ -4,11 +4,12 @@ A Fashion-MNIST VGG trained with a 4 px checkerboard on 95 % of class 0's traini
 no other class (``contrib.backdoor.spurious_model``). The clean / spurious gap: class-0 accuracy
 without and with the artefact, and the rate at which other classes' images are called class 0
 without and with it (10k test split). Rectification from n pairs of other-class training images
-(with artefact -> without, their true labels). Writes benchmarks/results/spurious.{json,md}."""
+(with artefact -> without, their true labels). Writes spurious.{json,md} to --out (default: a scratch
+folder, see benchmarks/_results.py; --out benchmarks/results updates the committed results)."""
 from __future__ import annotations
 
+import argparse
 import copy
-import json
 import platform
 import time
 from pathlib import Path
@@ -19,7 +20,8 @@ import pluginedit as pe
 from pluginedit.contrib import backdoor, data
 from pluginedit.core.errors import InputError
 
-OUT = Path(__file__).resolve().parent / "results"
+import _results  # the helper beside this script
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
@@ -28,7 +30,11 @@ def pairs(bundle, trigger, n):
     return pe.Pairs(other.x, trigger.apply(other.x), other.y)
 
 
-def main():
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=None, help=_results.out_help("spurious"))
+    args = ap.parse_args(argv)
+    out = _results.out_dir(args.out, "spurious")
     torch.manual_seed(0)
     bundle = data.load_dataset("fashion-mnist", DATA)
     trigger = backdoor.calibrated(bundle)
@@ -55,9 +61,7 @@ def main():
         else:
             lines.append(f"| {r['method']} | {r['n']} | {r['clean_acc']:.4f} | {r['artefact_acc']:.4f} | "
                          f"{r['clean_fpr']:.4f} | {r['artefact_fpr']:.4f} |")
-    OUT.mkdir(exist_ok=True)
-    (OUT / "spurious.json").write_text(json.dumps(rows, indent=1))
-    (OUT / "spurious.md").write_text("\n".join(lines) + "\n")
+    _results.write(out / "spurious", rows, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
