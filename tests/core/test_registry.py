@@ -1,7 +1,9 @@
 """Plugin discovery through entry points: built-ins, broken, duplicate and incompatible plugins,
-the autoload switch, and a real third-party package installed with pip."""
+the autoload switch, and a real third-party package installed with pip (into a temporary folder)."""
 import importlib
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -90,19 +92,38 @@ def test_unknown_name_lists_the_known_ones():
         registry.get_scorer("nope")
 
 
+def _forget_example_modules() -> None:
+    for name in [m for m in sys.modules if m == "pluginedit_example" or m.startswith("pluginedit_example.")]:
+        del sys.modules[name]
+
+
 @pytest.fixture(scope="module")
-def example_installed():
+def example_installed(tmp_path_factory):
+    """The example package as pip installs it, but into a temporary target on sys.path (and
+    PYTHONPATH, for the CLI subprocess) for this module only: nothing stays in the environment,
+    and pip builds a copy, so no build/ or egg-info lands in examples/ (issue 27). Its own tests
+    are in examples/pluginedit-example-scorer/tests."""
+    tmp = tmp_path_factory.mktemp("example-plugin")
+    src, target = tmp / "src", tmp / "site"
+    shutil.copytree(EXAMPLE, src, ignore=shutil.ignore_patterns("tests", "build", "*.egg-info", "__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--force-reinstall", str(EXAMPLE)], check=True)   # the current source, not a stale copy
-    sys.modules.pop("pluginedit_example", None)
+                    "--disable-pip-version-check", "--target", str(target), str(src)], check=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(target))
+        mp.setenv("PYTHONPATH", os.pathsep.join([str(target), *filter(None, [os.environ.get("PYTHONPATH")])]))
+        mp.delenv(registry.AUTOLOAD_ENV, raising=False)
+        _forget_example_modules()
+        importlib.invalidate_caches()
+        registry.refresh()
+        yield target
+    _forget_example_modules()
     importlib.invalidate_caches()
-    registry.refresh()
-    yield
     registry.refresh()
 
 
 def test_example_plugin_is_discovered_and_prunes(example_installed, tmp_path):
-    listing = subprocess.run(["pluginedit", "plugins"], capture_output=True, text=True, check=True).stdout
+    listing = subprocess.run([sys.executable, "-m", "pluginedit.cli", "plugins"], capture_output=True, text=True,
+                             check=True).stdout
     row = next(line for line in listing.splitlines() if line.startswith("bn-gamma"))
     assert "pluginedit-example-scorer" in row and "0.1.0" in row and row.endswith("ok")
     out = tmp_path / "report.json"
