@@ -5,15 +5,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .capture import Pairs, check_classes, check_nonempty, check_runs, example_batch, labels_of
+from .capture import Pairs, check_classes, check_model, check_nonempty, check_runs, checked_classes, example_batch, \
+    for_model
 from .core import registry
-from .core.components import groups
+from .core.components import check_targets, groups, modes_kept
 from .core.errors import InputError, PluginRunError
 from .core.plugin import Editor, Inputs, failures_named
 from .core.record import EditRecord, atomic
 from .core.scores import Scores
 from .io import load, load_model, load_weights, save
-from .io.models import add_steps, load_state
+from .io.models import add_edit, load_state
 from .scorers.run import num_classes_of, score, score_many
 
 __all__ = ["Pairs", "score", "score_many", "edit", "prune", "forget", "editor_inputs", "save", "load",
@@ -37,7 +38,9 @@ def _editor(editor: str | Editor, options: dict) -> Editor:
 def editor_inputs(model: nn.Module, editor: Editor, scores: Scores | None, data=None,
                   example_inputs=None, num_classes=None, forget_class=None, targets=None,
                   pairs=None) -> Inputs:
-    """Check what ``editor`` declares it needs and assemble its Inputs."""
+    """Check what ``editor`` declares it needs and assemble its Inputs (float64 inputs converted
+    for a float32 model)."""
+    check_model(model)
     if not groups(model):
         raise InputError(f"the model ({type(model).__name__}) has no conv/linear layers to edit")
     if editor.needs_data and data is None:
@@ -56,13 +59,13 @@ def editor_inputs(model: nn.Module, editor: Editor, scores: Scores | None, data=
                              "(wrap a dict with Scores(values, scorer=...))")
         scores.check_fits(model)
     check_nonempty(data)
-    example = example_inputs if example_inputs is not None else example_batch(data)
+    data, example = for_model(model, data, example_inputs)
+    example = example if example is not None else example_batch(data)
     check_runs(model, example)
-    if editor.needs_labels or editor.kind == "forget":
-        num_classes = num_classes or num_classes_of(model, example)
+    # forgetting needs the forgotten class and one to keep
+    need = 2 if editor.kind == "forget" else 1 if editor.needs_labels else 0
+    num_classes = checked_classes(model, data, example, num_classes, need)
     if editor.kind == "forget":
-        if labels_of(data) is not None:
-            check_classes(labels_of(data), num_classes)   # the forgotten class and one to keep
         if forget_class is None or isinstance(forget_class, bool) or int(forget_class) != forget_class:
             raise InputError(f"editor {editor.name!r} needs an integer forget_class, got {forget_class!r}")
         if not 0 <= int(forget_class) < num_classes:
@@ -70,21 +73,30 @@ def editor_inputs(model: nn.Module, editor: Editor, scores: Scores | None, data=
         forget_class = int(forget_class)
     elif forget_class is not None:
         raise InputError(f"editor {editor.name!r} ({editor.kind}) does not forget a class")
+    if pairs is not None:     # the labels index the model's output
+        width = num_classes_of(model, example if example is not None else pairs.clean[:1])
+        check_classes(pairs.y, width, need=1)
     return Inputs(data=data, example=example, num_classes=num_classes,
-                  targets=tuple(targets or ()), forget_class=forget_class, pairs=pairs)
+                  targets=check_targets(model, targets or ()), forget_class=forget_class, pairs=pairs)
 
 
 def edit(model: nn.Module, editor: str | Editor, scores: Scores | None = None, *, data=None,
          example_inputs=None, num_classes=None, forget_class=None, targets=None, pairs=None,
          **options) -> EditRecord:
-    """Apply an editor atomically: if it raises, the model is restored in place, exactly.
-    Keyword arguments other than the inputs named here are the editor's options."""
+    """Apply an editor atomically: if it raises, the model is restored in place, exactly. If
+    it succeeds, every module keeps its training flag (one the editor added takes its parent's).
+    Keyword arguments other than the inputs named here are the editor's options.
+
+    The primary form passes an editor built with its options (checked when it is built):
+    ``pe.edit(model, ModHiFiP(ratio=0.5), data=calib)`` (``from pluginedit.editors.modhifi_p
+    import ModHiFiP``); ``pe.edit(model, "modhifi-p", data=calib, ratio=0.5)`` is the same edit
+    by name. ``scores`` reach the editor as given, or ``None``: nothing is scored for it."""
     editor = _editor(editor, options)
     inputs = editor_inputs(model, editor, scores, data, example_inputs, num_classes, forget_class, targets,
                            pairs)
-    with atomic(model):
+    with atomic(model), modes_kept(model):
         record = _apply(editor, model, scores, inputs)
-    add_steps(model, record.steps)     # structural edits travel with the model (pe.save)
+    add_edit(model, record)     # steps and history travel with the model (pe.save)
     return record
 
 

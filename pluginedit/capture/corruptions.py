@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core import checks
 from ..core.errors import InputError
 from .evaluate import predictions
 from .inputs import model_device
@@ -118,7 +119,7 @@ def corrupt(x: torch.Tensor, name: str, severity: int, seed: int = 0, lo: float 
     if x.numel() == 0:
         return x.clone()
     work = torch.promote_types(x.dtype, torch.float32)     # half inputs are computed in float32
-    g = torch.Generator(device=x.device).manual_seed(int(seed))
+    g = torch.Generator(device=x.device).manual_seed(checks.seed(seed))
     u = (x.to(work) - lo) / (hi - lo)
     out = _IMPL[name](u, float(PARAMS[name][int(severity) - 1]), g)
     return (out * (hi - lo) + lo).to(x.dtype)

@@ -9,10 +9,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler
 from tqdm.auto import tqdm
 
+from ..core import checks
 from ..core.components import eval_mode, groups, kind_of, output_layers, size_of, transformer_units
 from ..core.errors import InputError
 from ..core.outputs import batch_size as batch_size_of
-from ..core.outputs import call, finite, take, to
+from ..core.outputs import call, finite, output, take, tensors, to
 from ..stats import check_labels
 from ..stats.distributed import world
 
@@ -34,7 +35,7 @@ class Split:
             keep &= ~torch.isin(self.y, torch.as_tensor(list(exclude)))
         idx = keep.nonzero().squeeze(1)
         if n is not None and n < len(idx):
-            g = torch.Generator().manual_seed(seed)
+            g = torch.Generator().manual_seed(checks.seed(seed))
             idx = idx[torch.randperm(len(idx), generator=g)[:n]].sort().values
         return Split(take(self.x, idx), self.y[idx])
 
@@ -67,6 +68,10 @@ class _Rows(Dataset):
     """(x, y) rows of a tensor or of a mapping of tensors (the default collate re-batches both)."""
 
     def __init__(self, x, y):
+        if torch.is_tensor(x) and x.ndim < 2:
+            raise InputError(f"inputs of shape {tuple(x.shape)} have no feature dimension: inputs need a "
+                             "sample dimension plus feature dimensions, [N, features...] (for one value "
+                             "per sample, x.unsqueeze(1))")
         n = batch_size_of(x)
         if n != len(y):
             raise InputError(f"{n} inputs but {len(y)} labels")
@@ -92,15 +97,18 @@ def as_loader(data, batch_size: int = 256, shuffle: bool = False, seed: int = 0)
     if not isinstance(data, Dataset):
         raise InputError(f"cannot make a loader from {type(data).__name__}; "
                          "pass a Split, (x, y) tensors, a Dataset or a DataLoader")
-    g = torch.Generator().manual_seed(seed)
+    checks.number("batch_size", batch_size, integer=True, at_least=1)
+    g = torch.Generator().manual_seed(checks.seed(seed))
     return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=g)
 
 
-def check_classes(y: torch.Tensor, num_classes: int, need: int = 2) -> None:
-    """Labels in range and at least ``need`` distinct classes present."""
+def check_classes(y: torch.Tensor, num_classes: int, need: int = 2, source: str = "num_classes",
+                  note: str = "") -> None:
+    """Labels in range and at least ``need`` distinct classes present; ``source`` says where
+    ``num_classes`` came from (the argument, or the width of the model's output)."""
     if len(y) and (y.min() < 0 or y.max() >= num_classes):
         raise InputError(f"labels out of range: found [{int(y.min())}, {int(y.max())}], "
-                         f"expected [0, {num_classes - 1}]")
+                         f"expected [0, {num_classes - 1}] ({source} is {num_classes}){note}")
     present = torch.unique(y).numel()
     if present < need:
         raise InputError(f"the data has {present} class(es); this needs at least {need}")
@@ -123,13 +131,80 @@ def labels_of(data) -> torch.Tensor | None:
     """The labels of a Split or an (x, y) pair, to check whole; None for a Dataset or a loader
     (their labels are checked batch by batch)."""
     y = data.y if isinstance(data, Split) else data[1] if isinstance(data, (tuple, list)) and len(data) == 2 else None
-    ok = torch.is_tensor(y) and y.ndim == 1 and not y.is_floating_point() and not y.is_complex()
+    ok = torch.is_tensor(y) and y.ndim == 1 and not (y.is_floating_point() or y.is_complex() or y.dtype == torch.bool)
     return y if ok else None     # other labels get the batch check's message (dtype, shape)
 
 
 def model_device(model: nn.Module) -> torch.device:
     p = next(iter(model.parameters()), None)
     return p.device if p is not None else torch.device("cpu")
+
+
+def check_model(model: nn.Module) -> None:
+    """A model with data in it and a component in each conv / linear layer: one on the meta
+    device (built without weights) or with a zero-width layer fails deep inside a statistic."""
+    meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if meta:
+        raise InputError(f"the model's parameters are on the meta device (no data; {meta[0]!r} among "
+                         f"{len(meta)}): load weights first (model.to_empty(device=...), then load_state_dict)")
+    empty = [f"{p!r} ({m})" for p, m in groups(model).items() if size_of(m) == 0 or _no_weights(m)]
+    if empty:
+        raise InputError(f"zero-width layer(s) {', '.join(empty[:5])}: no weights, so no component to score "
+                         "or edit; remove them or give them a width")
+
+
+def _no_weights(module: nn.Module) -> bool:
+    """A conv / linear layer of zero input width (attention blocks have no ``weight``)."""
+    weight = getattr(module, "weight", None)
+    return torch.is_tensor(weight) and weight.numel() == 0
+
+
+def _model_floats(model: nn.Module, x):
+    """``x`` with float64 tensors as float32 for a float32 model: float64 is what NumPy hands
+    out by default, and float32 keeps its meaning at the precision the model computes in.
+    Other dtypes are left for the model to take or refuse (``check_runs`` names them)."""
+    p = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if p is None or p.dtype != torch.float32:
+        return x
+    if isinstance(x, dict):
+        return {k: _model_floats(model, v) for k, v in x.items()}
+    return x.float() if torch.is_tensor(x) and x.dtype == torch.float64 else x
+
+
+def for_model(model: nn.Module, data, example):
+    """(data, example) with float64 inputs converted for a float32 model (``_model_floats``):
+    a Split or an (x, y) pair whole, as a new object (the caller's stays as it is); a Dataset
+    or a DataLoader batch by batch in ``batches``."""
+    if example is not None:
+        example = _model_floats(model, example)
+    if isinstance(data, Split):
+        data = Split(_model_floats(model, data.x), data.y)
+    elif isinstance(data, (tuple, list)) and len(data) == 2 and torch.is_tensor(data[1]):
+        data = (_model_floats(model, data[0]), data[1])
+    return data, example
+
+
+def checked_classes(model: nn.Module, data, example, num_classes: int | None, need: int) -> int | None:
+    """``num_classes`` checked (or, where ``need`` > 0 classes are read, the model's output width),
+    and the labels of a Split or an (x, y) pair checked against it, at least ``need`` classes
+    present. Labels nothing reads are checked too, against num_classes or the width of a
+    classifier's [N, K] output: a label beyond the model's classes is a mistake either way."""
+    if num_classes is not None:
+        checks.number("num_classes", num_classes, integer=True, at_least=max(need, 1))
+    labels = labels_of(data)
+    bound, source = num_classes, "num_classes"
+    if bound is None and (need or labels is not None):
+        if example is None:
+            raise InputError("num_classes is unknown: pass num_classes or data")
+        with torch.no_grad(), eval_mode(model):
+            out = output(model, example)
+        if need or out.ndim == 2:
+            bound, source = int(out.shape[-1]), "the model's output width"
+    if labels is not None and bound is not None:
+        check_classes(labels, bound, need, source, "" if need else
+                      "; labels must be classes of the model even where nothing reads them (if its output "
+                      "is not class scores, pass num_classes)")
+    return bound if need else num_classes
 
 
 def _sharded(data, batch_size: int, max_samples: int | None, comm):
@@ -160,6 +235,7 @@ def batches(model: nn.Module, data, num_classes: int | None, batch_size: int = 2
     ``shard`` and a process group (``stats.distributed``), this rank's batches only: batch b of
     the single-process pass goes to rank b mod world size, so each batch is exactly the batch one
     process would see, and none is read twice or dropped."""
+    checks.number("max_samples", max_samples, integer=True, at_least=1, optional=True)
     device = model_device(model)
     comm = world() if shard else None
     if comm is None:
@@ -179,7 +255,7 @@ def batches(model: nn.Module, data, num_classes: int | None, batch_size: int = 2
             raise InputError("NaN or Inf in the input data")
         if num_classes is not None:
             y = check_labels(y, num_classes, batch_size_of(x))
-        yield to(x, device), y.to(device)
+        yield to(_model_floats(model, x), device), y.to(device)
 
 
 def example_batch(data) -> torch.Tensor | None:
@@ -202,12 +278,26 @@ def check_runs(model: nn.Module, example) -> None:
     if example is None:
         return
     shape = {k: tuple(v.shape) for k, v in example.items()} if isinstance(example, dict) else tuple(example.shape)
+    complex_ = sorted({str(t.dtype) for t in tensors(example) if t.is_complex()})
+    if complex_:
+        raise InputError(f"the inputs are complex-valued ({', '.join(complex_)}): pluginedit runs models on "
+                         "real inputs; pass magnitudes, or real and imaginary parts as channels")
     try:
         with torch.no_grad(), eval_mode(model):
             call(model, example)
     except Exception as e:
         raise InputError(f"the model cannot run on the data's inputs of shape {shape} "
-                         f"({type(e).__name__}: {str(e).splitlines()[0][:300]})") from e
+                         f"({type(e).__name__}: {str(e).splitlines()[0][:300]}){_dtype_hint(model, example)}") from e
+
+
+def _dtype_hint(model: nn.Module, example) -> str:
+    """Why integer inputs may not fit a model of floating weights (token ids do, images don't)."""
+    p = next((p for p in model.parameters() if p.is_floating_point()), None)
+    ints = sorted({str(t.dtype) for t in tensors(example) if not t.is_floating_point()})
+    if p is None or not ints or isinstance(example, dict):
+        return ""
+    return f"; the inputs are {', '.join(ints)} and the model computes in {p.dtype}: convert them " \
+           "(x.float(), scaled as in training)"
 
 
 def head_layers(model: nn.Module, example: torch.Tensor | None = None,

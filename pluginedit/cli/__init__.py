@@ -6,10 +6,10 @@ import ast
 import contextlib
 import copy
 import dataclasses
-import json
 import os
 import sys
 import time
+from pathlib import Path
 
 from .. import api
 from ..core import registry
@@ -18,8 +18,10 @@ from ..contrib import train, zoo
 from ..contrib.data import load_dataset
 from ..capture import check_classes, example_batch
 from ..core.errors import InputError, PluginEditError
+from ..io import digest
 from ..core.plugin import describe
 from ..stats import distributed
+from .checks import _check_args, _model_kwargs, _nonnegative, _positive, _seed
 
 
 def _kv(text: str):
@@ -32,22 +34,19 @@ def _kv(text: str):
         return key, value
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
 def _model_args(p: argparse.ArgumentParser, data_default: str = "digits") -> None:
-    p.add_argument("--arch", default="vgg", help=f"model zoo architecture ({', '.join(sorted(zoo.ARCHS))})")
+    p.add_argument("--arch", default=None,     # None: not given (vgg unless --model or --hf names the model)
+                   help=f"model zoo architecture ({', '.join(sorted(zoo.ARCHS))}; default vgg)")
     p.add_argument("--model", default=None, metavar="PKG.MODULE:FACTORY",
                    help="your own model: a factory called with --model-args (instead of --arch)")
     p.add_argument("--model-args", default="{}", metavar="JSON", help="keyword arguments of --model")
     p.add_argument("--weights", default=None, help="weights: .safetensors, or a .pt/.pth state dict")
+    p.add_argument("--load", default=None, metavar="DIR",
+                   help="a model saved by pluginedit (--save / pluginedit.save) to edit further")
+    p.add_argument("--trust", action="append", default=[], metavar="PKG.MODULE:FACTORY",
+                   help="with --load: a factory outside the allow-list that the save may call (repeatable)")
+    p.add_argument("--sha256", default=None, metavar="HEX",
+                   help="with --load: accept only the save with this manifest digest (printed by --save)")
     p.add_argument("--hf", default=None, metavar="DIR",
                    help="a local transformers model directory (its class from the config); --data is "
                         "then a text file or data set (.json/.jsonl/.csv/.txt, 'text' column)")
@@ -58,7 +57,7 @@ def _model_args(p: argparse.ArgumentParser, data_default: str = "digits") -> Non
     p.add_argument("--epochs", type=_positive, default=None, help="training epochs of the cached model")
     p.add_argument("--train-samples", type=_positive, default=None, help="train on a seeded subset of this size")
     p.add_argument("--test-samples", type=_positive, default=None, help="evaluate on a seeded test subset")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--calib-samples", type=_positive, default=2048, help="training samples used for statistics")
     p.add_argument("--progress", action="store_true", default=sys.stderr.isatty())
 
@@ -67,7 +66,7 @@ def _edit_args(p: argparse.ArgumentParser, editor: str) -> None:
     p.add_argument("--editor", default=editor, help="editor plugin name")
     p.add_argument("-o", "--option", type=_kv, action="append", default=[], metavar="KEY=VALUE",
                    help="extra option for the scorer/editor (repeatable)")
-    p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune after the edit")
+    p.add_argument("--finetune-epochs", type=_nonnegative, default=0, help="fine-tune after the edit")
     p.add_argument("--report", default=None, help="write the before/after JSON here")
     p.add_argument("--plot", default=None, help="write a per-class accuracy PNG here")
     p.add_argument("--save", default=None, metavar="DIR",
@@ -89,14 +88,18 @@ def _bundle(args):
 
 
 def _model(args, bundle):
+    if (args.model or args.trust) and os.getcwd() not in sys.path:
+        # mypkg/ in the current folder imports as with `python -m` (console scripts do not add it)
+        sys.path.insert(0, os.getcwd())
+    if args.load:
+        model = api.load(args.load, trusted=args.trust, sha256=args.sha256)
+        if args.weights:
+            api.load_weights_into(model, args.weights)
+        return model
     if args.hf:
         return api.load_model(hf=args.hf, weights=args.weights)
     if args.model:
-        try:
-            model_args = json.loads(args.model_args)
-        except json.JSONDecodeError as e:
-            raise InputError(f"--model-args is not valid JSON: {e}") from e
-        return api.load_model(args.model, model_args, args.weights)
+        return api.load_model(args.model, _model_kwargs(args), args.weights)
     with distributed.main_first():     # under torchrun rank 0 trains and caches, the others load
         model = train.pretrained(args.arch, bundle, epochs=args.epochs, seed=args.seed, progress=args.progress)
     if args.weights:
@@ -118,7 +121,7 @@ def _finish(args, bundle, model, dense, record, extra: dict) -> dict:
     extra.pop("finetune_split", None)
     rep = {"before": report.evaluate(dense, bundle.test, bundle.num_classes),
            "after": report.evaluate(model, bundle.test, bundle.num_classes),
-           "edit": record.summary(), "model": args.arch, "data": args.data,
+           "edit": record.summary(), "model": args.load or args.hf or args.model or args.arch, "data": args.data,
            "finetune_epochs": args.finetune_epochs, **extra}
     if "forgotten_class" in extra:
         for side in ("before", "after"):
@@ -128,7 +131,8 @@ def _finish(args, bundle, model, dense, record, extra: dict) -> dict:
         return rep
     if getattr(args, "save", None):
         api.save(model, args.save, record)
-        print(f"edited model saved to {args.save} (reload with pluginedit.load)")
+        print(f"edited model saved to {args.save} (reload with pluginedit.load; pin it with "
+              f"sha256={digest(args.save)})")
     if args.report:
         report.write(rep, args.report)
         print(f"report written to {args.report}")
@@ -186,6 +190,9 @@ def _describe(name: str) -> int:
 
 
 def cmd_train(args) -> int:
+    if args.model or args.hf:
+        raise InputError("`pluginedit train` trains zoo models (--arch); --model / --hf models are "
+                         "trained by their owner")
     bundle = _bundle(args)
     t0 = time.perf_counter()
     with distributed.main_first():
@@ -224,7 +231,7 @@ def cmd_score(args) -> int:
           f"{time.perf_counter() - t0:.2f}s")
     for name, scores in results.items():
         print(f"{name}:")
-        for path, v in scores.values.items():
+        for path, v in scores.items():
             print(f"  {path:32s} n={len(v):4d}  min={v.min():.4g}  median={v.median():.4g}  max={v.max():.4g}")
         if args.out and distributed.is_main():
             stem = args.out if len(names) == 1 else f"{args.out}.{name}"
@@ -233,17 +240,32 @@ def cmd_score(args) -> int:
     return 0
 
 
-def cmd_prune(args) -> int:
-    cls = _editor_class(args.editor, ("prune", "mask"), "prune")
-    bundle, model, calib = _setup(args)
-    dense = copy.deepcopy(model)
-    options = dict(args.option)
-    scorer_opts = {k[7:]: v for k, v in options.items() if k.startswith("scorer.")}
-    edit_opts = {k: v for k, v in options.items() if not k.startswith("scorer.")}
-    flags = {"ratio": args.ratio} | ({"global_pruning": True} if args.global_pruning else {})
+def _prune_flags(args, cls, options: dict) -> dict:
+    """``--ratio`` and ``--global`` as editor options. The same option also given with ``-o``
+    is refused (which value was meant?), as is a flag the editor has no option for; without
+    either, editors with a ratio get the CLI's default 0.5."""
+    given = {"ratio": ("--ratio", args.ratio),
+             "global_pruning": ("--global", True if args.global_pruning else None)}
+    flags = {key: value for key, (_, value) in given.items() if value is not None}
+    clash = [f"{given[key][0]} and -o {key}=" for key in flags if key in options]
+    if clash:
+        raise InputError(f"{'; '.join(clash)} set the same option: give it once")
     unused = set(flags) - set(_known_options(cls, **flags))
     if unused:
         raise InputError(f"editor {args.editor!r} has no option(s) {sorted(unused)}")
+    if "ratio" not in flags and "ratio" not in options:
+        flags |= _known_options(cls, ratio=0.5)
+    return flags
+
+
+def cmd_prune(args) -> int:
+    cls = _editor_class(args.editor, ("prune", "mask"), "prune")
+    options = dict(args.option)
+    scorer_opts = {k[7:]: v for k, v in options.items() if k.startswith("scorer.")}
+    edit_opts = {k: v for k, v in options.items() if not k.startswith("scorer.")}
+    flags = _prune_flags(args, cls, edit_opts)
+    bundle, model, calib = _setup(args)
+    dense = copy.deepcopy(model)
     scores = None
     # an editor with a scorer of its own (modhifi-p) uses it unless --scorer is given
     scorer = args.scorer or (None if "scorer" in _known_options(cls, scorer=1) else "l1")
@@ -256,7 +278,7 @@ def cmd_prune(args) -> int:
                       example_inputs=example_batch(calib), num_classes=bundle.num_classes if cls.needs_labels else None,
                       **flags, **edit_opts)
     _finish(args, bundle, model, dense, record,
-            {"scorer": record.scores, "ratio": args.ratio})
+            {"scorer": record.scores, "ratio": edit_opts.get("ratio", flags.get("ratio"))})
     return 0
 
 
@@ -287,7 +309,6 @@ def cmd_demo(args) -> int:
 def cmd_bench(args) -> int:
     # Benchmark code is not part of the package: load it from the source checkout.
     import importlib.util
-    from pathlib import Path
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_kernels.py"
     if not script.exists():
         raise PluginEditError(f"{script} not found: `pluginedit bench` runs from a source checkout")
@@ -325,7 +346,7 @@ def parser() -> argparse.ArgumentParser:
     _edit_args(p, "prune")
     p.add_argument("--scorer", default=None,
                    help="scorer plugin (default: l1, or the editor's own scorer if it has one)")
-    p.add_argument("--ratio", type=float, default=0.5, help="fraction of channels to remove")
+    p.add_argument("--ratio", type=float, default=None, help="fraction of channels to remove (default 0.5)")
     p.add_argument("--global", dest="global_pruning", action="store_true", help="rank channels across layers")
     p.set_defaults(fn=cmd_prune)
 
@@ -340,8 +361,8 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the main job: l1 vs modhifi-p at the same size, save and reload")
     p.add_argument("--ratio", type=float, default=0.5, help="fraction of each layer's channels removed")
     p.add_argument("--save", default=None, metavar="DIR", help="where to save the modhifi-p model")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--finetune-epochs", type=int, default=15)
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--finetune-epochs", type=_nonnegative, default=15)
     p.add_argument("--report", default=None)
     p.add_argument("--plot", default=None)
     p.add_argument("--progress", action="store_true", default=sys.stderr.isatty())
@@ -362,6 +383,7 @@ def main(argv=None) -> int:
         with contextlib.ExitStack() as quiet:
             if not distributed.is_main():
                 quiet.enter_context(contextlib.redirect_stdout(quiet.enter_context(open(os.devnull, "w"))))
+            _check_args(args)
             return args.fn(args)
     except PluginEditError as e:
         print(f"pluginedit: error: {e}", file=sys.stderr)

@@ -42,19 +42,29 @@ def cmd_fix(args) -> int:
     return 0
 
 
-def _rectify_inputs(args, bundle):
-    """(model, pairs, triggered test split or None): the user's model and pairs file, or the
+def _read_pairs(path: str) -> Pairs:
+    """The pairs file: clean, corrupted and integer labels y (a float label would be truncated
+    to a class it does not name); their range is checked against the model by the edit."""
+    from safetensors.torch import load_file
+    try:
+        t = load_file(path)
+    except Exception as e:
+        raise InputError(f"cannot read --pairs {path}: {e}") from e
+    missing = {"clean", "corrupted", "y"} - set(t)
+    if missing:
+        raise InputError(f"--pairs {path} lacks tensors {sorted(missing)} (needs clean, corrupted, y)")
+    y = t["y"]
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool or y.ndim != 1:
+        raise InputError(f"--pairs {path}: y must be a 1-D array of integer class labels, "
+                         f"got {y.dtype} {tuple(y.shape)}")
+    return Pairs(t["clean"], t["corrupted"], y.long())
+
+
+def _rectify_inputs(args, bundle, pairs: Pairs | None):
+    """(model, pairs, triggered test split or None): the user's model and pairs, or the
     built-in trojan benchmark (a trojaned zoo model, n clean / triggered training pairs)."""
-    if args.pairs:
-        from safetensors.torch import load_file
-        try:
-            t = load_file(args.pairs)
-        except Exception as e:
-            raise InputError(f"cannot read --pairs {args.pairs}: {e}") from e
-        missing = {"clean", "corrupted", "y"} - set(t)
-        if missing:
-            raise InputError(f"--pairs {args.pairs} lacks tensors {sorted(missing)} (needs clean, corrupted, y)")
-        return _model(args, bundle), Pairs(t["clean"], t["corrupted"], t["y"].long()), None
+    if pairs is not None:
+        return _model(args, bundle), pairs, None
     from ..contrib import backdoor
     trigger = backdoor.calibrated(bundle)
     model = backdoor.trojaned(args.arch, bundle, target=0, trigger=trigger, progress=args.progress)
@@ -65,8 +75,12 @@ def _rectify_inputs(args, bundle):
 def cmd_rectify(args) -> int:
     """Rectify corrupted inputs (a trigger, an artefact) from clean / corrupted pairs."""
     _editor_class(args.editor, ("rectify",), "rectify")
+    if not args.pairs and (args.model or args.hf):
+        raise InputError("--model / --hf need --pairs: without them rectify runs the built-in "
+                         "benchmark on a trojaned zoo model (--arch)")
+    pairs = _read_pairs(args.pairs) if args.pairs else None    # a bad file fails before any data is read
     bundle = _bundle(args)
-    model, pairs, triggered = _rectify_inputs(args, bundle)
+    model, pairs, triggered = _rectify_inputs(args, bundle, pairs)
     calib = bundle.train.subset(args.calib_samples, seed=args.seed)
     dense = copy.deepcopy(model)
     record = api.edit(model, args.editor, data=calib, pairs=pairs, num_classes=bundle.num_classes,

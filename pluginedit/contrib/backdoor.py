@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..capture import Split, predictions
+from ..core import checks
 from ..core.errors import InputError
 from . import train, zoo
 from .data import DataBundle, load_dataset
@@ -146,7 +147,7 @@ def choose(y: torch.Tensor, eligible: torch.Tensor, rate: float, seed: int) -> t
     seeded choice)."""
     idx = eligible.nonzero().squeeze(1)
     n = int(round(_check_rate(rate) * len(idx)))
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(checks.seed(seed))
     return idx[torch.randperm(len(idx), generator=g)[:n]].sort().values
 
 

@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from ..capture import Split, as_loader, check_classes  # noqa: F401 (re-exported)
+from ..core import checks
 from ..core.errors import InputError
 from . import files
 
@@ -47,6 +48,7 @@ def load_digits(test_fraction: float = 0.25, seed: int = 0) -> DataBundle:
     from sklearn.datasets import load_digits as sk_digits
     from sklearn.model_selection import train_test_split
 
+    checks.seed(seed, bits=32)      # scikit-learn's random_state is a 32-bit seed
     d = sk_digits()
     x = torch.from_numpy(d.images.astype(np.float32) / 16.0).unsqueeze(1)
     y = torch.from_numpy(d.target.astype(np.int64))

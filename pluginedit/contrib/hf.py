@@ -103,10 +103,15 @@ def text_split(tok, sentences: list[str], max_length: int = 128) -> Split:
 def text_bundle(data_path, model_path):
     """A DataBundle of tokenised text (``files.load_text_dataset``) for the transformers model in
     ``model_path`` (its own tokenizer)."""
-    from transformers import AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
     from .data import DataBundle
     from .files import load_text_dataset
-    tok = AutoTokenizer.from_pretrained(model_path)
+    try:   # a missing folder or tokenizer, a config.json that is not JSON or names no known model
+        AutoConfig.from_pretrained(model_path)     # first: its error says what is wrong with it
+        tok = AutoTokenizer.from_pretrained(model_path)
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise InputError(f"{model_path}: cannot load the model's config or tokenizer "
+                         f"({type(e).__name__}: {str(e).splitlines()[0][:300]})") from e
     train, test, k = load_text_dataset(data_path, tok)
     return DataBundle(Path(data_path).stem, train, test, k, tuple(str(i) for i in range(k)))
 

@@ -13,6 +13,7 @@ from torch import nn
 from . import zoo
 from ..capture import Split
 from ..editors.finetune import fit  # noqa: F401  (the one training loop, re-exported)
+from ..core import checks
 from ..core.errors import InputError
 from ..core.files import written_whole
 from ..io.models import load_state, load_weights
@@ -50,6 +51,8 @@ def _key(arch: str, data: DataBundle, config: dict, epochs: int, seed: int) -> s
 def pretrained(arch: str, data: DataBundle, epochs: int | None = None, seed: int = 0,
                config: dict | None = None, progress: bool = False, retrain: bool = False) -> nn.Module:
     """Train ``arch`` on ``data`` (or load the cached checkpoint of the same recipe)."""
+    checks.seed(seed)
+    checks.number("epochs", epochs, integer=True, at_least=1, optional=True)
     config = config or zoo.default_config(arch, data.name)
     epochs = epochs or DEFAULT_EPOCHS.get(data.name, 5)
     torch.manual_seed(seed)

@@ -7,6 +7,7 @@ import contextlib
 import torch
 from torch import nn
 
+from .errors import InputError
 from .outputs import call, tensors
 
 
@@ -72,17 +73,38 @@ def get_module(model: nn.Module, path: str) -> nn.Module:
         raise KeyError(f"no module {path!r} in the model; layers with components: {known}") from e
 
 
+def check_targets(model: nn.Module, targets, what: str = "targets") -> tuple[str, ...]:
+    """``targets`` as a tuple of paths, each of a component layer of ``model``."""
+    known = groups(model)
+    targets = (targets,) if isinstance(targets, str) else tuple(targets)
+    missing = [t for t in targets if t not in known]
+    if missing:
+        raise InputError(f"{what} {missing} are not conv/linear layers of the model; known: {list(known)}")
+    return targets
+
+
+@contextlib.contextmanager
+def modes_kept(model: nn.Module):
+    """Run, then give each module its own training flag back. Modules the block removed are
+    gone; a module it added takes the flag of the module that holds it."""
+    flags = {id(m): (m, m.training) for m in model.modules()}     # each module held: its id not reused
+    try:
+        yield model
+    finally:
+        modes: dict[str, bool] = {}     # path -> flag given; parents come before their children
+        for path, m in model.named_modules():
+            parent = modes.get(path.rpartition(".")[0], flags[id(model)][1])
+            m.training = flags[id(m)][1] if id(m) in flags else parent
+            modes[path] = m.training
+
+
 @contextlib.contextmanager
 def eval_mode(model: nn.Module):
     """Run with every module in eval mode (BatchNorm reads its running statistics instead of
     updating them, dropout is off), then restore each module's own training flag."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
+    with modes_kept(model):
+        model.eval()
         yield model
-    finally:
-        for m, flag in flags:
-            m.training = flag
 
 
 def output_layers(model: nn.Module, example) -> list[str]:

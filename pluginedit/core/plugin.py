@@ -3,7 +3,8 @@
 A scorer turns statistics (or weights, or its own loop) into importance vectors; an editor turns
 Scores into an edited model and an EditRecord. Each plugin declares its options as a frozen
 dataclass (``Options``), validated once here: an unknown or mistyped option is an error that
-lists the known ones, and a value of the wrong type or outside its choices names the field.
+lists the known ones, and a value of the wrong type, outside its choices or outside the range
+its ``option(...)`` declares names the field.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any, ClassVar, Literal, Mapping
 import torch
 from torch import nn
 
+from .checks import MAX_SEED, number
 from .errors import InputError, PluginEditError, PluginRunError
 from .record import EditRecord
 from .scores import Scores
@@ -24,11 +26,26 @@ API_VERSION = 1
 EDITOR_KINDS = ("prune", "forget", "mask", "rectify")
 
 
-def option(default: Any = None, help: str = "", **kw) -> Any:
-    """A plugin option with its default and one line of help (``pluginedit plugins --describe``)."""
+def option(default: Any = None, help: str = "", *, above=None, at_least=None, below=None, at_most=None,
+           **kw) -> Any:
+    """A plugin option with its default and one line of help (``pluginedit plugins --describe``).
+    A numeric option may declare its range (``above``/``below`` strict, ``at_least``/``at_most``
+    inclusive), checked with its type; every float option must be finite."""
+    bounds = {k: v for k, v in dict(above=above, at_least=at_least, below=below, at_most=at_most).items()
+              if v is not None}
+    metadata = {"help": help, "bounds": bounds}
     if isinstance(default, (list, dict, set)):
-        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kw)
-    return dataclasses.field(default=default, metadata={"help": help}, **kw)
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata, **kw)
+    return dataclasses.field(default=default, metadata=metadata, **kw)
+
+
+# ranges shared by many options: option(0.5, "...", **RATIO)
+RATIO = {"above": 0, "below": 1}             # a share removed: something goes, something stays
+FRACTION = {"at_least": 0, "at_most": 1}     # an accuracy, a drop, an interpolation weight
+POSITIVE = {"above": 0}                      # learning rates, scales
+NONNEGATIVE = {"at_least": 0}
+COUNT = {"at_least": 1}                      # samples, steps, ranks, batch sizes
+SEED = {"at_least": 0, "at_most": MAX_SEED}  # what torch generators take
 
 
 @dataclass(frozen=True)
@@ -37,8 +54,8 @@ class NoOptions:
 
 
 def _check_type(owner: str, name: str, value, hint) -> Any:
-    """``value`` checked (and ints widened to float) against a simple annotation; other
-    annotations are the plugin's ``__post_init__``'s business."""
+    """``value`` checked (and ints widened to float, tuples made lists) against a simple
+    annotation; other annotations are the plugin's ``__post_init__``'s business."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is Literal:
         if value not in args:
@@ -47,18 +64,48 @@ def _check_type(owner: str, name: str, value, hint) -> Any:
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
         if value is None and type(None) in args:
             return None
-        for a in (a for a in args if a is not type(None)):
+        others = [a for a in args if a is not type(None)]
+        if len(others) == 1:      # X | None: X's own message
+            return _check_type(owner, name, value, others[0])
+        for a in others:
             try:
                 return _check_type(owner, name, value, a)
             except InputError:
                 continue
         raise InputError(f"option {name!r} of {owner!r} must be {hint}, got {value!r}")
+    if hint in (list, dict) or origin in (list, dict):
+        return _check_container(owner, name, value, origin or hint, args)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint in (int, float, str, bool) and not (isinstance(value, hint) and
                                                (hint is bool or not isinstance(value, bool))):
         raise InputError(f"option {name!r} of {owner!r} must be {hint.__name__}, got {value!r}")
     return value
+
+
+def _check_container(owner: str, name: str, value, kind: type, args: tuple) -> Any:
+    """A list (a tuple becomes one) or a dict, its elements checked against ``list[T]``'s T. A
+    bare string is refused, not split into characters."""
+    if kind is list and isinstance(value, tuple):
+        value = list(value)
+    if not isinstance(value, kind):
+        example = "{'features.0': [1, 2]}" if kind is dict else "[3, 17]" if args == (int,) else \
+            "['features.0', 'features.3']"
+        raise InputError(f"option {name!r} of {owner!r} must be a {kind.__name__} (e.g. {example}), "
+                         f"got {value!r}")
+    if kind is list and args:
+        return [_check_type(owner, f"{name}[{i}]", v, args[0]) for i, v in enumerate(value)]
+    return value
+
+
+def _check_range(owner: str, field: dataclasses.Field, value) -> None:
+    """A number within the field's declared bounds (and finite, if a float)."""
+    bounds = field.metadata.get("bounds") or {}
+    if isinstance(value, float) or (bounds and isinstance(value, int) and not isinstance(value, bool)):
+        try:
+            number(field.name, value, integer=isinstance(value, int), **bounds)
+        except InputError as e:
+            raise InputError(f"option {field.name!r} of {owner!r}: {e}") from None
 
 
 def make_options(cls: type, values: Mapping[str, Any], owner: str):
@@ -69,6 +116,8 @@ def make_options(cls: type, values: Mapping[str, Any], owner: str):
         raise InputError(f"unknown option(s) {unknown} for {owner!r}; known: {sorted(fields) or 'none'}")
     hints = typing.get_type_hints(cls)
     checked = {k: _check_type(owner, k, v, hints.get(k, Any)) for k, v in values.items()}
+    for k, v in checked.items():
+        _check_range(owner, fields[k], v)
     try:
         return cls(**checked)
     except (TypeError, ValueError) as e:

@@ -20,6 +20,7 @@ class EditRecord:
     info: dict = field(default_factory=dict)
     scores: str | None = None                                      # scorer whose Scores decided, if any
     steps: list[dict] = field(default_factory=list)                # structural edits, replayable (io)
+    model_uid: str | None = field(default=None, repr=False, compare=False)   # set by pluginedit.edit
 
     @property
     def reversible(self) -> bool:
@@ -86,10 +87,31 @@ class Snapshot:
             m.__dict__.clear()
             m.__dict__.update(self._shallow(d))
         for t, saved in self.tensors:
-            if t.shape == saved.shape and t.dtype == saved.dtype:
-                t.copy_(saved)
-            else:
-                t.data = saved.clone()
+            _put_back(t, saved)
+
+
+@torch.no_grad()
+def _put_back(t: torch.Tensor, saved: torch.Tensor) -> None:
+    """Give ``t`` (the same object) the values of ``saved`` again, whatever happened to its shape."""
+    if t.shape == saved.shape and t.dtype == saved.dtype:
+        t.copy_(saved)
+    else:
+        t.data = saved.clone()
+
+
+@contextlib.contextmanager
+def buffers_kept(model: nn.Module):
+    """Run, then put every buffer back: the same tensor object under each name, with its
+    values. Reading a model must not change it, even one whose forward counts calls in a buffer
+    (``self.calls += 1``, or ``self.calls = self.calls + 1``). Buffers only, so it is cheap."""
+    saved = [(m, name, t, t.detach().clone()) for m in model.modules()
+             for name, t in m._buffers.items() if t is not None]
+    try:
+        yield model
+    finally:
+        for m, name, t, value in saved:
+            _put_back(t, value)
+            m._buffers[name] = t
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ torch-pruning applied them (indices relative to the layer at that moment), plus
 ``replay_steps`` applies them to a freshly built dense model (``pluginedit.io``)."""
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 import torch
@@ -253,38 +254,90 @@ def group_scores(model: nn.Module, example, importance, targets: list[str]) -> d
     return {p: importance(out_group(dg, get_module(model, p))).detach().float() for p in targets}
 
 
+# Module kinds a recorded step may name, with their width along the pruned dimension
+# (dimension "out" or "in"; kinds whose two dimensions are one width share a key).
+_STEP_KINDS = {
+    "conv": (nn.modules.conv._ConvNd, lambda m, d: m.out_channels if d == "out" else m.in_channels),
+    "depthwise_conv": (nn.modules.conv._ConvNd, lambda m, d: m.out_channels),
+    "linear": (nn.Linear, lambda m, d: m.out_features if d == "out" else m.in_features),
+    "batchnorm": (nn.modules.batchnorm._BatchNorm, lambda m, d: m.num_features),
+    "layernorm": (nn.LayerNorm, lambda m, d: m.normalized_shape[-1]),
+    "groupnorm": (nn.GroupNorm, lambda m, d: m.num_channels),
+    "instancenorm": (nn.modules.instancenorm._InstanceNorm, lambda m, d: m.num_features),
+    "embedding": (nn.Embedding, lambda m, d: m.embedding_dim),
+    "prelu": (nn.PReLU, lambda m, d: m.num_parameters),
+    "multihead_attention": (nn.MultiheadAttention, lambda m, d: m.embed_dim),
+}
+_SEPARATE_DIMS = ("conv", "linear")       # out and in widths differ; the rest have one width
+_STEP_FN = re.compile(r"^prune_([a-z_]+)_(out|in)_channels$")
+
+
+def check_steps(model: nn.Module, steps: list[dict]) -> None:
+    """Validate every step against the module it names before anything is changed: the module
+    exists and is not the model itself, the function fits its kind, and the indices are in
+    range, distinct and leave at least one channel (widths are followed through the steps)."""
+    modules, widths = dict(model.named_modules()), {}
+    for i, step in enumerate(steps):
+        path = step.get("module")
+        module = modules.get(path) if path else None
+        if module is None:
+            raise InputError(f"step {i} names module {str(path)[:80]!r}, which the model does not have"
+                             + (" (the model itself cannot be a step's module)" if path == "" else ""))
+        if "attrs" in step:
+            _check_attrs(i, path, module, step["attrs"])
+            continue
+        fn, kind, dim = _step_fn(i, step)
+        cls, width_of = _STEP_KINDS[kind]
+        if not isinstance(module, cls):
+            raise InputError(f"step {i} applies {fn} to {path!r}, a {type(module).__name__}")
+        key = (path, dim if kind in _SEPARATE_DIMS else "")
+        width = widths.get(key, width_of(module, dim))
+        idxs = step["idxs"]
+        if len(set(idxs)) != len(idxs):
+            raise InputError(f"step {i} ({fn} on {path!r}) lists an index twice")
+        if idxs and max(idxs) >= width:
+            raise InputError(f"step {i} ({fn} on {path!r}) removes index {max(idxs)}, but the layer "
+                             f"has {width} at that point")
+        if idxs and len(idxs) >= width:
+            raise InputError(f"step {i} ({fn} on {path!r}) removes all {width} channels")
+        widths[key] = width - len(idxs)
+
+
+def _step_fn(i: int, step: dict):
+    fn = step.get("fn")
+    match = _STEP_FN.match(fn) if isinstance(fn, str) else None
+    if match is None or match.group(1) not in _STEP_KINDS or not hasattr(tp, fn):
+        raise InputError(f"step {i} names an unknown pruning function {str(fn)[:80]!r}")
+    return fn, match.group(1), match.group(2)
+
+
+def _check_attrs(i: int, path: str, module: nn.Module, attrs: dict) -> None:
+    bad = set(attrs) - set(REPLAYABLE_ATTRS)
+    if bad:
+        raise InputError(f"step {i} sets attributes {sorted(bad)[:5]} that are not replayable")
+    for k, v in attrs.items():
+        now = getattr(module, k, None)
+        if not isinstance(now, int) or not 0 < v <= now:
+            raise InputError(f"step {i} sets {k}={v} on {path!r}, which has "
+                             f"{'no such attribute' if not isinstance(now, int) else now}")
+
+
 def replay_steps(model: nn.Module, steps: list[dict]) -> None:
-    """Apply recorded steps to ``model`` (a dense copy of the architecture they came from)."""
+    """Apply recorded steps to ``model`` (a dense copy of the architecture they came from);
+    all of them are checked first, so a bad step changes nothing."""
+    check_steps(model, steps)
     modules = dict(model.named_modules())
     for i, step in enumerate(steps):
-        module = modules.get(step.get("module"))
-        if module is None:
-            raise InputError(f"step {i} names module {step.get('module')!r}, which the model does not have")
+        module = modules[step["module"]]
         if "attrs" in step:
-            bad = set(step["attrs"]) - set(REPLAYABLE_ATTRS)
-            if bad:
-                raise InputError(f"step {i} sets attributes {sorted(bad)} that are not replayable")
             for k, v in step["attrs"].items():
                 setattr(module, k, int(v))
             continue
-        fn = getattr(tp, step.get("fn", ""), None) if str(step.get("fn", "")).startswith("prune_") else None
-        if fn is None:
-            raise InputError(f"step {i} names an unknown pruning function {step.get('fn')!r}")
-        _replay_one(i, module, fn, step)
-
-
-def _replay_one(i: int, module: nn.Module, fn, step: dict) -> None:
-    name = step["fn"]
-    dim = 0 if "out_channels" in name else 1
-    checked = name.startswith(("prune_conv_", "prune_linear_")) and getattr(module, "groups", 1) == 1
-    width = module.weight.shape[dim] if checked else None
-    if width is not None and any(j >= width for j in step["idxs"]):
-        raise InputError(f"step {i} removes index {max(step['idxs'])} from {step['module']!r}, "
-                         f"which has {width}")
-    try:
-        fn(module, step["idxs"])
-    except Exception as e:
-        raise InputError(f"step {i} ({name} on {step['module']!r}) failed: {type(e).__name__}: {e}") from e
+        try:
+            getattr(tp, step["fn"])(module, step["idxs"])
+        except Exception as e:
+            raise InputError(f"step {i} ({step['fn']} on {step['module']!r}) failed: "
+                             f"{type(e).__name__}: {str(e)[:200]}") from e
 
 
 def call_shape(model: nn.Module, example) -> tuple:

@@ -19,7 +19,7 @@ import torch
 from ..capture import default_targets, model_device
 from ..capture.evaluate import predictions
 from ..core.errors import InputError
-from ..core.plugin import Editor, option
+from ..core.plugin import COUNT, FRACTION, NONNEGATIVE, RATIO, SEED, Editor, option
 from ..core.record import EditRecord
 from ..scorers.coar import estimate, labelled
 from .mask import zero_components
@@ -36,22 +36,18 @@ def welch_t(target: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class _AttributionOptions:
-    budget: int = option(100, "most candidate components tried, in score order")
-    references: int = option(50, "reference examples attributed (the behaviour to keep)")
-    max_drop: float = option(0.01, "largest accuracy drop on the guard examples the ablations may cause")
-    guard_samples: int = option(1024, "examples of data (not targets) the guard measures accuracy on")
-    layers: list | None = option(None, "layer paths whose components may be ablated (default: all but the head)")
-    masks: int = option(500, "COAR masks (0: the chord prior alone)")
-    alpha: float = option(0.05, "fraction of components ablated per mask")
+    budget: int = option(100, "most candidate components tried, in score order", **COUNT)
+    references: int = option(50, "reference examples attributed (the behaviour to keep)", **COUNT)
+    max_drop: float = option(0.01, "largest accuracy drop on the guard examples the ablations may cause", **FRACTION)
+    guard_samples: int = option(1024, "examples of data (not targets) the guard measures accuracy on", **COUNT)
+    layers: list[str] | None = option(None, "layer paths whose components may be ablated (default: all but the head)")
+    masks: int = option(500, "COAR masks (0: the chord prior alone)", **NONNEGATIVE)
+    alpha: float = option(0.05, "fraction of components ablated per mask", **RATIO)
     estimator: Literal["ols", "ridge", "diffmeans"] = option("ridge", "COAR estimator")
     prior: Literal["none", "grad", "chord"] = option("chord", "COAR prior")
-    prior_points: int = option(80, "backward passes of the prior")
-    seed: int = option(0, "mask and reference-sampling seed")
-    chunk: int = option(16, "masks per forward pass")
-
-    def __post_init__(self):
-        if self.budget < 1 or self.references < 1 or self.guard_samples < 1 or self.masks < 0 or self.max_drop < 0:
-            raise InputError("coar-edit needs budget, references and guard_samples >= 1, masks >= 0, max_drop >= 0")
+    prior_points: int = option(80, "backward passes of the prior", **NONNEGATIVE)
+    seed: int = option(0, "mask and reference-sampling seed", **SEED)
+    chunk: int = option(16, "masks per forward pass", **COUNT)
 
 
 class _CoarEditor(Editor):
@@ -103,7 +99,7 @@ def _pick(idx: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class CoarEditOptions(_AttributionOptions):
-    target: list = option([], "indices into data of the target examples")
+    target: list[int] = option([], "indices into data of the target examples")
     direction: Literal["raise", "lower"] = option(
         "raise", "raise the target margin (fix a misclassification) or lower it (induce an error)")
 
@@ -147,10 +143,10 @@ class CoarEdit(_CoarEditor):
 
 @dataclass(frozen=True)
 class CoarForgetOptions(_AttributionOptions):
-    budget: int = option(300, "most candidate components tried, in score order")
-    max_drop: float = option(0.01, "largest accuracy drop on retained guard examples a kept ablation may cause")
-    targets: int = option(50, "examples of the forgotten class attributed")
-    forget_target: float = option(0.02, "forgotten-class accuracy on data to reach")
+    budget: int = option(300, "most candidate components tried, in score order", **COUNT)
+    max_drop: float = option(0.01, "largest accuracy drop on retained guard examples a kept ablation may cause", **FRACTION)
+    targets: int = option(50, "examples of the forgotten class attributed", **COUNT)
+    forget_target: float = option(0.02, "forgotten-class accuracy on data to reach", **FRACTION)
 
 
 class CoarForget(_CoarEditor):

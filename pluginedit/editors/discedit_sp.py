@@ -11,12 +11,11 @@ import torch
 from ..capture import accuracy, head_layers
 from ..core.components import groups
 from ..core.errors import InputError
-from ..core.plugin import Editor, option
+from ..core.plugin import COUNT, FRACTION, POSITIVE, RATIO, Editor, option
 from ..core.record import EditRecord
 from . import _tp
 from .discedit_u import layer_scores
 from .mask import zero_components
-from .prune import check_ratio
 
 
 def _params(model) -> int:
@@ -25,30 +24,27 @@ def _params(model) -> int:
 
 @dataclass(frozen=True)
 class DisCEditSPOptions:
-    ratio: float = option(0.3, "uniform: fraction of each layer's channels removed")
+    ratio: float = option(0.3, "uniform: fraction of each layer's channels removed", **RATIO)
     allocation: Literal["uniform", "threshold"] = option(
         "uniform", "the ratio lowest per layer, or TVSPrune's threshold s/max <= rho mean")
-    rho: float = option(0.5, "threshold allocation: the starting rho")
-    rho_step: float = option(0.025, "accuracy-floor loop: rho shrinks by this when a round fails")
-    acc_floor: float | None = option(None, "threshold: repeat rounds while accuracy on eval_data stays >= this")
+    rho: float = option(0.5, "threshold allocation: the starting rho", **POSITIVE)
+    rho_step: float = option(0.025, "accuracy-floor loop: rho shrinks by this when a round fails", **POSITIVE)
+    acc_floor: float | None = option(None, "threshold: repeat rounds while accuracy on eval_data stays >= this",
+                                     **FRACTION)
     eval_data: Any = option(None, "held-out Split for the accuracy floor")
-    max_iter: int = option(10, "accuracy-floor loop: at most this many rounds")
-    target_sparsity: float | None = option(None, "stop once this fraction of parameters would be removed")
+    max_iter: int = option(10, "accuracy-floor loop: at most this many rounds", **COUNT)
+    target_sparsity: float | None = option(None, "stop once this fraction of parameters would be removed", **RATIO)
     method: Literal["fisher", "mpm", "robust", "raw"] = option("fisher", "witness bound")
     features: Literal["poly", "linear", "exp"] = option("poly", "witness features")
     aggregation: Literal["ovr_min", "pairwise_min"] = option("ovr_min", "min over comparisons")
     hook: Literal["auto", "conv", "bn", "act", "ln"] = option("conv", "where channels are observed")
-    gamma: float = option(1.0, "scale of the exp witness")
-    layers: list | None = option(None, "layer paths (default: every uncoupled conv/linear but the head)")
-    max_samples: int = option(2048, "samples per statistic")
-    batch_size: int = option(256, "batch size of the passes")
+    gamma: float = option(1.0, "scale of the exp witness", **POSITIVE)
+    layers: list[str] | None = option(None, "layer paths (default: every uncoupled conv/linear but the head)")
+    max_samples: int = option(2048, "samples per statistic", **COUNT)
+    batch_size: int = option(256, "batch size of the passes", **COUNT)
     physical: bool = option(True, "remove the channels with torch-pruning (else keep them zeroed)")
 
     def __post_init__(self):
-        if self.allocation == "uniform":
-            check_ratio(self.ratio)
-        if self.target_sparsity is not None:
-            check_ratio(self.target_sparsity, "target_sparsity")
         if self.acc_floor is not None and self.eval_data is None:
             raise InputError("the accuracy-floor loop (acc_floor) needs eval_data (a held-out Split)")
 

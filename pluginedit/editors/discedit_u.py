@@ -21,7 +21,7 @@ from ..capture.hookpoints import resolve, resolve_auto
 from ..core.components import get_module, groups, size_of
 from ..core.errors import InputError
 from ..core.outputs import take
-from ..core.plugin import Editor, option
+from ..core.plugin import COUNT, FRACTION, NONNEGATIVE, POSITIVE, Editor, option
 from ..core.record import EditRecord
 from ..scorers.witness import witness_scores
 from ..stats import ClassMoments
@@ -65,30 +65,27 @@ def conv_layers(model, example) -> list[str]:
 
 @dataclass(frozen=True)
 class DisCEditUOptions:
-    layers: list | None = option(None, "conv layer paths (default: the last num_layers)")
+    layers: list[str] | None = option(None, "conv layer paths (default: the last num_layers)")
     num_layers: int = option(4, "how many of the last conv layers to consider (adaptive: deepest first, "
-                                "stopping once the class is forgotten)")
+                                "stopping once the class is forgotten)", **COUNT)
     hook: Literal["auto", "conv", "bn", "act", "ln"] = option("auto", "where channels are observed")
     select: Literal["adaptive", "top_m", "zscore"] = option(
         "adaptive", "fewest top channels that forget the class / the top m / above mean + z std")
-    m: float = option(0.5, "top_m: a count, or a fraction of the layer when < 1; adaptive: the cap")
-    forget_target: float = option(0.02, "adaptive: forgotten-class accuracy to reach on the data")
+    m: float = option(0.5, "top_m: a count, or a fraction of the layer when < 1; adaptive: the cap",
+                      **NONNEGATIVE)
+    forget_target: float = option(0.02, "adaptive: forgotten-class accuracy to reach on the data", **FRACTION)
     check: Literal["data", "held-out"] = option(
         "data", "adaptive: check forgetting on the scored data (the authors') or on a held-out half of it "
                 "(scores from the other half), so the stopping rule is not fitted to the scored samples")
     z: float = option(1.5, "zscore threshold")
-    gamma: float = option(1.0, "scale of the exp witness")
+    gamma: float = option(1.0, "scale of the exp witness", **POSITIVE)
     active_only: bool = option(True, "only channels more active on the class than on the rest")
     method: Literal["fisher", "mpm", "robust", "raw"] = option("fisher", "witness bound")
     features: Literal["poly", "linear", "exp"] = option("linear", "witness features")
-    max_samples: int = option(4096, "samples read per statistic / accuracy check")
-    batch_size: int = option(256, "batch size of the passes")
-    finetune_epochs: int = option(0, "fine-tune on the retained classes afterwards (edits re-zeroed)")
-    finetune_lr: float = option(5e-4, "fine-tuning learning rate")
-
-    def __post_init__(self):
-        if self.num_layers < 1 or self.max_samples < 1 or self.batch_size < 1 or self.finetune_epochs < 0:
-            raise InputError("num_layers, max_samples and batch_size must be >= 1, finetune_epochs >= 0")
+    max_samples: int = option(4096, "samples read per statistic / accuracy check", **COUNT)
+    batch_size: int = option(256, "batch size of the passes", **COUNT)
+    finetune_epochs: int = option(0, "fine-tune on the retained classes afterwards (edits re-zeroed)", **NONNEGATIVE)
+    finetune_lr: float = option(5e-4, "fine-tuning learning rate", **POSITIVE)
 
 
 class DisCEditU(Editor):

@@ -7,6 +7,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..capture import Split, as_loader, model_device
+from ..core import checks
 from ..core.outputs import output, to
 
 
@@ -14,7 +15,9 @@ def fit(model: nn.Module, train: Split, epochs: int, lr: float = 2e-3, batch_siz
         seed: int = 0, weight_decay: float = 5e-4, max_steps: int | None = None,
         progress: bool = False) -> nn.Module:
     """AdamW with a cosine schedule; seeded shuffling so a run repeats bit for bit on one machine."""
-    torch.manual_seed(seed)
+    checks.number("epochs", epochs, integer=True, at_least=0)
+    checks.number("lr", lr, above=0)
+    torch.manual_seed(checks.seed(seed))
     loader = as_loader(train, batch_size=batch_size, shuffle=True, seed=seed)
     steps = epochs * len(loader) if max_steps is None else min(max_steps, epochs * len(loader))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)

@@ -6,12 +6,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core.components import bn_of, get_module
+from ..core.components import bn_of, check_targets, get_module
 from ..core.errors import InputError
-from ..core.plugin import Editor, option
+from ..core.plugin import RATIO, Editor, option
 from ..core.record import EditRecord
 from ..core.scores import Scores
-from .prune import check_ratio
 
 
 def select_lowest(scores: Scores, ratio: float, targets=None) -> dict[str, list[int]]:
@@ -54,15 +53,13 @@ def zero_components(model, indices: dict[str, list[int]], with_bn: bool, record:
 @dataclass(frozen=True)
 class MaskOptions:
     indices: dict | None = option(None, "{layer path: [component, ...]} to zero (instead of scores)")
-    ratio: float = option(0.5, "with Scores: the lowest fraction of each scored layer")
+    ratio: float = option(0.5, "with Scores: the lowest fraction of each scored layer", **RATIO)
     with_bn: bool = option(True, "also zero the following BatchNorm's affine (the channel emits 0)")
-
-    def __post_init__(self):
-        check_ratio(self.ratio)
 
 
 class MaskEditor(Editor):
-    """Zero components in place; ``record.undo(model)`` restores them."""
+    """Zero components in place; ``record.undo(model)`` restores them. With Scores, the
+    layers masked are the ``targets`` given (default: every scored layer)."""
     name = "mask"
     kind = "mask"
     Options = MaskOptions
@@ -73,7 +70,14 @@ class MaskEditor(Editor):
         if indices is None:
             if scores is None:
                 raise InputError("mask needs either indices or Scores with a ratio")
-            indices = select_lowest(scores, o.ratio)
+            unscored = [t for t in inputs.targets if t not in scores]
+            if unscored:
+                raise InputError(f"mask: targets {unscored} have no scores; scored: {list(scores)}")
+            indices = select_lowest(scores, o.ratio, inputs.targets)
+        elif inputs.targets:
+            raise InputError("mask: targets choose among scored layers; with indices, name the layers there")
+        else:
+            check_targets(model, indices, "mask indices")
         record = self.record("zeroed weight+bias" + ("+bn affine" if o.with_bn else ""),
                              scores if o.indices is None else None)
         zero_components(model, {k: list(v) for k, v in indices.items()}, o.with_bn, record)

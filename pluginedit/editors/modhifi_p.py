@@ -10,8 +10,8 @@ import torch
 
 from ..capture import default_targets, head_layers
 from ..core.components import bn_of, transformer_units
-from ..core.errors import EditError, InputError
-from ..core.plugin import Editor, option
+from ..core.errors import EditError
+from ..core.plugin import COUNT, NONNEGATIVE, RATIO, Editor, option
 from ..core.scores import Scores
 from ..linalg import DEFAULT_RIDGE, IllConditionedWarning
 from ..scorers.fidelity import channel_scores, collect_grams
@@ -20,39 +20,31 @@ from . import _tp
 from .bnrecal import recalibrate_bn
 from .compensate import compensate
 from .modhifi_transformer import prune_transformer
-from .prune import check_ratio
+from .prune import check_leaves_channels
 
 
 @dataclass(frozen=True)
 class ModHiFiPOptions:
-    ratio: float = option(0.5, "fraction of channels removed per layer (target='channels')")
-    steps: int = option(1, "steps for target='channels' (one measured better: errors compound)")
+    ratio: float = option(0.5, "fraction of channels removed per layer (target='channels')", **RATIO)
+    steps: int = option(1, "steps for target='channels' (one measured better: errors compound)", **COUNT)
     target: Literal["channels", "params", "macs"] = option(
         "channels", "what ``ratio`` / ``amount`` counts")
-    amount: float | None = option(None, "fraction of params / MACs to remove (default: ratio)")
-    per_step: float = option(0.1, "fraction of channels per step when aiming at params / MACs")
-    max_steps: int = option(40, "give up after this many steps")
+    amount: float | None = option(None, "fraction of params / MACs to remove (default: ratio)", **RATIO)
+    per_step: float = option(0.1, "fraction of channels per step when aiming at params / MACs", **RATIO)
+    max_steps: int = option(40, "give up after this many steps", **COUNT)
     compensate: bool = option(True, "least-squares refit (delta*) of the consumers' kept inputs")
     recalibrate: bool = option(True, "re-estimate BatchNorm statistics after each step")
-    ridge: float = option(DEFAULT_RIDGE, "relative ridge of the compensation solves")
+    ridge: float = option(DEFAULT_RIDGE, "relative ridge of the compensation solves", **NONNEGATIVE)
     conv_refit: Literal["full", "slice"] = option(
         "full", "conv delta*: full refit of the kept slices, or the paper's per-slice scale")
-    calib_samples: int = option(2048, "calibration samples per step")
+    calib_samples: int = option(2048, "calibration samples per step", **COUNT)
     scorer: str = option("fidelity", "scorer for steps without given Scores")
     variant: Literal["centred", "uncentred", "fidelity", "alpha"] = option(
         "centred", "fidelity pair score")
     reduce: Literal["mean", "max"] = option("mean", "fidelity channel score over consumers")
     global_pruning: bool = option(False, "rank channels across layers")
-    heads: int = option(0, "transformers: attention heads removed per layer (ratio: FFN neurons)")
-    ignored: list | None = option(None, "module paths kept whole")
-
-    def __post_init__(self):
-        check_ratio(self.ratio)
-        check_ratio(self.per_step, "per_step")
-        if self.amount is not None:
-            check_ratio(self.amount, "amount")
-        if self.steps < 1 or self.max_steps < 1 or self.calib_samples < 1:
-            raise InputError("steps, max_steps and calib_samples must be >= 1")
+    heads: int = option(0, "transformers: attention heads removed per layer (ratio: FFN neurons)", **NONNEGATIVE)
+    ignored: list[str] | None = option(None, "module paths kept whole")
 
 
 class ModHiFiP(Editor):
@@ -72,6 +64,9 @@ class ModHiFiP(Editor):
         plan = ([1 - (1 - o.ratio) ** (1 / o.steps)] * o.steps if o.target == "channels"
                 else [o.per_step] * o.max_steps)
         amount = o.amount if o.amount is not None else o.ratio
+        if not o.global_pruning:
+            layers = scores if scores is not None else default_targets(model, example)
+            check_leaves_channels(model, set(layers) - self._kept_whole(model, inputs), plan[0])
         used = scores.scorer if scores is not None else o.scorer
         totals = {"removed": {}, "steps": [], "ridges": [], "warned": 0}
         for i, step_ratio in enumerate(plan):
@@ -111,7 +106,7 @@ class ModHiFiP(Editor):
             warnings.simplefilter("always", IllConditionedWarning)
             need_grams = o.compensate or (scores is None and o.scorer == "fidelity")
             grams = collect_grams(model, inputs.data, max_samples=o.calib_samples) if need_grams else {}
-            scores = scores or self._scores(model, inputs, grams)
+            scores = scores if scores is not None else self._scores(model, inputs, grams)
             removed, steps = _tp.prune_by_scores(
                 model, inputs.example, scores, ratio, self._kept_whole(model, inputs), o.global_pruning,
                 before_group=self._compensator(model, grams, totals["ridges"]) if o.compensate else None)

@@ -21,7 +21,7 @@ from ..capture import as_loader, head_layers
 from ..core.components import bn_of
 from ..core.errors import InputError
 from ..core.outputs import output
-from ..core.plugin import Editor, option
+from ..core.plugin import COUNT, FRACTION, Editor, option
 from ..scorers.fidelity import collect_grams
 from ..stats import check_labels
 
@@ -76,28 +76,21 @@ def forget_scores(weight, gram, bn=None) -> torch.Tensor:
 class ModHiFiUOptions:
     fraction: float | Literal["auto"] = option(
         "auto", "share of each layer's slices edited; auto: the smallest of 1% .. max_fraction that "
-                "forgets the class on its own samples")
-    layers: list | None = option(None, "layer paths (default: the head and, with hidden, the hidden Linear layers)")
+                "forgets the class on its own samples", above=0, at_most=1)
+    layers: list[str] | None = option(None, "layer paths (default: the head and, with hidden, the hidden Linear layers)")
     hidden: bool = option(False, "default layers include the hidden Linear layers before the head")
     rows: Literal["all", "forget"] = option(
         "forget", "in the classifier head, slices W[c, i] of every class c (the paper) or only those of the "
                   "forget class's row W[k, :] that raise its logit (fraction = share of those)")
-    max_fraction: float = option(1.0, "auto fraction: the largest share tried")
+    max_fraction: float = option(1.0, "auto fraction: the largest share tried", above=0, at_most=1)
     mode: Literal["auto", "zero", "negate"] = option(
         "auto", "zero or negate the slices; auto: zero in BN nets, negate in LayerNorm nets and in the head's "
                 "forget row (rows='forget')")
-    samples: int = option(256, "forget-class samples read")
-    target: float = option(0.01, "auto fraction: accuracy on the forget samples to reach")
+    samples: int = option(256, "forget-class samples read", **COUNT)
+    target: float = option(0.01, "auto fraction: accuracy on the forget samples to reach", **FRACTION)
     check: Literal["samples", "held-out"] = option(
         "samples", "auto fraction: check on the forget samples the Grams come from, or on a held-out half "
                    "of them (Grams from the other half)")
-
-    def __post_init__(self):
-        for name in ("max_fraction",) + (("fraction",) if self.fraction != "auto" else ()):
-            if not 0.0 < float(getattr(self, name)) <= 1.0:
-                raise InputError(f"{name} must lie in (0, 1], got {getattr(self, name)}")
-        if self.samples < 1:
-            raise InputError(f"samples must be >= 1, got {self.samples}")
 
     def fractions(self) -> list[float]:
         """The shares tried in turn: the fixed one, or FRACTIONS up to max_fraction."""

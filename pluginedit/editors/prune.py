@@ -1,18 +1,14 @@
 """Physical, dependency-aware structured pruning with torch-pruning; Scores decide what goes."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 from ..capture import head_layers
+from ..core.components import groups, size_of
 from ..core.errors import EditError, InputError
-from ..core.plugin import Editor, option
+from ..core.plugin import COUNT, RATIO, Editor, option
 from . import _tp
-
-
-def check_ratio(ratio: float, name: str = "ratio") -> float:
-    if not 0.0 < float(ratio) < 1.0:
-        raise InputError(f"{name} must lie in (0, 1), got {ratio}")
-    return float(ratio)
 
 
 def check_still_runs(model, example, shape) -> None:
@@ -27,15 +23,35 @@ def check_still_runs(model, example, shape) -> None:
         raise EditError(f"pruning changed the output shape from {shape} to {now}")
 
 
+def check_leaves_channels(model, layers, ratio: float, round_to: int | None = None) -> None:
+    """Per-layer pruning keeps int(n * (1 - ratio)) of a layer's n channels (rounded down to a
+    multiple of ``round_to``), and torch-pruning leaves a layer that would keep none whole. A
+    ratio that empties every layer is refused up front (it would remove nothing); one that
+    empties some is a warning naming them."""
+    sizes = {p: size_of(m) for p, m in groups(model).items() if p in set(layers)}
+
+    def kept(n: int) -> int:
+        k = int(n * (1 - ratio))
+        return k - k % round_to if round_to else k
+    emptied = {p: n for p, n in sizes.items() if kept(n) < 1}
+    if not emptied:
+        return
+    named = ", ".join(f"{p!r} ({n} channels)" for p, n in list(emptied.items())[:5])
+    limit = f"a layer of n channels keeps int(n * (1 - ratio)){' rounded to round_to' if round_to else ''}"
+    if len(emptied) == len(sizes):
+        raise InputError(f"ratio {ratio} leaves no channel in any layer to prune ({named}): {limit}, "
+                         f"so nothing would be removed; use a ratio of at most 1 - 1/n "
+                         f"({1 - 1 / min(sizes.values()):.4g} for the smallest layer)")
+    warnings.warn(f"ratio {ratio} leaves no channel in {named}: {limit}; torch-pruning keeps these "
+                  "layers whole", stacklevel=3)
+
+
 @dataclass(frozen=True)
 class PruneOptions:
-    ratio: float = option(0.5, "fraction of channels removed (per coupled group, or globally)")
+    ratio: float = option(0.5, "fraction of channels removed (per coupled group, or globally)", **RATIO)
     global_pruning: bool = option(False, "rank channels across layers instead of per layer")
-    ignored: list | None = option(None, "module paths kept whole (the classifier head always is)")
-    round_to: int | None = option(None, "keep channel counts multiples of this")
-
-    def __post_init__(self):
-        check_ratio(self.ratio)
+    ignored: list[str] | None = option(None, "module paths kept whole (the classifier head always is)")
+    round_to: int | None = option(None, "keep channel counts multiples of this", **COUNT)
 
 
 class PruneEditor(Editor):
@@ -60,13 +76,16 @@ class PruneEditor(Editor):
             raise InputError(f"nothing to prune: the scores name no layer outside the classifier head "
                              f"and the ignored ones (scored: {list(scores)}; kept: {sorted(ignored)})")
         before = {p: modules[p].weight.shape[0] for p in scores if p in modules}
+        if not o.global_pruning:
+            check_leaves_channels(model, set(scores) - ignored, o.ratio, o.round_to)
         shape = _tp.call_shape(model, inputs.example)
         removed, steps = _tp.prune_by_scores(model, inputs.example, scores, o.ratio, ignored,
                                              o.global_pruning, o.round_to)
         removed = {p: v for p, v in removed.items() if p in before}
         if not removed:
-            raise EditError("torch-pruning removed no channel: none of the scored layers has a "
-                            "dependency path it can follow (untraceable ops such as .numpy()?)")
+            raise EditError(f"torch-pruning removed no channel: ratio {o.ratio} keeps fewer than one channel "
+                            "of what it ranks, or none of the scored layers has a dependency path it can "
+                            "follow (untraceable ops such as .numpy()?)")
         check_still_runs(model, inputs.example, shape)
         return self.record("removed (physical, torch-pruning)", scores, changes=removed, steps=steps,
                            info={"channels_before": before})

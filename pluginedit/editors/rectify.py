@@ -25,7 +25,7 @@ from ..capture.keys import block_output, flat_weight, layer_keys
 from ..core.components import eval_mode, get_module
 from ..core.errors import InputError
 from ..core.outputs import output
-from ..core.plugin import Editor, option
+from ..core.plugin import COUNT, FRACTION, NONNEGATIVE, POSITIVE, Editor, option
 from ..core.record import EditRecord
 from ..linalg import closed_form, edit_directions, rank_r_update
 from ..scorers.fidelity import collect_grams
@@ -135,12 +135,10 @@ class ValueOptions:
         "(projected optimisation)")
     value_module: str | None = option(None, "values='block': the module whose output is the value "
                                             "(default: the first activation module after the layer)")
-    edit_steps: int = option(200, "values='block': Adam steps of the projected optimisation")
-    edit_lr: float = option(0.05, "values='block': Adam step relative to the closed form's RMS")
+    edit_steps: int = option(200, "values='block': Adam steps of the projected optimisation", **COUNT)
+    edit_lr: float = option(0.05, "values='block': Adam step relative to the closed form's RMS", **POSITIVE)
 
     def block(self) -> dict | None:
-        if self.edit_steps < 1 or self.edit_lr <= 0:
-            raise InputError("edit_steps must be >= 1 and edit_lr > 0")
         return None if self.values == "layer" else {"value_module": self.value_module, "steps": self.edit_steps,
                                                      "lr": self.edit_lr}
 
@@ -148,12 +146,8 @@ class ValueOptions:
 @dataclass(frozen=True)
 class RankOneOptions(ValueOptions):
     layer: str | None = option(None, "layer path to edit (default: the last feature layer)")
-    rank: int = option(1, "rank of the edit")
-    max_samples: int = option(2048, "samples of data for the key statistics")
-
-    def __post_init__(self):
-        if self.rank < 1 or self.max_samples < 1:
-            raise InputError("rank and max_samples must be >= 1")
+    rank: int = option(1, "rank of the edit", **COUNT)
+    max_samples: int = option(2048, "samples of data for the key statistics", **COUNT)
 
 
 class RankOne(Editor):
@@ -178,17 +172,14 @@ class RankOne(Editor):
 
 @dataclass(frozen=True)
 class RectifyOptions(ValueOptions):
-    layers: list | None = option(None, "candidate layer paths (default: every conv / linear but the head)")
-    rank: int = option(1, "rank of each edit")
-    steps: int = option(20, "integrated-gradient steps")
-    max_edits: int = option(12, "edits tried (kept or rolled back)")
-    max_drop: float = option(0.01, "largest clean-accuracy drop on data an edit may cause")
-    max_samples: int = option(2048, "samples of data for key statistics and the accuracy check")
-    gap: float = option(0.25, "edit until every pair keeps at most this fraction of its initial gap F(x) - F(x~)")
-
-    def __post_init__(self):
-        if min(self.rank, self.steps, self.max_edits, self.max_samples) < 1 or self.max_drop < 0 or self.gap < 0:
-            raise InputError("rank, steps, max_edits and max_samples must be >= 1, max_drop and gap >= 0")
+    layers: list[str] | None = option(None, "candidate layer paths (default: every conv / linear but the head)")
+    rank: int = option(1, "rank of each edit", **COUNT)
+    steps: int = option(20, "integrated-gradient steps", **COUNT)
+    max_edits: int = option(12, "edits tried (kept or rolled back)", **COUNT)
+    max_drop: float = option(0.01, "largest clean-accuracy drop on data an edit may cause", **FRACTION)
+    max_samples: int = option(2048, "samples of data for key statistics and the accuracy check", **COUNT)
+    gap: float = option(0.25, "edit until every pair keeps at most this fraction of its initial gap F(x) - F(x~)",
+                        **NONNEGATIVE)
 
 
 class Rectify(Editor):

@@ -17,23 +17,19 @@ from torch.func import functional_call
 from ..core import registry
 from ..core.components import get_module
 from ..core.errors import InputError
-from ..core.plugin import Editor, option
+from ..core.plugin import COUNT, FRACTION, NONNEGATIVE, POSITIVE, SEED, Editor, option
 from .rectify import _pairs_on, key_statistics, last_feature_layer, rectified
 
 
 @dataclass(frozen=True)
 class LowRankOptions:
     layer: str | None = option(None, "layer path to edit (default: the last feature layer)")
-    rank: int = option(1, "rank r of dW = U V^T")
-    steps: int = option(300, "Adam steps")
-    lr: float = option(0.01, "Adam learning rate")
-    keep: float = option(1.0, "weight of the preservation term tr(dW C dW^T) / tr(W C W^T)")
-    max_samples: int = option(2048, "samples of data for the key statistics C")
-    seed: int = option(0, "initialisation seed of V")
-
-    def __post_init__(self):
-        if min(self.rank, self.steps, self.max_samples) < 1 or self.lr <= 0 or self.keep < 0:
-            raise InputError("rank, steps, max_samples must be >= 1, lr > 0, keep >= 0")
+    rank: int = option(1, "rank r of dW = U V^T", **COUNT)
+    steps: int = option(300, "Adam steps", **COUNT)
+    lr: float = option(0.01, "Adam learning rate", **POSITIVE)
+    keep: float = option(1.0, "weight of the preservation term tr(dW C dW^T) / tr(W C W^T)", **NONNEGATIVE)
+    max_samples: int = option(2048, "samples of data for the key statistics C", **COUNT)
+    seed: int = option(0, "initialisation seed of V", **SEED)
 
 
 class LowRank(Editor):
@@ -98,12 +94,8 @@ def interpolate(model, original: dict[str, torch.Tensor], edited: dict[str, torc
 @dataclass(frozen=True)
 class InterpolateOptions:
     base: str = option("rank-one", "the single-layer editor whose edit is interpolated")
-    t: float = option(0.5, "interpolation weight: 0 = the original layer, 1 = the full edit")
+    t: float = option(0.5, "interpolation weight: 0 = the original layer, 1 = the full edit", **FRACTION)
     base_options: dict = option({}, "options of the base editor")
-
-    def __post_init__(self):
-        if not 0.0 <= self.t <= 1.0:
-            raise InputError(f"t must lie in [0, 1], got {self.t}")
 
 
 class Interpolate(Editor):

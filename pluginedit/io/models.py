@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
-import re
+import uuid
 from pathlib import Path
 
 import torch
@@ -13,10 +13,12 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ..core.errors import InputError
+from .trust import check_factory, check_spec, transformers_class, transformers_config
 
 SOURCE_ATTR = "_pluginedit_source"     # how the dense architecture was built
 STEPS_ATTR = "_pluginedit_steps"       # structural edits applied since then
-_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+HISTORY_ATTR = "_pluginedit_history"   # summaries of the edits applied (saved with it)
+UID_ATTR = "_pluginedit_uid"           # binds EditRecords to the model they were made on
 
 
 def source_of(model: nn.Module) -> dict | None:
@@ -36,11 +38,31 @@ def add_steps(model: nn.Module, steps: list[dict]) -> None:
         model.__dict__[STEPS_ATTR] = list(model.__dict__.get(STEPS_ATTR, [])) + list(steps)
 
 
+def add_edit(model: nn.Module, record) -> None:
+    """Record an applied edit on the model: its structural steps, its summary in the history,
+    and the record bound to this model (``save`` refuses records of other models)."""
+    add_steps(model, record.steps)
+    uid = model.__dict__.setdefault(UID_ATTR, uuid.uuid4().hex)
+    record.model_uid = uid
+    set_history(model, history_of(model) + [record.summary()])
+
+
+def is_bound(model: nn.Module, record) -> bool:
+    uid = model.__dict__.get(UID_ATTR)
+    return uid is not None and getattr(record, "model_uid", None) == uid
+
+
+def history_of(model: nn.Module) -> list[dict]:
+    return list(model.__dict__.get(HISTORY_ATTR, []))
+
+
+def set_history(model: nn.Module, history: list[dict]) -> None:
+    model.__dict__[HISTORY_ATTR] = list(history)
+
+
 def import_factory(spec: str):
-    """The callable named by ``package.module:attribute``."""
-    if not isinstance(spec, str) or not _SPEC.match(spec):
-        raise InputError(f"model factory {spec!r} must look like 'package.module:callable'")
-    module_name, attr = spec.split(":")
+    """The callable named by ``package.module:attribute`` (imports the module: trusted code only)."""
+    module_name, attr = check_spec(spec).split(":")
     try:
         obj = importlib.import_module(module_name)
     except ImportError as e:
@@ -56,33 +78,37 @@ def import_factory(spec: str):
 
 def _transformers_model(source: dict) -> nn.Module:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import transformers
-    cls = getattr(transformers, str(source.get("class")), None)
-    if cls is None or not hasattr(cls, "config_class"):
-        raise InputError(f"unknown transformers model class {source.get('class')!r}")
-    return cls(cls.config_class.from_dict(dict(source.get("config") or {})))
+    cls = transformers_class(source.get("class"))
+    config = transformers_config(source.get("config") or {})
+    try:
+        return cls(cls.config_class.from_dict(config))
+    except Exception as e:
+        raise InputError(f"transformers class {cls.__name__} cannot be built from this config: "
+                         f"{type(e).__name__}: {str(e)[:200]}") from e
 
 
-def build(source: dict) -> nn.Module:
-    """The dense model a source description names."""
+def build(source: dict, trusted: frozenset[str] = frozenset()) -> nn.Module:
+    """The dense model a source description names. A factory is called only if it is on the
+    allow-list of ``trust`` or in ``trusted``; nothing is imported before that check."""
     kind = source.get("kind") if isinstance(source, dict) else None
     if kind == "factory":
         args = source.get("args") or {}
         if not isinstance(args, dict):
-            raise InputError(f"model arguments must be a JSON object, got {args!r}")
+            raise InputError(f"model arguments must be a JSON object, got {str(args)[:80]!r}")
+        check_factory(source.get("factory"), args, trusted)
         try:
             model = import_factory(source.get("factory"))(**args)
         except InputError:
             raise
         except Exception as e:
-            raise InputError(f"model factory {source.get('factory')!r} failed with {args}: "
-                             f"{type(e).__name__}: {e}") from e
+            raise InputError(f"model factory {source.get('factory')!r} failed with {str(args)[:200]}: "
+                             f"{type(e).__name__}: {str(e)[:200]}") from e
     elif kind == "transformers":
         model = _transformers_model(source)
     else:
-        raise InputError(f"unknown model source {source!r}: need kind 'factory' or 'transformers'")
+        raise InputError(f"unknown model source {str(source)[:200]}: need kind 'factory' or 'transformers'")
     if not isinstance(model, nn.Module):
-        raise InputError(f"model source {source} built a {type(model).__name__}, not an nn.Module")
+        raise InputError(f"model source {str(source)[:200]} built a {type(model).__name__}, not an nn.Module")
     return set_source(model, source)
 
 
@@ -91,7 +117,7 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     ``weights_only=True`` (tensors and containers only: no code runs)."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"weights file {path} does not exist")
+        raise InputError(f"weights file {path} " + ("is a directory" if path.is_dir() else "does not exist"))
     if path.suffix == ".safetensors":
         try:
             return load_file(str(path))
@@ -110,8 +136,22 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _dtype_kind(t: torch.Tensor) -> str:
+    return "bool" if t.dtype == torch.bool else "complex" if t.is_complex() else \
+        "floating-point" if t.is_floating_point() else "integer"
+
+
 def load_state(model: nn.Module, state: dict, where: str) -> None:
-    """``load_state_dict(strict=True)`` with an error naming the file and the mismatch."""
+    """``load_state_dict(strict=True)`` with an error naming the file and the mismatch. A tensor
+    of another kind than the model's (integer or bool weights for floating ones: quantised or
+    damaged) is refused, not cast; another float precision is cast to the model's, as torch does."""
+    own = model.state_dict()
+    wrong = [f"{k!r} ({v.dtype}, the model's {own[k].dtype})" for k, v in state.items()
+             if k in own and torch.is_tensor(v) and _dtype_kind(v) != _dtype_kind(own[k])]
+    if wrong:
+        raise InputError(f"{where}: tensor(s) of the wrong kind for the model: {', '.join(wrong[:5])}"
+                         f"{f' and {len(wrong) - 5} more' if len(wrong) > 5 else ''}; quantised or "
+                         "integer weights are not cast silently: dequantise them first")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -129,7 +169,9 @@ def load_model(factory: str | None = None, args: dict | None = None, weights=Non
     if hf is not None:
         model = _from_pretrained(Path(hf))
     else:
-        model = build({"kind": "factory", "factory": factory, "args": dict(args or {})})
+        # the caller names the factory: that is trusting it
+        model = build({"kind": "factory", "factory": factory, "args": {} if args is None else args},
+                      trusted=frozenset([factory]) if isinstance(factory, str) else frozenset())
     if weights is not None:
         load_state(model, load_weights(weights), str(weights))
     return model.eval()
@@ -140,7 +182,11 @@ def _from_pretrained(path: Path) -> nn.Module:
         raise InputError(f"{path} is not a transformers model directory (no config.json)")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import transformers
-    config = transformers.AutoConfig.from_pretrained(path)
+    try:   # invalid JSON (OSError), an unknown or missing model_type (ValueError)
+        config = transformers.AutoConfig.from_pretrained(path)
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise InputError(f"{path}: its config.json cannot be read by transformers "
+                         f"({type(e).__name__}: {str(e).splitlines()[0][:300]})") from e
     archs = getattr(config, "architectures", None) or []
     cls = getattr(transformers, archs[0], None) if archs else None
     cls = cls or transformers.AutoModel._model_mapping[type(config)]

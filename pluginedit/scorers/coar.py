@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from ..capture import as_loader, model_device
 from ..capture.masks import component_slices, keep_gradients, keep_masks, margins, masked_outputs
 from ..core.errors import InputError
-from ..core.plugin import Scorer, option
+from ..core.plugin import COUNT, NONNEGATIVE, RATIO, SEED, Scorer, option
 from ..core.outputs import cat, take, to
 from ..stats.ablation import AblationSums
 from ..stats.distributed import is_main, world
@@ -270,23 +270,18 @@ def gradient_times_parameter(model, x, y, paths: list[str]) -> Attributions:
 
 @dataclass(frozen=True)
 class CoarOptions:
-    masks: int = option(200, "random ablation masks (0: the chord prior alone)")
-    alpha: float = option(0.05, "fraction of components ablated per mask")
-    examples: int = option(64, "calibration examples attributed")
+    masks: int = option(200, "random ablation masks (0: the chord prior alone)", **NONNEGATIVE)
+    alpha: float = option(0.05, "fraction of components ablated per mask", **RATIO)
+    examples: int = option(64, "calibration examples attributed", **COUNT)
     estimator: Literal["ols", "ridge", "diffmeans"] = option(
         "ridge", "least squares, ridge towards the prior (cross-validated), or difference of means")
     prior: Literal["none", "grad", "chord"] = option(
         "chord", "ridge prior / control variate: none, mask gradients, or sampled chords (fewer evaluations)")
-    prior_points: int = option(40, "backward passes of the prior")
+    prior_points: int = option(40, "backward passes of the prior", **NONNEGATIVE)
     reduce: Literal["abs", "signed"] = option("abs", "importance = mean |w| or mean w over examples")
-    seed: int = option(0, "mask seed (masks regenerate from (seed, index))")
-    chunk: int = option(16, "masks per forward pass")
+    seed: int = option(0, "mask seed (masks regenerate from (seed, index))", **SEED)
+    chunk: int = option(16, "masks per forward pass", **COUNT)
     resume: str | None = option(None, ".safetensors file of partial sums to save to and resume from")
-
-    def __post_init__(self):
-        if self.masks < 0 or self.examples < 1 or self.chunk < 1 or self.prior_points < 0 or not 0 < self.alpha < 1:
-            raise InputError("COAR needs masks >= 0, examples >= 1, chunk >= 1, prior_points >= 0 "
-                             "and alpha in (0, 1)")
 
 
 class CoarScorer(Scorer):

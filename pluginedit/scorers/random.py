@@ -6,12 +6,12 @@ from dataclasses import dataclass
 import torch
 
 from ..core.components import get_module, size_of
-from ..core.plugin import Scorer, option
+from ..core.plugin import SEED, Scorer, option
 
 
 @dataclass(frozen=True)
 class RandomOptions:
-    seed: int = option(0, "seed of the generator")
+    seed: int = option(0, "seed of the generator", **SEED)
 
 
 class RandomScorer(Scorer):

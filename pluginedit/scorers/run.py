@@ -5,12 +5,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..capture import check_classes, check_nonempty, check_runs, collect, default_targets, example_batch, labels_of
+from ..capture import (check_model, check_nonempty, check_runs, checked_classes, collect, default_targets,
+                       example_batch, for_model)
 from ..core import registry
+from ..core.checks import number
 from ..core.components import eval_mode, groups
 from ..core.errors import InputError, PluginRunError
 from ..core.outputs import output
 from ..core.plugin import Inputs, Scorer, failures_named
+from ..core.record import buffers_kept
 from ..core.scores import Scores
 
 
@@ -32,17 +35,18 @@ def _resolve(scorer, options: dict) -> Scorer:
 
 
 def _inputs(model, scorers, data, targets, num_classes, example) -> Inputs:
+    """Everything the scorers read, checked before any pass over the data; ``data`` and
+    ``example`` come back with float64 inputs converted for a float32 model."""
+    check_model(model)
     if any(s.needs_data for s in scorers) and data is None:
         need = [s.name for s in scorers if s.needs_data]
         raise InputError(f"scorer {', '.join(map(repr, need))} needs data (labelled samples)")
     check_nonempty(data)
+    data, example = for_model(model, data, example)
     example = example if example is not None else example_batch(data)
     check_runs(model, example)
-    if any(s.needs_labels for s in scorers):
-        num_classes = num_classes or num_classes_of(model, example)
-        labels = labels_of(data)
-        if labels is not None:
-            check_classes(labels, num_classes)
+    num_classes = checked_classes(model, data, example, num_classes,
+                                  need=2 if any(s.needs_labels for s in scorers) else 0)
     known = groups(model)
     if not known:
         raise InputError(f"the model ({type(model).__name__}) has no conv/linear layers to score")
@@ -58,8 +62,10 @@ def score_many(model: nn.Module, scorers: list, data=None, targets=None, num_cla
                options: dict | None = None) -> dict[str, Scores]:
     """Score with several scorers from one pass over ``data``: {scorer name: Scores}.
     ``options`` apply to a single scorer given by name. Read-only: every module runs in eval
-    mode and gets its own training flag back, so no BatchNorm statistic moves."""
-    with eval_mode(model):
+    mode and gets its own training flag back, so no BatchNorm statistic moves, and every buffer
+    is put back as it was (a forward that updates a buffer of its own, a call counter, leaves
+    no trace)."""
+    with buffers_kept(model), eval_mode(model):
         return _score_many(model, scorers, data, targets, num_classes, max_samples, batch_size,
                            progress, example_inputs, options)
 
@@ -71,7 +77,10 @@ def _score_many(model, scorers, data, targets, num_classes, max_samples, batch_s
     if len({getattr(s, "name", s) for s in scorers}) != len(scorers):
         raise InputError(f"scorers named twice in {[getattr(s, 'name', s) for s in scorers]}")
     scorers = [_resolve(s, options or {}) for s in scorers]
+    number("batch_size", batch_size, integer=True, at_least=1)
+    number("max_samples", max_samples, integer=True, at_least=1, optional=True)
     inputs = _inputs(model, scorers, data, targets, num_classes, example_inputs)
+    data = inputs.data      # float64 inputs converted for the model
     wanted = []
     for s in scorers:
         with failures_named(f"scorer {s.name!r}"):

@@ -8,26 +8,22 @@ from torch import nn
 
 from ..capture import batches
 from ..core.components import eval_mode
-from ..core.errors import InputError
 from ..core.outputs import output
-from ..core.plugin import Scorer, option
+from ..core.plugin import COUNT, Scorer, option
 from ..stats.distributed import sum_gradients
 from ..editors._tp import group_scores   # torch-pruning's Taylor importance, through the adapter
 
 
 @dataclass(frozen=True)
 class TaylorOptions:
-    max_samples: int = option(1024, "labelled samples whose cross-entropy gradients are accumulated")
-
-    def __post_init__(self):
-        if self.max_samples < 1:
-            raise InputError(f"max_samples must be >= 1, got {self.max_samples}")
+    max_samples: int = option(1024, "labelled samples whose cross-entropy gradients are accumulated", **COUNT)
 
 
 class TaylorScorer(Scorer):
     """|w · dL/dw| summed over each group (Molchanov et al.), gradients of the cross-entropy
-    accumulated over ``max_samples`` labelled samples with BN in inference mode. Gradients are
-    cleared afterwards and the training mode restored: the model is left as it was."""
+    accumulated over ``max_samples`` labelled samples with BN in inference mode. Each
+    parameter's ``.grad`` is put back afterwards (the same tensor, or None) and the training
+    mode restored: the model is left as it was, gradients the user accumulated included."""
     name = "taylor"
     needs_data = True
     needs_labels = True
@@ -35,6 +31,8 @@ class TaylorScorer(Scorer):
     Options = TaylorOptions
 
     def score(self, model, stats, inputs):
+        # backward() adds to .grad: set the user's gradients aside (untouched) and start from none
+        kept = [(p, p.grad) for p in model.parameters()]
         model.zero_grad(set_to_none=True)
         try:   # BN in inference mode: gradients of the deployed function
             with eval_mode(model):
@@ -44,4 +42,5 @@ class TaylorScorer(Scorer):
                 sum_gradients(model.parameters())     # each rank's shard, under torch.distributed
                 return group_scores(model, inputs.example, "taylor", inputs.targets)
         finally:
-            model.zero_grad(set_to_none=True)
+            for p, grad in kept:
+                p.grad = grad

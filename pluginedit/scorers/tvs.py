@@ -18,7 +18,7 @@ from ..capture import Request
 from ..core.components import get_module, size_of
 from ..core.errors import InputError
 from ..capture.hookpoints import resolve_auto
-from ..core.plugin import Scorer, option
+from ..core.plugin import NONNEGATIVE, Scorer, option
 from ..stats.class_moments import ClassMaps, check_counts
 
 FORMS = ("iso", "diag", "full")
@@ -74,7 +74,7 @@ class TVSOptions:
         "pairwise_min", "min over class pairs, or over each class vs the rest")
     hook: Literal["conv", "bn", "act", "ln"] = option(
         "bn", "observe the layer's output here (falls back to the conv output)")
-    max_full: int = option(64, "largest map (pixels) that keeps full covariances")
+    max_full: int = option(64, "largest map (pixels) that keeps full covariances", **NONNEGATIVE)
 
 
 class TVSScorer(Scorer):

@@ -17,7 +17,7 @@ from ..capture import Request
 from ..core.components import get_module, size_of
 from ..core.errors import InputError
 from ..capture.hookpoints import resolve
-from ..core.plugin import Scorer, option
+from ..core.plugin import NONNEGATIVE, POSITIVE, Scorer, option
 from ..stats.class_moments import FEATURES, ClassMoments, check_counts, feature_moments, unshift_poly
 
 METHODS = ("fisher", "mpm", "robust", "raw")
@@ -93,13 +93,9 @@ class WitnessOptions:
     aggregation: Literal["ovr_min", "pairwise_min"] = option(
         "ovr_min", "min over each class vs the rest, or over class pairs")
     hook: Literal["conv", "bn", "act", "ln"] = option("conv", "observe the layer's output here")
-    gamma: float = option(1.0, "scale of the exp witness")
-    target_class: int | None = option(None, "score one class vs the rest (forgetting)")
-    radius: float = option(0.05, "robust Fisher's mean-uncertainty fraction")
-
-    def __post_init__(self):
-        if self.gamma <= 0 or self.radius < 0:
-            raise InputError(f"need gamma > 0 and radius >= 0, got {self.gamma}, {self.radius}")
+    gamma: float = option(1.0, "scale of the exp witness", **POSITIVE)
+    target_class: int | None = option(None, "score one class vs the rest (forgetting)", **NONNEGATIVE)
+    radius: float = option(0.05, "robust Fisher's mean-uncertainty fraction", **NONNEGATIVE)
 
 
 class WitnessScorer(Scorer):

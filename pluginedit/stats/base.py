@@ -81,8 +81,8 @@ def check_activations(x: torch.Tensor, where: str = "activations") -> None:
 def check_labels(labels: torch.Tensor, num_classes: int, n: int) -> torch.Tensor:
     if labels.shape != (n,):
         raise InputError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
-    if labels.is_floating_point():
-        raise InputError(f"labels must be integers, got dtype {labels.dtype}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise InputError(f"labels must be integers (class indices), got dtype {labels.dtype}")
     if n and (labels.min() < 0 or labels.max() >= num_classes):
         raise InputError(f"labels out of range: found [{int(labels.min())}, {int(labels.max())}], "
                          f"expected [0, {num_classes - 1}]")

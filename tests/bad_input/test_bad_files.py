@@ -191,7 +191,7 @@ def _rehash(folder: Path) -> None:
     ("no-manifest", "is not a saved pluginedit model: manifest.json is missing"),
     ("steps-not-a-list", "manifest.json: field 'steps' missing or not a list"),
     ("no-weights", "model.safetensors is missing"),
-    ("unknown-factory", "manifest.json: cannot import 'no_such_pkg.mod'"),
+    ("unknown-factory", "manifest.json: model factory .no_such_pkg.mod:make. is not trusted"),
 ])
 def test_corrupted_saved_model_is_named(tmp_path, how, match):
     folder = _saved(tmp_path)

@@ -21,6 +21,8 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 sys.path.insert(0, str(FIXTURES))
 import custom_models  # noqa: E402
 
+TRUST = ["custom_models:make"]     # a factory outside the allow-list: the tests trust it by name
+
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
@@ -38,7 +40,7 @@ def files(tmp_path_factory):
 def _fresh_logits(folder: Path, x_file: Path) -> torch.Tensor:
     """Logits of pe.load(folder) computed in a new Python process."""
     code = ("import sys, torch, pluginedit as pe; from safetensors.torch import load_file, save_file;"
-            f"m = pe.load({str(folder)!r}); x = load_file({str(x_file)!r})['x'][:16];"
+            f"m = pe.load({str(folder)!r}, trusted=['custom_models:make']); x = load_file({str(x_file)!r})['x'][:16];"
             f"save_file({{'y': m(x).detach()}}, {str(folder / 'out.safetensors')!r})")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300,
                    env={**__import__("os").environ, "PYTHONPATH": str(FIXTURES)})
@@ -57,7 +59,7 @@ def test_cli_prunes_saves_and_a_fresh_process_reloads(files, tmp_path, weights, 
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["source"]["factory"] == "custom_models:make" and manifest["steps"]
     assert manifest["history"][0]["editor"] == "prune"
-    reloaded = pe.load(out)
+    reloaded = pe.load(out, trusted=TRUST)
     dense = pe.load_model("custom_models:make", {"width": 16})
     assert sum(p.numel() for p in reloaded.parameters()) < 0.6 * sum(p.numel() for p in dense.parameters())
     fresh = _fresh_logits(out, files / "data.safetensors")
@@ -79,7 +81,7 @@ def saved(tmp_path):
 
 def test_in_process_round_trip_is_exact(saved):
     model, folder, x = saved
-    back = pe.load(folder)
+    back = pe.load(folder, trusted=TRUST)
     with torch.no_grad():
         torch.testing.assert_close(back(x), model(x), atol=1e-6, rtol=0)
 
@@ -93,7 +95,7 @@ def test_load_never_unpickles(saved, monkeypatch):
     monkeypatch.setattr(pickle, "loads", refuse)
     monkeypatch.setattr(pickle, "Unpickler", refuse)
     monkeypatch.setattr(torch, "load", refuse)
-    pe.load(folder)
+    pe.load(folder, trusted=TRUST)
 
 
 def test_malicious_pickle_weights_are_refused(tmp_path):
@@ -135,7 +137,7 @@ def test_damaged_saves_are_clear_errors(saved, how, match):
     _, folder, _ = saved
     _damage(folder, how)
     with pytest.raises(InputError, match=match) as e:
-        pe.load(folder)
+        pe.load(folder, trusted=TRUST)
     assert str(folder) in str(e.value)
 
 

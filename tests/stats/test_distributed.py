@@ -83,9 +83,9 @@ def _scores(resume: Path) -> dict[str, torch.Tensor]:
     scorers += [registry.get_scorer("taylor", max_samples=1000),
                 registry.get_scorer("coar", masks=48, examples=16, prior_points=6, chunk=4, resume=str(resume))]
     got = pe.score_many(model, scorers, data=digits.train, batch_size=96, max_samples=1000)
-    out = {f"{name}/{path}": v for name, s in got.items() for path, v in s.values.items()}
+    out = {f"{name}/{path}": v for name, s in got.items() for path, v in s.items()}
     loader = DataLoader(TensorDataset(digits.train.x[:1000], digits.train.y[:1000]), batch_size=96)
-    out |= {f"loader/{p}": v for p, v in pe.score(model, "witness", data=loader).values.items()}
+    out |= {f"loader/{p}": v for p, v in pe.score(model, "witness", data=loader).items()}
     shuffled = DataLoader(TensorDataset(digits.train.x, digits.train.y), batch_size=96, shuffle=True)
     shuffled.sampler.generator = None                                  # an unseeded shuffle
     if distributed.world() is not None:                                # every rank refuses, none hangs
