@@ -2,13 +2,15 @@
 this module; the CLI and users do."""
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
 from .capture import Pairs, check_classes, check_model, check_nonempty, check_runs, checked_classes, example_batch, \
     for_model
 from .core import registry
-from .core.components import check_targets, groups, modes_kept
+from .core.components import check_targets, grads_kept, groups, modes_kept
 from .core.errors import InputError, PluginRunError
 from .core.plugin import Editor, Inputs, failures_named
 from .core.record import EditRecord, atomic
@@ -32,6 +34,11 @@ def _editor(editor: str | Editor, options: dict) -> Editor:
         if options:
             raise InputError(f"options {sorted(options)} given with an editor instance; set them on it")
         return editor
+    if not isinstance(editor, str):
+        hint = ("an options object is not an editor: build the editor with the options as keywords "
+                "(ModHiFiP(ratio=0.5)) or pass its name with them (pe.edit(model, 'modhifi-p', ratio=0.5))"
+                if dataclasses.is_dataclass(editor) else "pass a name ('modhifi-p') or an Editor instance")
+        raise InputError(f"editor must be a plugin name or an Editor, got a {type(editor).__name__}; {hint}")
     return registry.get_editor(editor, **options)
 
 
@@ -94,7 +101,7 @@ def edit(model: nn.Module, editor: str | Editor, scores: Scores | None = None, *
     editor = _editor(editor, options)
     inputs = editor_inputs(model, editor, scores, data, example_inputs, num_classes, forget_class, targets,
                            pairs)
-    with atomic(model), modes_kept(model):
+    with atomic(model), modes_kept(model), grads_kept(model):
         record = _apply(editor, model, scores, inputs)
     add_edit(model, record)     # steps and history travel with the model (pe.save)
     return record

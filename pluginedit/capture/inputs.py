@@ -191,6 +191,12 @@ def checked_classes(model: nn.Module, data, example, num_classes: int | None, ne
     classifier's [N, K] output: a label beyond the model's classes is a mistake either way."""
     if num_classes is not None:
         checks.number("num_classes", num_classes, integer=True, at_least=max(need, 1))
+        if need and example is not None:      # labels index the output: it needs that many
+            with torch.no_grad(), eval_mode(model):
+                width = output(model, example).shape
+            if len(width) == 2 and num_classes > width[-1]:
+                raise InputError(f"num_classes {num_classes} is more than the model's output width "
+                                 f"{width[-1]}")
     labels = labels_of(data)
     bound, source = num_classes, "num_classes"
     if bound is None and (need or labels is not None):

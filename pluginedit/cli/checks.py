@@ -104,3 +104,7 @@ def _check_args(args) -> None:
         _check_output(f"--{flag}", getattr(args, flag, None), kind)
     _check_plot_format(getattr(args, "plot", None))
     _check_model_choice(args)
+    keys = [k for k, _ in getattr(args, "option", None) or []]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise InputError(f"-o {twice[0]}= is given {keys.count(twice[0])} times: give each option once")

@@ -99,6 +99,22 @@ def modes_kept(model: nn.Module):
 
 
 @contextlib.contextmanager
+def grads_kept(model: nn.Module):
+    """Run with no ``.grad`` on any parameter (a backward inside adds to none of the user's
+    gradients), then give each parameter that is still there with its shape its own ``.grad``
+    back (the same tensor, or None); parameters an edit replaced or resized get None."""
+    kept = [(p, p.grad) for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    try:
+        yield model
+    finally:
+        now = {id(p) for p in model.parameters()}
+        for p, grad in kept:
+            fits = id(p) in now and (grad is None or grad.shape == p.shape)
+            p.grad = grad if fits else None
+
+
+@contextlib.contextmanager
 def eval_mode(model: nn.Module):
     """Run with every module in eval mode (BatchNorm reads its running statistics instead of
     updating them, dropout is off), then restore each module's own training flag."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..capture import batches
-from ..core.components import eval_mode
+from ..core.components import eval_mode, grads_kept
 from ..core.outputs import output
 from ..core.plugin import COUNT, Scorer, option
 from ..stats.distributed import sum_gradients
@@ -31,16 +31,11 @@ class TaylorScorer(Scorer):
     Options = TaylorOptions
 
     def score(self, model, stats, inputs):
-        # backward() adds to .grad: set the user's gradients aside (untouched) and start from none
-        kept = [(p, p.grad) for p in model.parameters()]
-        model.zero_grad(set_to_none=True)
-        try:   # BN in inference mode: gradients of the deployed function
-            with eval_mode(model):
-                for x, y in batches(model, inputs.data, inputs.num_classes, max_samples=self.options.max_samples,
-                                    shard=True):
-                    nn.functional.cross_entropy(output(model, x), y, reduction="sum").backward()
-                sum_gradients(model.parameters())     # each rank's shard, under torch.distributed
-                return group_scores(model, inputs.example, "taylor", inputs.targets)
-        finally:
-            for p, grad in kept:
-                p.grad = grad
+        # backward() adds to .grad: the user's gradients are set aside and put back after;
+        # BN in inference mode: gradients of the deployed function
+        with grads_kept(model), eval_mode(model):
+            for x, y in batches(model, inputs.data, inputs.num_classes, max_samples=self.options.max_samples,
+                                shard=True):
+                nn.functional.cross_entropy(output(model, x), y, reduction="sum").backward()
+            sum_gradients(model.parameters())     # each rank's shard, under torch.distributed
+            return group_scores(model, inputs.example, "taylor", inputs.targets)

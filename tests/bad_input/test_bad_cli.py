@@ -33,7 +33,7 @@ def _exits_2_at_once(argv, capsys, within: float | None = 2.0) -> str:
     return err
 
 
-# --- 1. output paths ------------------------------------------------------------------------
+# --- output paths ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("argv,match", [
     (["prune", "--report", "{missing}/r.json"], "does not exist"),
@@ -80,7 +80,7 @@ def test_unwritable_output_folder_fails_before_any_work(tmp_path, capsys):
     assert "is not writable" in err
 
 
-# --- 2. a flag and the same option given with -o --------------------------------------------
+# --- a flag and the same option given with -o --------------------------------------------
 
 @pytest.mark.parametrize("argv,match", [
     (["--ratio", "0.3", "-o", "ratio=0.4"], "--ratio and -o ratio="),
@@ -89,6 +89,11 @@ def test_unwritable_output_folder_fails_before_any_work(tmp_path, capsys):
 def test_flag_and_the_same_option_with_o_conflict(argv, match, capsys):
     err = _exits_2_at_once(["prune", *argv], capsys)
     assert match in err and "give it once" in err
+
+
+def test_the_same_option_twice_with_o_is_an_error(capsys):
+    err = _exits_2_at_once(["prune", "-o", "ratio=0.3", "-o", "ratio=0.4"], capsys)
+    assert "-o ratio= is given 2 times: give each option once" in err
 
 
 def test_ratio_reaches_the_editor_from_either_place_and_defaults_to_half():
@@ -100,7 +105,7 @@ def test_ratio_reaches_the_editor_from_either_place_and_defaults_to_half():
         {"ratio": 0.3, "global_pruning": True}
 
 
-# --- 3, 4. the model's description ----------------------------------------------------------
+# --- the model's description ----------------------------------------------------------
 
 @pytest.mark.parametrize("argv,match", [
     (["--model", "_bad_input_helpers:tiny", "--model-args", "[8]"], "--model-args must be a JSON object"),
@@ -131,7 +136,7 @@ def test_commands_that_cannot_use_a_model_of_your_own_say_so(command, match, cap
     assert match in err
 
 
-# --- 5, 7. numbers refused when the command line is parsed ----------------------------------
+# --- numbers refused when the command line is parsed ----------------------------------
 
 @pytest.mark.parametrize("argv,flag", [
     (["prune", "--finetune-epochs", "-1"], "--finetune-epochs"),
@@ -154,7 +159,7 @@ def test_zero_finetune_epochs_and_the_largest_seed_parse():
     assert cli.parser().parse_args(["prune", "--seed", str(2**64 - 1)]).seed == 2**64 - 1
 
 
-# --- 6. pair labels -------------------------------------------------------------------------
+# --- pair labels -------------------------------------------------------------------------
 
 def _pairs_file(tmp_path, y) -> str:
     f = tmp_path / "pairs.safetensors"
@@ -188,7 +193,7 @@ def test_pair_labels_beyond_the_model_output_are_refused_by_the_api(editor):
     untouched.check()
 
 
-# --- 8. a transformers folder whose config.json transformers cannot read ---------------------
+# --- a transformers folder whose config.json transformers cannot read ---------------------
 
 @pytest.fixture(params=["not json", "unknown model_type", "no model_type"])
 def broken_hf(request, tmp_path):

@@ -433,3 +433,11 @@ def test_weights_of_another_float_precision_keep_the_models_dtype():
         other[0].weight.add_(1)
     load_state(model, {k: v.double() if v.is_floating_point() else v for k, v in other.state_dict().items()}, "x")
     assert model[0].weight.dtype == torch.float32 and torch.equal(model[0].weight, other[0].weight)
+
+
+def test_num_classes_beyond_the_output_width_is_refused():
+    model = tiny(classes=4)
+    guard = Untouched(model)
+    with pytest.raises(InputError, match="num_classes 20 is more than the model's output width 4"):
+        pe.score(model, "witness", data=(X, Y), num_classes=20)
+    guard.check()

@@ -16,7 +16,7 @@ from _bad_input_helpers import X, Y, Untouched, tiny
 SCORERS = ["l1", "witness", "fidelity", "taylor", "tvs"]
 
 
-# --- 9. gradients ---------------------------------------------------------------------------
+# --- gradients ---------------------------------------------------------------------------
 
 def _with_grads(model: nn.Module) -> dict:
     """Give every parameter but one a gradient; returns {name: its values, or None}."""
@@ -46,7 +46,7 @@ def test_taylor_without_gradients_leaves_none():
     assert all(p.grad is None for p in model.parameters())
 
 
-# --- 10. buffers a forward updates ----------------------------------------------------------
+# --- buffers a forward updates ----------------------------------------------------------
 
 class Counting(nn.Module):
     """tiny() with two call counters: one updated in place, one replaced by a new tensor."""
@@ -81,7 +81,7 @@ def test_score_many_puts_back_buffers_and_train_mode_batchnorm():
     untouched.check()
 
 
-# --- 11. training flags after a successful edit ---------------------------------------------
+# --- training flags after a successful edit ---------------------------------------------
 
 def _mixed_modes() -> nn.Module:
     model = tiny().train()
@@ -118,7 +118,7 @@ def test_modules_an_edit_adds_take_their_parents_mode():
     assert not model.get_submodule("1").training      # the frozen BN stays frozen
 
 
-# --- 12. targets given to an editor ---------------------------------------------------------
+# --- targets given to an editor ---------------------------------------------------------
 
 @pytest.mark.parametrize("editor", ["mask", "prune"])
 def test_unknown_editor_targets_are_named_and_the_model_untouched(editor):
@@ -147,3 +147,23 @@ def test_mask_targets_without_scores_and_unknown_indices_are_named():
     with pytest.raises(InputError, match="with indices, name the layers there"):
         pe.edit(model, "mask", None, indices={"0": [1]}, targets=["0"])
     untouched.check()
+
+
+def test_an_edit_keeps_the_users_gradients():
+    """Editors that run backward (fine-tuning, rectification) must not touch the user's .grad;
+    after a pruning edit, surviving parameters keep theirs and resized ones have none."""
+    model = tiny()
+    model(X).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    pe.edit(model, "mask", pe.score(model, "l1", example_inputs=X[:1]), example_inputs=X[:1], ratio=0.5)
+    assert all(torch.equal(p.grad, grads[n]) for n, p in model.named_parameters())
+    pe.edit(model, "prune", pe.score(model, "l1", example_inputs=X[:1]), example_inputs=X[:1], ratio=0.5)
+    for n, p in model.named_parameters():
+        assert p.grad is None or (p.grad.shape == p.shape and torch.equal(p.grad, grads[n]))
+    assert model[5].weight.grad is None            # the head lost input columns: no stale gradient
+
+
+def test_an_options_object_given_as_the_editor_says_what_to_do():
+    from pluginedit.editors.prune import PruneEditor
+    with pytest.raises(InputError, match="an options object is not an editor"):
+        pe.edit(tiny(), PruneEditor.Options(), example_inputs=X[:1])
