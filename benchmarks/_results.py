@@ -149,7 +149,7 @@ def with_header(markdown: str, s: dict) -> str:
 
 def write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` whole (parent folders created)."""
-    from pluginedit.core.files import written_whole     # here: importing this module stays cheap
+    from pluginedit.core.files import written_whole  # here: importing this module stays cheap
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with written_whole(path) as tmp:

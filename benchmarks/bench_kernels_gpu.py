@@ -15,9 +15,8 @@ Writes <device>.json to a scratch folder (bench-out/bench_kernels/, or $PLUGINED
 """
 import sys
 
-import torch
-
 import bench_kernels as bench  # the script beside this one
+import torch
 
 if __name__ == "__main__":
     if not {"-h", "--help"} & set(sys.argv[1:]) and not torch.cuda.is_available():

@@ -21,18 +21,25 @@ import platform
 import time
 from pathlib import Path
 
+import _results  # the helper beside this script
 import torch
 
 from pluginedit import api
-from pluginedit.capture import accuracy, default_targets, predictions
-from pluginedit.capture.masks import component_slices, keep_masks, margins
+from pluginedit.capture import default_targets
 from pluginedit.contrib import data, train
 from pluginedit.core.errors import InputError
-from pluginedit.scorers.coar import (chord_prior, gradient_prior, gradient_times_parameter, leave_one_out,
-                                     masked_margins, pearson, solve)
+from pluginedit.evaluate import accuracy, predictions
+from pluginedit.scorers.coar import (
+    chord_prior,
+    gradient_prior,
+    gradient_times_parameter,
+    leave_one_out,
+    masked_margins,
+    pearson,
+    solve,
+)
+from pluginedit.scorers.masks import component_slices, keep_masks, margins
 from pluginedit.stats import AblationSums
-
-import _results  # the helper beside this script
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ALPHA, CHUNK, LDS_MASKS, LDS_SEED = 0.05, 16, 300, 10_000
@@ -45,7 +52,7 @@ def cost_per_mask(model, x, y, slices, c, reps=3) -> dict:
     with torch.no_grad():
         for _ in range(reps):
             t = time.perf_counter()
-            for i in range(0, 64, CHUNK):
+            for _start in range(0, 64, CHUNK):
                 margins(model(x.repeat(CHUNK, 1, 1, 1)), y.repeat(CHUNK))
             plain.append(time.perf_counter() - t)
             t = time.perf_counter()

@@ -15,16 +15,21 @@ import os
 import platform
 import time
 
+import _results  # the helper beside this script
 import torch
 from torch import nn
 
-from pluginedit.capture.masks import component_slices, keep_masks
 from pluginedit.contrib import hf
-from pluginedit.scorers.coar import (chord_prior, gradient_times_parameter, leave_one_out, masked_margins,
-                                     pearson, solve)
+from pluginedit.scorers.coar import (
+    chord_prior,
+    gradient_times_parameter,
+    leave_one_out,
+    masked_margins,
+    pearson,
+    solve,
+)
+from pluginedit.scorers.masks import component_slices, keep_masks
 from pluginedit.stats import AblationSums
-
-import _results  # the helper beside this script
 
 TOPICS = {"concurrency": ("asyncio", "threading", "subprocess"),
           "formats": ("json", "csv", "pickle", "sqlite3", "zipfile", "tarfile", "email"),

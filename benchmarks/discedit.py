@@ -16,18 +16,17 @@ import statistics
 import time
 from pathlib import Path
 
+import _results  # the helper beside this script
 import torch
 
 from pluginedit import api, report
-from pluginedit.contrib import data
-from pluginedit.contrib import train
 from pluginedit.capture import head_layers
+from pluginedit.contrib import data, train
 from pluginedit.core.components import groups
 from pluginedit.core.record import EditRecord
-from pluginedit.editors._tp import remove_channels, uncoupled_layers
 from pluginedit.editors.mask import select_lowest, zero_components
-
-import _results  # the helper beside this script
+from pluginedit.graph.groups import uncoupled_layers
+from pluginedit.graph.pruner import remove_channels
 
 SCORERS = {"witness-fisher": ("discedit-sp", {"features": "linear"}),
            "witness-poly": ("discedit-sp", {"features": "poly"}),

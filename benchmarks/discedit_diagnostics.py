@@ -14,13 +14,12 @@ import argparse
 import copy
 
 import torch
-
 from discedit import params, prunable_layers, prune_with
+
 from pluginedit import report
-from pluginedit.contrib import data
-from pluginedit.contrib import train
-from pluginedit.editors.bnrecal import recalibrate_bn
+from pluginedit.contrib import data, train
 from pluginedit.contrib.data import Split
+from pluginedit.editors.common.bnrecal import recalibrate_bn
 
 N_STATS = 1500
 

@@ -30,14 +30,13 @@ import platform
 import time
 from pathlib import Path
 
+import _results  # the helper beside this script
 import torch
 
 import pluginedit as pe
-from pluginedit.capture import predictions
 from pluginedit.contrib import data, train
 from pluginedit.core.errors import InputError
-
-import _results  # the helper beside this script
+from pluginedit.evaluate import predictions
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -16,10 +16,10 @@ import warnings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import _results  # noqa: E402  (the helper beside this script)
+
 import pluginedit as pe  # noqa: E402
 from pluginedit.contrib import hf  # noqa: E402
-
-import _results  # noqa: E402  (the helper beside this script)
 
 SETTINGS = [(0.1, 0), (0.2, 0), (0.3, 0), (0.0, 2), (0.2, 2)]
 

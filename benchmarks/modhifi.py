@@ -23,15 +23,13 @@ import time
 import warnings
 from pathlib import Path
 
+import _results  # the helper beside this script
 import torch
 
 from pluginedit import api
-from pluginedit.contrib import data
+from pluginedit.contrib import data, train
 from pluginedit.core import registry
-from pluginedit.contrib import train
-from pluginedit.editors.bnrecal import recalibrate_bn
-
-import _results  # the helper beside this script
+from pluginedit.editors.common.bnrecal import recalibrate_bn
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -14,12 +14,11 @@ import platform
 import time
 from pathlib import Path
 
+import _results  # the helper beside this script
 import torch
 
 import pluginedit as pe
 from pluginedit.contrib import data, train
-
-import _results  # the helper beside this script
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SCORERS = ("witness", "fidelity", "tvs")

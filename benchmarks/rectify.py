@@ -20,16 +20,16 @@ import platform
 import time
 from pathlib import Path
 
+import _results  # the helper beside this script
 import torch
 
 import pluginedit as pe
-from pluginedit.capture import Split, predictions
-from pluginedit.capture.corruptions import CORRUPTIONS, corrupt
+from pluginedit.capture import Split
 from pluginedit.contrib import backdoor, data, train
+from pluginedit.contrib.corruptions import CORRUPTIONS, corrupt
 from pluginedit.core.errors import InputError
 from pluginedit.editors.robust import interpolate
-
-import _results  # the helper beside this script
+from pluginedit.evaluate import predictions
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SEVERITIES = (1, 2, 3)
@@ -132,7 +132,7 @@ def interpolation(bench, static_model) -> list[dict]:
 
 
 def markdown(res) -> str:
-    lines = [f"# Rectifying the trojaned Fashion-MNIST VGG", "", f"Machine: {res['machine']}. Command: `{res['command']}`", "",
+    lines = ["# Rectifying the trojaned Fashion-MNIST VGG", "", f"Machine: {res['machine']}. Command: `{res['command']}`", "",
              "| method | n | ASR | clean acc | corrupted acc | corrupted ASR | seconds | notes |", "|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         if "error" in r:

@@ -30,6 +30,7 @@ import platform
 import time
 from pathlib import Path
 
+import _results  # the helper beside this script
 import torch
 from torch import nn
 
@@ -38,9 +39,7 @@ from pluginedit.capture import collect, default_targets
 from pluginedit.contrib import zoo
 from pluginedit.core import registry
 from pluginedit.core.plugin import Inputs
-
-import _results                          # the helper beside this script
-from bench_kernels import best_seconds   # the script beside this one
+from pluginedit.ops.bench import best_seconds
 
 CLASSES = 8                      # labels 0..7, two images each at 16 images (class statistics need two)
 

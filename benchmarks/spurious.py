@@ -14,13 +14,12 @@ import platform
 import time
 from pathlib import Path
 
+import _results  # the helper beside this script
 import torch
 
 import pluginedit as pe
 from pluginedit.contrib import backdoor, data
 from pluginedit.core.errors import InputError
-
-import _results  # the helper beside this script
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

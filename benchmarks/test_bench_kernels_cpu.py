@@ -9,19 +9,19 @@ Not asserted: timings on a shared machine are noisy; the ratio is reported inste
 import pytest
 import torch
 
-from pluginedit import ops as kernels
+from pluginedit import ops
 
 K2_SHAPES = {"resnet_layer1_32x64x56x56": (32, 64, 56, 56), "resnet_layer3_64x256x14x14": (64, 256, 14, 14)}
 K3_CASES = {"conv3x3_8x64x14x14": ((8, 64, 14, 14), dict(kernel_size=3, padding=1)),
             "linear_4096x512": ((4096, 512), {})}
-HAVE_CSRC = "csrc" in kernels.available("class_moments")
+HAVE_CSRC = "csrc" in ops.available("class_moments")
 _median: dict[tuple[str, str], float] = {}
 
 
 def _run(benchmark, op, backend, case, args, kwargs):
     if backend == "csrc" and not HAVE_CSRC:
         pytest.skip("csrc extension not built")
-    fn = kernels.resolve(op, args[0], backend)[1]
+    fn = ops.resolve(op, args[0], backend)[1]
     benchmark.group = f"{op} {case}"
     benchmark.extra_info.update(backend=backend, threads=torch.get_num_threads())
     benchmark.pedantic(fn, args=args, kwargs=kwargs, rounds=5, warmup_rounds=1, iterations=1)

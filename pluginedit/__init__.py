@@ -1,7 +1,8 @@
 """pluginedit: score the components of a trained PyTorch network and edit the model with them.
 
 The public verbs and the types a plugin author needs; everything else lives in the layers
-(core → ops → stats → capture → scorers → editors → report → api → cli; see ARCHITECTURE.md)."""
+(core → linalg → ops → stats → capture → evaluate → graph → scorers → editors → io → report → api
+→ demo → cli; see ARCHITECTURE.md)."""
 from .api import Pairs, edit, forget, load, load_model, prune, save, score, score_many
 from .capture import Request
 from .core.errors import EditError, InputError, PluginEditError

@@ -7,10 +7,9 @@ import dataclasses
 import torch
 from torch import nn
 
-from .capture import Pairs, check_classes, check_model, check_nonempty, check_runs, checked_classes, example_batch, \
-    for_model
+from .capture import Pairs, check_classes, check_model, checked_inputs, example_batch
 from .core import registry
-from .core.components import check_targets, grads_kept, groups, modes_kept
+from .core.components import grads_kept, modes_kept
 from .core.errors import InputError, PluginRunError
 from .core.plugin import Editor, Inputs, failures_named
 from .core.record import EditRecord, atomic
@@ -47,9 +46,7 @@ def editor_inputs(model: nn.Module, editor: Editor, scores: Scores | None, data=
                   pairs=None) -> Inputs:
     """Check what ``editor`` declares it needs and assemble its Inputs (float64 inputs converted
     for a float32 model)."""
-    check_model(model)
-    if not groups(model):
-        raise InputError(f"the model ({type(model).__name__}) has no conv/linear layers to edit")
+    check_model(model, "edit")
     if editor.needs_data and data is None:
         raise InputError(f"editor {editor.name!r} needs calibration data (data=...)")
     if editor.needs_pairs and not isinstance(pairs, Pairs):
@@ -65,13 +62,10 @@ def editor_inputs(model: nn.Module, editor: Editor, scores: Scores | None, data=
             raise InputError(f"scores must be a pluginedit.Scores, got {type(scores).__name__} "
                              "(wrap a dict with Scores(values, scorer=...))")
         scores.check_fits(model)
-    check_nonempty(data)
-    data, example = for_model(model, data, example_inputs)
-    example = example if example is not None else example_batch(data)
-    check_runs(model, example)
     # forgetting needs the forgotten class and one to keep
     need = 2 if editor.kind == "forget" else 1 if editor.needs_labels else 0
-    num_classes = checked_classes(model, data, example, num_classes, need)
+    inputs = checked_inputs(model, data, example_inputs, num_classes, need, targets)
+    num_classes = inputs.num_classes
     if editor.kind == "forget":
         if forget_class is None or isinstance(forget_class, bool) or int(forget_class) != forget_class:
             raise InputError(f"editor {editor.name!r} needs an integer forget_class, got {forget_class!r}")
@@ -81,10 +75,9 @@ def editor_inputs(model: nn.Module, editor: Editor, scores: Scores | None, data=
     elif forget_class is not None:
         raise InputError(f"editor {editor.name!r} ({editor.kind}) does not forget a class")
     if pairs is not None:     # the labels index the model's output
-        width = num_classes_of(model, example if example is not None else pairs.clean[:1])
+        width = num_classes_of(model, inputs.example if inputs.example is not None else pairs.clean[:1])
         check_classes(pairs.y, width, need=1)
-    return Inputs(data=data, example=example, num_classes=num_classes,
-                  targets=check_targets(model, targets or ()), forget_class=forget_class, pairs=pairs)
+    return dataclasses.replace(inputs, forget_class=forget_class, pairs=pairs)
 
 
 def edit(model: nn.Module, editor: str | Editor, scores: Scores | None = None, *, data=None,

@@ -10,10 +10,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .capture import Split, accuracy, model_device  # noqa: F401  (accuracy: the one, re-exported)
+from .capture import Split, model_device
+from .core.batches import batch_to, call, take_rows
 from .core.files import written_whole
-from .core.outputs import call, output, take, to
-from .editors._tp import count_ops_and_params
+from .core.outputs import output
+from .evaluate import accuracy
+from .graph.groups import count_ops_and_params
 
 METRICS = ("accuracy", "per_class_accuracy", "params", "macs", "latency_ms")
 
@@ -24,7 +26,7 @@ def latency_ms(model: nn.Module, example, warmup: int = 5, repeats: int = 30,
     """Wall time of one forward pass of ``example`` after warm-up: the median of ``repeats``
     timed runs (``stat=min`` is the steadier choice for A/B comparisons on a busy machine)."""
     model.eval()
-    example = to(example, model_device(model))
+    example = batch_to(example, model_device(model))
     for _ in range(warmup):
         call(model, example)
     times = []
@@ -38,11 +40,11 @@ def latency_ms(model: nn.Module, example, warmup: int = 5, repeats: int = 30,
 def evaluate(model: nn.Module, test: Split, num_classes: int, latency_batch: int = 64) -> dict:
     """Accuracy (None for a model whose output is not class logits, e.g. a sentence encoder),
     parameters, MACs and latency."""
-    example = take(test.x, slice(0, latency_batch))
+    example = take_rows(test.x, slice(0, latency_batch))
     with torch.no_grad():
-        logits = output(model.eval(), to(take(example, slice(0, 1)), model_device(model))).ndim == 2
+        logits = output(model.eval(), batch_to(take_rows(example, slice(0, 1)), model_device(model))).ndim == 2
     acc, per_class = accuracy(model, test, num_classes) if logits else (None, [None] * num_classes)
-    macs, params = count_ops_and_params(model, to(take(example, slice(0, 1)), model_device(model)))
+    macs, params = count_ops_and_params(model, batch_to(take_rows(example, slice(0, 1)), model_device(model)))
     return {"accuracy": acc, "per_class_accuracy": per_class, "params": int(params),
             "macs": int(macs), "latency_ms": latency_ms(model, example)}
 

@@ -61,3 +61,14 @@ def fmnist_vgg(fmnist):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+# Fixtures that train a model on first use (cached after): every test using one is slow, so
+# `pytest -m "not slow"` runs without training anything. Tests that train inline carry the mark.
+TRAINING_FIXTURES = {"digits_vgg", "fmnist_vgg", "fmnist_resnet", "trojan", "cached"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

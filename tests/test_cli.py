@@ -1,19 +1,17 @@
 """Acceptance figures: the demo on digits, and pruning a ResNet trained on Fashion-MNIST with
 every built-in scorer (the CLI report once, the rest in-process)."""
+import copy
 import json
 import os
 import subprocess
 
-import copy
-
 import pytest
+from conftest import FMNIST_RECIPE
 
 import pluginedit as pe
 from pluginedit import cli
 from pluginedit.core import registry
 from pluginedit.report import latency_ms
-
-from conftest import FMNIST_RECIPE
 
 KEYS = {"accuracy", "per_class_accuracy", "params", "macs", "latency_ms"}
 
@@ -39,6 +37,7 @@ def test_demo_shows_modhifi_against_l1_and_reloads(tmp_path):
     assert (tmp_path / "m" / "manifest.json").exists() and (tmp_path / "demo.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_prune_fashion_mnist_resnet_report(shared_data, fmnist_resnet, tmp_path):
     out = tmp_path / "report.json"
     code = cli.main(["prune", "--arch", "resnet", "--data", "fashion-mnist", "--data-dir", str(shared_data),
@@ -68,6 +67,7 @@ def test_every_builtin_scorer_prunes_the_fashion_mnist_resnet(scorer, fmnist, fm
     assert latency_ms(model, example, 3, 15, min) < latency_ms(fmnist_resnet, example, 3, 15, min)
 
 
+@pytest.mark.slow
 def test_cli_bad_input_exits_2_with_message(capsys):
     assert cli.main(["prune", "--scorer", "nope"]) == 2
     assert "unknown scorer 'nope'" in capsys.readouterr().err
@@ -75,6 +75,7 @@ def test_cli_bad_input_exits_2_with_message(capsys):
     assert "ratio must lie in (0, 1)" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_forget_writes_forgetting_report(tmp_path):
     out = tmp_path / "forget.json"
     assert cli.main(["forget", "--class", "3", "--report", str(out)]) == 0
@@ -92,6 +93,7 @@ def test_editor_of_the_wrong_kind_exits_2(capsys):
     assert "'discedit-u' is a forget editor" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_prune_with_an_editor_that_scores_itself(tmp_path):
     """discedit-sp computes its own scores and was always refused ('global_pruning' injected)."""
     out = tmp_path / "sp.json"
@@ -120,8 +122,9 @@ def test_help_and_describe(capsys):
 @pytest.mark.gpu
 def test_fit_moves_batches_to_the_models_device():
     import torch
-    from pluginedit.contrib import train, zoo
+
     from pluginedit.capture import Split
+    from pluginedit.contrib import train, zoo
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     model = zoo.build("vgg", 1, 10, widths=(4,), hidden=8).cuda()

@@ -1,4 +1,5 @@
-"""Triton kernels, one family per file, each with its plain-PyTorch ``*_ref`` beside it.
+"""Triton kernels, one family per file; the plain-PyTorch reference of each sits beside the op
+that dispatches to it (``pluginedit.ops.<op>``; all of them in ``pluginedit.ops.reference``).
 
 Imported as ``pluginedit.triton_kernels.<family>`` (this folder is mapped under the package; a
 top-level ``triton_kernels`` module is never installed). Importing a family needs triton; set

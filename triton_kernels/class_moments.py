@@ -82,11 +82,11 @@ def _combine_kernel(part_ptr, state_ptr, order_ptr, offsets_ptr, C,
     tl.store(dst, tl.load(dst, mask=m, other=0.0) + acc, mask=m)
 
 
-def _blocks(c: int, l: int) -> tuple[int, int]:
+def _blocks(c: int, length: int) -> tuple[int, int]:
     if interpreting():  # few, large programs: the interpreter pays ~1 ms per program per step
-        bl = min(next_pow2(l), 1024)
+        bl = min(next_pow2(length), 1024)
         return min(next_pow2(c), max(1, 8192 // bl)), bl
-    bl = min(next_pow2(l), 256)
+    bl = min(next_pow2(length), 256)
     return min(next_pow2(c), max(1, 4096 // bl)), bl
 
 
@@ -100,7 +100,7 @@ def class_moments(x: torch.Tensor, labels: torch.Tensor, num_classes: int, gamma
     uses fp64 atomics instead of per-sample partials plus a per-class combine."""
     n, c, k = x.shape[0], x.shape[1], int(num_classes)
     v = x.reshape(n, c, math.prod(x.shape[2:]))  # a view for NCHW and channels_last; other layouts may copy
-    l = v.shape[2]
+    length = v.shape[2]
     dev = x.device
     if state is None:
         state = torch.zeros(k, c, P, dtype=torch.float64, device=dev)
@@ -108,18 +108,18 @@ def class_moments(x: torch.Tensor, labels: torch.Tensor, num_classes: int, gamma
     counts = torch.bincount(labels, minlength=k).to(torch.float64)
     if n == 0 or c == 0:
         return counts, state
-    bc, bl = _blocks(c, l)
+    bc, bl = _blocks(c, length)
     bc, bl = block_c or bc, block_l or bl
     shift_t = (shift.to(device=dev, dtype=torch.float64).contiguous() if shift is not None
                else state)  # dummy pointer when HAS_SHIFT is off
     grid = (n, triton.cdiv(c, bc))
     if not deterministic:
-        _moments_kernel[grid](v, state, labels, shift_t, c, l, v.stride(0), v.stride(1), v.stride(2),
+        _moments_kernel[grid](v, state, labels, shift_t, c, length, v.stride(0), v.stride(1), v.stride(2),
                               float(gamma), HAS_SHIFT=shift is not None, ATOMIC=True,
                               BLOCK_C=bc, BLOCK_L=bl)
         return counts, state
     part = torch.empty(n, c, P, dtype=torch.float64, device=dev)
-    _moments_kernel[grid](v, part, labels, shift_t, c, l, v.stride(0), v.stride(1), v.stride(2),
+    _moments_kernel[grid](v, part, labels, shift_t, c, length, v.stride(0), v.stride(1), v.stride(2),
                           float(gamma), HAS_SHIFT=shift is not None, ATOMIC=False,
                           BLOCK_C=bc, BLOCK_L=bl)
     order = torch.argsort(labels, stable=True)
@@ -128,22 +128,3 @@ def class_moments(x: torch.Tensor, labels: torch.Tensor, num_classes: int, gamma
     bcc = min(next_pow2(c), 1024 if interpreting() else 64)
     _combine_kernel[(k, triton.cdiv(c, bcc))](part, state, order, offsets, c, BLOCK_C=bcc, BLOCK_P=8)
     return counts, state
-
-
-def class_moments_ref(x, labels, num_classes, gamma=1.0, shift=None, upcast: bool = True):
-    """Plain-PyTorch reference (flash-attention style). ``upcast=True`` is the float64 reference
-    of ``pluginedit.ops.reference``; ``upcast=False`` does the spatial reductions in x's own
-    dtype (what plain PyTorch in that dtype would give), used to calibrate test tolerances."""
-    from pluginedit.ops import reference
-    if upcast:
-        return reference.class_moments(x, labels, num_classes, gamma, shift)
-    v = x.reshape(x.shape[0], x.shape[1], math.prod(x.shape[2:]))
-    s = v.sum(2).double()
-    if shift is not None:
-        s = s - shift.double().to(s.device)
-    e = torch.exp(-gamma * v.square().sum(2).sqrt()).double()
-    feats = torch.stack([s, s ** 2, s ** 3, s ** 4, e, e ** 2], dim=2)
-    sums = torch.zeros(num_classes, x.shape[1], P, dtype=torch.float64, device=x.device)
-    sums.index_add_(0, labels, feats)
-    counts = torch.bincount(labels, minlength=num_classes).double()
-    return counts, sums

@@ -129,16 +129,3 @@ def gram(x: torch.Tensor, kernel_size=None, stride=1, padding=0, dilation=1, chu
                                            PRECISION=precision, BLOCK_M=bm, BLOCK_D=bd)
     full = torch.triu(g) + torch.triu(g, 1).T
     return full, s.clone() if out is not None else s, m
-
-
-def gram_ref(x, kernel_size=None, stride=1, padding=0, dilation=1, chunk=64, upcast: bool = True):
-    """Plain-PyTorch reference. ``upcast=True``: the float64 reference of
-    ``pluginedit.ops.reference``; ``upcast=False``: unfold + matmul in x's own dtype."""
-    from pluginedit.ops import reference
-    if upcast:
-        return reference.gram(x, kernel_size, stride, padding, dilation, chunk)
-    if kernel_size is None:
-        rows = x.reshape(-1, x.shape[-1])
-    else:
-        rows = reference._patches(x, kernel_size, stride, padding, dilation)
-    return rows.T @ rows, rows.sum(0), rows.shape[0]

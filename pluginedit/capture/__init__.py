@@ -1,10 +1,25 @@
 """Capture: the layer that knows the model. Forward hooks stream activations into statistics;
 inputs turn whatever the user holds into validated batches on the model's device."""
-from .inputs import (Pairs, Split, as_loader, batches, check_classes, check_model, check_nonempty, check_runs,
-                     checked_classes, default_targets, example_batch, for_model, head_layers, labels_of, model_device)
 from .collect import Request, collect
-from .evaluate import accuracy, class_accuracy, predictions
+from .inputs import (
+                     Pairs,
+                     Split,
+                     as_loader,
+                     batches,
+                     check_classes,
+                     check_model,
+                     check_nonempty,
+                     check_runs,
+                     checked_classes,
+                     checked_inputs,
+                     default_targets,
+                     example_batch,
+                     for_model,
+                     head_layers,
+                     labels_of,
+                     model_device,
+)
 
 __all__ = ["Pairs", "Split", "as_loader", "batches", "check_classes", "check_model", "check_nonempty", "check_runs",
-           "checked_classes", "default_targets", "example_batch", "for_model", "head_layers", "labels_of", "model_device",
-           "Request", "collect", "accuracy", "class_accuracy", "predictions"]
+           "checked_classes", "checked_inputs", "default_targets", "example_batch", "for_model", "head_layers", "labels_of", "model_device",
+           "Request", "collect"]

@@ -2,18 +2,18 @@
 Activations are reduced inside the hook and never stored."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import torch
 from torch import nn
 
+from ..core.batches import call
 from ..core.components import eval_mode, get_module
-from ..core.outputs import call
-from .inputs import batches
 from ..core.errors import InputError
 from ..stats import Statistic
 from ..stats.distributed import all_reduce
+from .inputs import batches
 
 
 @dataclass(eq=False)

@@ -10,10 +10,19 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler
 from tqdm.auto import tqdm
 
 from ..core import checks
-from ..core.components import eval_mode, groups, kind_of, output_layers, size_of, transformer_units
+from ..core.batches import all_finite, batch_len, batch_to, call, take_rows
+from ..core.components import (
+    check_targets,
+    eval_mode,
+    groups,
+    kind_of,
+    output_layers,
+    size_of,
+    transformer_units,
+)
 from ..core.errors import InputError
-from ..core.outputs import batch_size as batch_size_of
-from ..core.outputs import call, finite, output, take, tensors, to
+from ..core.outputs import output, tensors
+from ..core.plugin import Inputs
 from ..stats import check_labels
 from ..stats.distributed import world
 
@@ -26,7 +35,7 @@ class Split:
     def __len__(self):
         return len(self.y)
 
-    def subset(self, n: int | None = None, classes=None, exclude=None, seed: int = 0) -> "Split":
+    def subset(self, n: int | None = None, classes=None, exclude=None, seed: int = 0) -> Split:
         """A class-filtered, optionally random ``n``-sample subset."""
         keep = torch.ones(len(self.y), dtype=torch.bool)
         if classes is not None:
@@ -37,7 +46,7 @@ class Split:
         if n is not None and n < len(idx):
             g = torch.Generator().manual_seed(checks.seed(seed))
             idx = idx[torch.randperm(len(idx), generator=g)[:n]].sort().values
-        return Split(take(self.x, idx), self.y[idx])
+        return Split(take_rows(self.x, idx), self.y[idx])
 
 
 @dataclass
@@ -72,7 +81,7 @@ class _Rows(Dataset):
             raise InputError(f"inputs of shape {tuple(x.shape)} have no feature dimension: inputs need a "
                              "sample dimension plus feature dimensions, [N, features...] (for one value "
                              "per sample, x.unsqueeze(1))")
-        n = batch_size_of(x)
+        n = batch_len(x)
         if n != len(y):
             raise InputError(f"{n} inputs but {len(y)} labels")
         self.x, self.y = x, y
@@ -81,7 +90,7 @@ class _Rows(Dataset):
         return len(self.y)
 
     def __getitem__(self, i):
-        return take(self.x, i), self.y[i]
+        return take_rows(self.x, i), self.y[i]
 
 
 def as_loader(data, batch_size: int = 256, shuffle: bool = False, seed: int = 0) -> DataLoader:
@@ -140,9 +149,10 @@ def model_device(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def check_model(model: nn.Module) -> None:
+def check_model(model: nn.Module, verb: str) -> None:
     """A model with data in it and a component in each conv / linear layer: one on the meta
-    device (built without weights) or with a zero-width layer fails deep inside a statistic."""
+    device (built without weights) or with a zero-width layer fails deep inside a statistic.
+    One without any conv / linear layer has nothing to ``verb`` (score, edit)."""
     meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if meta:
         raise InputError(f"the model's parameters are on the meta device (no data; {meta[0]!r} among "
@@ -151,6 +161,8 @@ def check_model(model: nn.Module) -> None:
     if empty:
         raise InputError(f"zero-width layer(s) {', '.join(empty[:5])}: no weights, so no component to score "
                          "or edit; remove them or give them a width")
+    if not groups(model):
+        raise InputError(f"the model ({type(model).__name__}) has no conv/linear layers to {verb}")
 
 
 def _no_weights(module: nn.Module) -> bool:
@@ -213,6 +225,23 @@ def checked_classes(model: nn.Module, data, example, num_classes: int | None, ne
     return bound if need else num_classes
 
 
+def checked_inputs(model: nn.Module, data, example, num_classes: int | None, need: int, targets=None,
+                   all_by_default: bool = False) -> Inputs:
+    """What scoring and editing both check (after ``check_model``) before any pass over the data:
+    non-empty data, float64 inputs converted for a float32 model (``for_model``), an example batch
+    (the data's first sample unless given) that the model runs on (``check_runs``), ``num_classes``
+    and the labels (``checked_classes``, ``need`` classes read), and the target layers: those
+    given, else with ``all_by_default`` every conv / linear layer but the head."""
+    check_nonempty(data)
+    data, example = for_model(model, data, example)
+    example = example if example is not None else example_batch(data)
+    check_runs(model, example)
+    num_classes = checked_classes(model, data, example, num_classes, need)
+    if not targets and all_by_default:
+        targets = default_targets(model, example, num_classes)
+    return Inputs(data=data, example=example, num_classes=num_classes, targets=check_targets(model, targets or ()))
+
+
 def _sharded(data, batch_size: int, max_samples: int | None, comm):
     """(loader, its first ``max_samples`` are already cut) of this rank's batches: batch b of the
     whole pass goes to rank b mod world size. A Split, tensors or a Dataset are sliced straight
@@ -253,15 +282,15 @@ def batches(model: nn.Module, data, num_classes: int | None, batch_size: int = 2
         if not cut and max_samples is not None:
             if seen >= max_samples:
                 break
-            x, y = take(x, slice(0, max_samples - seen)), y[: max_samples - seen]
-        seen += batch_size_of(x)
+            x, y = take_rows(x, slice(0, max_samples - seen)), y[: max_samples - seen]
+        seen += batch_len(x)
         if comm is not None and not cut and not comm.mine(b):
             continue
-        if not finite(x):
+        if not all_finite(x):
             raise InputError("NaN or Inf in the input data")
         if num_classes is not None:
-            y = check_labels(y, num_classes, batch_size_of(x))
-        yield to(_model_floats(model, x), device), y.to(device)
+            y = check_labels(y, num_classes, batch_len(x))
+        yield batch_to(_model_floats(model, x), device), y.to(device)
 
 
 def example_batch(data) -> torch.Tensor | None:
@@ -270,12 +299,12 @@ def example_batch(data) -> torch.Tensor | None:
     if data is None:
         return None
     if isinstance(data, Split) and len(data):
-        return take(data.x, slice(0, 1))
+        return take_rows(data.x, slice(0, 1))
     try:
         x = next(iter(as_loader(data, batch_size=1)))[0]
     except StopIteration:
         raise InputError("the data is empty: no sample to run the model on") from None
-    return take(x, slice(0, 1))
+    return take_rows(x, slice(0, 1))
 
 
 def check_runs(model: nn.Module, example) -> None:

@@ -2,159 +2,33 @@
 from __future__ import annotations
 
 import argparse
-import ast
 import contextlib
 import copy
-import dataclasses
 import os
 import sys
 import time
-from pathlib import Path
 
 from .. import api
+from ..capture import example_batch
+from ..contrib import train
 from ..core import registry
-from .. import report
-from ..contrib import train, zoo
-from ..contrib.data import load_dataset
-from ..capture import check_classes, example_batch
 from ..core.errors import InputError, PluginEditError
-from ..io import digest
 from ..core.plugin import describe
+from ..evaluate import accuracy
 from ..stats import distributed
-from .checks import _check_args, _model_kwargs, _nonnegative, _positive, _seed
-
-
-def _kv(text: str):
-    key, sep, value = text.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"option {text!r} must look like key=value")
-    try:
-        return key, ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return key, value
-
-
-def _model_args(p: argparse.ArgumentParser, data_default: str = "digits") -> None:
-    p.add_argument("--arch", default=None,     # None: not given (vgg unless --model or --hf names the model)
-                   help=f"model zoo architecture ({', '.join(sorted(zoo.ARCHS))}; default vgg)")
-    p.add_argument("--model", default=None, metavar="PKG.MODULE:FACTORY",
-                   help="your own model: a factory called with --model-args (instead of --arch)")
-    p.add_argument("--model-args", default="{}", metavar="JSON", help="keyword arguments of --model")
-    p.add_argument("--weights", default=None, help="weights: .safetensors, or a .pt/.pth state dict")
-    p.add_argument("--load", default=None, metavar="DIR",
-                   help="a model saved by pluginedit (--save / pluginedit.save) to edit further")
-    p.add_argument("--trust", action="append", default=[], metavar="PKG.MODULE:FACTORY",
-                   help="with --load: a factory outside the allow-list that the save may call (repeatable)")
-    p.add_argument("--sha256", default=None, metavar="HEX",
-                   help="with --load: accept only the save with this manifest digest (printed by --save)")
-    p.add_argument("--hf", default=None, metavar="DIR",
-                   help="a local transformers model directory (its class from the config); --data is "
-                        "then a text file or data set (.json/.jsonl/.csv/.txt, 'text' column)")
-    p.add_argument("--data", default=data_default,
-                   help="digits, mnist, fashion-mnist, a .safetensors/.npz file with x and y, or a "
-                        "local Hugging Face data set folder")
-    p.add_argument("--data-dir", default=None, help="folder of the idx .gz files (MNIST / Fashion-MNIST)")
-    p.add_argument("--epochs", type=_positive, default=None, help="training epochs of the cached model")
-    p.add_argument("--train-samples", type=_positive, default=None, help="train on a seeded subset of this size")
-    p.add_argument("--test-samples", type=_positive, default=None, help="evaluate on a seeded test subset")
-    p.add_argument("--seed", type=_seed, default=0)
-    p.add_argument("--calib-samples", type=_positive, default=2048, help="training samples used for statistics")
-    p.add_argument("--progress", action="store_true", default=sys.stderr.isatty())
-
-
-def _edit_args(p: argparse.ArgumentParser, editor: str) -> None:
-    p.add_argument("--editor", default=editor, help="editor plugin name")
-    p.add_argument("-o", "--option", type=_kv, action="append", default=[], metavar="KEY=VALUE",
-                   help="extra option for the scorer/editor (repeatable)")
-    p.add_argument("--finetune-epochs", type=_nonnegative, default=0, help="fine-tune after the edit")
-    p.add_argument("--report", default=None, help="write the before/after JSON here")
-    p.add_argument("--plot", default=None, help="write a per-class accuracy PNG here")
-    p.add_argument("--save", default=None, metavar="DIR",
-                   help="save the edited model (safetensors + manifest; reload with pluginedit.load)")
-
-
-def _bundle(args):
-    if getattr(args, "hf", None):
-        from ..contrib import hf
-        bundle = hf.text_bundle(args.data, args.hf)       # labels are optional for text
-    else:
-        bundle = load_dataset(args.data, args.data_dir)
-        check_classes(bundle.train.y, bundle.num_classes)   # one class is no classification task
-    if getattr(args, "train_samples", None):
-        bundle.train = bundle.train.subset(args.train_samples)
-    if getattr(args, "test_samples", None):
-        bundle.test = bundle.test.subset(args.test_samples)
-    return bundle
-
-
-def _model(args, bundle):
-    if (args.model or args.trust) and os.getcwd() not in sys.path:
-        # mypkg/ in the current folder imports as with `python -m` (console scripts do not add it)
-        sys.path.insert(0, os.getcwd())
-    if args.load:
-        model = api.load(args.load, trusted=args.trust, sha256=args.sha256)
-        if args.weights:
-            api.load_weights_into(model, args.weights)
-        return model
-    if args.hf:
-        return api.load_model(hf=args.hf, weights=args.weights)
-    if args.model:
-        return api.load_model(args.model, _model_kwargs(args), args.weights)
-    with distributed.main_first():     # under torchrun rank 0 trains and caches, the others load
-        model = train.pretrained(args.arch, bundle, epochs=args.epochs, seed=args.seed, progress=args.progress)
-    if args.weights:
-        api.load_weights_into(model, args.weights)
-    return model
-
-
-def _setup(args):
-    bundle = _bundle(args)
-    model = _model(args, bundle)
-    calib = bundle.train.subset(args.calib_samples, seed=args.seed)
-    return bundle, model, calib
-
-
-def _finish(args, bundle, model, dense, record, extra: dict) -> dict:
-    if args.finetune_epochs:
-        train.fit(model, extra.pop("finetune_split", bundle.train), args.finetune_epochs, lr=1e-3,
-                  seed=args.seed, progress=args.progress)
-    extra.pop("finetune_split", None)
-    rep = {"before": report.evaluate(dense, bundle.test, bundle.num_classes),
-           "after": report.evaluate(model, bundle.test, bundle.num_classes),
-           "edit": record.summary(), "model": args.load or args.hf or args.model or args.arch, "data": args.data,
-           "finetune_epochs": args.finetune_epochs, **extra}
-    if "forgotten_class" in extra:
-        for side in ("before", "after"):
-            rep[side].update(report.forgetting(rep[side]["per_class_accuracy"], extra["forgotten_class"]))
-    print(report.table(rep))
-    if not distributed.is_main():      # under torchrun only rank 0 writes
-        return rep
-    if getattr(args, "save", None):
-        api.save(model, args.save, record)
-        print(f"edited model saved to {args.save} (reload with pluginedit.load; pin it with "
-              f"sha256={digest(args.save)})")
-    if args.report:
-        report.write(rep, args.report)
-        print(f"report written to {args.report}")
-    if args.plot:
-        report.plot(rep, args.plot, bundle.class_names)
-        print(f"plot written to {args.plot}")
-    return rep
-
-
-def _editor_class(name: str, kinds: tuple[str, ...], command: str):
-    """The editor plugin class, refused (exit 2) if it is not of a kind this command runs."""
-    cls = registry.get("editor", name)
-    if cls.kind not in kinds:
-        raise InputError(f"editor {name!r} is a {cls.kind} editor; `pluginedit {command}` runs "
-                         f"{' or '.join(kinds)} editors")
-    return cls
-
-
-def _known_options(cls, **values) -> dict:
-    """The CLI's own flags, passed only to editors that declare them as options."""
-    names = {f.name for f in dataclasses.fields(cls.Options)}
-    return {k: v for k, v in values.items() if k in names}
+from . import bench
+from ._common import (
+    add_edit_args,
+    add_model_args,
+    bundle_for,
+    editor_class,
+    finish,
+    key_value,
+    known_options,
+    setup,
+)
+from .checks import check_args, nonnegative, seed
+from .rectify import add_rectify_parsers
 
 
 def cmd_plugins(args) -> int:
@@ -193,12 +67,12 @@ def cmd_train(args) -> int:
     if args.model or args.hf:
         raise InputError("`pluginedit train` trains zoo models (--arch); --model / --hf models are "
                          "trained by their owner")
-    bundle = _bundle(args)
+    bundle = bundle_for(args)
     t0 = time.perf_counter()
     with distributed.main_first():
         model = train.pretrained(args.arch, bundle, epochs=args.epochs, seed=args.seed,
                                  progress=args.progress, retrain=args.retrain and distributed.is_main())
-    acc, _ = report.accuracy(model, bundle.test, bundle.num_classes)
+    acc, _ = accuracy(model, bundle.test, bundle.num_classes)
     print(f"{args.arch} on {bundle.name}: test accuracy {acc:.4f} ({time.perf_counter() - t0:.1f}s, cache {train.cache_dir()})")
     return 0
 
@@ -221,7 +95,7 @@ def _scorer_options(names: list[str], options: dict) -> dict[str, dict]:
 
 def cmd_score(args) -> int:
     names = args.scorer or ["l1"]
-    bundle, model, calib = _setup(args)
+    bundle, model, calib = setup(args)
     opts = _scorer_options(names, dict(args.option))
     scorers = [registry.get_scorer(n, **opts[n]) for n in names]
     t0 = time.perf_counter()
@@ -250,25 +124,25 @@ def _prune_flags(args, cls, options: dict) -> dict:
     clash = [f"{given[key][0]} and -o {key}=" for key in flags if key in options]
     if clash:
         raise InputError(f"{'; '.join(clash)} set the same option: give it once")
-    unused = set(flags) - set(_known_options(cls, **flags))
+    unused = set(flags) - set(known_options(cls, **flags))
     if unused:
         raise InputError(f"editor {args.editor!r} has no option(s) {sorted(unused)}")
     if "ratio" not in flags and "ratio" not in options:
-        flags |= _known_options(cls, ratio=0.5)
+        flags |= known_options(cls, ratio=0.5)
     return flags
 
 
 def cmd_prune(args) -> int:
-    cls = _editor_class(args.editor, ("prune", "mask"), "prune")
+    cls = editor_class(args.editor, ("prune", "mask"), "prune")
     options = dict(args.option)
     scorer_opts = {k[7:]: v for k, v in options.items() if k.startswith("scorer.")}
     edit_opts = {k: v for k, v in options.items() if not k.startswith("scorer.")}
     flags = _prune_flags(args, cls, edit_opts)
-    bundle, model, calib = _setup(args)
+    bundle, model, calib = setup(args)
     dense = copy.deepcopy(model)
     scores = None
     # an editor with a scorer of its own (modhifi-p) uses it unless --scorer is given
-    scorer = args.scorer or (None if "scorer" in _known_options(cls, scorer=1) else "l1")
+    scorer = args.scorer or (None if "scorer" in known_options(cls, scorer=1) else "l1")
     if cls.uses_scores and scorer:
         scores = api.score(model, scorer, data=calib, num_classes=bundle.num_classes,
                            progress=args.progress, **scorer_opts)
@@ -277,19 +151,19 @@ def cmd_prune(args) -> int:
     record = api.edit(model, args.editor, scores, data=calib if cls.needs_data else None,
                       example_inputs=example_batch(calib), num_classes=bundle.num_classes if cls.needs_labels else None,
                       **flags, **edit_opts)
-    _finish(args, bundle, model, dense, record,
+    finish(args, bundle, model, dense, record,
             {"scorer": record.scores, "ratio": edit_opts.get("ratio", flags.get("ratio"))})
     return 0
 
 
 def cmd_forget(args) -> int:
-    _editor_class(args.editor, ("forget",), "forget")
-    bundle, model, calib = _setup(args)
+    editor_class(args.editor, ("forget",), "forget")
+    bundle, model, calib = setup(args)
     dense = copy.deepcopy(model)
     record = api.forget(model, args.forget_class, calib, editor=args.editor,
                         num_classes=bundle.num_classes, **dict(args.option))
     retained = bundle.train.subset(args.calib_samples, exclude=[args.forget_class], seed=args.seed)
-    _finish(args, bundle, model, dense, record,
+    finish(args, bundle, model, dense, record,
             {"forgotten_class": args.forget_class, "finetune_split": retained})
     return 0
 
@@ -307,19 +181,10 @@ def cmd_demo(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    # Benchmark code is not part of the package: load it from the source checkout.
-    import importlib.util
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_kernels.py"
-    if not script.exists():
-        raise PluginEditError(f"{script} not found: `pluginedit bench` runs from a source checkout")
-    spec = importlib.util.spec_from_file_location("pluginedit_bench_kernels", script)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     return bench.main(args.rest)
 
 
 def parser() -> argparse.ArgumentParser:
-    from .rectify import add_rectify_parsers     # it imports this module's helpers
     ap = argparse.ArgumentParser(prog="pluginedit", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("plugins", help="list scorer and editor plugins")
@@ -327,23 +192,23 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_plugins)
 
     p = sub.add_parser("train", help="train (or load from cache) a zoo model")
-    _model_args(p)
+    add_model_args(p)
     p.add_argument("--retrain", action="store_true")
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("score", help="score the components of a model")
-    _model_args(p)
+    add_model_args(p)
     p.add_argument("--scorer", action="append", default=None,
                    help="scorer plugin (repeat to score with several in one pass; default l1)")
-    p.add_argument("-o", "--option", type=_kv, action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("-o", "--option", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="scorer option; <scorer>.<key>=value with several scorers")
     p.add_argument("--out", default=None,
                    help="save Scores as OUT.safetensors + OUT.json (OUT.<scorer>.* for several)")
     p.set_defaults(fn=cmd_score)
 
     p = sub.add_parser("prune", help="score and prune a model, then report before/after")
-    _model_args(p)
-    _edit_args(p, "prune")
+    add_model_args(p)
+    add_edit_args(p, "prune")
     p.add_argument("--scorer", default=None,
                    help="scorer plugin (default: l1, or the editor's own scorer if it has one)")
     p.add_argument("--ratio", type=float, default=None, help="fraction of channels to remove (default 0.5)")
@@ -351,8 +216,8 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_prune)
 
     p = sub.add_parser("forget", help="make a model forget one class, then report before/after")
-    _model_args(p)
-    _edit_args(p, "discedit-u")
+    add_model_args(p)
+    add_edit_args(p, "discedit-u")
     p.add_argument("--class", dest="forget_class", type=int, required=True)
     p.set_defaults(fn=cmd_forget)
 
@@ -361,8 +226,8 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the main job: l1 vs modhifi-p at the same size, save and reload")
     p.add_argument("--ratio", type=float, default=0.5, help="fraction of each layer's channels removed")
     p.add_argument("--save", default=None, metavar="DIR", help="where to save the modhifi-p model")
-    p.add_argument("--seed", type=_seed, default=0)
-    p.add_argument("--finetune-epochs", type=_nonnegative, default=15)
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--finetune-epochs", type=nonnegative, default=15)
     p.add_argument("--report", default=None)
     p.add_argument("--plot", default=None)
     p.add_argument("--progress", action="store_true", default=sys.stderr.isatty())
@@ -383,7 +248,7 @@ def main(argv=None) -> int:
         with contextlib.ExitStack() as quiet:
             if not distributed.is_main():
                 quiet.enter_context(contextlib.redirect_stdout(quiet.enter_context(open(os.devnull, "w"))))
-            _check_args(args)
+            check_args(args)
             return args.fn(args)
     except PluginEditError as e:
         print(f"pluginedit: error: {e}", file=sys.stderr)

@@ -21,20 +21,20 @@ def _integer(text: str, low: int, high: int | None, what: str) -> int:
     return value
 
 
-def _positive(text: str) -> int:
+def positive(text: str) -> int:
     return _integer(text, 1, None, "a positive integer")
 
 
-def _nonnegative(text: str) -> int:
+def nonnegative(text: str) -> int:
     return _integer(text, 0, None, "an integer >= 0")
 
 
-def _seed(text: str) -> int:
+def seed(text: str) -> int:
     # torch seeds are 64-bit: a larger one would overflow deep inside the run
     return _integer(text, 0, 2**64 - 1, "an integer in [0, 2**64 - 1]")
 
 
-def _model_kwargs(args) -> dict:
+def model_kwargs(args) -> dict:
     try:
         value = json.loads(args.model_args)
     except json.JSONDecodeError as e:
@@ -56,7 +56,7 @@ def _check_model_choice(args) -> None:
     if len(named) > 1:
         raise InputError(f"{' and '.join(named)} each name the model; give one")
     if args.model:
-        _model_kwargs(args)
+        model_kwargs(args)
     elif args.model_args != "{}":
         raise InputError("--model-args is read only with --model")
     if (args.trust or args.sha256) and not args.load:
@@ -97,7 +97,7 @@ def _check_plot_format(path: str | None) -> None:
                              f"use one of {', '.join(sorted(known))}")
 
 
-def _check_args(args) -> None:
+def check_args(args) -> None:
     """Checks that need neither data nor a model, run before any work: a bad output path or two
     flags that contradict each other fail at once, not after the computation."""
     for flag, kind in (("report", "file"), ("plot", "file"), ("out", "stem"), ("save", "folder")):

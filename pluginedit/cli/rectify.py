@@ -7,17 +7,27 @@ import copy
 import torch
 
 from .. import api
-from ..capture import Pairs, Split, predictions
+from ..capture import Pairs, Split
 from ..core.errors import InputError
-from . import _bundle, _edit_args, _editor_class, _finish, _model, _model_args, _positive, _setup
+from ..evaluate import predictions
+from ._common import (
+    add_edit_args,
+    add_model_args,
+    bundle_for,
+    editor_class,
+    finish,
+    model_for,
+    setup,
+)
+from .checks import positive
 
 
 def cmd_fix(args) -> int:
     """Fix one misclassified test example with a rectify editor (coar-edit): the references and
     the accuracy guard come from the calibration (training) samples, the target is the test
     example, appended to them."""
-    _editor_class(args.editor, ("rectify",), "fix")
-    bundle, model, calib = _setup(args)
+    editor_class(args.editor, ("rectify",), "fix")
+    bundle, model, calib = setup(args)
     test = bundle.test
     wrong = (predictions(model, test.x) != test.y).nonzero().squeeze(1)
     if args.example == "auto":
@@ -38,7 +48,7 @@ def cmd_fix(args) -> int:
     after = int(predictions(model, test.x[i:i + 1])[0])
     print(f"test example {i}: label {int(test.y[i])}, predicted {int(predictions(dense, test.x[i:i + 1])[0])} "
           f"before and {after} after ({record.num_changed()} components ablated)")
-    _finish(args, bundle, model, dense, record, {"example": i, "label": int(test.y[i]), "predicted_after": after})
+    finish(args, bundle, model, dense, record, {"example": i, "label": int(test.y[i]), "predicted_after": after})
     return 0
 
 
@@ -64,7 +74,7 @@ def _rectify_inputs(args, bundle, pairs: Pairs | None):
     """(model, pairs, triggered test split or None): the user's model and pairs, or the
     built-in trojan benchmark (a trojaned zoo model, n clean / triggered training pairs)."""
     if pairs is not None:
-        return _model(args, bundle), pairs, None
+        return model_for(args, bundle), pairs, None
     from ..contrib import backdoor
     trigger = backdoor.calibrated(bundle)
     model = backdoor.trojaned(args.arch, bundle, target=0, trigger=trigger, progress=args.progress)
@@ -74,12 +84,12 @@ def _rectify_inputs(args, bundle, pairs: Pairs | None):
 
 def cmd_rectify(args) -> int:
     """Rectify corrupted inputs (a trigger, an artefact) from clean / corrupted pairs."""
-    _editor_class(args.editor, ("rectify",), "rectify")
+    editor_class(args.editor, ("rectify",), "rectify")
     if not args.pairs and (args.model or args.hf):
         raise InputError("--model / --hf need --pairs: without them rectify runs the built-in "
                          "benchmark on a trojaned zoo model (--arch)")
     pairs = _read_pairs(args.pairs) if args.pairs else None    # a bad file fails before any data is read
-    bundle = _bundle(args)
+    bundle = bundle_for(args)
     model, pairs, triggered = _rectify_inputs(args, bundle, pairs)
     calib = bundle.train.subset(args.calib_samples, seed=args.seed)
     dense = copy.deepcopy(model)
@@ -90,22 +100,22 @@ def cmd_rectify(args) -> int:
         asr = [float((predictions(m, triggered.x) == 0).float().mean()) for m in (dense, model)]
         extra["attack_success_rate"] = {"before": asr[0], "after": asr[1]}
         print(f"attack success rate {asr[0]:.4f} -> {asr[1]:.4f} ({len(pairs)} pair(s))")
-    _finish(args, bundle, model, dense, record, extra)
+    finish(args, bundle, model, dense, record, extra)
     return 0
 
 
 def add_rectify_parsers(sub) -> None:
     p = sub.add_parser("fix", help="fix one misclassified test example (coar-edit), then report before/after")
-    _model_args(p)
-    _edit_args(p, "coar-edit")
+    add_model_args(p)
+    add_edit_args(p, "coar-edit")
     p.add_argument("--example", default="auto", help="test example index, or 'auto' (the first misclassified)")
     p.set_defaults(fn=cmd_fix)
 
     p = sub.add_parser("rectify", help="rectify corrupted inputs from clean / corrupted pairs (default: the trojan benchmark)")
-    _model_args(p, data_default="fashion-mnist")
-    _edit_args(p, "rectify")
+    add_model_args(p, data_default="fashion-mnist")
+    add_edit_args(p, "rectify")
     p.add_argument("--pairs", default=None, metavar="FILE",
                    help=".safetensors with clean, corrupted [n, ...] and y [n] (with --model/--weights); "
                         "default: the built-in trojaned zoo model")
-    p.add_argument("--n", type=_positive, default=1, help="trojan benchmark: clean / triggered pairs used")
+    p.add_argument("--n", type=positive, default=1, help="trojan benchmark: clean / triggered pairs used")
     p.set_defaults(fn=cmd_rectify)

@@ -16,9 +16,10 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from ..capture import Split, predictions
+from ..capture import Split
 from ..core import checks
 from ..core.errors import InputError
+from ..evaluate import predictions
 from . import train, zoo
 from .data import DataBundle, load_dataset
 
@@ -55,12 +56,12 @@ class Trigger:
         else:
             object.__setattr__(self, "position", tuple(int(v) for v in self.position))
 
-    def at(self, position=_UNSET, opacity=_UNSET) -> "Trigger":
+    def at(self, position=_UNSET, opacity=_UNSET) -> Trigger:
         """A copy moved to ``position`` and/or with another ``opacity`` (generalisation tests)."""
         changes = {k: v for k, v in (("position", position), ("opacity", opacity)) if v is not _UNSET}
         return replace(self, **changes)
 
-    def calibrate(self, x: torch.Tensor) -> "Trigger":
+    def calibrate(self, x: torch.Tensor) -> Trigger:
         """A copy whose unset ``hi`` / ``lo`` are the largest / smallest values of ``x``."""
         x = _images(x)
         hi = float(x.max()) if self.hi is None else self.hi

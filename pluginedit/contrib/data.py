@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from ..capture import Split, as_loader, check_classes  # noqa: F401 (re-exported)
 from ..core import checks

@@ -12,8 +12,8 @@ import torch
 
 from ..capture import Split
 from ..core import checks
+from ..core.batches import take_rows
 from ..core.errors import InputError
-from ..core.outputs import take
 
 TENSOR_SUFFIXES = (".safetensors", ".npz")
 
@@ -68,7 +68,7 @@ def _holdout(data: Split, fraction: float, seed: int) -> tuple[Split, Split]:
     checks.number("test_fraction", fraction, above=0, below=1)
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(checks.seed(seed)))
     cut = max(1, int(round(len(data) * fraction)))
-    test, train = (Split(take(data.x, i), data.y[i]) for i in (order[:cut].sort().values, order[cut:].sort().values))
+    test, train = (Split(take_rows(data.x, i), data.y[i]) for i in (order[:cut].sort().values, order[cut:].sort().values))
     return train, test
 
 

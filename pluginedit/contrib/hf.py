@@ -24,13 +24,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..editors._tp import prune_heads as prune_heads_tp
-from ..editors._tp import remove_hidden_units
-from ..editors.compensate import compensate
-from ..linalg import DEFAULT_RIDGE
 from ..capture import Split
-from ..io.models import set_source
 from ..core.errors import InputError
+from ..editors.common.compensate import compensate
+from ..graph.pruner import prune_heads as prune_heads_tp
+from ..graph.pruner import remove_hidden_units
+from ..io.models import set_source
+from ..linalg import DEFAULT_RIDGE
 from ..scorers.fidelity import ffn_scores
 from ..stats import Gram
 
@@ -104,6 +104,7 @@ def text_bundle(data_path, model_path):
     """A DataBundle of tokenised text (``files.load_text_dataset``) for the transformers model in
     ``model_path`` (its own tokenizer)."""
     from transformers import AutoConfig, AutoTokenizer
+
     from .data import DataBundle
     from .files import load_text_dataset
     try:   # a missing folder or tokenizer, a config.json that is not JSON or names no known model

@@ -10,13 +10,13 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from . import zoo
 from ..capture import Split
-from ..editors.finetune import fit  # noqa: F401  (the one training loop, re-exported)
 from ..core import checks
 from ..core.errors import InputError
 from ..core.files import written_whole
+from ..editors.common.finetune import fit  # noqa: F401  (the one training loop, re-exported)
 from ..io.models import load_state, load_weights
+from . import zoo
 from .data import DataBundle
 
 CACHE_ENV = "PLUGINEDIT_CACHE"

@@ -7,8 +7,9 @@ import contextlib
 import torch
 from torch import nn
 
+from .batches import call
 from .errors import InputError
-from .outputs import call, tensors
+from .outputs import tensors
 
 
 def is_attention(module: nn.Module) -> bool:

@@ -1,6 +1,5 @@
-"""Model inputs and outputs of any shape the toolkit meets: a tensor, or a mapping of tensors
-(transformers' ``input_ids``/``attention_mask``) in; a tensor, a tuple, a dict or a transformers
-``ModelOutput`` out.
+"""Model outputs of any shape the toolkit meets: a tensor, a tuple, a dict or a transformers
+``ModelOutput`` (the inputs: ``core.batches``).
 
 The rule for "the output" (what accuracy, class counts and shape checks read): a tensor is
 itself; a mapping gives its ``logits`` entry if it has one, else its first tensor value (a
@@ -9,17 +8,13 @@ overrides the rule with an attribute ``pluginedit_output``: a function from its 
 the tensor to read (e.g. ``model.pluginedit_output = lambda out: out["cls_logits"]``)."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 
+from .batches import call
 from .errors import InputError
-
-
-def call(model: nn.Module, x) -> Any:
-    """``model(**x)`` for a mapping of tensors, else ``model(x)``."""
-    return model(**x) if isinstance(x, Mapping) else model(x)
 
 
 def output(model: nn.Module, x) -> torch.Tensor:
@@ -52,38 +47,3 @@ def primary(out) -> torch.Tensor:
     if not found:
         raise InputError(f"the model returned {type(out).__name__} with no tensor in it")
     return found[0]
-
-
-def batch_size(x) -> int:
-    if isinstance(x, Mapping):
-        return len(next(iter(x.values())))
-    return len(x)
-
-
-def take(x, index):
-    """Rows ``index`` of a tensor or of every tensor of a mapping."""
-    return {k: v[index] for k, v in x.items()} if isinstance(x, Mapping) else x[index]
-
-
-def cat(xs: list):
-    """Batches (tensors, or mappings of tensors with the same keys) joined along the batch axis."""
-    if xs and isinstance(xs[0], Mapping):
-        return {k: torch.cat([x[k] for x in xs]) for k in xs[0]}
-    return torch.cat(xs)
-
-
-def repeat(x, m: int):
-    """``m`` copies of a batch (of every tensor of a mapping) stacked along the batch axis."""
-    if isinstance(x, Mapping):
-        return {k: repeat(v, m) for k, v in x.items()}
-    return x.repeat((m,) + (1,) * (x.ndim - 1))
-
-
-def to(x, device):
-    return {k: v.to(device) for k, v in x.items()} if isinstance(x, Mapping) else x.to(device)
-
-
-def finite(x) -> bool:
-    """No NaN or Inf in any floating input (token ids are integers and always pass)."""
-    ts = x.values() if isinstance(x, Mapping) else [x]
-    return all(torch.isfinite(t).all() for t in ts if torch.is_tensor(t) and t.is_floating_point())

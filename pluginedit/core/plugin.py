@@ -11,8 +11,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Mapping
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn

@@ -26,7 +26,7 @@ class EditRecord:
     def reversible(self) -> bool:
         return bool(self.saved)
 
-    def absorb(self, trial: "EditRecord") -> None:
+    def absorb(self, trial: EditRecord) -> None:
         """Keep a trial edit made on top of this one: its changes join ours, and for tensors
         saved by both our copy (the earlier one, the original) stays."""
         for key, value in trial.saved.items():

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from importlib.metadata import entry_points
 
 from .errors import InputError, PluginError
@@ -50,7 +50,7 @@ def _load(ep, kind: str) -> PluginInfo:
     return info
 
 
-@lru_cache(maxsize=None)
+@cache
 def plugins(kind: str) -> dict[str, PluginInfo]:
     """name -> PluginInfo for one kind ("scorer" or "editor"); cached, see ``refresh``."""
     only_builtin = os.environ.get(AUTOLOAD_ENV, "") not in ("", "0")

@@ -124,7 +124,7 @@ class Scores(Mapping):
             h.write_text(meta)
 
     @classmethod
-    def load(cls, stem: str | Path) -> "Scores":
+    def load(cls, stem: str | Path) -> Scores:
         """The Scores saved under ``stem``, or an ``InputError`` naming the file and the problem."""
         tensors, head = cls._files(stem)
         for f in (tensors, head):

@@ -17,10 +17,10 @@ from typing import Literal
 import torch
 
 from ..capture import default_targets, model_device
-from ..capture.evaluate import predictions
 from ..core.errors import InputError
 from ..core.plugin import COUNT, FRACTION, NONNEGATIVE, RATIO, SEED, Editor, option
 from ..core.record import EditRecord
+from ..evaluate import predictions
 from ..scorers.coar import estimate, labelled
 from .mask import zero_components
 
@@ -57,21 +57,21 @@ class _CoarEditor(Editor):
 
     def _order(self, model, inputs, target, reference, lower: bool):
         """Components (path, index) in ablation order, by the Welch t of target vs reference."""
-        o = self.options
-        paths = o.layers or default_targets(model, inputs.example, inputs.num_classes)
+        opts = self.options
+        paths = opts.layers or default_targets(model, inputs.example, inputs.num_classes)
         (xt, yt), (xr, yr) = target, reference
-        att = estimate(model, torch.cat([xt, xr]), torch.cat([yt, yr]), paths, o.masks, o.alpha, o.seed,
-                       o.estimator, o.prior, o.prior_points, chunk=o.chunk)
+        att = estimate(model, torch.cat([xt, xr]), torch.cat([yt, yr]), paths, opts.masks, opts.alpha, opts.seed,
+                       opts.estimator, opts.prior, opts.prior_points, chunk=opts.chunk)
         t = welch_t(att.w[:, :len(yt)], att.w[:, len(yt):])
-        order = torch.argsort(t, descending=lower, stable=True)[:o.budget]
+        order = torch.argsort(t, descending=lower, stable=True)[:opts.budget]
         owner = [(p, i) for p, _, w in att.slices for i in range(w)]
         return [owner[c] for c in order.tolist()], att.info
 
     def _greedy(self, model, order, goal, guard, record) -> int:
         """Ablate in ``order`` until ``goal(model)``, skipping any component that drops the
         ``guard(model)`` accuracy by more than max_drop; the number of components ablated."""
-        o = self.options
-        floor = guard(model) - o.max_drop
+        opts = self.options
+        floor = guard(model) - opts.max_drop
         for path, i in order:
             trial = EditRecord("trial")
             zero_components(model, {path: [i]}, False, trial, bias=False)
@@ -82,8 +82,8 @@ class _CoarEditor(Editor):
             record.absorb(trial)
             if goal(model):
                 return record.num_changed()
-        raise InputError(f"{self.name}: the goal was not reached within budget={o.budget} candidates "
-                         f"({record.info['skipped']} skipped by the max_drop={o.max_drop} guard); "
+        raise InputError(f"{self.name}: the goal was not reached within budget={opts.budget} candidates "
+                         f"({record.info['skipped']} skipped by the max_drop={opts.max_drop} guard); "
                          "raise budget or max_drop; the model is unchanged")
 
 
@@ -112,19 +112,19 @@ class CoarEdit(_CoarEditor):
     Options = CoarEditOptions
 
     def apply(self, model, scores, inputs):
-        o = self.options
-        x, y = labelled(inputs.data)
-        index = torch.as_tensor(o.target, dtype=torch.long)
+        opts = self.options
+        x, y = labelled(model, inputs.data, inputs.num_classes)
+        index = torch.as_tensor(opts.target, dtype=torch.long)
         if index.numel() == 0 or index.min() < 0 or index.max() >= len(y):
-            raise InputError(f"coar-edit needs target indices into data (0 .. {len(y) - 1}), got {o.target}")
+            raise InputError(f"coar-edit needs target indices into data (0 .. {len(y) - 1}), got {opts.target}")
         rest = torch.ones(len(y), dtype=torch.bool)
         rest[index] = False
         rest = rest.nonzero().squeeze(1)
         if len(rest) == 0:
             raise InputError("coar-edit needs reference examples in data besides the targets")
-        g = torch.Generator().manual_seed(o.seed)
-        ref, held = _pick(rest, o.references, g), _pick(rest, o.guard_samples, g)
-        want_correct = o.direction == "raise"
+        g = torch.Generator().manual_seed(opts.seed)
+        ref, held = _pick(rest, opts.references, g), _pick(rest, opts.guard_samples, g)
+        want_correct = opts.direction == "raise"
         dev = model_device(model)
         xt, yt = x[index].to(dev), y[index].to(dev)
 
@@ -133,10 +133,10 @@ class CoarEdit(_CoarEditor):
 
         if goal(model):
             raise InputError(f"coar-edit: the target examples are already "
-                             f"{'correctly classified' if want_correct else 'misclassified'}; nothing to {o.direction}")
+                             f"{'correctly classified' if want_correct else 'misclassified'}; nothing to {opts.direction}")
         order, info = self._order(model, inputs, (x[index], y[index]), (x[ref], y[ref]), not want_correct)
         record = self.record("zeroed weight slices (COAR ablation)",
-                             info={"target": list(o.target), "skipped": 0, "coar": info})
+                             info={"target": list(opts.target), "skipped": 0, "coar": info})
         record.info["ablated"] = self._greedy(model, order, goal, _accuracy_on(x[held].to(dev), y[held].to(dev)), record)
         return record
 
@@ -157,18 +157,18 @@ class CoarForget(_CoarEditor):
     Options = CoarForgetOptions
 
     def apply(self, model, scores, inputs):
-        o, k = self.options, inputs.forget_class
-        x, y = labelled(inputs.data)
-        g = torch.Generator().manual_seed(o.seed)
+        opts, k = self.options, inputs.forget_class
+        x, y = labelled(model, inputs.data, inputs.num_classes)
+        g = torch.Generator().manual_seed(opts.seed)
         mine, rest = (y == k).nonzero().squeeze(1), (y != k).nonzero().squeeze(1)
         if len(mine) == 0 or len(rest) == 0:
             raise InputError(f"coar-forget needs examples of class {k} and of other classes in data")
-        t_idx, r_idx, held = _pick(mine, o.targets, g), _pick(rest, o.references, g), _pick(rest, o.guard_samples, g)
+        t_idx, r_idx, held = _pick(mine, opts.targets, g), _pick(rest, opts.references, g), _pick(rest, opts.guard_samples, g)
         dev = model_device(model)
         xk = x[mine].to(dev)
 
         def goal(m):
-            return float((predictions(m, xk) == k).float().mean()) <= o.forget_target
+            return float((predictions(m, xk) == k).float().mean()) <= opts.forget_target
 
         order, info = self._order(model, inputs, (x[t_idx], y[t_idx]), (x[r_idx], y[r_idx]), True)
         record = self.record("zeroed weight slices (COAR ablation)", info={"forget_class": k, "skipped": 0, "coar": info})

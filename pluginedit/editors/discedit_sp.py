@@ -8,12 +8,14 @@ from typing import Any, Literal
 
 import torch
 
-from ..capture import accuracy, head_layers
+from ..capture import head_layers
 from ..core.components import groups
 from ..core.errors import InputError
 from ..core.plugin import COUNT, FRACTION, POSITIVE, RATIO, Editor, option
 from ..core.record import EditRecord
-from . import _tp
+from ..evaluate import accuracy
+from ..graph.groups import uncoupled_layers
+from ..graph.pruner import remove_channels
 from .discedit_u import layer_scores
 from .mask import zero_components
 
@@ -62,18 +64,18 @@ class DisCEditSP(Editor):
         return {k: v for k, v in super().options_dict().items() if k != "eval_data"}
 
     def apply(self, model, scores, inputs):
-        o, example = self.options, inputs.example
-        layers = o.layers or self._layers(model, example)
+        opts, example = self.options, inputs.example
+        layers = opts.layers or self._layers(model, example)
         before = _params(model)
-        if o.allocation == "threshold" and o.acc_floor is not None:
+        if opts.allocation == "threshold" and opts.acc_floor is not None:
             masks, info = self._iterate(model, layers, inputs)
         else:
-            masks, info = self._one_pass(model, layers, inputs, o.rho), {}
-        record = self.record("zeroed weight+bias+bn affine" + (", then removed (torch-pruning)" if o.physical else ""),
+            masks, info = self._one_pass(model, layers, inputs, opts.rho), {}
+        record = self.record("zeroed weight+bias+bn affine" + (", then removed (torch-pruning)" if opts.physical else ""),
                              info={**info, "layers": layers, "params_before": before})
         zero_components(model, masks, True, record)
-        if o.physical:
-            record.steps = _tp.remove_channels(model, example, masks)
+        if opts.physical:
+            record.steps = remove_channels(model, example, masks)
             record.saved.clear()   # a physical removal cannot be undone by restoring tensors
         record.info["params_after"] = _params(model)
         record.info["fraction_removed"] = 1 - record.info["params_after"] / before
@@ -82,14 +84,14 @@ class DisCEditSP(Editor):
     @staticmethod
     def _layers(model, example) -> list[str]:
         heads = set(head_layers(model, example))
-        return _tp.uncoupled_layers(model, example, [p for p in groups(model) if p not in heads])
+        return uncoupled_layers(model, example, [p for p in groups(model) if p not in heads])
 
     def _one_pass(self, model, layers, inputs, rho) -> dict[str, list[int]]:
         """Zero channels layer by layer on ``model`` (statistics after earlier layers' edits)."""
-        o, masks = self.options, {}
+        opts, masks = self.options, {}
         for layer in layers:
-            r = layer_scores(model, layer, inputs.data, inputs.num_classes, o.hook, o.gamma, o.max_samples,
-                             o.batch_size, method=o.method, features=o.features, aggregation=o.aggregation)
+            r = layer_scores(model, layer, inputs.data, inputs.num_classes, opts.hook, opts.gamma, opts.max_samples,
+                             opts.batch_size, method=opts.method, features=opts.features, aggregation=opts.aggregation)
             idx = self._choose(r, rho)
             if idx:
                 zero_components(model, {layer: idx}, True, EditRecord("step"))
@@ -108,25 +110,25 @@ class DisCEditSP(Editor):
 
     def _iterate(self, model, layers, inputs):
         """IterTVSPrune's loop with a max-iteration and a target-sparsity stop."""
-        o, rho = self.options, self.options.rho
+        opts, rho = self.options, self.options.rho
         work, accepted, history = copy.deepcopy(model), {}, []
-        for _ in range(o.max_iter):
+        for _ in range(opts.max_iter):
             if rho <= 0:
                 break
             cand = copy.deepcopy(work)
             masks = self._one_pass(cand, layers, inputs, rho)
-            acc = accuracy(cand, o.eval_data, inputs.num_classes)[0]
+            acc = accuracy(cand, opts.eval_data, inputs.num_classes)[0]
             merged = {k: set(accepted.get(k, ())) | set(masks.get(k, ())) for k in set(accepted) | set(masks)}
             removed = sum(len(v) for v in merged.values())
             history.append({"rho": rho, "accuracy": acc, "channels_zeroed": removed})
-            if acc >= o.acc_floor:
+            if acc >= opts.acc_floor:
                 grew = removed > sum(len(v) for v in accepted.values())
                 work, accepted = cand, merged
-                if not grew or (o.target_sparsity and
-                                self._sparsity(model, inputs.example, accepted) >= o.target_sparsity):
+                if not grew or (opts.target_sparsity and
+                                self._sparsity(model, inputs.example, accepted) >= opts.target_sparsity):
                     break
             else:
-                rho -= o.rho_step
+                rho -= opts.rho_step
         return {k: sorted(v) for k, v in accepted.items()}, {"rounds": history}
 
     @staticmethod
@@ -134,5 +136,5 @@ class DisCEditSP(Editor):
         """Fraction of parameters removed if ``masks`` were removed (measured on a pruned copy,
         traced with the model's own example input, whatever its size)."""
         trial = copy.deepcopy(model)
-        _tp.remove_channels(trial, example, {k: sorted(v) for k, v in masks.items()})
+        remove_channels(trial, example, {k: sorted(v) for k, v in masks.items()})
         return 1 - _params(trial) / _params(model)

@@ -5,7 +5,7 @@ Edited channels have conv weight, conv bias and the following BN's affine zeroed
 exactly 0 (no BN constant survives to be folded into the next layer).
 The last 4 convs are candidates (the paper: the last 8 of VGG-16, ResNet-56's layer3): with 2, a
 ResNet with two blocks per stage kept 14-93 % of the class, its last two convs sitting inside a
-block whose skip path still carries it (benchmarks/forget_family.py, issue 12)."""
+block whose skip path still carries it (benchmarks/forget_family.py)."""
 from __future__ import annotations
 
 import math
@@ -16,16 +16,17 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..capture import Request, Split, class_accuracy, collect, head_layers
+from ..capture import Request, Split, collect, head_layers
 from ..capture.hookpoints import resolve, resolve_auto
+from ..core.batches import take_rows
 from ..core.components import get_module, groups, size_of
 from ..core.errors import InputError
-from ..core.outputs import take
 from ..core.plugin import COUNT, FRACTION, NONNEGATIVE, POSITIVE, Editor, option
 from ..core.record import EditRecord
+from ..evaluate import class_accuracy
 from ..scorers.witness import witness_scores
 from ..stats import ClassMoments
-from .finetune import fit
+from .common.finetune import fit
 from .mask import zero_components
 
 
@@ -55,7 +56,7 @@ def halves(data) -> tuple[Split, Split]:
     if len(data) < 2:
         raise InputError("check='held-out' needs at least 2 samples")
     n = len(data)
-    return (Split(take(data.x, slice(0, n, 2)), data.y[0::2]), Split(take(data.x, slice(1, n, 2)), data.y[1::2]))
+    return (Split(take_rows(data.x, slice(0, n, 2)), data.y[0::2]), Split(take_rows(data.x, slice(1, n, 2)), data.y[1::2]))
 
 
 def conv_layers(model, example) -> list[str]:
@@ -100,26 +101,26 @@ class DisCEditU(Editor):
     Options = DisCEditUOptions
 
     def apply(self, model, scores, inputs):
-        o, k = self.options, inputs.forget_class
-        layers = o.layers or conv_layers(model, inputs.example)[-o.num_layers:]
+        opts, k = self.options, inputs.forget_class
+        layers = opts.layers or conv_layers(model, inputs.example)[-opts.num_layers:]
         record = self.record("zeroed weight+bias+bn affine", info={"forget_class": k, "skipped": []})
-        adaptive = o.select == "adaptive"
-        scored, check = halves(inputs.data) if o.check == "held-out" else (inputs.data, inputs.data)
+        adaptive = opts.select == "adaptive"
+        scored, check = halves(inputs.data) if opts.check == "held-out" else (inputs.data, inputs.data)
         for layer in (list(reversed(layers)) if adaptive else layers):
-            r = layer_scores(model, layer, scored, inputs.num_classes, o.hook, o.gamma, o.max_samples,
-                             o.batch_size, o.active_only, method=o.method, features=o.features,
+            r = layer_scores(model, layer, scored, inputs.num_classes, opts.hook, opts.gamma, opts.max_samples,
+                             opts.batch_size, opts.active_only, method=opts.method, features=opts.features,
                              aggregation="ovr_min", target_class=k)
             idx = self._adaptive(model, layer, r, inputs, check) if adaptive else self._select(r)
             if not idx:   # guard: the authors' [-0:] slice would select every filter
                 record.info["skipped"].append(layer)
                 continue
             zero_components(model, {layer: idx}, True, record)
-            if adaptive and self._forgotten(model, inputs, check) <= o.forget_target:
+            if adaptive and self._forgotten(model, inputs, check) <= opts.forget_target:
                 break
         else:
             if adaptive:
                 self._short_of_target(model, inputs, check, record, len(layers))
-        if o.finetune_epochs:
+        if opts.finetune_epochs:
             self._finetune(model, inputs, record)
         return record
 
@@ -134,15 +135,15 @@ class DisCEditU(Editor):
                           "conv layers; raise num_layers or m", stacklevel=2)
 
     def _forgotten(self, model, inputs, check) -> float:
-        o = self.options
+        opts = self.options
         return class_accuracy(model, check, inputs.forget_class, inputs.num_classes,
-                              o.batch_size, o.max_samples)
+                              opts.batch_size, opts.max_samples)
 
     def _select(self, r: torch.Tensor, select: str | None = None) -> list[int]:
-        o = self.options
-        if (select or o.select) == "zscore":
-            return (r > r.mean() + o.z * r.std()).nonzero().squeeze(1).tolist()
-        n = math.ceil(o.m * len(r)) if o.m < 1 else int(o.m)
+        opts = self.options
+        if (select or opts.select) == "zscore":
+            return (r > r.mean() + opts.z * r.std()).nonzero().squeeze(1).tolist()
+        n = math.ceil(opts.m * len(r)) if opts.m < 1 else int(opts.m)
         n = min(n, len(r) - 1, int((r > 0).sum()))   # never a whole layer; score 0 carries nothing
         return torch.argsort(r, descending=True, stable=True)[:n].tolist() if n > 0 else []
 

@@ -65,20 +65,20 @@ class MaskEditor(Editor):
     Options = MaskOptions
 
     def apply(self, model, scores, inputs):
-        o = self.options
-        indices = o.indices
+        opts = self.options
+        indices = opts.indices
         if indices is None:
             if scores is None:
                 raise InputError("mask needs either indices or Scores with a ratio")
             unscored = [t for t in inputs.targets if t not in scores]
             if unscored:
                 raise InputError(f"mask: targets {unscored} have no scores; scored: {list(scores)}")
-            indices = select_lowest(scores, o.ratio, inputs.targets)
+            indices = select_lowest(scores, opts.ratio, inputs.targets)
         elif inputs.targets:
             raise InputError("mask: targets choose among scored layers; with indices, name the layers there")
         else:
             check_targets(model, indices, "mask indices")
-        record = self.record("zeroed weight+bias" + ("+bn affine" if o.with_bn else ""),
-                             scores if o.indices is None else None)
-        zero_components(model, {k: list(v) for k, v in indices.items()}, o.with_bn, record)
+        record = self.record("zeroed weight+bias" + ("+bn affine" if opts.with_bn else ""),
+                             scores if opts.indices is None else None)
+        zero_components(model, {k: list(v) for k, v in indices.items()}, opts.with_bn, record)
         return record

@@ -13,13 +13,14 @@ from ..core.components import bn_of, transformer_units
 from ..core.errors import EditError
 from ..core.plugin import COUNT, NONNEGATIVE, RATIO, Editor, option
 from ..core.scores import Scores
+from ..graph.groups import count_ops_and_params, is_in
+from ..graph.pruner import prune_by_scores
 from ..linalg import DEFAULT_RIDGE, IllConditionedWarning
 from ..scorers.fidelity import channel_scores, collect_grams
 from ..scorers.run import score
-from . import _tp
-from .bnrecal import recalibrate_bn
-from .compensate import compensate
-from .modhifi_transformer import prune_transformer
+from .common.bnrecal import recalibrate_bn
+from .common.compensate import compensate
+from .common.modhifi_transformer import prune_transformer
 from .prune import check_leaves_channels
 
 
@@ -57,75 +58,75 @@ class ModHiFiP(Editor):
     Options = ModHiFiPOptions
 
     def apply(self, model, scores, inputs):
-        o, example = self.options, inputs.example
+        opts, example = self.options, inputs.example
         if transformer_units(model):
             return self._transformer(model, scores, inputs)
-        macs0, params0 = _tp.count_ops_and_params(model, example)
-        plan = ([1 - (1 - o.ratio) ** (1 / o.steps)] * o.steps if o.target == "channels"
-                else [o.per_step] * o.max_steps)
-        amount = o.amount if o.amount is not None else o.ratio
-        if not o.global_pruning:
+        macs0, params0 = count_ops_and_params(model, example)
+        plan = ([1 - (1 - opts.ratio) ** (1 / opts.steps)] * opts.steps if opts.target == "channels"
+                else [opts.per_step] * opts.max_steps)
+        amount = opts.amount if opts.amount is not None else opts.ratio
+        if not opts.global_pruning:
             layers = scores if scores is not None else default_targets(model, example)
             check_leaves_channels(model, set(layers) - self._kept_whole(model, inputs), plan[0])
-        used = scores.scorer if scores is not None else o.scorer
+        used = scores.scorer if scores is not None else opts.scorer
         totals = {"removed": {}, "steps": [], "ridges": [], "warned": 0}
         for i, step_ratio in enumerate(plan):
             self._step(model, scores if i == 0 else None, inputs, step_ratio, totals)
-            macs, params = _tp.count_ops_and_params(model, example)
-            if o.target != "channels" and 1 - (params / params0 if o.target == "params" else macs / macs0) >= amount:
+            macs, params = count_ops_and_params(model, example)
+            if opts.target != "channels" and 1 - (params / params0 if opts.target == "params" else macs / macs0) >= amount:
                 break
         else:
-            if o.target != "channels":
-                raise EditError(f"could not remove {amount:.0%} of the {o.target} in {o.max_steps} steps")
+            if opts.target != "channels":
+                raise EditError(f"could not remove {amount:.0%} of the {opts.target} in {opts.max_steps} steps")
         if totals["warned"]:
             warnings.warn(f"modhifi-p: {totals['warned']} compensation solve(s) met an ill-conditioned "
                           "Gram; the ridge was grown there", IllConditionedWarning, stacklevel=2)
-        record = self.record("removed (physical, torch-pruning)" + (" + delta*" if o.compensate else "")
-                             + (" + BN recalibration" if o.recalibrate else ""), scores,
+        record = self.record("removed (physical, torch-pruning)" + (" + delta*" if opts.compensate else "")
+                             + (" + BN recalibration" if opts.recalibrate else ""), scores,
                              changes=totals["removed"], steps=totals["steps"])
         record.scores = used
         record.info = {"params_before": params0, "params_after": params, "macs_before": macs0,
                        "macs_after": macs, "steps_run": i + 1, "ill_conditioned_solves": totals["warned"],
                        "max_ridge": max(totals["ridges"], default=0.0), "scores_used": used,
-                       "topk_reading": f"channel score = {o.reduce} over consumers and outputs; "
+                       "topk_reading": f"channel score = {opts.reduce} over consumers and outputs; "
                                        "lowest pruned" if used == "fidelity" else f"scores from {used!r}"}
         return record
 
     def _transformer(self, model, scores, inputs):
-        o = self.options
-        done = prune_transformer(model, scores, inputs, o.ratio, o.heads, o.compensate, o.ridge, o.calib_samples)
+        opts = self.options
+        done = prune_transformer(model, scores, inputs, opts.ratio, opts.heads, opts.compensate, opts.ridge, opts.calib_samples)
         record = self.record("removed FFN neurons / attention heads (torch-pruning)"
-                             + (" + delta*" if o.compensate else ""), scores,
+                             + (" + delta*" if opts.compensate else ""), scores,
                              changes=done["changes"], steps=done["steps"], info=done["info"])
         record.scores = scores.scorer if scores is not None else "fidelity"
         return record
 
     def _step(self, model, scores, inputs, ratio, totals) -> None:
-        o = self.options
+        opts = self.options
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", IllConditionedWarning)
-            need_grams = o.compensate or (scores is None and o.scorer == "fidelity")
-            grams = collect_grams(model, inputs.data, max_samples=o.calib_samples) if need_grams else {}
+            need_grams = opts.compensate or (scores is None and opts.scorer == "fidelity")
+            grams = collect_grams(model, inputs.data, max_samples=opts.calib_samples) if need_grams else {}
             scores = scores if scores is not None else self._scores(model, inputs, grams)
-            removed, steps = _tp.prune_by_scores(
-                model, inputs.example, scores, ratio, self._kept_whole(model, inputs), o.global_pruning,
-                before_group=self._compensator(model, grams, totals["ridges"]) if o.compensate else None)
+            removed, steps = prune_by_scores(
+                model, inputs.example, scores, ratio, self._kept_whole(model, inputs), opts.global_pruning,
+                before_group=self._compensator(model, grams, totals["ridges"]) if opts.compensate else None)
         totals["warned"] += sum(issubclass(w.category, IllConditionedWarning) for w in caught)
         if not removed:
             raise EditError("modhifi-p removed no channel (nothing prunable, or ratio too small)")
         for k, v in removed.items():
             totals["removed"].setdefault(k, []).extend(v)
         totals["steps"] += steps
-        if o.recalibrate:
-            recalibrate_bn(model, inputs.data, max_samples=o.calib_samples)
+        if opts.recalibrate:
+            recalibrate_bn(model, inputs.data, max_samples=opts.calib_samples)
 
     def _scores(self, model, inputs, grams) -> Scores:
-        o = self.options
+        opts = self.options
         targets = default_targets(model, inputs.example)
-        if o.scorer == "fidelity":      # reuse the Grams: one pass over the data per step
-            values = channel_scores(model, inputs.example, targets, grams, o.variant, o.reduce)
-            return Scores(values, "fidelity", {"variant": o.variant, "reduce": o.reduce})
-        return score(model, o.scorer, data=inputs.data, targets=targets, max_samples=o.calib_samples,
+        if opts.scorer == "fidelity":      # reuse the Grams: one pass over the data per step
+            values = channel_scores(model, inputs.example, targets, grams, opts.variant, opts.reduce)
+            return Scores(values, "fidelity", {"variant": opts.variant, "reduce": opts.reduce})
+        return score(model, opts.scorer, data=inputs.data, targets=targets, max_samples=opts.calib_samples,
                      example_inputs=inputs.example, num_classes=inputs.num_classes)
 
     def _kept_whole(self, model, inputs) -> set[str]:
@@ -139,7 +140,7 @@ class ModHiFiP(Editor):
         def before_group(group, paths):
             for dep, idxs in group:
                 path = paths.get(dep.layer)
-                if path in grams and _tp.is_in(dep.pruning_fn):
+                if path in grams and is_in(dep.pruning_fn):
                     keep = torch.ones(dep.layer.weight.shape[1], dtype=torch.bool)
                     keep[torch.as_tensor(idxs, dtype=torch.long)] = False
                     ridges.append(compensate(dep.layer, grams[path], keep, bns.get(path),

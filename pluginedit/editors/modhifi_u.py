@@ -1,13 +1,13 @@
 """ModHiFi-U (ALGORITHMS.md 4.6): forget one class from its own samples only, by zeroing (BN
 networks) or negating (LayerNorm networks) the kernel slices W[c, i] of highest fidelity.
 
-Default (chosen on the tune half of benchmarks/forget_family.py, issue 12): the HiFi slices of the
+Default (chosen on the tune half of benchmarks/forget_family.py): the HiFi slices of the
 classifier head's forget row W[k, :] only, negated, as large a share as it takes (up to all of
 them). That edit can only lower class k's logit, so no other class's prediction gets worse; it
 forgets at the output, the features still carry the class. The paper's edit of every output's
 slices, here in the head and the hidden Linear layers (``rows='all', hidden=True,
-max_fraction=0.08``, the default before issue 12), forgot as well but cost up to 30 points of
-retained accuracy on models it was not tuned on; see benchmarks/results/forget_family.md."""
+max_fraction=0.08``) forgets as well but costs up to 30 points of retained accuracy on models it
+was not tuned on; see benchmarks/results/forget_family.md."""
 from __future__ import annotations
 
 import warnings
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..capture import as_loader, head_layers
-from ..core.components import bn_of
+from ..core.components import bn_of, eval_mode
 from ..core.errors import InputError
 from ..core.outputs import output
 from ..core.plugin import COUNT, FRACTION, Editor, option
@@ -29,8 +29,9 @@ FRACTIONS = (0.01, 0.02, 0.03, 0.05, 0.08, 0.12, 0.16, 0.2, 0.25, 0.35, 0.5, 0.7
 
 
 def forget_class_batches(data, forget_class: int, num_classes: int, max_samples: int):
-    """Only the samples of ``forget_class`` (ModHiFi-U never sees the retained classes). No NaN
-    check on the other samples: they are never read."""
+    """Only the samples of ``forget_class`` (ModHiFi-U never sees the retained classes). Read
+    through ``as_loader``, not ``capture.batches``: batches checks and converts every row it yields,
+    and the rows of the other classes must not be read at all (no finite check on them either)."""
     xs, seen = [], 0
     for x, y in as_loader(data, batch_size=256):
         y = check_labels(y, num_classes, x.shape[0])
@@ -46,7 +47,8 @@ def forget_class_batches(data, forget_class: int, num_classes: int, max_samples:
 
 @torch.no_grad()
 def class_accuracy(model, x, y) -> float:
-    return (output(model.eval(), x).argmax(1) == y).float().mean().item()
+    with eval_mode(model):
+        return (output(model, x).argmax(1) == y).float().mean().item()
 
 
 def mean_contributions(weight, gram) -> torch.Tensor:
@@ -110,35 +112,35 @@ class ModHiFiU(Editor):
     Options = ModHiFiUOptions
 
     def apply(self, model, scores, inputs):
-        o = self.options
-        base = o.mode
+        opts = self.options
+        base = opts.mode
         if base == "auto":
             base = "zero" if any(isinstance(m, nn.BatchNorm2d) for m in model.modules()) else "negate"
-        x, y = forget_class_batches(inputs.data, inputs.forget_class, inputs.num_classes, o.samples)
+        x, y = forget_class_batches(inputs.data, inputs.forget_class, inputs.num_classes, opts.samples)
         bns = {c: model.get_submodule(b) for c, b in bn_of(model).items()}
         heads = head_layers(model, x[:1])
-        layers = list(o.layers or self._default_layers(model, heads, o.hidden))
-        xc, yc = (x[1::2], y[1::2]) if o.check == "held-out" else (x, y)
-        if o.check == "held-out":
+        layers = list(opts.layers or self._default_layers(model, heads, opts.hidden))
+        xc, yc = (x[1::2], y[1::2]) if opts.check == "held-out" else (x, y)
+        if opts.check == "held-out":
             if len(y) < 2:
                 raise InputError("modhifi-u check='held-out' needs at least 2 forget-class samples")
             x, y = x[0::2], y[0::2]
         grams = collect_grams(model, (x, y), set(layers))
-        rows = set(heads) if o.rows == "forget" else set()       # layers edited in row k only
+        rows = set(heads) if opts.rows == "forget" else set()       # layers edited in row k only
         order = {p: self._order(model.get_submodule(p).weight, grams[p], bns.get(p),
                                 inputs.forget_class if p in rows else None) for p in layers}
         saved = {p: model.get_submodule(p).weight.detach().clone() for p in layers}
         # the forget row feeds no normalisation: negating its slices pushes logit k down twice as
         # far as zeroing (zeroing all of them left > 5 % of the class on 9 of 80 family edits)
-        modes = {p: "negate" if p in rows and o.mode == "auto" else base for p in layers}
-        for f in o.fractions():
+        modes = {p: "negate" if p in rows and opts.mode == "auto" else base for p in layers}
+        for f in opts.fractions():
             edited = self._edit(model, order, saved, f, modes)
             left = class_accuracy(model, xc, yc)
-            if o.fraction != "auto" or left <= o.target:
+            if opts.fraction != "auto" or left <= opts.target:
                 break
         else:
             warnings.warn(f"modhifi-u: class {inputs.forget_class} still at {left:.1%} on its samples at "
-                          f"max_fraction={o.max_fraction}; raise max_fraction or add layers", stacklevel=2)
+                          f"max_fraction={opts.max_fraction}; raise max_fraction or add layers", stacklevel=2)
         mode = "/".join(sorted(set(modes.values())))
         record = self.record(f"{mode} HiFi kernel slices W[c, i]", changes=edited,
                              saved={f"{p}.weight": w for p, w in saved.items()})

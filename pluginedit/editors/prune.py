@@ -4,18 +4,26 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
+import torch
+
 from ..capture import head_layers
 from ..core.components import groups, size_of
 from ..core.errors import EditError, InputError
+from ..core.outputs import output
 from ..core.plugin import COUNT, RATIO, Editor, option
-from . import _tp
+from ..graph.pruner import prune_by_scores
+
+
+def output_shape(model, example) -> tuple:
+    with torch.no_grad():
+        return tuple(output(model, example).shape)
 
 
 def check_still_runs(model, example, shape) -> None:
     """torch-pruning can trace a graph it does not fully see (e.g. through .numpy()); a pruned
     model that no longer runs, or changes its output shape, is a failed edit."""
     try:
-        now = _tp.call_shape(model, example)
+        now = output_shape(model, example)
     except Exception as e:
         raise EditError(f"the pruned model no longer runs ({type(e).__name__}: {e}); torch-pruning "
                         "did not see every dependency of this model; use the 'mask' editor") from e
@@ -66,24 +74,24 @@ class PruneEditor(Editor):
             raise InputError("prune needs Scores")
         if inputs.example is None:
             raise InputError("prune needs example_inputs (or data) to trace the model's dependency graph")
-        o = self.options
+        opts = self.options
         modules = dict(model.named_modules())
-        unknown = [p for p in (o.ignored or []) if p not in modules]
+        unknown = [p for p in (opts.ignored or []) if p not in modules]
         if unknown:
             raise InputError(f"ignored layers not in the model: {unknown}")
-        ignored = set(o.ignored or []) | set(head_layers(model, inputs.example))
+        ignored = set(opts.ignored or []) | set(head_layers(model, inputs.example))
         if not set(scores) - ignored:
             raise InputError(f"nothing to prune: the scores name no layer outside the classifier head "
                              f"and the ignored ones (scored: {list(scores)}; kept: {sorted(ignored)})")
         before = {p: modules[p].weight.shape[0] for p in scores if p in modules}
-        if not o.global_pruning:
-            check_leaves_channels(model, set(scores) - ignored, o.ratio, o.round_to)
-        shape = _tp.call_shape(model, inputs.example)
-        removed, steps = _tp.prune_by_scores(model, inputs.example, scores, o.ratio, ignored,
-                                             o.global_pruning, o.round_to)
+        if not opts.global_pruning:
+            check_leaves_channels(model, set(scores) - ignored, opts.ratio, opts.round_to)
+        shape = output_shape(model, inputs.example)
+        removed, steps = prune_by_scores(model, inputs.example, scores, opts.ratio, ignored,
+                                         opts.global_pruning, opts.round_to)
         removed = {p: v for p, v in removed.items() if p in before}
         if not removed:
-            raise EditError(f"torch-pruning removed no channel: ratio {o.ratio} keeps fewer than one channel "
+            raise EditError(f"torch-pruning removed no channel: ratio {opts.ratio} keeps fewer than one channel "
                             "of what it ranks, or none of the scored layers has a dependency path it can "
                             "follow (untraceable ops such as .numpy()?)")
         check_still_runs(model, inputs.example, shape)

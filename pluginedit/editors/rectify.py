@@ -11,7 +11,7 @@ streaming Gram the fidelity scorer uses.
 
 Values at the layer's own output make the map linear and the closed form exact (the default).
 With ``values="block"`` they are read after the block's non-linearity (BN + ReLU, a residual add,
-``capture.keys.block_output``) and Lambda is optimised by Adam on the L1 distance there, W moving
+``scorers.keys.block_output``) and Lambda is optimised by Adam on the L1 distance there, W moving
 only along the edit directions D (``projected_edit``; Santurkar et al.'s projected optimisation)."""
 from __future__ import annotations
 
@@ -20,15 +20,16 @@ from typing import Literal
 
 import torch
 
-from ..capture import accuracy, default_targets, model_device, predictions
-from ..capture.keys import block_output, flat_weight, layer_keys
+from ..capture import default_targets, model_device
 from ..core.components import eval_mode, get_module
 from ..core.errors import InputError
 from ..core.outputs import output
 from ..core.plugin import COUNT, FRACTION, NONNEGATIVE, POSITIVE, Editor, option
 from ..core.record import EditRecord
+from ..evaluate import accuracy, predictions
 from ..linalg import closed_form, edit_directions, rank_r_update
 from ..scorers.fidelity import collect_grams
+from ..scorers.keys import block_output, flat_weight, layer_keys
 from ..scorers.layer_ig import editability, layer_integrated_gradients
 
 
@@ -160,12 +161,12 @@ class RankOne(Editor):
     Options = RankOneOptions
 
     def apply(self, model, scores, inputs):
-        o = self.options
-        layer = o.layer or last_feature_layer(model, inputs)
-        c = key_statistics(model, [layer], inputs.data, o.max_samples)[layer]
+        opts = self.options
+        layer = opts.layer or last_feature_layer(model, inputs)
+        c = key_statistics(model, [layer], inputs.data, opts.max_samples)[layer]
         clean, corrupted, _ = _pairs_on(model, inputs.pairs)
         record = self.record("rank-r weight update", info={"layer": layer})
-        rank_one_edit(model, layer, clean, corrupted, c, o.rank, record, o.block())
+        rank_one_edit(model, layer, clean, corrupted, c, opts.rank, record, opts.block())
         record.info["rectified"] = rectified(model, inputs.pairs)
         return record
 
@@ -195,19 +196,19 @@ class Rectify(Editor):
     Options = RectifyOptions
 
     def apply(self, model, scores, inputs):
-        o = self.options
-        layers = list(o.layers or default_targets(model, inputs.example, inputs.num_classes))
-        stats = key_statistics(model, layers, inputs.data, o.max_samples)
-        base = accuracy(model, inputs.data, inputs.num_classes, max_samples=o.max_samples)[0]
+        opts = self.options
+        layers = list(opts.layers or default_targets(model, inputs.example, inputs.num_classes))
+        stats = key_statistics(model, layers, inputs.data, opts.max_samples)
+        base = accuracy(model, inputs.data, inputs.num_classes, max_samples=opts.max_samples)[0]
         record = self.record("rank-r weight updates", info={"edits": [], "clean_accuracy_before": base})
         tried, gap0 = 0, self._gap(model, inputs.pairs)
         record.info["gap_before"] = float(gap0.max())
-        while not self._done(model, inputs.pairs, gap0) and tried < o.max_edits and layers:
+        while not self._done(model, inputs.pairs, gap0) and tried < opts.max_edits and layers:
             layer = self._locate(model, layers, inputs.pairs, stats)
             trial = EditRecord("trial")
-            rank_one_edit(model, layer, *_pairs_on(model, inputs.pairs)[:2], stats[layer], o.rank, trial, o.block())
-            acc = accuracy(model, inputs.data, inputs.num_classes, max_samples=o.max_samples)[0]
-            kept = acc >= base - o.max_drop
+            rank_one_edit(model, layer, *_pairs_on(model, inputs.pairs)[:2], stats[layer], opts.rank, trial, opts.block())
+            acc = accuracy(model, inputs.data, inputs.num_classes, max_samples=opts.max_samples)[0]
+            kept = acc >= base - opts.max_drop
             record.info["edits"].append({"layer": layer, "clean_accuracy": acc, "kept": kept})
             tried += 1
             layers.remove(layer)          # its best rank-r step is spent (or refused): locate elsewhere
@@ -220,7 +221,7 @@ class Rectify(Editor):
         if record.info["rectified"] < 1.0:      # the gap target is the aim; every pair rectified is required
             raise InputError(f"rectify: {record.info['rectified']:.0%} of the corrupted inputs rectified, gap "
                              f"{record.info['gap_after']:.3g} of {record.info['gap_before']:.3g} left after {tried} "
-                             f"edits (max_edits={o.max_edits}, max_drop={o.max_drop}); the model is unchanged")
+                             f"edits (max_edits={opts.max_edits}, max_drop={opts.max_drop}); the model is unchanged")
         return record
 
     @staticmethod

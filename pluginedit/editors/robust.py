@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from ..core import registry
-from ..core.components import get_module
+from ..core.components import eval_mode, get_module
 from ..core.errors import InputError
 from ..core.plugin import COUNT, FRACTION, NONNEGATIVE, POSITIVE, SEED, Editor, option
 from .rectify import _pairs_on, key_statistics, last_feature_layer, rectified
@@ -42,41 +42,37 @@ class LowRank(Editor):
     Options = LowRankOptions
 
     def apply(self, model, scores, inputs):
-        o = self.options
-        layer = o.layer or last_feature_layer(model, inputs)
+        opts = self.options
+        layer = opts.layer or last_feature_layer(model, inputs)
         module = get_module(model, layer)
-        c = key_statistics(model, [layer], inputs.data, o.max_samples)[layer].to(module.weight)
+        c = key_statistics(model, [layer], inputs.data, opts.max_samples)[layer].to(module.weight)
         w0 = module.weight.detach().clone()
         delta = self._optimise(model, layer, w0, c, inputs.pairs)
-        record = self.record(f"rank-{o.rank} weight update (optimised)", info={"layer": layer})
+        record = self.record(f"rank-{opts.rank} weight update (optimised)", info={"layer": layer})
         record.saved[f"{layer}.weight"] = w0
         with torch.no_grad():
             module.weight.copy_(w0 + delta)
-        record.changes[layer] = [o.rank]
+        record.changes[layer] = [opts.rank]
         record.info["rectified"] = rectified(model, inputs.pairs)
         return record
 
     def _optimise(self, model, layer, w0, c, pairs) -> torch.Tensor:
-        o = self.options
+        opts = self.options
         _, corrupted, y = _pairs_on(model, pairs)
         flat = w0.flatten(1)
-        g = torch.Generator().manual_seed(o.seed)
-        u = torch.zeros(flat.shape[0], o.rank, device=w0.device, requires_grad=True)
-        v = (torch.randn(flat.shape[1], o.rank, generator=g) / flat.shape[1] ** 0.5).to(w0.device).requires_grad_(True)
+        g = torch.Generator().manual_seed(opts.seed)
+        u = torch.zeros(flat.shape[0], opts.rank, device=w0.device, requires_grad=True)
+        v = (torch.randn(flat.shape[1], opts.rank, generator=g) / flat.shape[1] ** 0.5).to(w0.device).requires_grad_(True)
         scale = torch.trace(flat @ c @ flat.T).clamp_min(1e-12)
-        opt = torch.optim.Adam([u, v], lr=o.lr)
-        was = model.training
-        model.eval()
-        try:
-            for _ in range(o.steps):
+        opt = torch.optim.Adam([u, v], lr=opts.lr)
+        with eval_mode(model):
+            for _ in range(opts.steps):
                 d = u @ v.T
                 logits = functional_call(model, {f"{layer}.weight": w0 + d.reshape(w0.shape)}, (corrupted,))
-                loss = F.cross_entropy(logits, y) + o.keep * torch.trace(d @ c @ d.T) / scale
+                loss = F.cross_entropy(logits, y) + opts.keep * torch.trace(d @ c @ d.T) / scale
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-        finally:
-            model.train(was)
         delta = (u @ v.T).detach().reshape(w0.shape)
         if not torch.isfinite(delta).all():
             raise InputError("low-rank: the optimised edit is not finite (lower lr)")
@@ -108,16 +104,16 @@ class Interpolate(Editor):
     Options = InterpolateOptions
 
     def apply(self, model, scores, inputs):
-        o = self.options
-        base = registry.get_editor(o.base, **o.base_options)
+        opts = self.options
+        base = registry.get_editor(opts.base, **opts.base_options)
         inner = base.apply(model, scores, inputs)
         layers = {k.rsplit(".", 1)[0] for k in inner.saved}
         if len(layers) != 1:
-            raise InputError(f"interpolate needs a single-layer edit; {o.base!r} changed {sorted(layers)}")
+            raise InputError(f"interpolate needs a single-layer edit; {opts.base!r} changed {sorted(layers)}")
         params = dict(model.named_parameters())
         edited = {k: params[k].detach().clone() for k in inner.saved}
-        interpolate(model, inner.saved, edited, o.t)
-        record = self.record(f"1-layer interpolation (t={o.t}) of {o.base}",
+        interpolate(model, inner.saved, edited, opts.t)
+        record = self.record(f"1-layer interpolation (t={opts.t}) of {opts.base}",
                              info={"layer": layers.pop(), "base": inner.summary()})
         record.saved, record.changes = inner.saved, inner.changes
         record.info["rectified"] = rectified(model, inputs.pairs)

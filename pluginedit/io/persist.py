@@ -4,19 +4,37 @@ from __future__ import annotations
 from collections import OrderedDict
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save_file
-import torch
 from torch import nn
 
 from ..core.components import kind_of, unit_consumer
 from ..core.errors import InputError
 from ..core.files import written_whole
 from ..core.record import EditRecord
-from ..editors._tp import replay_steps
-from .manifest import FORMAT, MANIFEST, WEIGHTS, read_manifest, read_weights, sha256, versions, write_manifest
-from .models import STEPS_ATTR, build, history_of, is_bound, load_state, set_history, set_source, source_of
+from ..graph.replay import replay_steps
+from .manifest import (
+    FORMAT,
+    MANIFEST,
+    WEIGHTS,
+    read_manifest,
+    read_weights,
+    sha256,
+    versions,
+    write_manifest,
+)
+from .models import (
+    STEPS_ATTR,
+    build,
+    history_of,
+    is_bound,
+    load_state,
+    set_history,
+    set_source,
+    source_of,
+)
 from .trust import trusted_specs
 
 

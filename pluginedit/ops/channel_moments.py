@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from . import register
 from ._common import _as_nc_l
+from .dispatch import register
 
 
 @register("channel_moments", "torch")
@@ -17,10 +17,10 @@ def channel_moments(x: torch.Tensor, labels: torch.Tensor, num_classes: int):
     have count 0, mean 0 and m2 0.
     """
     v = _as_nc_l(x).double()
-    n, c, l = v.shape
+    n, c, length = v.shape
     k = num_classes
     count = torch.zeros(k, dtype=torch.float64, device=x.device).index_add_(
-        0, labels, torch.full((n,), float(l), dtype=torch.float64, device=x.device))
+        0, labels, torch.full((n,), float(length), dtype=torch.float64, device=x.device))
     sums = torch.zeros(k, c, dtype=torch.float64, device=x.device).index_add_(0, labels, v.sum(2))
     mean = sums / count.clamp_min(1).unsqueeze(1)
     dev = v - mean[labels].unsqueeze(2)

@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from . import register
 from ._common import _as_nc_l
+from .dispatch import register
 
 
 @register("class_maps", "torch")
@@ -20,13 +20,13 @@ def class_maps(x: torch.Tensor, labels: torch.Tensor, num_classes: int, full: bo
     per-class sums of x x^T over space (for full-covariance Gaussians of small maps).
     """
     v = _as_nc_l(x).double()
-    n, c, l = v.shape
+    n, c, length = v.shape
     k = num_classes
     zeros = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=x.device)  # noqa: E731
     counts = zeros(k).index_add_(0, labels, torch.ones(n, dtype=torch.float64, device=x.device))
-    sums = zeros(k, c, l).index_add_(0, labels, v)
-    squares = zeros(k, c, l).index_add_(0, labels, v.square())
-    outer = zeros(k, c, l, l).index_add_(0, labels, v.unsqueeze(3) * v.unsqueeze(2)) if full else None
+    sums = zeros(k, c, length).index_add_(0, labels, v)
+    squares = zeros(k, c, length).index_add_(0, labels, v.square())
+    outer = zeros(k, c, length, length).index_add_(0, labels, v.unsqueeze(3) * v.unsqueeze(2)) if full else None
     return counts, sums, squares, outer
 
 
@@ -42,8 +42,8 @@ def class_maps_op(x: torch.Tensor, labels: torch.Tensor, num_classes: int,
 
 @class_maps_op.register_fake
 def _(x, labels, num_classes, full=False):
-    k, c, l = num_classes, x.shape[1], math.prod(x.shape[2:])
+    k, c, length = num_classes, x.shape[1], math.prod(x.shape[2:])
     f = dict(dtype=torch.float64, device=x.device)
-    m = l if full else 0
-    return (x.new_empty((k,), **f), x.new_empty((k, c, l), **f), x.new_empty((k, c, l), **f),
+    m = length if full else 0
+    return (x.new_empty((k,), **f), x.new_empty((k, c, length), **f), x.new_empty((k, c, length), **f),
             x.new_empty((k, c, m, m), **f))

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from . import _csrc, register
+from . import _csrc
 from ._common import _as_nc_l
+from .dispatch import register
 
 # Witness features per (sample, channel), in this order: powers of the spatial sum s, and
 # e = exp(-gamma * ||A||_F) with its square. P = len(WITNESS_FEATURES).
@@ -59,9 +60,9 @@ if _csrc.LOADED:
         return torch.ops.pluginedit.class_moments(x, labels, int(num_classes), float(gamma), shift)
 
 if _csrc.TRITON:
-    from ..triton_kernels import class_moments as _k2
+    from ..triton_kernels import class_moments as triton_class_moments
 
     @register("class_moments", "triton")
     def class_moments_triton(x, labels, num_classes, gamma=1.0, shift=None, **kwargs):
         """float64 (counts [K], sums [K, C, 6]); kwargs: deterministic=, state=, block sizes."""
-        return _k2.class_moments(x, labels, num_classes, gamma, shift, **kwargs)
+        return triton_class_moments.class_moments(x, labels, num_classes, gamma, shift, **kwargs)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from . import _csrc, register
+from . import _csrc
+from .dispatch import register
 
 
 def _patches(x: torch.Tensor, kernel_size, stride, padding, dilation) -> torch.Tensor:
@@ -92,9 +93,9 @@ if _csrc.LOADED:
         return g, s, _conv_rows(x, kernel_size, stride, padding, dilation)[0]
 
 if _csrc.TRITON:
-    from ..triton_kernels import gram as _k3
+    from ..triton_kernels import gram as triton_gram
 
     @register("gram", "triton")
     def gram_triton(x, kernel_size=None, stride=1, padding=0, dilation=1, chunk=64, **kwargs):
         """fp32 (G [D, D], s [D]) and n; kwargs: precision= ('tf32x3' default), out=, splits=."""
-        return _k3.gram(x, kernel_size, stride, padding, dilation, chunk, **kwargs)
+        return triton_gram.gram(x, kernel_size, stride, padding, dilation, chunk, **kwargs)

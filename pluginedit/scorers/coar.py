@@ -1,7 +1,7 @@
 """COAR component attributions (ALGORITHMS.md 5): regress each example's correct-class margin on
 random ablation masks over every conv filter / linear row, jointly for all examples.
 
-``estimate`` runs the batched masked forwards (``capture.masks``), folds them into
+``estimate`` runs the batched masked forwards (``scorers.masks``), folds them into
 ``AblationSums`` and solves by least squares (``ols``) or by the difference of means (``diffmeans``,
 no C x C system). ``lds`` evaluates attributions on fresh masks: per example, the Pearson
 correlation between predicted and actual margins. The ``coar`` scorer turns attributions into
@@ -17,34 +17,33 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..capture import as_loader, model_device
-from ..capture.masks import component_slices, keep_gradients, keep_masks, margins, masked_outputs
+from ..capture import batches, model_device
+from ..core.batches import batch_to, cat_batches
+from ..core.components import eval_mode
 from ..core.errors import InputError
 from ..core.plugin import COUNT, NONNEGATIVE, RATIO, SEED, Scorer, option
-from ..core.outputs import cat, take, to
 from ..stats.ablation import AblationSums
 from ..stats.distributed import is_main, world
+from .masks import component_slices, keep_gradients, keep_masks, margins, masked_outputs
 
 
-def labelled(data, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``n`` (all when None) examples of labelled ``data`` as (x, y) tensors."""
-    xs, ys, seen = [], [], 0
-    for x, y in as_loader(data, batch_size=512 if n is None else max(1, min(n, 512))):
+def labelled(model, data, num_classes: int | None, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` (all when None) examples of labelled ``data`` as (x, y) tensors on the
+    model's device, read through ``capture.batches`` (finite inputs, labels in range)."""
+    xs, ys = [], []
+    for x, y in batches(model, data, num_classes, batch_size=512 if n is None else max(1, min(n, 512)),
+                        max_samples=n):
         xs.append(x)
         ys.append(y)
-        seen += len(y)
-        if n is not None and seen >= n:
-            break
     if not ys:
         raise InputError("COAR needs labelled data; got none")
-    n = seen if n is None else n
-    return take(cat(xs), slice(0, n)), torch.cat(ys)[:n]
+    return cat_batches(xs), torch.cat(ys)
 
 
 def masked_margins(model, x, y, slices, masks, chunk: int) -> torch.Tensor:
     """[M, N] margins for every mask, ``chunk`` masks per forward pass."""
     dev = model_device(model)
-    x, y = to(x, dev), y.to(dev)
+    x, y = batch_to(x, dev), y.to(dev)
     return torch.cat([margins(masked_outputs(model, x, slices, masks[i:i + chunk]), y).float().cpu()
                       for i in range(0, masks.shape[0], chunk)])
 
@@ -54,7 +53,7 @@ def gradient_prior(model, x, y, slices, points: int, alpha: float, seed: int) ->
     ``points`` random keep masks of the same design (at all ones when ``points`` is 0)."""
     c, n = sum(w for _, _, w in slices), len(y)
     dev = model_device(model)
-    x, y = to(x, dev), y.to(dev)
+    x, y = batch_to(x, dev), y.to(dev)
     if points == 0:
         return keep_gradients(model, x, y, slices, torch.ones(n, c)).T.cpu().double()
     total, comm = torch.zeros(n, c, dtype=torch.float64), world()
@@ -81,7 +80,7 @@ def chord_prior(model, x, y, slices, points: int, alpha: float, seed: int) -> to
     thinned = max(0.0, (alpha - 0.5 / groups) / (1 - 1 / groups))
     g = torch.Generator().manual_seed(int(seed) * 1_000_003 + 104_729)
     dev = model_device(model)
-    x, y = to(x, dev), y.to(dev)
+    x, y = batch_to(x, dev), y.to(dev)
     total = torch.zeros(n, c, dtype=torch.float64)
     count = torch.zeros(n, c, dtype=torch.float64)
     comm = world()
@@ -182,9 +181,7 @@ def estimate(model, x, y, paths: list[str], n_masks: int = 1000, alpha: float = 
     with the same design continues from them. Under torch.distributed the prior's points and
     the masks are shared out over the ranks and their sums all-reduced; rank 0 saves."""
     _check(estimator, prior, n_masks, folds)
-    was = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         slices = component_slices(model, paths)
         c = sum(w for _, _, w in slices)
         gram = estimator != "diffmeans"
@@ -199,8 +196,6 @@ def estimate(model, x, y, paths: list[str], n_masks: int = 1000, alpha: float = 
             sums.merge(_block(model, x, y, slices, p, sums, n_masks, seed, alpha, chunk, block))
             if is_main():
                 _checkpoint(resume, sums, p, meta)
-    finally:
-        model.train(was)
     if sums.masks_seen == 0:
         w, b, info = torch.zeros_like(p), torch.zeros(len(y), dtype=torch.float64), {"estimator": "prior only"}
     else:
@@ -231,12 +226,8 @@ def lds(model, x, y, att: Attributions, n_masks: int = 200, alpha: float = 0.05,
     """Per example, the Pearson correlation [N] between predicted (b + w.x) and actual margins on
     ``n_masks`` fresh masks (mask indices disjoint from estimation's when ``seed`` differs)."""
     masks = keep_masks(seed, 0, n_masks, att.w.shape[0], alpha)
-    was = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         actual = masked_margins(model, x, y, att.slices, masks, chunk)        # [M, N]
-    finally:
-        model.train(was)
     return pearson(actual, masks.float() @ att.w + att.b)
 
 
@@ -251,9 +242,9 @@ def leave_one_out(model, x, y, paths: list[str], chunk: int = 16) -> Attribution
     """Baseline: w_c = margin with everything kept - margin with only c ablated (C + 1 passes)."""
     slices = component_slices(model, paths)
     c = sum(w for _, _, w in slices)
-    model.eval()
-    full = masked_margins(model, x, y, slices, torch.ones(1, c, dtype=torch.bool), 1)[0]
-    single = masked_margins(model, x, y, slices, ~torch.eye(c, dtype=torch.bool), chunk)
+    with eval_mode(model):
+        full = masked_margins(model, x, y, slices, torch.ones(1, c, dtype=torch.bool), 1)[0]
+        single = masked_margins(model, x, y, slices, ~torch.eye(c, dtype=torch.bool), chunk)
     return Attributions(full - single, torch.zeros_like(full), slices, {"estimator": "loo",
                         "forward_equivalents_per_example": c + 1})
 
@@ -262,8 +253,8 @@ def gradient_times_parameter(model, x, y, paths: list[str]) -> Attributions:
     """Baseline: d margin / d keep at the full model, i.e. sum over each weight slice of
     gradient x parameter (one backward)."""
     slices = component_slices(model, paths)
-    model.eval()
-    g = gradient_prior(model, x, y, slices, 0, 0.0, 0).float()
+    with eval_mode(model):
+        g = gradient_prior(model, x, y, slices, 0, 0.0, 0).float()
     return Attributions(g, torch.zeros(len(y)), slices, {"estimator": "grad_x_param",
                         "forward_equivalents_per_example": 3})
 
@@ -293,9 +284,9 @@ class CoarScorer(Scorer):
     Options = CoarOptions
 
     def score(self, model, stats, inputs):
-        o = self.options
-        x, y = labelled(inputs.data, o.examples)
-        att = estimate(model, x, y, list(inputs.targets), o.masks, o.alpha, o.seed, o.estimator, o.prior,
-                       o.prior_points, chunk=o.chunk, resume=o.resume)
-        imp = att.w.abs().mean(1) if o.reduce == "abs" else att.w.mean(1)
+        opts = self.options
+        x, y = labelled(model, inputs.data, inputs.num_classes, opts.examples)
+        att = estimate(model, x, y, list(inputs.targets), opts.masks, opts.alpha, opts.seed, opts.estimator, opts.prior,
+                       opts.prior_points, chunk=opts.chunk, resume=opts.resume)
+        imp = att.w.abs().mean(1) if opts.reduce == "abs" else att.w.mean(1)
         return {p: imp[s:s + n] for p, s, n in att.slices}, {"coar": att.info}

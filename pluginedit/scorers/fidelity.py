@@ -29,10 +29,10 @@ from torch import nn
 
 from ..capture import Request, collect
 from ..core.components import get_module, groups, kind_of, size_of, transformer_units, unit_consumer
-from ..linalg import ridge_for
 from ..core.errors import InputError
 from ..core.plugin import Scorer, option
-from ..editors._tp import consumers   # the torch-pruning adapter (see ARCHITECTURE.md)
+from ..graph.groups import consumers
+from ..linalg import ridge_for
 from ..stats import Gram
 
 VARIANTS = ("centred", "uncentred", "fidelity", "alpha")

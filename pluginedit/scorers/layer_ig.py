@@ -11,10 +11,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..capture.keys import layer_keys
 from ..core.components import get_module
 from ..core.outputs import output
 from ..linalg import solve_spd
+from .keys import layer_keys
 
 
 def _flat(out: torch.Tensor, module: nn.Module) -> torch.Tensor:

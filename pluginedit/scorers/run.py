@@ -5,11 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..capture import (check_model, check_nonempty, check_runs, checked_classes, collect, default_targets,
-                       example_batch, for_model)
+from ..capture import check_model, checked_inputs, collect
 from ..core import registry
 from ..core.checks import number
-from ..core.components import eval_mode, groups
+from ..core.components import eval_mode
 from ..core.errors import InputError, PluginRunError
 from ..core.outputs import output
 from ..core.plugin import Inputs, Scorer, failures_named
@@ -37,24 +36,12 @@ def _resolve(scorer, options: dict) -> Scorer:
 def _inputs(model, scorers, data, targets, num_classes, example) -> Inputs:
     """Everything the scorers read, checked before any pass over the data; ``data`` and
     ``example`` come back with float64 inputs converted for a float32 model."""
-    check_model(model)
+    check_model(model, "score")
     if any(s.needs_data for s in scorers) and data is None:
         need = [s.name for s in scorers if s.needs_data]
         raise InputError(f"scorer {', '.join(map(repr, need))} needs data (labelled samples)")
-    check_nonempty(data)
-    data, example = for_model(model, data, example)
-    example = example if example is not None else example_batch(data)
-    check_runs(model, example)
-    num_classes = checked_classes(model, data, example, num_classes,
-                                  need=2 if any(s.needs_labels for s in scorers) else 0)
-    known = groups(model)
-    if not known:
-        raise InputError(f"the model ({type(model).__name__}) has no conv/linear layers to score")
-    targets = list(targets or default_targets(model, example, num_classes))
-    missing = [t for t in targets if t not in known]
-    if missing:
-        raise InputError(f"targets {missing} are not conv/linear layers of the model; known: {list(known)}")
-    return Inputs(data=data, example=example, num_classes=num_classes, targets=tuple(targets))
+    return checked_inputs(model, data, example, num_classes, need=2 if any(s.needs_labels for s in scorers) else 0,
+                          targets=targets, all_by_default=True)
 
 
 def score_many(model: nn.Module, scorers: list, data=None, targets=None, num_classes=None,

@@ -1,5 +1,6 @@
 """First-order Taylor importance from torch-pruning, wrapped as a scorer plugin (through the
-adapter, ``editors/_tp.py``): any torch-pruning importance can serve as a pluginedit scorer."""
+dependency layer, ``pluginedit.graph``): any torch-pruning importance can serve as a pluginedit
+scorer."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,8 +11,8 @@ from ..capture import batches
 from ..core.components import eval_mode, grads_kept
 from ..core.outputs import output
 from ..core.plugin import COUNT, Scorer, option
+from ..graph.groups import group_scores
 from ..stats.distributed import sum_gradients
-from ..editors._tp import group_scores   # torch-pruning's Taylor importance, through the adapter
 
 
 @dataclass(frozen=True)

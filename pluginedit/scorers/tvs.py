@@ -13,13 +13,13 @@ from typing import Literal
 
 import torch
 
-from . import bounds
 from ..capture import Request
+from ..capture.hookpoints import resolve_auto
 from ..core.components import get_module, size_of
 from ..core.errors import InputError
-from ..capture.hookpoints import resolve_auto
 from ..core.plugin import NONNEGATIVE, Scorer, option
 from ..stats.class_moments import ClassMaps, check_counts
+from . import bounds
 
 FORMS = ("iso", "diag", "full")
 
@@ -86,13 +86,13 @@ class TVSScorer(Scorer):
     Options = TVSOptions
 
     def requests(self, model, inputs):
-        o = self.options
-        order = (o.hook, "conv") if o.hook != "conv" else ("conv",)
+        opts = self.options
+        order = (opts.hook, "conv") if opts.hook != "conv" else ("conv",)
         reqs = {}
         for path in inputs.targets:
             module, where = resolve_auto(model, path, order)
             stat = ClassMaps(size_of(get_module(model, path)), inputs.num_classes,
-                             full=o.form == "full", max_full=o.max_full)
+                             full=opts.form == "full", max_full=opts.max_full)
             reqs[path] = Request(module, stat, where)
         return reqs
 

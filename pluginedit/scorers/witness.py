@@ -12,13 +12,19 @@ from typing import Literal
 
 import torch
 
-from . import bounds
 from ..capture import Request
+from ..capture.hookpoints import resolve
 from ..core.components import get_module, size_of
 from ..core.errors import InputError
-from ..capture.hookpoints import resolve
 from ..core.plugin import NONNEGATIVE, POSITIVE, Scorer, option
-from ..stats.class_moments import FEATURES, ClassMoments, check_counts, feature_moments, unshift_poly
+from ..stats.class_moments import (
+    FEATURES,
+    ClassMoments,
+    check_counts,
+    feature_moments,
+    unshift_poly,
+)
+from . import bounds
 
 METHODS = ("fisher", "mpm", "robust", "raw")
 AGGREGATIONS = ("ovr_min", "pairwise_min")
@@ -114,7 +120,7 @@ class WitnessScorer(Scorer):
         return reqs
 
     def score(self, model, stats, inputs):
-        o = self.options
-        return {path: witness_scores(stats[path], o.method, o.features, o.aggregation,
-                                     o.target_class, o.radius).float()
+        opts = self.options
+        return {path: witness_scores(stats[path], opts.method, opts.features, opts.aggregation,
+                                     opts.target_class, opts.radius).float()
                 for path in inputs.targets}

@@ -62,7 +62,7 @@ class AblationSums(Statistic):
             if self.gram:
                 self.xtx[f] += xf.T @ xf
 
-    def merge(self, other: "AblationSums") -> "AblationSums":
+    def merge(self, other: AblationSums) -> AblationSums:
         self._check_merge(other)
         for key in ("count", "xty", "yty", "xtx", "kept"):
             setattr(self, key, getattr(self, key) + getattr(other, key))

@@ -20,12 +20,12 @@ class Statistic(abc.ABC):
     def update(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> None: ...
 
     @abc.abstractmethod
-    def merge(self, other: "Statistic") -> "Statistic": ...
+    def merge(self, other: Statistic) -> Statistic: ...
 
     @abc.abstractmethod
     def state_dict(self) -> dict[str, torch.Tensor]: ...
 
-    def to(self, device) -> "Statistic":
+    def to(self, device) -> Statistic:
         """Move the accumulators to ``device`` (they follow the activations: an update on another
         device moves them once, a merge brings the other side over)."""
         for name, value in list(vars(self).items()):
@@ -62,7 +62,7 @@ class Statistic(abc.ABC):
         for key, value in comm.sum(self.state_dict()).items():
             setattr(self, key, value)
 
-    def _check_merge(self, other: "Statistic") -> None:
+    def _check_merge(self, other: Statistic) -> None:
         if type(other) is not type(self):
             raise TypeError(f"cannot merge {type(other).__name__} into {type(self).__name__}")
         other.to(self.device)

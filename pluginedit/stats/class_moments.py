@@ -120,7 +120,7 @@ class ClassMoments(Statistic):
         mean = self.shift + self.sums[..., 0].sum(0) / n
         return self.recentred(mean), mean
 
-    def merge(self, other: "ClassMoments") -> "ClassMoments":
+    def merge(self, other: ClassMoments) -> ClassMoments:
         self._check_merge(other)
         if other.gamma != self.gamma:
             raise InputError(f"cannot merge ClassMoments with gamma {other.gamma} into gamma {self.gamma}")
@@ -198,7 +198,7 @@ class ClassMaps(Statistic):
         if self.full:
             self.outer = outer if self.outer is None else self.outer + outer
 
-    def merge(self, other: "ClassMaps") -> "ClassMaps":
+    def merge(self, other: ClassMaps) -> ClassMaps:
         if other.sums is None:
             return self
         if self.sums is None:

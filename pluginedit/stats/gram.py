@@ -33,7 +33,7 @@ class Gram(Statistic):
         self.scatter = torch.zeros(self.dim, self.dim, dtype=torch.float64)
 
     @classmethod
-    def for_module(cls, module: nn.Module, **kw) -> "Gram":
+    def for_module(cls, module: nn.Module, **kw) -> Gram:
         """The Gram of the inputs of a Linear or (groups=1, numeric padding) Conv2d."""
         if isinstance(module, nn.Linear):
             return cls(module.in_features, **kw)
@@ -41,8 +41,8 @@ class Gram(Statistic):
             if module.groups != 1 or isinstance(module.padding, str) or module.padding_mode != "zeros":
                 raise InputError("Gram supports Conv2d with groups=1 and numeric zero padding only, "
                                  f"got groups={module.groups}, padding={module.padding!r}")
-            kh, kw_ = module.kernel_size
-            return cls(module.in_channels * kh * kw_, module.kernel_size, module.stride,
+            kernel_h, kernel_w = module.kernel_size
+            return cls(module.in_channels * kernel_h * kernel_w, module.kernel_size, module.stride,
                        module.padding, module.dilation, **kw)
         raise InputError(f"Gram needs a Linear or Conv2d module, got {type(module).__name__}")
 
@@ -73,7 +73,7 @@ class Gram(Statistic):
         self.mean = self.mean + delta * (n_b / n)
         self.count = torch.tensor(n, dtype=torch.float64)
 
-    def to(self, device) -> "Gram":
+    def to(self, device) -> Gram:
         """Mean and scatter follow the activations; the count stays a host scalar (it is known
         from shapes, so reading it never waits for the device)."""
         self.mean, self.scatter = self.mean.to(device), self.scatter.to(device)
@@ -88,7 +88,7 @@ class Gram(Statistic):
         self.mean = self.mean + delta * (n_b / n)
         self.count = torch.tensor(n, dtype=torch.float64)
 
-    def merge(self, other: "Gram") -> "Gram":
+    def merge(self, other: Gram) -> Gram:
         self._check_merge(other)
         if float(other.count) > 0:
             self._fold(float(other.count), other.mean, other.scatter)

@@ -37,7 +37,7 @@ class ChannelMoments(Statistic):
         batch = fn(x, labels, self.num_classes)
         self.count, self.mean, self.m2 = chan_merge(self.count, self.mean, self.m2, *batch)
 
-    def merge(self, other: "ChannelMoments") -> "ChannelMoments":
+    def merge(self, other: ChannelMoments) -> ChannelMoments:
         self._check_merge(other)
         self.count, self.mean, self.m2 = chan_merge(
             self.count, self.mean, self.m2, other.count, other.mean, other.m2)

@@ -153,6 +153,7 @@ def test_cli_one_class_data_exits_2(tmp_path, capsys):
     assert "class(es)" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_typo_in_an_editor_option_exits_2(capsys):
     assert cli.main(["prune", "-o", "bogus=1"]) == 2
     assert "bogus" in capsys.readouterr().err
@@ -205,7 +206,7 @@ def test_depthwise_model_keeps_running_after_discedit_sp():
 
 
 def test_classes_absent_from_the_test_data_report_none():
-    from pluginedit.report import accuracy
+    from pluginedit.evaluate import accuracy
     acc, per_class = accuracy(_net(), (X[:3], Y[:3]), 4)
     assert per_class[3] is None and all(a is not None for a in per_class[:3])
 
@@ -221,7 +222,7 @@ class _TwoHeads(nn.Module):
 
 
 def test_the_output_rule_can_be_overridden_per_model():
-    from pluginedit.capture import accuracy
+    from pluginedit.evaluate import accuracy
     model = _TwoHeads()
     with pytest.raises(InputError, match="labels out of range"):      # 7 outputs read as classes
         pe.score(model, "witness", data=(X, Y + 5))

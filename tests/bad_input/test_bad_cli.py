@@ -9,6 +9,7 @@ import time
 
 import pytest
 import torch
+from _bad_input_helpers import Untouched, X, Y, tiny
 from safetensors.torch import save_file
 
 import pluginedit as pe
@@ -16,8 +17,6 @@ from pluginedit import cli
 from pluginedit.cli import checks
 from pluginedit.core import registry
 from pluginedit.core.errors import InputError
-
-from _bad_input_helpers import X, Y, Untouched, tiny
 
 
 def _exits_2_at_once(argv, capsys, within: float | None = 2.0) -> str:
@@ -122,10 +121,10 @@ def test_model_description_is_checked_before_any_work(argv, match, capsys):
 
 def test_arch_defaults_to_vgg_only_when_nothing_names_the_model():
     args = cli.parser().parse_args(["prune"])
-    checks._check_args(args)
+    checks.check_args(args)
     assert args.arch == "vgg"
     args = cli.parser().parse_args(["prune", "--model", "_bad_input_helpers:tiny"])
-    checks._check_args(args)
+    checks.check_args(args)
     assert args.arch is None
 
 

@@ -122,6 +122,7 @@ def test_truncated_tensor_file_and_npz_with_objects(tmp_path):
         data.load_dataset(str(g))
 
 
+@pytest.mark.slow
 def test_cache_never_serves_a_model_trained_on_other_data(tmp_path, monkeypatch):
     """Two data folders of the same name and size: two cache entries, two models."""
     monkeypatch.setenv("PLUGINEDIT_CACHE", str(tmp_path / "cache"))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _bad_input_helpers import Untouched, X, tiny
 from safetensors.torch import save_file
 from torch import nn
 
@@ -24,8 +25,6 @@ from pluginedit.contrib import data, train, zoo
 from pluginedit.core import scores as scores_module
 from pluginedit.core.errors import InputError
 from pluginedit.io import persist
-
-from _bad_input_helpers import X, Untouched, tiny
 
 TINY = {"widths": (4,), "hidden": 8}          # a digits VGG that trains in about a second
 
@@ -99,6 +98,7 @@ def test_interrupted_model_save_keeps_the_previous_save(tmp_path, monkeypatch):
     assert all(torch.equal(back.state_dict()[k], v) for k, v in first.items())
 
 
+@pytest.mark.slow
 def test_interrupted_checkpoint_write_leaves_a_clean_cache(tmp_path, monkeypatch, digits):
     monkeypatch.setenv("PLUGINEDIT_CACHE", str(tmp_path))
     small = data.DataBundle(digits.name, digits.train.subset(120), digits.test, 10, digits.class_names)
@@ -142,6 +142,7 @@ def _corrupt_checkpoint(path: Path, how: str) -> None:
         save_file({"weight": torch.ones(3, 3)}, str(path))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how,detail", [
     ("truncated", "not a readable safetensors file"), ("empty", "not a readable safetensors file"),
     ("garbage", "not a readable safetensors file"), ("other-model", "the weights do not fit the model")])
@@ -161,6 +162,7 @@ def test_corrupted_cache_checkpoint_is_named_and_retrain_repairs_it(cached, tmp_
     assert _leftovers(cache) == [ckpt.name]
 
 
+@pytest.mark.slow
 def test_cli_with_a_corrupted_cache_checkpoint_exits_2(tmp_path, monkeypatch, digits, capsys):
     monkeypatch.setenv(train.CACHE_ENV, str(tmp_path))
     key = train._key("vgg", digits, zoo.default_config("vgg", "digits"), train.DEFAULT_EPOCHS["digits"], 0)
@@ -217,6 +219,7 @@ def test_corrupted_saved_model_is_named(tmp_path, how, match):
     assert str(folder) in str(e.value)
 
 
+@pytest.mark.slow
 def test_cli_with_corrupted_weights_exits_2(tmp_path, capsys):
     bad = tmp_path / "w.safetensors"
     bad.write_bytes(b"not safetensors at all")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _bad_input_helpers import Untouched, X, Y, tiny
 from torch import nn
 
 import pluginedit as pe
@@ -13,8 +14,6 @@ from pluginedit.capture import Split
 from pluginedit.core import registry
 from pluginedit.core.errors import EditError, InputError, PluginRunError
 from pluginedit.scorers.magnitude import L1Scorer
-
-from _bad_input_helpers import X, Y, Untouched, tiny
 
 BUILTIN_SCORERS = sorted(n for n, p in registry.plugins("scorer").items() if p.dist == "pluginedit")
 
@@ -359,6 +358,7 @@ def test_ratio_out_of_range_or_nan_is_refused(editor, ratio, match):
     guard.check()
 
 
+@pytest.mark.slow
 def test_cli_ratio_nan_exits_2(capsys):
     assert cli.main(["prune", "--ratio", "nan", "--calib-samples", "64"]) == 2
     assert "ratio must lie in (0, 1), got nan" in capsys.readouterr().err
@@ -385,6 +385,7 @@ def test_unknown_plugin_names_and_options_are_named(call, match):
     (["plugins", "--describe", "magic"], "unknown plugin 'magic'"),
     (["score", "-o", "bogus=1"], r"unknown option(s) ['bogus'] for 'l1'"),
 ], ids=["scorer", "editor", "describe", "option"])
+@pytest.mark.slow
 def test_cli_unknown_plugin_names_and_options_exit_2(argv, match, capsys):
     assert cli.main(argv + (["--calib-samples", "64"] if argv[0] != "plugins" else [])) == 2
     err = capsys.readouterr().err
@@ -474,6 +475,7 @@ def test_misbehaving_editor_is_named_and_rolled_back(editor, match):
     guard.check()
 
 
+@pytest.mark.slow
 def test_cli_scorer_that_raises_exits_2(monkeypatch, capsys):
     monkeypatch.setattr(L1Scorer, "score", lambda self, model, stats, inputs: 1 / 0)
     assert cli.main(["score", "--calib-samples", "64"]) == 2

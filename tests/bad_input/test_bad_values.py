@@ -10,6 +10,7 @@ import typing
 import numpy as np
 import pytest
 import torch
+from _bad_input_helpers import Untouched, X, Y, tiny
 from safetensors.torch import save_file
 from torch import nn
 
@@ -21,8 +22,6 @@ from pluginedit.core import registry
 from pluginedit.core.checks import MAX_CLASSES
 from pluginedit.core.errors import InputError
 from pluginedit.io.models import load_state, load_weights
-
-from _bad_input_helpers import X, Y, Untouched, tiny
 
 TINY = {"widths": (4,), "hidden": 8}
 XS = np.random.default_rng(0).standard_normal((40, 1, 8, 8)).astype(np.float32)
@@ -173,6 +172,7 @@ def test_float64_inputs_are_converted_for_a_float32_model():
     assert model[0].out_channels == 4 and model(X).dtype == torch.float32
 
 
+@pytest.mark.slow
 def test_float64_data_file_trains_and_scores_a_zoo_model(tmp_path, monkeypatch):
     monkeypatch.setenv("PLUGINEDIT_CACHE", str(tmp_path / "cache"))
     x = np.random.default_rng(1).standard_normal((60, 1, 8, 8))          # float64, NumPy's default
@@ -182,6 +182,7 @@ def test_float64_data_file_trains_and_scores_a_zoo_model(tmp_path, monkeypatch):
     assert set(pe.score(model, "witness", data=bundle.train)) and model(bundle.test.x).shape[1] == 3
 
 
+@pytest.mark.slow
 def test_cli_scores_a_zoo_model_on_a_float64_file(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PLUGINEDIT_CACHE", str(tmp_path / "cache"))
     f = _npz(tmp_path, x=np.random.default_rng(1).standard_normal((60, 1, 8, 8)), y=np.arange(60) % 3)
@@ -271,11 +272,13 @@ SEED = r"seed must lie in \[0, 18446744073709551615\], got 118059162071741130342
     lambda: Split(X, Y).subset(4, seed=2**70),
     lambda: train.fit(tiny(), Split(X, Y), 1, seed=2**70),
 ], ids=["random", "coar", "coar-forget", "as_loader", "subset", "fit"])
+@pytest.mark.slow
 def test_seeds_beyond_64_bits_are_named(call):
     with pytest.raises(InputError, match=SEED):
         call()
 
 
+@pytest.mark.slow
 def test_seeds_of_data_loading_and_training_are_checked(tmp_path):
     with pytest.raises(InputError, match=r"seed must lie in \[0, 4294967295\]"):
         data.load_digits(seed=2**40)               # scikit-learn takes 32-bit seeds

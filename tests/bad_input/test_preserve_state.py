@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _bad_input_helpers import Untouched, X, Y, tiny
 from torch import nn
 
 import pluginedit as pe
 from pluginedit.core.components import modes_kept
 from pluginedit.core.errors import InputError
-
-from _bad_input_helpers import X, Y, Untouched, tiny
 
 SCORERS = ["l1", "witness", "fidelity", "taylor", "tvs"]
 
@@ -20,7 +19,7 @@ SCORERS = ["l1", "witness", "fidelity", "taylor", "tvs"]
 
 def _with_grads(model: nn.Module) -> dict:
     """Give every parameter but one a gradient; returns {name: its values, or None}."""
-    for i, (name, p) in enumerate(model.named_parameters()):
+    for i, p in enumerate(model.parameters()):
         p.grad = None if i == 1 else torch.full_like(p, 0.5 + i)
     return {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()}
 

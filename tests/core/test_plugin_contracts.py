@@ -54,7 +54,7 @@ def test_every_builtin_declares_typed_options_with_help(kind):
     for name, info in registry.plugins(kind).items():
         if info.dist != "pluginedit":
             continue
-        for opt, default, help_ in describe(info.obj):
+        for opt, _default, help_ in describe(info.obj):
             assert help_, f"{kind} {name}: option {opt!r} has no help"
         if kind == "editor":
             assert info.obj.kind in EDITOR_KINDS, name

@@ -121,6 +121,7 @@ def example_installed(tmp_path_factory):
     registry.refresh()
 
 
+@pytest.mark.slow
 def test_example_plugin_is_discovered_and_prunes(example_installed, tmp_path):
     listing = subprocess.run([sys.executable, "-m", "pluginedit.cli", "plugins"], capture_output=True, text=True,
                              check=True).stdout

@@ -10,9 +10,10 @@ import torch
 
 import pluginedit as pe
 from pluginedit import cli
-from pluginedit.capture import Split, accuracy, predictions
+from pluginedit.capture import Split
 from pluginedit.core.errors import InputError
 from pluginedit.editors.coar_edit import welch_t
+from pluginedit.evaluate import accuracy, predictions
 
 FAST = {"masks": 0, "prior_points": 40}        # the chord prior alone: seconds on the digits CNN
 
@@ -84,6 +85,7 @@ def test_coar_forget_forgets_a_digit_and_keeps_the_rest(digits, digits_vgg):
     assert rec.info["ablated"] == rec.num_changed()
 
 
+@pytest.mark.slow
 def test_fix_and_forget_from_the_cli(tmp_path, capsys):
     out = tmp_path / "fix.json"
     opts = ["-o", "masks=0", "-o", "prior_points=40"]

@@ -6,9 +6,15 @@ import torch
 from torch import nn
 
 from pluginedit.capture import Request, collect
-from pluginedit.editors.compensate import compensate, refit_conv, refit_conv_full, refit_linear, slice_q
-from pluginedit.linalg import IllConditionedWarning, ridge_for, solve_spd
 from pluginedit.core.errors import InputError
+from pluginedit.editors.common.compensate import (
+    compensate,
+    refit_conv,
+    refit_conv_full,
+    refit_linear,
+    slice_q,
+)
+from pluginedit.linalg import IllConditionedWarning, ridge_for, solve_spd
 from pluginedit.stats import Gram
 
 

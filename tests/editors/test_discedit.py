@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from pluginedit import api, report
-from pluginedit.editors.mask import zero_components
 from pluginedit.core.errors import InputError
 from pluginedit.core.record import EditRecord
+from pluginedit.editors.mask import zero_components
 
 
 @pytest.fixture(scope="module")
@@ -16,11 +16,7 @@ def fm_test(fmnist):
     return fmnist.test.subset(2000)
 
 
-# On the ResNet fixture as trained on 2026-11-30 retained accuracy fell 3.03 points (limit 3) for
-# class 0, with this session's code and with the code before it alike: the model dependence that
-# issue 12 is about. Not strict, so a fixture that passes still passes.
-@pytest.mark.parametrize("arch", ["vgg", pytest.param("resnet", marks=pytest.mark.xfail(
-    reason="issue 12: DisCEdit-U retained accuracy is model-dependent (3.03 > 3 points measured)", strict=False))])
+@pytest.mark.parametrize("arch", ["vgg", "resnet"])
 def test_forgetting_drops_one_class_and_keeps_the_rest(arch, fmnist, fm_test, fmnist_vgg, fmnist_resnet):
     model = {"vgg": fmnist_vgg, "resnet": fmnist_resnet}[arch]
     _, dense = report.accuracy(model, fm_test, 10)

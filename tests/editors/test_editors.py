@@ -9,7 +9,7 @@ import pluginedit as pe
 from pluginedit.contrib import zoo
 from pluginedit.core.errors import EditError, InputError
 from pluginedit.core.plugin import Editor
-from pluginedit.report import accuracy
+from pluginedit.evaluate import accuracy
 
 
 def params(model):

@@ -6,9 +6,9 @@ import torch
 from torch import nn
 
 from pluginedit import api
-from pluginedit.editors.bnrecal import recalibrate_bn
-from pluginedit.linalg import IllConditionedWarning
 from pluginedit.core.errors import InputError
+from pluginedit.editors.common.bnrecal import recalibrate_bn
+from pluginedit.linalg import IllConditionedWarning
 from pluginedit.scorers.fidelity import collect_grams, pair_scores
 
 

@@ -9,12 +9,12 @@ import torch
 from torch import nn
 
 import pluginedit as pe
-from pluginedit.capture import predictions
-from pluginedit.capture.keys import block_output, layer_keys
 from pluginedit.core.errors import InputError
 from pluginedit.core.record import EditRecord
 from pluginedit.editors.rectify import rank_one_edit
+from pluginedit.evaluate import predictions
 from pluginedit.linalg import edit_directions, rank_r_update
+from pluginedit.scorers.keys import block_output, layer_keys
 from pluginedit.scorers.layer_ig import layer_integrated_gradients
 
 
@@ -65,7 +65,7 @@ def test_layer_integrated_gradients_are_complete():
                           nn.Flatten(), nn.Linear(3 * 5 * 5, 3)).eval()
     clean, corrupted = torch.randn(1, 7, 7), torch.randn(1, 7, 7)
     maps, gap = layer_integrated_gradients(model, ["0", "2", "5"], clean, corrupted, 1, steps=200)
-    for p, m in maps.items():
+    for m in maps.values():
         torch.testing.assert_close(m.sum(), gap, atol=2e-3 * (1 + abs(float(gap))), rtol=0)
 
 
@@ -123,8 +123,8 @@ def _trigger(x):
 @pytest.fixture(scope="module")
 def trojan(digits):
     """A digits CNN trained with 10% of its images triggered and relabelled 0."""
-    from pluginedit.contrib import train
     from pluginedit.capture import Split
+    from pluginedit.contrib import train
     tr = digits.train
     g = torch.Generator().manual_seed(0)
     idx = (tr.y != 0).nonzero().squeeze(1)
@@ -198,7 +198,9 @@ def test_low_rank_and_interpolation(digits, trojan):
 
 def test_rectify_from_the_cli_with_a_pairs_file(tmp_path, digits, trojan, capsys):
     import json
+
     from safetensors.torch import save_file
+
     from pluginedit import cli
     weights, pairs_file, out = tmp_path / "trojan.safetensors", tmp_path / "pairs.safetensors", tmp_path / "r.json"
     save_file({k: v.contiguous() for k, v in trojan.state_dict().items()}, str(weights))
@@ -218,9 +220,11 @@ def test_rectify_from_the_cli_with_a_pairs_file(tmp_path, digits, trojan, capsys
     assert cli.main(["rectify", "--editor", "prune", "--data", "digits"]) == 2
 
 
+@pytest.mark.slow
 def test_rectify_the_builtin_trojan_benchmark_from_the_cli(tmp_path):
     """No --pairs: the trojaned zoo model of the data (digits here) and n training pairs."""
     import json
+
     from pluginedit import cli
     out = tmp_path / "r.json"
     assert cli.main(["rectify", "--data", "digits", "--n", "3", "-o", "rank=8", "--report", str(out)]) == 0

@@ -19,7 +19,7 @@ import pluginedit as pe
 from pluginedit.contrib import zoo
 from pluginedit.core.errors import InputError
 from pluginedit.core.record import EditRecord
-from pluginedit.editors._tp import replay_steps
+from pluginedit.graph.replay import replay_steps
 from pluginedit.io import manifest as manifest_module
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"

@@ -5,7 +5,7 @@ float64 truth using plain PyTorch in the input dtype (unfold + matmul) as the ya
 import pytest
 import torch
 
-from pluginedit import ops as kernels
+from pluginedit import ops
 from tests.ops._kernel_tol import check
 
 try:
@@ -45,8 +45,8 @@ def _same_dtype(x, kw):
         rows = x.reshape(-1, x.shape[-1])
     else:
         if x.shape[0] == 0:
-            return kernels.reference.gram(x, **kw)[:2]
-        rows = kernels.reference._patches(x, kw["kernel_size"], kw.get("stride", 1), kw.get("padding", 0),
+            return ops.reference.gram(x, **kw)[:2]
+        rows = ops.reference._patches(x, kw["kernel_size"], kw.get("stride", 1), kw.get("padding", 0),
                                           kw.get("dilation", 1))
     return rows.T @ rows, rows.sum(0)
 
@@ -54,13 +54,13 @@ def _same_dtype(x, kw):
 def _backends():
     out = [pytest.param("torch", {}, id="torch")]
     out.append(pytest.param("csrc", {}, id="csrc", marks=pytest.mark.skipif(
-        "csrc" not in kernels.available("gram"), reason="csrc extension not built")))
+        "csrc" not in ops.available("gram"), reason="csrc extension not built")))
     out.append(pytest.param("triton", {}, id="triton", marks=pytest.mark.skipif(k3 is None, reason="no triton")))
     return out
 
 
 def _assert_matches_reference(got, x, kw, tag, mirrored=False):
-    truth = kernels.reference.gram(x, **(kw or {}))
+    truth = ops.reference.gram(x, **(kw or {}))
     same = _same_dtype(x, kw)
     assert got[2] == truth[2], f"{tag}: row count {got[2]} != {truth[2]}"
     check(f"{tag} G", got[0], truth[0], same[0])
@@ -74,7 +74,7 @@ def _assert_matches_reference(got, x, kw, tag, mirrored=False):
 @pytest.mark.parametrize("name,shape,layout,kw", CASES, ids=[c[0] for c in CASES])
 def test_gram_matches_reference(backend, opts, dtype, name, shape, layout, kw):
     x = _input(shape, layout, dtype)
-    got = kernels.call("gram", x, **(kw or {}), backend=backend, **opts)
+    got = ops.call("gram", x, **(kw or {}), backend=backend, **opts)
     _assert_matches_reference(got, x, kw, f"{backend}/{name}/{dtype}", mirrored=backend == "triton")
 
 
@@ -96,7 +96,7 @@ def test_triton_gram_persistent_accumulator():
     s = torch.zeros(27)
     for part in x.split(2):
         full, _, _ = k3.gram(part, **kw, out=(g, s))
-    truth = kernels.reference.gram(x, **kw)
+    truth = ops.reference.gram(x, **kw)
     torch.testing.assert_close(full.double(), truth[0], rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(s.double(), truth[1], rtol=1e-5, atol=1e-4)
 
@@ -107,7 +107,7 @@ def test_triton_gram_rejects_unknown_precision():
         k3.gram(torch.randn(4, 4), precision="fp8")
 
 
-@pytest.mark.skipif("csrc" not in kernels.available("gram"), reason="csrc extension not built")
+@pytest.mark.skipif("csrc" not in ops.available("gram"), reason="csrc extension not built")
 def test_csrc_gram_fake_impl_and_compile():
     x = _input((2, 3, 7, 7), "c", torch.float32)
     args = (x, [3, 3], [1, 1], [1, 1], [1, 1])
@@ -124,5 +124,5 @@ def test_csrc_gram_fake_impl_and_compile():
 @pytest.mark.parametrize("name,shape,layout,kw", CASES, ids=[c[0] for c in CASES])
 def test_triton_gram_cuda(name, shape, layout, kw, dtype, precision):
     x = _input(shape, layout, dtype).cuda()
-    got = kernels.call("gram", x, **(kw or {}), precision=precision)  # auto = triton on CUDA
+    got = ops.call("gram", x, **(kw or {}), precision=precision)  # auto = triton on CUDA
     _assert_matches_reference([t.cpu() if torch.is_tensor(t) else t for t in got], x.cpu(), kw, f"cuda/{name}/{dtype}")

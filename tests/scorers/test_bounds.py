@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from pluginedit.scorers import bounds
 from pluginedit.core.errors import InputError
+from pluginedit.scorers import bounds
 from pluginedit.stats.class_moments import feature_moments
 
 D = torch.float64

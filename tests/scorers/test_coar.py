@@ -10,10 +10,16 @@ import torch
 from torch import nn
 
 import pluginedit as pe
-from pluginedit.capture.masks import component_slices, keep_gradients, keep_masks, margins, masked_outputs
 from pluginedit.core.components import groups
 from pluginedit.core.errors import InputError
 from pluginedit.scorers.coar import estimate, gradient_times_parameter, lds, leave_one_out
+from pluginedit.scorers.masks import (
+    component_slices,
+    keep_gradients,
+    keep_masks,
+    margins,
+    masked_outputs,
+)
 from pluginedit.stats import AblationSums
 
 

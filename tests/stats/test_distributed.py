@@ -24,8 +24,15 @@ from pluginedit.contrib import data, train
 from pluginedit.core import registry
 from pluginedit.core.errors import InputError
 from pluginedit.scorers.coar import estimate, labelled
-from pluginedit.stats import AblationSums, ChannelMoments, ClassMaps, ClassMoments, Gram, Statistic
-from pluginedit.stats import distributed
+from pluginedit.stats import (
+    AblationSums,
+    ChannelMoments,
+    ClassMaps,
+    ClassMoments,
+    Gram,
+    Statistic,
+    distributed,
+)
 
 RTOL = 1e-6
 SHARDS = {"interleaved": ([0, 2], [1, 3]), "one empty": ([0, 1, 2, 3], [])}   # chunks of rank 0, 1
@@ -91,7 +98,7 @@ def _scores(resume: Path) -> dict[str, torch.Tensor]:
     if distributed.world() is not None:                                # every rank refuses, none hangs
         with pytest.raises(InputError, match="shuffling DataLoader"):
             pe.score(model, "witness", data=shuffled)
-    x, y = labelled(digits.train, 12)
+    x, y = labelled(model, digits.train, digits.num_classes, 12)
     att = estimate(model, x, y, ["features.0", "features.3"], n_masks=24, prior="grad", prior_points=3,
                    estimator="ols", chunk=4, block=8)
     return out | {"coar-grad-ols/w": att.w, "coar-grad-ols/b": att.b}
@@ -121,6 +128,7 @@ def _assert_close(got: dict, want: dict, what: str) -> None:
         torch.testing.assert_close(g, w, rtol=RTOL, atol=floor, equal_nan=True, msg=lambda m: f"{what} {key}: {m}")
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_equal_one(tmp_path, digits_vgg):
     """The reference is computed in this process, with no process group."""
     ref = _everything(tmp_path / "coar-one.safetensors", 0) | {

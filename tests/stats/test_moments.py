@@ -23,11 +23,11 @@ def reference(x: np.ndarray, y: np.ndarray, k: int):
 
 
 @settings(max_examples=40, deadline=None)
-@given(n=st.integers(1, 40), c=st.integers(1, 7), l=st.sampled_from([1, 4, 49]), k=st.integers(1, 4),
+@given(n=st.integers(1, 40), c=st.integers(1, 7), length=st.sampled_from([1, 4, 49]), k=st.integers(1, 4),
        offset=st.floats(-1e3, 1e3), seed=st.integers(0, 2**31 - 1), data=st.data())
-def test_any_batch_split_in_any_order_matches_one_batch(n, c, l, k, offset, seed, data):
+def test_any_batch_split_in_any_order_matches_one_batch(n, c, length, k, offset, seed, data):
     rng = np.random.default_rng(seed)
-    x = rng.normal(offset, 1.0 + abs(offset) / 10, size=(n, c, l)).astype(np.float32)
+    x = rng.normal(offset, 1.0 + abs(offset) / 10, size=(n, c, length)).astype(np.float32)
     y = rng.integers(0, k, size=n)
     cuts = sorted(data.draw(st.lists(st.integers(0, n), max_size=6)))
     pieces = [(a, b) for a, b in zip([0] + cuts, cuts + [n]) if b > a]

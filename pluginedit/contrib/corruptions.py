@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..capture.inputs import model_device
 from ..core import checks
 from ..core.errors import InputError
-from .evaluate import predictions
-from .inputs import model_device
+from ..evaluate import predictions
 
 # Severity constants 1..5 of CIFAR-10-C (hendrycks/robustness, ImageNet-C/create_c/make_cifar_c.py):
 # they were set for 32x32 images, the scale of the small (MNIST/CIFAR-like) images edited here.

@@ -13,9 +13,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..core.batches import batch_len, repeat_batch
 from ..core.components import get_module, is_attention, size_of
 from ..core.errors import InputError
-from ..core.outputs import batch_size, output, repeat
+from ..core.outputs import output
 
 
 def keep_masks(seed: int, start: int, count: int, width: int, alpha: float) -> torch.Tensor:
@@ -96,10 +97,10 @@ def _hooked(model, slices, keep: torch.Tensor):
 def masked_outputs(model: nn.Module, x: torch.Tensor, slices, masks: torch.Tensor) -> torch.Tensor:
     """The model's outputs [M, n, classes] on the ``n`` inputs ``x`` under each of the ``M`` keep
     masks [M, C] (C = total components of ``slices``), in one forward pass."""
-    m, n = masks.shape[0], batch_size(x)
+    m, n = masks.shape[0], batch_len(x)
     handles = _hooked(model, slices, masks.float())
     try:
-        out = output(model, repeat(x, m))
+        out = output(model, repeat_batch(x, m))
     finally:
         for h in handles:
             h.remove()

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from pluginedit.capture.corruptions import CORRUPTIONS, PARAMS, corrupt, robustness
+from pluginedit.contrib.corruptions import CORRUPTIONS, PARAMS, corrupt, robustness
 from pluginedit.core.errors import InputError
 
 NAMES = ["gaussian_noise", "shot_noise", "gaussian_blur", "contrast", "brightness", "pixelate"]

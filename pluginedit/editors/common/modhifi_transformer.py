@@ -1,16 +1,16 @@
 """ModHiFi-P on a BERT-family transformer (ALGORITHMS.md 4.3, LLM scoring): per layer, remove the
 lowest-scored FFN neurons and attention heads, after refitting the layer that reads them (the
 FFN down projection, the attention output projection) by least squares on the kept inputs.
-Removal goes through torch-pruning (``_tp``) and is recorded as replayable steps; the config's
+Removal goes through torch-pruning (``pluginedit.graph``) and is recorded as replayable steps; the config's
 ``intermediate_size`` follows a uniform FFN pruning so ``save_pretrained`` stays loadable."""
 from __future__ import annotations
 
 import torch
 
-from ..core.components import get_module, transformer_units, unit_consumer
-from ..core.errors import InputError
-from ..scorers.fidelity import collect_grams, unit_scores
-from . import _tp
+from ...core.components import get_module, transformer_units, unit_consumer
+from ...core.errors import InputError
+from ...graph.pruner import prune_heads, remove_hidden_units
+from ...scorers.fidelity import collect_grams, unit_scores
 from .compensate import compensate
 
 
@@ -43,7 +43,7 @@ def prune_transformer(model, scores, inputs, ratio: float, heads: int, compensat
         drop = _lowest(score[p], int(ratio * up.out_features))
         if drop and compensate_:
             compensate(down, grams[unit_consumer(model, p)], _keep(up.out_features, drop), ridge=ridge)
-        steps += _tp.remove_hidden_units(model, up, down, drop)
+        steps += remove_hidden_units(model, up, down, drop)
         changes[p] = drop
     if heads:
         steps += _prune_heads(model, attns, heads, score, grams, compensate_, ridge, inputs.example, changes)
@@ -65,4 +65,4 @@ def _prune_heads(model, attns, heads, score, grams, compensate_, ridge, example,
             out = unit_consumer(model, p)
             compensate(get_module(model, out), grams[out],
                        _keep(att.num_attention_heads, drop, att.attention_head_size), ridge=ridge)
-    return _tp.prune_heads(model, example, modules, heads, [score[p] for p in attns])
+    return prune_heads(model, example, modules, heads, [score[p] for p in attns])

@@ -17,8 +17,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..core.errors import InputError
-from ..linalg import DEFAULT_MAX_COND, DEFAULT_RIDGE, solve_spd
+from ...core.errors import InputError
+from ...linalg import DEFAULT_MAX_COND, DEFAULT_RIDGE, solve_spd
+
 
 def _keep_mask(keep, n: int) -> torch.Tensor:
     keep = torch.as_tensor(keep)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..core.components import eval_mode
-from ..core.errors import InputError
-from ..core.outputs import output, take
-from .inputs import batches
+from .capture.inputs import batches
+from .core.batches import take_rows
+from .core.components import eval_mode
+from .core.errors import InputError
+from .core.outputs import output
 
 
 @torch.no_grad()
@@ -37,7 +38,7 @@ def class_accuracy(model: nn.Module, data, k: int, num_classes: int, batch_size:
         for x, y in batches(model, data, num_classes, batch_size, max_samples):
             sel = y == k
             if sel.any():
-                hit += int((output(model, take(x, sel)).argmax(-1) == k).sum())
+                hit += int((output(model, take_rows(x, sel)).argmax(-1) == k).sum())
                 n += int(sel.sum())
     if n == 0:
         raise InputError(f"the data has no samples of class {k}")

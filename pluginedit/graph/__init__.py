@@ -1,0 +1,4 @@
+"""The dependency layer: the only place that speaks torch-pruning. ``groups`` builds dependency
+graphs and answers questions about them, ``pruner`` removes channels, hidden units and heads
+(recording replayable steps), ``replay`` checks and re-applies recorded steps. Scorers, editors,
+io and report use it; it imports nothing above ``core``."""

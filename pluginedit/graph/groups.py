@@ -1,0 +1,106 @@
+"""Dependency graphs and the groups they couple: which torch-pruning function removes a layer's
+outputs, the group a removal drags along, and the graph queries scorers and editors need (MACs and
+parameters, Taylor importance per group, consumer maps, layers that can be pruned alone)."""
+from __future__ import annotations
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from ..core.components import get_module, size_of
+from ..core.errors import EditError
+from ..core.outputs import primary
+
+# torch-pruning's pruning functions by the name a recorded step stores
+FN_NAMES = {getattr(tp, n): n for n in dir(tp) if n.startswith("prune_")}
+OUT_FNS = (tp.prune_conv_out_channels, tp.prune_linear_out_channels, tp.prune_depthwise_conv_out_channels)
+IN_FNS = (tp.prune_conv_in_channels, tp.prune_linear_in_channels, tp.prune_depthwise_conv_in_channels)
+
+
+def is_out(fn) -> bool:
+    return any(fn == f for f in OUT_FNS)
+
+
+def is_in(fn) -> bool:
+    return any(fn == f for f in IN_FNS)
+
+
+def out_fn(layer: nn.Module):
+    """The pruning function that removes ``layer``'s output channels."""
+    return tp.prune_conv_out_channels if isinstance(layer, nn.Conv2d) else tp.prune_linear_out_channels
+
+
+def graph(model: nn.Module, example) -> tp.DependencyGraph:
+    try:
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example,
+                                                     output_transform=output_sum)
+    except Exception as e:
+        raise EditError(f"torch-pruning cannot trace this model ({type(e).__name__}: {e}); "
+                        "use the 'mask' editor instead") from e
+
+
+def output_sum(out) -> torch.Tensor:
+    return primary(out).sum()
+
+
+def out_group(dg: tp.DependencyGraph, layer: nn.Module, idxs=None):
+    """The group that removing ``idxs`` (default: all) of ``layer``'s outputs drags along."""
+    try:
+        return dg.get_pruning_group(layer, out_fn(layer),
+                                    idxs=list(range(size_of(layer))) if idxs is None else list(idxs))
+    except ValueError as e:    # the layer ran outside the traced graph (e.g. through .numpy())
+        raise EditError(f"torch-pruning cannot trace this model: {e} (does the forward leave torch, "
+                        "e.g. through .numpy()?); the 'mask' editor and the l1 scorer need no graph") from e
+
+
+def count_ops_and_params(model: nn.Module, example) -> tuple[float, float]:
+    """(MACs, parameters) as torch-pruning counts them."""
+    macs, params = tp.utils.count_ops_and_params(model, example)
+    return float(macs), float(params)
+
+
+def paths_of(model: nn.Module) -> dict[nn.Module, str]:
+    """Each module of ``model`` -> its path."""
+    return {m: p for p, m in model.named_modules()}
+
+
+def uncoupled_layers(model: nn.Module, example, candidates: list[str]) -> list[str]:
+    """The ``candidates`` whose out-channels can be removed alone: their group holds no other
+    out-channel pruning (no residual add, no depthwise conv ties them)."""
+    dg, out = graph(model, example), []
+    for path in candidates:
+        layer = get_module(model, path)
+        if isinstance(layer, nn.Conv2d) and layer.groups != 1:
+            continue
+        group = out_group(dg, layer, [0])
+        if sum(1 for d, _ in group if is_out(d.pruning_fn) or d.pruning_fn == tp.prune_depthwise_conv_out_channels) == 1 \
+                and not any(is_in(d.pruning_fn) and _grouped(d.layer) for d, _ in group):
+            out.append(path)
+    return out
+
+
+def _grouped(layer: nn.Module) -> bool:
+    """A grouped, not depthwise, convolution: removing arbitrary input channels would break its
+    groups (torch-pruning indexes past the per-group weight)."""
+    return isinstance(layer, nn.Conv2d) and 1 < layer.groups < layer.in_channels
+
+
+def consumers(model: nn.Module, example, targets: list[str]) -> dict:
+    """target path -> [(consumer path, producer channel idx, consumer input idx)] (follows
+    residual adds, flattens and concatenations)."""
+    dg, paths, out = graph(model, example), paths_of(model), {}
+    for path in targets:
+        group = out_group(dg, get_module(model, path))
+        out[path] = [(paths[dep.layer], torch.as_tensor(group[i].root_idxs), torch.as_tensor(idxs))
+                     for i, (dep, idxs) in enumerate(group)
+                     if is_in(dep.pruning_fn) and paths.get(dep.layer) is not None]
+    return out
+
+
+def group_scores(model: nn.Module, example, importance, targets: list[str]) -> dict:
+    """A torch-pruning importance (an object, or "taylor") on the out-channel group of each
+    target layer (gradients must already be in ``.grad`` for Taylor)."""
+    if importance == "taylor":
+        importance = tp.importance.TaylorImportance()
+    dg = graph(model, example)
+    return {p: importance(out_group(dg, get_module(model, p))).detach().float() for p in targets}

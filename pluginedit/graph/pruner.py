@@ -1,0 +1,160 @@
+"""The pruner loop: torch-pruning's MetaPruner driven by pluginedit Scores (or a head score),
+channel, hidden-unit and attention-head removal, each structural change recorded as a replayable
+step.
+
+Steps are ``{"module": path, "fn": "prune_conv_out_channels", "idxs": [...]}`` in the order
+torch-pruning applied them (indices relative to the layer at that moment), plus
+``{"module": path, "attrs": {...}}`` for the attribute updates head pruning needs;
+``graph.replay.replay_steps`` applies them to a freshly built dense model (``pluginedit.io``)."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from ..core.components import get_module
+from ..core.errors import EditError
+from ..core.scores import Scores
+from .groups import FN_NAMES, graph, is_out, out_group, output_sum, paths_of
+
+
+class ScoresImportance(tp.importance.Importance):
+    """A torch-pruning importance reading pluginedit Scores: for each group, the scores of the
+    group's scored out-channel layers, mapped onto the root indices, each layer normalised by
+    its mean (so layers of different scale compete fairly under global pruning) and averaged."""
+
+    def __init__(self, scores: Scores, paths: dict[nn.Module, str]):
+        self.scores, self.paths = scores, paths
+
+    @torch.no_grad()
+    def __call__(self, group) -> torch.Tensor | None:
+        total, hits = torch.zeros(len(group[0].root_idxs)), 0
+        for i, (dep, idxs) in enumerate(group):
+            path = self.paths.get(dep.layer)
+            if path not in self.scores or not is_out(dep.pruning_fn):
+                continue
+            s = self.scores[path]
+            s = s / s.abs().mean().clamp_min(1e-12)
+            total[torch.as_tensor(group[i].root_idxs)] += s[torch.as_tensor(idxs)]
+            hits += 1
+        return total / hits if hits else None
+
+
+def group_steps(group, paths: dict[nn.Module, str]) -> list[dict]:
+    """The replayable steps of one group, in its order (parameter-free ops are skipped)."""
+    steps = []
+    for dep, idxs in group:
+        path, name = paths.get(dep.target.module), FN_NAMES.get(dep.handler)
+        if path is not None and name is not None:
+            steps.append({"module": path, "fn": name, "idxs": [int(i) for i in idxs]})
+    return steps
+
+
+def refuse_tied(model: nn.Module) -> None:
+    """torch-pruning rebuilds each module's parameters, which would silently untie weights
+    shared between modules: refuse instead."""
+    seen: dict[int, str] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen and seen[id(p)] != name:
+            raise EditError(f"parameters {seen[id(p)]!r} and {name!r} are tied (one tensor): physical "
+                            "pruning would untie them; use the 'mask' editor")
+        seen.setdefault(id(p), name)
+
+
+def run_pruner(model: nn.Module, example, importance, before_group: Callable | None = None,
+               **pruner_kw) -> tuple[dict[str, list[int]], list[dict]]:
+    """One MetaPruner step; ``before_group(group, paths)`` runs before each group is removed
+    (compensation). Returns ({out-channel layer path: removed indices}, steps)."""
+    paths = paths_of(model)
+    refuse_tied(model)
+    try:
+        pruner = tp.pruner.MetaPruner(model, example, importance=importance,
+                                      output_transform=output_sum, **pruner_kw)
+    except Exception as e:
+        raise EditError(f"torch-pruning cannot trace this model ({type(e).__name__}: {e}); "
+                        "use the 'mask' editor instead") from e
+    removed, steps = {}, []
+    for group in pruner.step(interactive=True):
+        if before_group is not None:
+            before_group(group, paths)
+        for dep, idxs in group:
+            path = paths.get(dep.layer)
+            if path is not None and is_out(dep.pruning_fn):
+                removed.setdefault(path, []).extend(int(i) for i in idxs)
+        steps += group_steps(group, paths)
+        group.prune()
+    return removed, steps
+
+
+def prune_by_scores(model: nn.Module, example, scores: Scores, ratio: float, ignored=(),
+                    global_pruning: bool = False, round_to: int | None = None,
+                    before_group: Callable | None = None):
+    """Remove the lowest-scored ``ratio`` of channels of every coupled group (or globally)."""
+    modules = dict(model.named_modules())
+    return run_pruner(model, example, ScoresImportance(scores, paths_of(model)), before_group,
+                      pruning_ratio=ratio, global_pruning=global_pruning, round_to=round_to,
+                      ignored_layers=[modules[p] for p in ignored])
+
+
+def remove_channels(model: nn.Module, example, indices: dict[str, list[int]]) -> list[dict]:
+    """Physically remove the given out-channels (with everything coupled to them)."""
+    refuse_tied(model)
+    dg, paths, steps = graph(model, example), paths_of(model), []
+    for path, idx in indices.items():
+        if idx:
+            group = out_group(dg, get_module(model, path), sorted(idx))
+            steps += group_steps(group, paths)
+            group.prune()
+    return steps
+
+
+def remove_hidden_units(model: nn.Module, up: nn.Linear, down: nn.Linear, drop: list[int]) -> list[dict]:
+    """Remove hidden units ``drop`` between two Linear layers (rows of ``up``, columns of
+    ``down``): an FFN's neurons."""
+    paths = paths_of(model)
+    steps = []
+    for layer, fn in ((up, tp.prune_linear_out_channels), (down, tp.prune_linear_in_channels)):
+        fn(layer, list(drop))
+        steps.append({"module": paths[layer], "fn": FN_NAMES[fn], "idxs": [int(i) for i in drop]})
+    return steps
+
+
+class _HeadImportance:
+    """For the q/k/v groups: each head's score on all its channels (MetaPruner averages channel
+    importance per head, so heads rank by the given score)."""
+
+    def __init__(self, per_query: dict):
+        self.per_query = per_query
+
+    def __call__(self, group):
+        for dep, _ in group:
+            s = self.per_query.get(dep.layer)
+            if s is not None:
+                return s.repeat_interleave(dep.layer.out_features // len(s))
+        return None
+
+
+def prune_heads(model: nn.Module, example, attentions: list[nn.Module], heads_per_layer: int,
+                scores: list[torch.Tensor] | None = None) -> list[dict]:
+    """Remove ``heads_per_layer`` heads of every attention block (BERT-style: ``query``, ``key``,
+    ``value`` Linear, ``num_attention_heads``, ``attention_head_size``); ``scores`` one
+    [num_heads] tensor per block (higher = keep) or None for group L2 magnitude. The blocks'
+    head counts are updated (and recorded as steps)."""
+    n_heads = attentions[0].num_attention_heads
+    num_heads = {lin: a.num_attention_heads for a in attentions for lin in (a.query, a.key, a.value)}
+    ignored = [m for m in model.modules() if isinstance(m, nn.Linear) and m not in num_heads]
+    imp = tp.importance.GroupMagnitudeImportance(p=2) if scores is None else _HeadImportance(
+        {lin: s.detach().float() for a, s in zip(attentions, scores) for lin in (a.query, a.key, a.value)})
+    # MetaPruner removes ceil(ratio * heads) heads per layer; (n - 0.5) / heads rounds to n
+    _, steps = run_pruner(model, example, imp, pruning_ratio=0.5, global_pruning=False,
+                          ignored_layers=ignored, num_heads=num_heads, prune_num_heads=True,
+                          prune_head_dims=False, head_pruning_ratio=(heads_per_layer - 0.5) / n_heads)
+    paths = paths_of(model)
+    for a in attentions:
+        a.num_attention_heads = a.query.out_features // a.attention_head_size
+        a.all_head_size = a.query.out_features
+        steps.append({"module": paths[a], "attrs": {"num_attention_heads": a.num_attention_heads,
+                                                    "all_head_size": a.all_head_size}})
+    return steps
