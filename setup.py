@@ -3,6 +3,7 @@
 The C++ (OpenMP) ops build wherever a compiler and torch are present; CUDA sources only with a
 CUDA build of torch and a CUDA toolkit. ``PLUGINEDIT_NO_EXT=1`` skips the build. A failed build
 warns and installs the pure-Python package: the extension is never required."""
+
 import os
 import sys
 from pathlib import Path
@@ -28,8 +29,13 @@ def extensions():
     openmp = ["-fopenmp"] if sys.platform.startswith("linux") else []
     args = {"cxx": ["-O3", "-std=c++17", *openmp]}
     if cuda and torch.version.cuda and CUDA_HOME:
-        ext = CUDAExtension("pluginedit._C", cpp + cuda, extra_compile_args={**args, "nvcc": ["-O3"]},
-                            extra_link_args=openmp, define_macros=[("WITH_CUDA", None)])
+        ext = CUDAExtension(
+            "pluginedit._C",
+            cpp + cuda,
+            extra_compile_args={**args, "nvcc": ["-O3"]},
+            extra_link_args=openmp,
+            define_macros=[("WITH_CUDA", None)],
+        )
     else:
         ext = CppExtension("pluginedit._C", cpp, extra_compile_args=args, extra_link_args=openmp)
 
@@ -38,8 +44,10 @@ def extensions():
             try:
                 super().run()
             except Exception as e:  # never block the install on the optional extension
-                print(f"pluginedit: csrc extension not built ({e}); using the PyTorch reference",
-                      file=sys.stderr)
+                print(
+                    f"pluginedit: csrc extension not built ({e}); using the PyTorch reference",
+                    file=sys.stderr,
+                )
 
     return [ext], {"build_ext": OptionalBuild.with_options(use_ninja=True)}
 

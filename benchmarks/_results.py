@@ -19,6 +19,7 @@ changes). ``write(stem, obj, markdown)`` writes ``<stem>.json`` with the stamp u
 (``pluginedit.core.files.written_whole``): an interrupted run leaves the previous file or none,
 never half of one.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-COMMITTED = HERE / "results"                 # the committed results: only with an explicit --out
-SCRATCH = ROOT / "bench-out"                 # the default, git-ignored
+COMMITTED = HERE / "results"  # the committed results: only with an explicit --out
+SCRATCH = ROOT / "bench-out"  # the default, git-ignored
 ENV = "PLUGINEDIT_BENCH_OUT"
 # distribution names whose versions go into every stamp
 PACKAGES = ("pluginedit", "torch", "triton", "torch-pruning", "transformers", "numpy")
@@ -41,8 +42,10 @@ PACKAGES = ("pluginedit", "torch", "triton", "torch-pruning", "transformers", "n
 
 def out_help(script: str, what: str = "results folder") -> str:
     """The ``--out`` help text of ``script``."""
-    return (f"{what} (default: ${ENV}/{script}/ if set, else bench-out/{script}/ at the "
-            "checkout's root, git-ignored; pass --out benchmarks/results to update the committed results)")
+    return (
+        f"{what} (default: ${ENV}/{script}/ if set, else bench-out/{script}/ at the "
+        "checkout's root, git-ignored; pass --out benchmarks/results to update the committed results)"
+    )
 
 
 def out_dir(args_out: str | Path | None, script: str | None = None) -> Path:
@@ -72,6 +75,7 @@ def _cpu() -> str:
 
 def _version(dist: str) -> str | None:
     from importlib import metadata
+
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
@@ -80,10 +84,15 @@ def _version(dist: str) -> str | None:
 
 def _git() -> dict:
     def git(*args):
-        return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True,
-                              timeout=20, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=20, check=True
+        ).stdout.strip()
+
     try:
-        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "-uno"))}
+        return {
+            "commit": git("rev-parse", "HEAD"),
+            "dirty": bool(git("status", "--porcelain", "-uno")),
+        }
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
 
@@ -100,18 +109,29 @@ def command(argv: list[str] | None = None) -> str:
 
 def stamp(argv: list[str] | None = None) -> dict:
     """What made a result: machine, command, package versions, UTC date, git commit."""
-    machine = {"cpu": _cpu(), "cores": os.cpu_count(), "platform": platform.platform(),
-               "torch_threads": None, "gpu": None}
+    machine = {
+        "cpu": _cpu(),
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "torch_threads": None,
+        "gpu": None,
+    }
     try:
         import torch
+
         machine["torch_threads"] = torch.get_num_threads()
         if torch.cuda.is_available():
             machine["gpu"] = torch.cuda.get_device_name()
-    except Exception:                     # noqa: BLE001 - a stamp never stops a run from being written
+    except Exception:  # noqa: BLE001 - a stamp never stops a run from being written
         pass
     versions = {"python": platform.python_version()} | {p: _version(p) for p in PACKAGES}
-    return {"machine": machine, "command": command(argv), "versions": versions,
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git": _git()}
+    return {
+        "machine": machine,
+        "command": command(argv),
+        "versions": versions,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "git": _git(),
+    }
 
 
 def header(s: dict) -> str:
@@ -121,11 +141,21 @@ def header(s: dict) -> str:
     threads = f", {m['torch_threads']} torch threads" if m.get("torch_threads") else ""
     installed = ", ".join(f"{k} {v}" for k, v in s["versions"].items() if v)
     missing = [k for k, v in s["versions"].items() if not v]
-    commit = (g.get("commit") or "unknown")[:12] + (" (with local changes)" if g.get("dirty") else "")
-    return "\n".join([f"- Machine: {m['cpu']}, {m['cores']} cores{threads}; GPU: {gpu}",
-                      f"- Command: `{s['command']}`",
-                      f"- Versions: {installed}" + (f" (not installed: {', '.join(missing)})" if missing else ""),
-                      f"- Date: {s['date']}; git commit {commit}"]) + "\n"
+    commit = (g.get("commit") or "unknown")[:12] + (
+        " (with local changes)" if g.get("dirty") else ""
+    )
+    return (
+        "\n".join(
+            [
+                f"- Machine: {m['cpu']}, {m['cores']} cores{threads}; GPU: {gpu}",
+                f"- Command: `{s['command']}`",
+                f"- Versions: {installed}"
+                + (f" (not installed: {', '.join(missing)})" if missing else ""),
+                f"- Date: {s['date']}; git commit {commit}",
+            ]
+        )
+        + "\n"
+    )
 
 
 def stamped(obj, s: dict) -> dict:
@@ -150,6 +180,7 @@ def with_header(markdown: str, s: dict) -> str:
 def write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` whole (parent folders created)."""
     from pluginedit.core.files import written_whole  # here: importing this module stays cheap
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with written_whole(path) as tmp:
@@ -167,8 +198,9 @@ def write_markdown(path: str | Path, markdown: str, s: dict | None = None) -> Pa
     return write_text(path, with_header(markdown, s or stamp()))
 
 
-def write(stem: str | Path, obj, markdown: str | None = None, s: dict | None = None,
-          indent: int = 1) -> dict:
+def write(
+    stem: str | Path, obj, markdown: str | None = None, s: dict | None = None, indent: int = 1
+) -> dict:
     """``<stem>.json`` (``obj`` with the stamp under "stamp") and, given ``markdown``,
     ``<stem>.md`` with the stamp header; both written whole. Returns the stamp used."""
     stem = Path(stem)
@@ -192,6 +224,7 @@ def read(path: str | Path):
 def save_figure(fig, path: str | Path, **kwargs) -> Path:
     """``fig.savefig`` written whole (the format from ``path``'s suffix)."""
     from pluginedit.core.files import written_whole
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with written_whole(path) as tmp:

@@ -6,6 +6,7 @@ Results go to ``<out>/<device>.json`` with the device name, torch/triton version
 ``_results.py``; ``--out`` defaults to a scratch folder (``$PLUGINEDIT_BENCH_OUT/bench_kernels/``
 or ``bench-out/bench_kernels/``), ``--out benchmarks/results`` updates the committed results.
 """
+
 from __future__ import annotations
 
 import sys

@@ -13,6 +13,7 @@
 Writes <device>.json to a scratch folder (bench-out/bench_kernels/, or $PLUGINEDIT_BENCH_OUT/bench_kernels/);
 ``--out benchmarks/results`` updates the committed results. Written without a GPU available; not yet run.
 """
+
 import sys
 
 import bench_kernels as bench  # the script beside this one
@@ -20,5 +21,7 @@ import torch
 
 if __name__ == "__main__":
     if not {"-h", "--help"} & set(sys.argv[1:]) and not torch.cuda.is_available():
-        sys.exit("bench_kernels_gpu.py needs a CUDA device (the CPU suite is benchmarks/test_bench_kernels_cpu.py)")
+        sys.exit(
+            "bench_kernels_gpu.py needs a CUDA device (the CPU suite is benchmarks/test_bench_kernels_cpu.py)"
+        )
     sys.exit(bench.main(["--device", "cuda", *sys.argv[1:]]))

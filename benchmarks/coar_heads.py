@@ -8,6 +8,7 @@ LDS on 200 fresh masks (alpha = 5 %) of held-out sentences for least squares aga
 of masks, the chord prior, ridge + chord, and the leave-one-out and gradient x parameter
 baselines. Writes coar_heads.{json,md} to --out (default: a scratch folder, see
 benchmarks/_results.py; --out benchmarks/results updates the committed results)."""
+
 from __future__ import annotations
 
 import argparse
@@ -31,10 +32,12 @@ from pluginedit.scorers.coar import (
 from pluginedit.scorers.masks import component_slices, keep_masks
 from pluginedit.stats import AblationSums
 
-TOPICS = {"concurrency": ("asyncio", "threading", "subprocess"),
-          "formats": ("json", "csv", "pickle", "sqlite3", "zipfile", "tarfile", "email"),
-          "numbers and dates": ("datetime", "calendar", "decimal", "fractions", "statistics", "random"),
-          "torch and numpy": ("torch.nn", "torch.optim", "torch.utils.data", "numpy")}
+TOPICS = {
+    "concurrency": ("asyncio", "threading", "subprocess"),
+    "formats": ("json", "csv", "pickle", "sqlite3", "zipfile", "tarfile", "email"),
+    "numbers and dates": ("datetime", "calendar", "decimal", "fractions", "statistics", "random"),
+    "torch and numpy": ("torch.nn", "torch.optim", "torch.utils.data", "numpy"),
+}
 ALPHA, CHUNK, LDS_MASKS = 0.05, 8, 200
 
 
@@ -46,7 +49,9 @@ class Probe(nn.Module):
         self.bert, self.head = bert, nn.Linear(bert.config.hidden_size, classes)
 
     def forward(self, input_ids, attention_mask, token_type_ids=None):
-        h = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
+        h = self.bert(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        ).last_hidden_state
         m = attention_mask.unsqueeze(-1).to(h.dtype)
         return self.head(nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1))
 
@@ -57,7 +62,7 @@ def corpus(train_fraction: float = 0.5):
     train, test = ([], []), ([], [])
     for label, mods in enumerate(TOPICS.values()):
         sents = hf.english_sentences(mods)
-        ranked = hf.split_corpus(sents, len(sents), 0)[0]     # a stable hash order
+        ranked = hf.split_corpus(sents, len(sents), 0)[0]  # a stable hash order
         for i, s in enumerate(ranked):
             split = train if i < train_fraction * len(ranked) else test
             split[0].append(s)
@@ -74,9 +79,12 @@ def fit_probe(model: Probe, tok, sentences, labels, steps: int = 200) -> None:
 
     def closure():
         opt.zero_grad()
-        loss = nn.functional.cross_entropy(model.head(z), y) + 1e-3 * model.head.weight.square().sum()
+        loss = (
+            nn.functional.cross_entropy(model.head(z), y) + 1e-3 * model.head.weight.square().sum()
+        )
         loss.backward()
         return loss
+
     opt.step(closure)
 
 
@@ -90,7 +98,9 @@ def summary(corr):
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--out", default=None, help=_results.out_help("coar_heads"))
     args = ap.parse_args(argv)
     out = _results.out_dir(args.out, "coar_heads")
@@ -103,17 +113,30 @@ def main(argv=None) -> None:
     x_all, y_all = encode(tok, te_s), torch.tensor(te_y)
     with torch.no_grad():
         acc = float((model(**x_all).argmax(1) == y_all).float().mean())
-    g = torch.Generator().manual_seed(0)     # 32 held-out sentences, 8 per topic
-    idx = torch.cat([(y_all == k).nonzero().flatten()[torch.randperm(int((y_all == k).sum()), generator=g)[:8]]
-                     for k in range(len(TOPICS))])
+    g = torch.Generator().manual_seed(0)  # 32 held-out sentences, 8 per topic
+    idx = torch.cat(
+        [
+            (y_all == k)
+            .nonzero()
+            .flatten()[torch.randperm(int((y_all == k).sum()), generator=g)[:8]]
+            for k in range(len(TOPICS))
+        ]
+    )
     x = encode(tok, [te_s[i] for i in idx])
     y = y_all[idx]
     paths = [f"bert.encoder.layer.{i}.attention.self" for i in range(bert.config.num_hidden_layers)]
     slices = component_slices(model, paths)
     c = sum(w for _, _, w in slices)
-    res = {"machine": platform.processor() or platform.machine(), "probe_test_accuracy": acc,
-           "test_sentences": len(te_s), "train_sentences": len(tr_s), "examples": len(y), "components": c,
-           "alpha": ALPHA, "lds_masks": LDS_MASKS}
+    res = {
+        "machine": platform.processor() or platform.machine(),
+        "probe_test_accuracy": acc,
+        "test_sentences": len(te_s),
+        "train_sentences": len(tr_s),
+        "examples": len(y),
+        "components": c,
+        "alpha": ALPHA,
+        "lds_masks": LDS_MASKS,
+    }
     t = time.perf_counter()
     lds_masks = keep_masks(10_000, 0, LDS_MASKS, c, ALPHA)
     actual = masked_margins(model, x, y, slices, lds_masks, CHUNK)
@@ -121,13 +144,16 @@ def main(argv=None) -> None:
 
     def lds_of(w, b):
         return summary(pearson(actual, lds_masks.double() @ w.double() + b.double()))
+
     rows = []
     loo = leave_one_out(model, x, y, paths, chunk=CHUNK)
     rows.append({"estimator": "leave-one-out", "fwd_eq": c + 1} | lds_of(loo.w, loo.b))
     gxp = gradient_times_parameter(model, x, y, paths)
     rows.append({"estimator": "gradient x parameter", "fwd_eq": 3} | lds_of(gxp.w, gxp.b))
     chord = chord_prior(model, x, y, slices, 40, ALPHA, 0)
-    rows.append({"estimator": "chord prior (40 passes)", "fwd_eq": 120} | lds_of(chord, torch.zeros(len(y))))
+    rows.append(
+        {"estimator": "chord prior (40 passes)", "fwd_eq": 120} | lds_of(chord, torch.zeros(len(y)))
+    )
     masks = keep_masks(0, 0, 1000, c, ALPHA)
     y_m = masked_margins(model, x, y, slices, masks, CHUNK).double()
     for n in (100, 250, 500, 1000):
@@ -139,15 +165,26 @@ def main(argv=None) -> None:
             rid = AblationSums(c, len(y), folds=5)
             rid.update(masks[:n], y_m[:n] - masks[:n].double() @ chord)
             w, b, _ = solve(rid, "ridge", None)
-            rows.append({"estimator": f"ridge + chord40, {n} masks", "fwd_eq": n + 120} | lds_of(w + chord, b))
+            rows.append(
+                {"estimator": f"ridge + chord40, {n} masks", "fwd_eq": n + 120}
+                | lds_of(w + chord, b)
+            )
     res["rows"] = rows
     res["wall_s"] = time.perf_counter() - t
-    lines = ["# COAR over the attention heads of all-MiniLM-L6-v2 (topic probe)", "",
-             f"Machine: {res['machine']}. `python benchmarks/coar_heads.py`. Probe test accuracy "
-             f"{acc:.3f} ({len(te_s)} held-out sentences); {len(y)} attributed sentences, {c} heads, "
-             f"alpha {ALPHA}, LDS on {LDS_MASKS} fresh masks; {res['seconds_per_mask'] * 1e3:.0f} ms per mask.", "",
-             "| estimator | forward-equivalents | mean LDS | p10 | min |", "|---|---|---|---|---|"]
-    lines += [f"| {r['estimator']} | {r['fwd_eq']} | {r['mean']:.3f} | {r['p10']:.3f} | {r['min']:.3f} |" for r in rows]
+    lines = [
+        "# COAR over the attention heads of all-MiniLM-L6-v2 (topic probe)",
+        "",
+        f"Machine: {res['machine']}. `python benchmarks/coar_heads.py`. Probe test accuracy "
+        f"{acc:.3f} ({len(te_s)} held-out sentences); {len(y)} attributed sentences, {c} heads, "
+        f"alpha {ALPHA}, LDS on {LDS_MASKS} fresh masks; {res['seconds_per_mask'] * 1e3:.0f} ms per mask.",
+        "",
+        "| estimator | forward-equivalents | mean LDS | p10 | min |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['estimator']} | {r['fwd_eq']} | {r['mean']:.3f} | {r['p10']:.3f} | {r['min']:.3f} |"
+        for r in rows
+    ]
     _results.write(out / "coar_heads", res, "\n".join(lines) + "\n")
     print("\n".join(lines))
 

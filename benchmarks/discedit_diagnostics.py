@@ -10,6 +10,7 @@ samples), never on the test split.
 
 Prints its rows to stdout; writes no files.
 """
+
 import argparse
 import copy
 
@@ -33,13 +34,15 @@ def holdout():
 
 
 def parse(config: str) -> tuple[str, dict]:
-    """"sp:k=v;k=v" -> ("discedit-sp", {...}); "scorer:k=v" -> ("scorer", {...})."""
+    """ "sp:k=v;k=v" -> ("discedit-sp", {...}); "scorer:k=v" -> ("scorer", {...})."""
     kind, _, rest = config.partition(":")
     opts = dict(kv.split("=") for kv in rest.split(";")) if rest else {}
     return ("discedit-sp" if kind == "sp" else kind), opts
 
 
-def main(mode: str, archs: str, ratios: str, configs: str = "l1,random,sp:,sp:features=linear") -> None:
+def main(
+    mode: str, archs: str, ratios: str, configs: str = "l1,random,sp:,sp:features=linear"
+) -> None:
     torch.set_num_threads(1)
     fm, stats, hold = holdout()
     ex = hold.x[:2]
@@ -59,11 +62,17 @@ def main(mode: str, archs: str, ratios: str, configs: str = "l1,random,sp:,sp:fe
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("mode", choices=["variants", "bnrecal"])
     ap.add_argument("archs", help="comma-separated, e.g. vgg,resnet")
     ap.add_argument("ratios", help="comma-separated channel ratios, e.g. 0.1,0.2")
-    ap.add_argument("configs", nargs="?", default="l1,random,sp:,sp:features=linear",
-                    help="comma-separated scorer configs (default: %(default)s)")
+    ap.add_argument(
+        "configs",
+        nargs="?",
+        default="l1,random,sp:,sp:features=linear",
+        help="comma-separated scorer configs (default: %(default)s)",
+    )
     a = ap.parse_args()
     main(a.mode, a.archs, a.ratios, a.configs)

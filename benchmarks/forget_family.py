@@ -21,6 +21,7 @@ folder, see benchmarks/_results.py; --out benchmarks/results updates the committ
   --out DIR                  results folder; --merge reads its stems from it too
   --name STEM                results file name (default forget_family)
   --merge a,b                combine the results DIR/a.json, DIR/b.json into --name"""
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,22 @@ FAMILY = {
     "F-res-x1": ("fashion-mnist", "resnet", {"widths": (16, 32, 64), "blocks": 1}, 3, 0, "tune"),
     "M-vgg-x0.5-nohidden": ("mnist", "vgg", {"widths": (8, 16, 32), "hidden": 0}, 2, 0, "tune"),
     "M-res-x1-deep": ("mnist", "resnet", {"widths": (16, 32, 64), "blocks": 2}, 2, 1, "tune"),
-    "F-vgg-x2-2stage": ("fashion-mnist", "vgg", {"widths": (32, 64), "hidden": 128}, 2, 1, "held-out"),
-    "F-res-x0.5-deep": ("fashion-mnist", "resnet", {"widths": (8, 16, 32), "blocks": 2}, 4, 1, "held-out"),
+    "F-vgg-x2-2stage": (
+        "fashion-mnist",
+        "vgg",
+        {"widths": (32, 64), "hidden": 128},
+        2,
+        1,
+        "held-out",
+    ),
+    "F-res-x0.5-deep": (
+        "fashion-mnist",
+        "resnet",
+        {"widths": (8, 16, 32), "blocks": 2},
+        4,
+        1,
+        "held-out",
+    ),
     "M-vgg-x1": ("mnist", "vgg", {"widths": (16, 32, 64), "hidden": 64}, 2, 1, "held-out"),
     "M-res-x1": ("mnist", "resnet", {"widths": (16, 32, 64), "blocks": 1}, 2, 0, "held-out"),
     # the zoo models the editors were first developed on (--half zoo): full training split, default
@@ -61,23 +76,48 @@ FAMILY = {
 VARIANTS = {
     "discedit-u": ("discedit-u", {"num_layers": 2}),
     "discedit-u/held-out": ("discedit-u", {"num_layers": 2, "check": "held-out"}),
-    "discedit-u/held-out/0.5%": ("discedit-u", {"num_layers": 2, "check": "held-out", "forget_target": 0.005}),
+    "discedit-u/held-out/0.5%": (
+        "discedit-u",
+        {"num_layers": 2, "check": "held-out", "forget_target": 0.005},
+    ),
     "discedit-u/4-layers": ("discedit-u", {"num_layers": 4}),
     "modhifi-u": ("modhifi-u", {"hidden": True, "rows": "all", "max_fraction": 0.08}),
-    "modhifi-u/held-out": ("modhifi-u", {"hidden": True, "rows": "all", "max_fraction": 0.08, "check": "held-out"}),
+    "modhifi-u/held-out": (
+        "modhifi-u",
+        {"hidden": True, "rows": "all", "max_fraction": 0.08, "check": "held-out"},
+    ),
     "modhifi-u/head": ("modhifi-u", {"hidden": False, "rows": "all", "max_fraction": 0.08}),
     "modhifi-u/head/25%": ("modhifi-u", {"hidden": False, "rows": "all", "max_fraction": 0.25}),
-    "modhifi-u/head/row": ("modhifi-u", {"hidden": False, "rows": "forget", "max_fraction": 1.0, "mode": "zero"}),
-    "modhifi-u/head/row/held-out": ("modhifi-u", {"hidden": False, "rows": "forget", "max_fraction": 1.0,
-                                                  "mode": "zero", "check": "held-out"}),
-    "modhifi-u/head/row/negate": ("modhifi-u", {"hidden": False, "rows": "forget", "max_fraction": 1.0,
-                                                "mode": "negate"}),
+    "modhifi-u/head/row": (
+        "modhifi-u",
+        {"hidden": False, "rows": "forget", "max_fraction": 1.0, "mode": "zero"},
+    ),
+    "modhifi-u/head/row/held-out": (
+        "modhifi-u",
+        {
+            "hidden": False,
+            "rows": "forget",
+            "max_fraction": 1.0,
+            "mode": "zero",
+            "check": "held-out",
+        },
+    ),
+    "modhifi-u/head/row/negate": (
+        "modhifi-u",
+        {"hidden": False, "rows": "forget", "max_fraction": 1.0, "mode": "negate"},
+    ),
     "coar-forget": ("coar-forget", {}),
 }
 
 
 # the plot: the defaults before and after issue 12, and COAR (every variant is in the tables)
-PLOTTED = ("discedit-u", "discedit-u/4-layers", "modhifi-u", "modhifi-u/head/row/negate", "coar-forget")
+PLOTTED = (
+    "discedit-u",
+    "discedit-u/4-layers",
+    "modhifi-u",
+    "modhifi-u/head/row/negate",
+    "coar-forget",
+)
 
 TRAIN_IMAGES = 20_000
 
@@ -95,7 +135,11 @@ def family(half: str, only=None):
         key = ds + (" full" if h == "zoo" else "")
         if key not in bundles:
             full = data.load_dataset(ds, DATA)
-            bundles[key] = full if h == "zoo" else dataclasses.replace(full, train=full.train.subset(TRAIN_IMAGES, seed=0))
+            bundles[key] = (
+                full
+                if h == "zoo"
+                else dataclasses.replace(full, train=full.train.subset(TRAIN_IMAGES, seed=0))
+            )
         t = time.time()
         model = train.pretrained(arch, bundles[key], epochs=epochs, seed=seed, config=config).eval()
         yield name, h, model, bundles[key], time.time() - t
@@ -129,54 +173,100 @@ def summarise(rows, variant, half) -> dict:
         return {"edits": 0, "failed": failed}
     f = torch.tensor([r["forgotten"] for r in sel])
     drop = torch.tensor([r["dense_retained"] - r["retained"] for r in sel])
-    return {"edits": len(sel), "failed": failed, "mean_forgotten": float(f.mean()), "worst_forgotten": float(f.max()),
-            "p90_forgotten": float(f.quantile(0.9)), "mean_retained_drop": float(drop.mean()),
-            "worst_retained_drop": float(drop.max()), "p90_retained_drop": float(drop.quantile(0.9)),
-            "median_seconds": float(torch.tensor([r["seconds"] for r in sel]).median())}
+    return {
+        "edits": len(sel),
+        "failed": failed,
+        "mean_forgotten": float(f.mean()),
+        "worst_forgotten": float(f.max()),
+        "p90_forgotten": float(f.quantile(0.9)),
+        "mean_retained_drop": float(drop.mean()),
+        "worst_retained_drop": float(drop.max()),
+        "p90_retained_drop": float(drop.quantile(0.9)),
+        "median_seconds": float(torch.tensor([r["seconds"] for r in sel]).median()),
+    }
 
 
 def markdown(res) -> str:
-    lines = ["# Forgetting across a model family (no fine-tuning)", "",
-             f"Machine: {res['machine']}. Command: `{res['command']}`. Calibration {res['calib']} training images; "
-             "accuracies on the 10k test split; drop = dense retained accuracy - edited retained accuracy (points x 0.01).", "",
-             "The editors' defaults since issue 12 are the rows `modhifi-u/head/row/negate` (modhifi-u) and "
-             "`discedit-u/4-layers` (discedit-u); the rows `modhifi-u` and `discedit-u` are the defaults before it.", "",
-             "## Models", "", "| model | half | data | arch | config | epochs | seed | dense test acc |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Forgetting across a model family (no fine-tuning)",
+        "",
+        f"Machine: {res['machine']}. Command: `{res['command']}`. Calibration {res['calib']} training images; "
+        "accuracies on the 10k test split; drop = dense retained accuracy - edited retained accuracy (points x 0.01).",
+        "",
+        "The editors' defaults since issue 12 are the rows `modhifi-u/head/row/negate` (modhifi-u) and "
+        "`discedit-u/4-layers` (discedit-u); the rows `modhifi-u` and `discedit-u` are the defaults before it.",
+        "",
+        "## Models",
+        "",
+        "| model | half | data | arch | config | epochs | seed | dense test acc |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, m in res["models"].items():
-        lines.append(f"| {name} | {m['half']} | {m['data']} | {m['arch']} | {m['config']} | {m['epochs']} | {m['seed']} | {m['dense']:.4f} |")
-    lines += ["", "## Summary", "", "| editor | half | edits | failed | mean forgotten | p90 forgotten | worst forgotten | "
-              "mean retained drop | p90 drop | worst retained drop | median s/edit |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {name} | {m['half']} | {m['data']} | {m['arch']} | {m['config']} | {m['epochs']} | {m['seed']} | {m['dense']:.4f} |"
+        )
+    lines += [
+        "",
+        "## Summary",
+        "",
+        "| editor | half | edits | failed | mean forgotten | p90 forgotten | worst forgotten | "
+        "mean retained drop | p90 drop | worst retained drop | median s/edit |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for key, s in res["summary"].items():
         variant, half = key.split("|")
         if not s["edits"]:
             if s["failed"]:
                 lines.append(f"| {variant} | {half} | 0 | {s['failed']} | | | | | | | |")
             continue
-        lines.append(f"| {variant} | {half} | {s['edits']} | {s['failed']} | {s['mean_forgotten']:.4f} | {s['p90_forgotten']:.4f} | "
-                     f"{s['worst_forgotten']:.4f} | {s['mean_retained_drop']:.4f} | {s['p90_retained_drop']:.4f} | "
-                     f"{s['worst_retained_drop']:.4f} | {s['median_seconds']:.1f} |")
-    lines += ["", "## Every edit", "", "| model | half | editor | class | forgotten | retained | dense retained | s | changed |",
-              "|---|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {variant} | {half} | {s['edits']} | {s['failed']} | {s['mean_forgotten']:.4f} | {s['p90_forgotten']:.4f} | "
+            f"{s['worst_forgotten']:.4f} | {s['mean_retained_drop']:.4f} | {s['p90_retained_drop']:.4f} | "
+            f"{s['worst_retained_drop']:.4f} | {s['median_seconds']:.1f} |"
+        )
+    lines += [
+        "",
+        "## Every edit",
+        "",
+        "| model | half | editor | class | forgotten | retained | dense retained | s | changed |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in res["rows"]:
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['half']} | {r['variant']} | {r['class']} | failed: {r['error'][:80]} | | | | |")
+            lines.append(
+                f"| {r['model']} | {r['half']} | {r['variant']} | {r['class']} | failed: {r['error'][:80]} | | | | |"
+            )
         else:
-            lines.append(f"| {r['model']} | {r['half']} | {r['variant']} | {r['class']} | {r['forgotten']:.4f} | {r['retained']:.4f} | "
-                         f"{r['dense_retained']:.4f} | {r['seconds']:.1f} | {r['changed']} |")
+            lines.append(
+                f"| {r['model']} | {r['half']} | {r['variant']} | {r['class']} | {r['forgotten']:.4f} | {r['retained']:.4f} | "
+                f"{r['dense_retained']:.4f} | {r['seconds']:.1f} | {r['changed']} |"
+            )
     return "\n".join(lines) + "\n"
 
 
 def plot(res, path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(6, 4))
     marks = {"tune": "o", "held-out": "x"}
     for i, variant in enumerate(v for v in PLOTTED if any(r["variant"] == v for r in res["rows"])):
         for half, mk in marks.items():
-            sel = [r for r in res["rows"] if r["variant"] == variant and r["half"] == half and "error" not in r]
-            ax.scatter([100 * r["forgotten"] for r in sel], [100 * (r["dense_retained"] - r["retained"]) for r in sel],
-                       marker=mk, color=f"C{i}", label=f"{variant} ({half})", alpha=0.7)
+            sel = [
+                r
+                for r in res["rows"]
+                if r["variant"] == variant and r["half"] == half and "error" not in r
+            ]
+            ax.scatter(
+                [100 * r["forgotten"] for r in sel],
+                [100 * (r["dense_retained"] - r["retained"]) for r in sel],
+                marker=mk,
+                color=f"C{i}",
+                label=f"{variant} ({half})",
+                alpha=0.7,
+            )
     ax.axvline(5, ls=":", color="grey")
     ax.axhline(3, ls=":", color="grey")
     ax.set_xlabel("forgotten-class test accuracy (%)")
@@ -192,11 +282,19 @@ def main() -> None:
     ap.add_argument("--editors", default=",".join(VARIANTS))
     ap.add_argument("--classes", default=",".join(map(str, range(10))))
     ap.add_argument("--calib", type=int, default=2048)
-    ap.add_argument("--models", default=None, help="comma-separated model names (default: the half's)")
+    ap.add_argument(
+        "--models", default=None, help="comma-separated model names (default: the half's)"
+    )
     ap.add_argument("--train-only", action="store_true")
     ap.add_argument("--out", default=None, help=_results.out_help("forget_family"))
-    ap.add_argument("--name", default="forget_family", help="results file name: NAME.json, NAME.md, NAME.png")
-    ap.add_argument("--merge", default=None, help="comma-separated result stems (in --out) to combine into --name")
+    ap.add_argument(
+        "--name", default="forget_family", help="results file name: NAME.json, NAME.md, NAME.png"
+    )
+    ap.add_argument(
+        "--merge",
+        default=None,
+        help="comma-separated result stems (in --out) to combine into --name",
+    )
     args = ap.parse_args()
     folder = _results.out_dir(args.out, "forget_family")
     if args.merge:
@@ -206,34 +304,69 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown variants {sorted(unknown)}; known: {sorted(VARIANTS)}")
     classes = [int(c) for c in args.classes.split(",")]
-    res = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-           "command": "python benchmarks/forget_family.py " + " ".join(
-               f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v not in (None, False, True)),
-           "calib": args.calib, "models": {}, "rows": []}
-    for name, half, model, bundle, secs in family(args.half, args.models and args.models.split(",")):
+    res = {
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "command": "python benchmarks/forget_family.py "
+        + " ".join(
+            f"--{k.replace('_', '-')} {v}"
+            for k, v in vars(args).items()
+            if v not in (None, False, True)
+        ),
+        "calib": args.calib,
+        "models": {},
+        "rows": [],
+    }
+    for name, half, model, bundle, secs in family(
+        args.half, args.models and args.models.split(",")
+    ):
         ds, arch, config, epochs, seed, _ = FAMILY[name]
         dense = float((predictions(model, bundle.test.x) == bundle.test.y).float().mean())
-        res["models"][name] = {"half": half, "data": ds, "arch": arch, "config": str(config), "epochs": epochs,
-                               "seed": seed, "dense": dense, "train_or_load_s": secs}
+        res["models"][name] = {
+            "half": half,
+            "data": ds,
+            "arch": arch,
+            "config": str(config),
+            "epochs": epochs,
+            "seed": seed,
+            "dense": dense,
+            "train_or_load_s": secs,
+        }
         print(f"{name} ({half}): dense {dense:.4f} ({secs:.0f} s)", flush=True)
         if args.train_only:
             continue
-        calib = bundle.train.subset(6000, seed=1) if half == "zoo" else bundle.train.subset(args.calib, seed=0)
+        calib = (
+            bundle.train.subset(6000, seed=1)
+            if half == "zoo"
+            else bundle.train.subset(args.calib, seed=0)
+        )
         for k in classes:
             dense_k = accuracies(model, bundle.test, k)
             for v in variants:
-                row = {"model": name, "half": half, "variant": v, "class": k, "dense_forgotten": dense_k[0],
-                       "dense_retained": dense_k[1]} | run_edit(model, bundle, calib, k, v)
+                row = {
+                    "model": name,
+                    "half": half,
+                    "variant": v,
+                    "class": k,
+                    "dense_forgotten": dense_k[0],
+                    "dense_retained": dense_k[1],
+                } | run_edit(model, bundle, calib, k, v)
                 res["rows"].append(row)
-                print(f"  {v} class {k}: {row.get('forgotten', 'failed')} / {row.get('retained', '')} "
-                      f"(dense {dense_k[1]:.4f})", flush=True)
+                print(
+                    f"  {v} class {k}: {row.get('forgotten', 'failed')} / {row.get('retained', '')} "
+                    f"(dense {dense_k[1]:.4f})",
+                    flush=True,
+                )
         if not args.train_only:
-            write(res, folder, args.name)       # after every model: a stopped run keeps what it measured
+            write(res, folder, args.name)  # after every model: a stopped run keeps what it measured
 
 
 def write(res: dict, folder: Path, out: str) -> None:
     variants = sorted({r["variant"] for r in res["rows"]})
-    res["summary"] = {f"{v}|{h}": summarise(res["rows"], v, h) for v in variants for h in ("tune", "held-out", "all", "zoo")}
+    res["summary"] = {
+        f"{v}|{h}": summarise(res["rows"], v, h)
+        for v in variants
+        for h in ("tune", "held-out", "all", "zoo")
+    }
     stem = folder / out
     _results.write(stem, res, markdown(res))
     plot(res, Path(f"{stem}.png"))
@@ -243,9 +376,14 @@ def write(res: dict, folder: Path, out: str) -> None:
 def merge(stems: list[str], folder: Path, out: str) -> None:
     """One results file from the runs ``stems`` (each a <folder>/<stem>.json)."""
     parts = [_results.read(folder / f"{s}.json") for s in stems]
-    res = {"machine": parts[0]["machine"], "command": "; ".join(p["command"] for p in parts) +
-           f"; python benchmarks/forget_family.py --merge {','.join(stems)} --name {out}",
-           "calib": parts[0]["calib"], "models": {}, "rows": []}
+    res = {
+        "machine": parts[0]["machine"],
+        "command": "; ".join(p["command"] for p in parts)
+        + f"; python benchmarks/forget_family.py --merge {','.join(stems)} --name {out}",
+        "calib": parts[0]["calib"],
+        "models": {},
+        "rows": [],
+    }
     for p in parts:
         res["models"] |= p["models"]
         res["rows"] += p["rows"]

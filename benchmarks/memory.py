@@ -25,6 +25,7 @@ above the baseline in two runs: noise larger than the 10 % being tested, and not
 number of samples. ``--malloc pinned`` (the default here) fixes the threshold at 128 KiB in the
 child processes (``MALLOC_MMAP_THRESHOLD_=131072``), so freed batch buffers go back to the
 system and the peak shows what the library holds; ``--malloc default`` measures glibc as is."""
+
 from __future__ import annotations
 
 import argparse
@@ -46,7 +47,9 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 def _status() -> dict[str, float]:
     """VmRSS and VmHWM of this process in MiB."""
     text = Path("/proc/self/status").read_text()
-    return {k: int(re.search(rf"{k}:\s+(\d+) kB", text).group(1)) / 1024 for k in ("VmRSS", "VmHWM")}
+    return {
+        k: int(re.search(rf"{k}:\s+(\d+) kB", text).group(1)) / 1024 for k in ("VmRSS", "VmHWM")
+    }
 
 
 def _dataset(data_dir: str, samples: int):
@@ -72,6 +75,7 @@ def _dataset(data_dir: str, samples: int):
         def __getitem__(self, i):
             x = torch.from_numpy(images[i].astype(np.float32)).div_(255).sub_(mean).div_(std)
             return x.unsqueeze(0), labels[i]
+
     return IdxImages()
 
 
@@ -90,15 +94,22 @@ def child(scorer: str, samples: int, mode: str, data_dir: str) -> dict:
         bundle, calib = None, _dataset(data_dir, samples)
     gc.collect()
     before = _status()["VmRSS"]
-    Path("/proc/self/clear_refs").write_text("5")      # reset the high-water mark to the current RSS
+    Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark to the current RSS
     t0 = time.perf_counter()
     scores = pe.score(model, scorer, data=calib, num_classes=10)
     seconds = time.perf_counter() - t0
     peak = _status()["VmHWM"]
     assert all(torch.isfinite(v).all() for v in scores.values())
     del bundle
-    return dict(scorer=scorer, samples=samples, mode=mode, rss_before_mb=before, peak_mb=peak,
-                scoring_mb=peak - before, seconds=seconds)
+    return dict(
+        scorer=scorer,
+        samples=samples,
+        mode=mode,
+        rss_before_mb=before,
+        peak_mb=peak,
+        scoring_mb=peak - before,
+        seconds=seconds,
+    )
 
 
 def _run(scorer: str, samples: int, mode: str, data_dir: str, malloc: str) -> dict:
@@ -109,24 +120,35 @@ def _run(scorer: str, samples: int, mode: str, data_dir: str, malloc: str) -> di
 
 
 def _markdown(rows: list[dict], ratios: list[dict], command: str, meta: dict) -> str:
-    lines = ["# Peak memory of scoring: 1k vs 20k samples", "",
-             f"Command: `{command}`; machine: {meta['cpu']}, {meta['threads']} threads, torch {meta['torch']}. "
-             "Each run in a fresh process; the high-water mark is reset just before `pe.score`, so "
-             "'peak' is the peak while scoring (resident data and libraries included) and "
-             "'scoring adds' is peak minus the RSS just before. Model: zoo VGG widths (16, 32, 64), "
-             "hidden 64, random weights; Fashion-MNIST 28x28; batch 256. glibc malloc: "
-             f"{meta['malloc']} (see the script's docstring). The machine was shared with other "
-             "benchmarks: seconds are noisy.", "",
-             "| scorer | data | samples | RSS before MiB | peak MiB | scoring adds MiB | s |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Peak memory of scoring: 1k vs 20k samples",
+        "",
+        f"Command: `{command}`; machine: {meta['cpu']}, {meta['threads']} threads, torch {meta['torch']}. "
+        "Each run in a fresh process; the high-water mark is reset just before `pe.score`, so "
+        "'peak' is the peak while scoring (resident data and libraries included) and "
+        "'scoring adds' is peak minus the RSS just before. Model: zoo VGG widths (16, 32, 64), "
+        "hidden 64, random weights; Fashion-MNIST 28x28; batch 256. glibc malloc: "
+        f"{meta['malloc']} (see the script's docstring). The machine was shared with other "
+        "benchmarks: seconds are noisy.",
+        "",
+        "| scorer | data | samples | RSS before MiB | peak MiB | scoring adds MiB | s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['scorer']} | {r['mode']} | {r['samples']} | {r['rss_before_mb']:.1f} | "
-                     f"{r['peak_mb']:.1f} | {r['scoring_mb']:.1f} | {r['seconds']:.1f} |")
-    lines += ["", "| scorer | data | peak ratio (large / small) | scoring-adds ratio | within 10 % |",
-              "|---|---|---|---|---|"]
+        lines.append(
+            f"| {r['scorer']} | {r['mode']} | {r['samples']} | {r['rss_before_mb']:.1f} | "
+            f"{r['peak_mb']:.1f} | {r['scoring_mb']:.1f} | {r['seconds']:.1f} |"
+        )
+    lines += [
+        "",
+        "| scorer | data | peak ratio (large / small) | scoring-adds ratio | within 10 % |",
+        "|---|---|---|---|---|",
+    ]
     for r in ratios:
-        lines.append(f"| {r['scorer']} | {r['mode']} | {r['peak_ratio']:.3f} | {r['scoring_ratio']:.3f} | "
-                     f"{'yes' if r['within_10pct'] else 'NO'} |")
+        lines.append(
+            f"| {r['scorer']} | {r['mode']} | {r['peak_ratio']:.3f} | {r['scoring_ratio']:.3f} | "
+            f"{'yes' if r['within_10pct'] else 'NO'} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -134,9 +156,15 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, nargs=2, default=[1000, 20000])
     ap.add_argument("--scorers", nargs="+", default=["fidelity", "witness"])
-    ap.add_argument("--modes", nargs="+", default=["split", "dataset"], choices=["split", "dataset"])
-    ap.add_argument("--malloc", default="pinned", choices=["pinned", "default"],
-                    help="pinned: MALLOC_MMAP_THRESHOLD_=131072 in the measured processes")
+    ap.add_argument(
+        "--modes", nargs="+", default=["split", "dataset"], choices=["split", "dataset"]
+    )
+    ap.add_argument(
+        "--malloc",
+        default="pinned",
+        choices=["pinned", "default"],
+        help="pinned: MALLOC_MMAP_THRESHOLD_=131072 in the measured processes",
+    )
     ap.add_argument("--data-dir", default=str(DATA))
     ap.add_argument("--out", default=None, help=_results.out_help("memory"))
     ap.add_argument("--name", default="memory", help="results file name: NAME.json and NAME.md")
@@ -146,24 +174,47 @@ def main(argv=None) -> int:
         print(json.dumps(child(args.child[0], int(args.child[1]), args.child[2], args.data_dir)))
         return 0
     import torch
+
     small, large = args.samples
     rows, ratios = [], []
     for scorer in args.scorers:
         for mode in args.modes:
             a, b = (_run(scorer, n, mode, args.data_dir, args.malloc) for n in (small, large))
             rows += [a, b]
-            ratios.append(dict(scorer=scorer, mode=mode, peak_ratio=b["peak_mb"] / a["peak_mb"],
-                               scoring_ratio=b["scoring_mb"] / max(a["scoring_mb"], 1e-9)))
-            ratios[-1]["within_10pct"] = ratios[-1]["peak_ratio"] <= 1.10 and ratios[-1]["scoring_ratio"] <= 1.10
+            ratios.append(
+                dict(
+                    scorer=scorer,
+                    mode=mode,
+                    peak_ratio=b["peak_mb"] / a["peak_mb"],
+                    scoring_ratio=b["scoring_mb"] / max(a["scoring_mb"], 1e-9),
+                )
+            )
+            ratios[-1]["within_10pct"] = (
+                ratios[-1]["peak_ratio"] <= 1.10 and ratios[-1]["scoring_ratio"] <= 1.10
+            )
             print(json.dumps(ratios[-1]), flush=True)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    meta = dict(cpu=cpu, threads=torch.get_num_threads(), torch=torch.__version__,
-                malloc="MALLOC_MMAP_THRESHOLD_=131072" if args.malloc == "pinned" else "glibc defaults")
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    meta = dict(
+        cpu=cpu,
+        threads=torch.get_num_threads(),
+        torch=torch.__version__,
+        malloc="MALLOC_MMAP_THRESHOLD_=131072" if args.malloc == "pinned" else "glibc defaults",
+    )
     command = "python benchmarks/memory.py " + " ".join(sys.argv[1:] if argv is None else argv)
     out = _results.out_dir(args.out, "memory") / args.name
-    _results.write(out, dict(meta=meta, command=command.strip(), rows=rows, ratios=ratios),
-                   _markdown(rows, ratios, command.strip(), meta), indent=2)
+    _results.write(
+        out,
+        dict(meta=meta, command=command.strip(), rows=rows, ratios=ratios),
+        _markdown(rows, ratios, command.strip(), meta),
+        indent=2,
+    )
     print(_markdown(rows, ratios, command.strip(), meta))
     return 0
 

@@ -13,6 +13,7 @@ Writes modhifi_{fmnist,minilm}.{json,md} (with --arch: modhifi_fmnist_<arch>) to
 scratch folder, see benchmarks/_results.py; --out benchmarks/results updates the committed results).
 Both archs in parallel:  python benchmarks/modhifi.py --only fmnist --arch vgg &
                          python benchmarks/modhifi.py --only fmnist --arch resnet"""
+
 from __future__ import annotations
 
 import argparse
@@ -37,7 +38,11 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 def accuracy(model, split, classes=None):
     with torch.no_grad():
         pred = torch.cat([model.eval()(x).argmax(1) for x in split.x.split(1000)])
-    sel = torch.ones_like(split.y, dtype=torch.bool) if classes is None else torch.isin(split.y, classes)
+    sel = (
+        torch.ones_like(split.y, dtype=torch.bool)
+        if classes is None
+        else torch.isin(split.y, classes)
+    )
     return float((pred[sel] == split.y[sel]).float().mean())
 
 
@@ -78,63 +83,113 @@ def fmnist(quick: bool, archs=("vgg", "resnet")) -> dict:
                     t = time.time()
                     try:
                         m, _ = baseline(model, name, ratio, calib, recal)
-                        row = {"method": name + (" + BN recal" if recal else ""), "ratio": ratio,
-                               "accuracy": accuracy(m, test), "params_removed": 1 - params(m) / p0}
-                    except Exception as e:          # record, do not hide, a failing scorer
+                        row = {
+                            "method": name + (" + BN recal" if recal else ""),
+                            "ratio": ratio,
+                            "accuracy": accuracy(m, test),
+                            "params_removed": 1 - params(m) / p0,
+                        }
+                    except Exception as e:  # record, do not hide, a failing scorer
                         row = {"method": name, "ratio": ratio, "error": f"{type(e).__name__}: {e}"}
                     row["seconds"] = time.time() - t
                     res["curve"].append(row)
                     print(arch, row, flush=True)
             t = time.time()
             m, rec = modhifi(model, ratio, calib)
-            row = {"method": "fidelity + delta* + BN recal (modhifi-p)", "ratio": ratio,
-                   "accuracy": accuracy(m, test), "params_removed": 1 - params(m) / p0,
-                   "seconds": time.time() - t}
+            row = {
+                "method": "fidelity + delta* + BN recal (modhifi-p)",
+                "ratio": ratio,
+                "accuracy": accuracy(m, test),
+                "params_removed": 1 - params(m) / p0,
+                "seconds": time.time() - t,
+            }
             res["curve"].append(row)
             print(arch, row, flush=True)
         for comp, recal in [(False, False), (True, False), (False, True), (True, True)]:
-            for conv in (("full", "slice") if comp else ("full",)):
-                m, rec = modhifi(model, 0.5, calib, compensate=comp, recalibrate=recal, conv_refit=conv)
+            for conv in ("full", "slice") if comp else ("full",):
+                m, rec = modhifi(
+                    model, 0.5, calib, compensate=comp, recalibrate=recal, conv_refit=conv
+                )
                 key = f"compensation={'yes (' + conv + ')' if comp else 'no'}, BN recal={'yes' if recal else 'no'}"
                 res["ablation"][key] = accuracy(m, test)
                 print(arch, key, res["ablation"][key], flush=True)
         for k in range(10):
             m = copy.deepcopy(model)
             t = time.time()
-            api.forget(m, k, calib if quick else bundle.train.subset(6000, seed=1), editor="modhifi-u",
-                       num_classes=10)
+            api.forget(
+                m,
+                k,
+                calib if quick else bundle.train.subset(6000, seed=1),
+                editor="modhifi-u",
+                num_classes=10,
+            )
             sec = time.time() - t
             rest = torch.tensor([j for j in range(10) if j != k])
-            res["forget"].append({"class": k, "forget_accuracy": accuracy(m, test, torch.tensor([k])),
-                                  "retained_accuracy": accuracy(m, test, rest),
-                                  "dense_retained_accuracy": accuracy(model, test, rest), "seconds": sec})
+            res["forget"].append(
+                {
+                    "class": k,
+                    "forget_accuracy": accuracy(m, test, torch.tensor([k])),
+                    "retained_accuracy": accuracy(m, test, rest),
+                    "dense_retained_accuracy": accuracy(model, test, rest),
+                    "seconds": sec,
+                }
+            )
             print(arch, res["forget"][-1], flush=True)
         out["models"][arch] = res
     return out
 
 
 def fmnist_md(r: dict) -> str:
-    lines = ["# ModHiFi on Fashion-MNIST (no fine-tuning)", "",
-             "Statistics from 2048 training images; accuracy on the test split. "
-             "`ratio` = fraction of channels removed per layer (torch-pruning, head kept).", ""]
+    lines = [
+        "# ModHiFi on Fashion-MNIST (no fine-tuning)",
+        "",
+        "Statistics from 2048 training images; accuracy on the test split. "
+        "`ratio` = fraction of channels removed per layer (torch-pruning, head kept).",
+        "",
+    ]
     for arch, res in r["models"].items():
-        lines += [f"## {arch} (dense accuracy {res['dense_accuracy']:.4f}, {res['params']} parameters)", "",
-                  "| method | channels removed | params removed | accuracy |", "|---|---|---|---|"]
+        lines += [
+            f"## {arch} (dense accuracy {res['dense_accuracy']:.4f}, {res['params']} parameters)",
+            "",
+            "| method | channels removed | params removed | accuracy |",
+            "|---|---|---|---|",
+        ]
         for row in res["curve"]:
             if "error" in row:
-                lines.append(f"| {row['method']} | {row['ratio']} | - | error: {row['error'][:80]} |")
+                lines.append(
+                    f"| {row['method']} | {row['ratio']} | - | error: {row['error'][:80]} |"
+                )
             else:
-                lines.append(f"| {row['method']} | {row['ratio']} | {row['params_removed']:.3f} | {row['accuracy']:.4f} |")
-        lines += ["", "Ablation at 50% of channels (fidelity scores):", "", "| cell | accuracy |", "|---|---|"]
+                lines.append(
+                    f"| {row['method']} | {row['ratio']} | {row['params_removed']:.3f} | {row['accuracy']:.4f} |"
+                )
+        lines += [
+            "",
+            "Ablation at 50% of channels (fidelity scores):",
+            "",
+            "| cell | accuracy |",
+            "|---|---|",
+        ]
         lines += [f"| {k} | {v:.4f} |" for k, v in res["ablation"].items()]
         f = res["forget"]
         mean = lambda key: sum(x[key] for x in f) / len(f)  # noqa: E731
-        lines += ["", "ModHiFi-U (forget-class samples only):", "",
-                  "| class | forget acc | retained acc | dense retained | seconds |", "|---|---|---|---|---|"]
-        lines += [f"| {x['class']} | {x['forget_accuracy']:.4f} | {x['retained_accuracy']:.4f} | "
-                  f"{x['dense_retained_accuracy']:.4f} | {x['seconds']:.2f} |" for x in f]
-        lines += [f"| mean | {mean('forget_accuracy'):.4f} | {mean('retained_accuracy'):.4f} | "
-                  f"{mean('dense_retained_accuracy'):.4f} | {mean('seconds'):.2f} |", ""]
+        lines += [
+            "",
+            "ModHiFi-U (forget-class samples only):",
+            "",
+            "| class | forget acc | retained acc | dense retained | seconds |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {x['class']} | {x['forget_accuracy']:.4f} | {x['retained_accuracy']:.4f} | "
+            f"{x['dense_retained_accuracy']:.4f} | {x['seconds']:.2f} |"
+            for x in f
+        ]
+        lines += [
+            f"| mean | {mean('forget_accuracy'):.4f} | {mean('retained_accuracy'):.4f} | "
+            f"{mean('dense_retained_accuracy'):.4f} | {mean('seconds'):.2f} |",
+            "",
+        ]
     if "witness" not in r["scorers"]:
         lines.append("The `witness` scorer was not registered when this ran.")
     return "\n".join(lines) + "\n"
@@ -142,7 +197,10 @@ def fmnist_md(r: dict) -> str:
 
 def minilm(quick: bool) -> dict:
     from pluginedit.contrib import hf
-    calib, held = hf.split_corpus(hf.english_sentences(), 96 if quick else 256, 100 if quick else 300)
+
+    calib, held = hf.split_corpus(
+        hf.english_sentences(), 96 if quick else 256, 100 if quick else 300
+    )
     model, tok = hf.load_minilm()
     dense = hf.embed(model, tok, held)
     grams = hf.ffn_grams(model, tok, calib)
@@ -150,8 +208,13 @@ def minilm(quick: bool) -> dict:
     for frac in (0.1, 0.2, 0.3):
         for comp in (False, True):
             m, _ = hf.prune_ffn(model, grams, frac, comp)
-            rows.append({"ffn_removed": frac, "compensation": comp,
-                         "mean_cosine": hf.cosine_to_dense(dense, m, tok, held)})
+            rows.append(
+                {
+                    "ffn_removed": frac,
+                    "compensation": comp,
+                    "mean_cosine": hf.cosine_to_dense(dense, m, tok, held),
+                }
+            )
             print(rows[-1], flush=True)
     example = dict(tok(held[:2], padding=True, return_tensors="pt"))
     hscores = hf.head_scores(model, hf.head_grams(model, tok, calib))
@@ -166,37 +229,56 @@ def minilm(quick: bool) -> dict:
             row["params_removed"] = params(model) - params(m)
         head_rows.append(row)
         print(row, flush=True)
-    return {"calibration_sentences": len(calib), "held_out_sentences": len(held),
-            "score": "cholesky row norm of G*(W_D W_D^T)", "rows": rows,
-            "params_dense": params(model),
-            "head_scores": {"head_output": "E||W_O[:, h] z_h||^2 on calibration tokens",
-                            "magnitude": "torch-pruning GroupMagnitudeImportance(p=2)",
-                            "random": "torch.rand, seed 0"},
-            "head_rows": head_rows}
+    return {
+        "calibration_sentences": len(calib),
+        "held_out_sentences": len(held),
+        "score": "cholesky row norm of G*(W_D W_D^T)",
+        "rows": rows,
+        "params_dense": params(model),
+        "head_scores": {
+            "head_output": "E||W_O[:, h] z_h||^2 on calibration tokens",
+            "magnitude": "torch-pruning GroupMagnitudeImportance(p=2)",
+            "random": "torch.rand, seed 0",
+        },
+        "head_rows": head_rows,
+    }
 
 
 def minilm_md(r: dict) -> str:
-    lines = ["# ModHiFi FFN pruning of all-MiniLM-L6-v2", "",
-             f"{r['calibration_sentences']} calibration / {r['held_out_sentences']} held-out English "
-             "sentences from installed packages' docstrings; every layer loses the same fraction of "
-             f"its 1536 FFN neurons (score: {r['score']}); mean cosine similarity of the "
-             "normalised mean-pooled sentence embeddings to the dense model.", "",
-             "| FFN neurons removed | without delta* | with delta* |", "|---|---|---|"]
+    lines = [
+        "# ModHiFi FFN pruning of all-MiniLM-L6-v2",
+        "",
+        f"{r['calibration_sentences']} calibration / {r['held_out_sentences']} held-out English "
+        "sentences from installed packages' docstrings; every layer loses the same fraction of "
+        f"its 1536 FFN neurons (score: {r['score']}); mean cosine similarity of the "
+        "normalised mean-pooled sentence embeddings to the dense model.",
+        "",
+        "| FFN neurons removed | without delta* | with delta* |",
+        "|---|---|---|",
+    ]
     by = {(x["ffn_removed"], x["compensation"]): x["mean_cosine"] for x in r["rows"]}
     for f in sorted({x["ffn_removed"] for x in r["rows"]}):
         lines.append(f"| {f:.0%} | {by[f, False]:.4f} | {by[f, True]:.4f} |")
     if r.get("head_rows"):
         hs = r["head_scores"]
-        lines += ["", "## Attention-head pruning (torch-pruning MetaPruner, whole heads)", "",
-                  "Every layer loses the same number of its 12 heads (head size 32, hidden 384; no "
-                  "compensation, FFN untouched); same held-out sentences and metric. Scores: "
-                  f"head-output = {hs['head_output']}; magnitude = {hs['magnitude']}; "
-                  f"random = {hs['random']}. Dense model: {r['params_dense']:,} parameters.", "",
-                  "| heads removed / layer | parameters removed | head-output score | magnitude "
-                  "| random |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Attention-head pruning (torch-pruning MetaPruner, whole heads)",
+            "",
+            "Every layer loses the same number of its 12 heads (head size 32, hidden 384; no "
+            "compensation, FFN untouched); same held-out sentences and metric. Scores: "
+            f"head-output = {hs['head_output']}; magnitude = {hs['magnitude']}; "
+            f"random = {hs['random']}. Dense model: {r['params_dense']:,} parameters.",
+            "",
+            "| heads removed / layer | parameters removed | head-output score | magnitude "
+            "| random |",
+            "|---|---|---|---|---|",
+        ]
         for x in r["head_rows"]:
-            lines.append(f"| {x['heads_removed_per_layer']} of 12 | {x['params_removed']:,} | "
-                         f"{x['head_output']:.4f} | {x['magnitude']:.4f} | {x['random']:.4f} |")
+            lines.append(
+                f"| {x['heads_removed_per_layer']} of 12 | {x['params_removed']:,} | "
+                f"{x['head_output']:.4f} | {x['magnitude']:.4f} | {x['random']:.4f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -204,15 +286,23 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", choices=["fmnist", "minilm"])
     ap.add_argument("--quick", action="store_true", help="smaller test split, one ratio")
-    ap.add_argument("--arch", choices=["vgg", "resnet"], help="one Fashion-MNIST model only "
-                    "(writes modhifi_fmnist_<arch>.*; run both in parallel on two cores)")
+    ap.add_argument(
+        "--arch",
+        choices=["vgg", "resnet"],
+        help="one Fashion-MNIST model only "
+        "(writes modhifi_fmnist_<arch>.*; run both in parallel on two cores)",
+    )
     ap.add_argument("--out", default=None, help=_results.out_help("modhifi"))
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
     out = _results.out_dir(args.out, "modhifi")
-    env = {"torch": torch.__version__, "python": platform.python_version(), "threads": 1,
-           "command": "python benchmarks/modhifi.py " + " ".join(argv or sys.argv[1:])}
+    env = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": 1,
+        "command": "python benchmarks/modhifi.py " + " ".join(argv or sys.argv[1:]),
+    }
     for name, run, md in (("fmnist", fmnist, fmnist_md), ("minilm", minilm, minilm_md)):
         if args.only and args.only != name:
             continue

@@ -7,6 +7,7 @@ tvs from one ``pe.score_many`` pass and from three ``pe.score`` calls; checks th
 identical and reports the best-of-``repeats`` wall times and their ratio. Writes one_pass.{json,md}
 to --out (default: a scratch folder, see benchmarks/_results.py; --out benchmarks/results updates
 the committed results)."""
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,14 @@ def measure(arch: str, bundle, samples: int, repeats: int) -> dict:
         t, alone = _best(lambda: pe.score(model, name, data=calib), repeats)
         separate += t
         identical &= all(torch.equal(alone[p], together[name][p]) for p in alone)
-    return {"arch": arch, "samples": samples, "one_pass_s": one, "separate_s": separate,
-            "ratio": one / separate, "identical": identical}
+    return {
+        "arch": arch,
+        "samples": samples,
+        "one_pass_s": one,
+        "separate_s": separate,
+        "ratio": one / separate,
+        "identical": identical,
+    }
 
 
 def main(argv=None) -> int:
@@ -58,13 +65,23 @@ def main(argv=None) -> int:
     bundle = data.load_dataset("fashion-mnist", args.data_dir)
     rows = [measure(a, bundle, args.samples, args.repeats) for a in ("resnet", "vgg")]
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    lines = ["# Three scorers (witness, fidelity, tvs): one pass vs three passes", "",
-             f"Command: `python benchmarks/one_pass.py --samples {args.samples} --repeats {args.repeats}`; "
-             f"machine: {machine}; best of {args.repeats}.", "",
-             "| model | samples | one pass s | three passes s | ratio | scores identical |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['arch']} | {r['samples']} | {r['one_pass_s']:.2f} | {r['separate_s']:.2f} | "
-              f"{r['ratio']:.2f} | {r['identical']} |" for r in rows]
-    _results.write(out / "one_pass", {"machine": machine, "rows": rows}, "\n".join(lines) + "\n", indent=2)
+    lines = [
+        "# Three scorers (witness, fidelity, tvs): one pass vs three passes",
+        "",
+        f"Command: `python benchmarks/one_pass.py --samples {args.samples} --repeats {args.repeats}`; "
+        f"machine: {machine}; best of {args.repeats}.",
+        "",
+        "| model | samples | one pass s | three passes s | ratio | scores identical |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['arch']} | {r['samples']} | {r['one_pass_s']:.2f} | {r['separate_s']:.2f} | "
+        f"{r['ratio']:.2f} | {r['identical']} |"
+        for r in rows
+    ]
+    _results.write(
+        out / "one_pass", {"machine": machine, "rows": rows}, "\n".join(lines) + "\n", indent=2
+    )
     print("\n".join(lines))
     return 0
 

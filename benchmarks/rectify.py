@@ -12,6 +12,7 @@ every row. 1-layer interpolation of the static edit, t in 0 .. 1: ASR, clean acc
 accuracy and corrupted ASR (plot). Writes rectify.{json,md,png} to --out (default: a scratch folder,
 see benchmarks/_results.py; --out benchmarks/results updates the committed results); ``--only``
 reads the existing results from --out."""
+
 from __future__ import annotations
 
 import argparse
@@ -78,7 +79,11 @@ class Bench:
             info = fn(m) or {}
         except InputError as e:
             return out | {"error": str(e), "seconds": time.time() - t}
-        out |= {"seconds": time.time() - t, "asr": self.asr(m), "clean_accuracy": self.acc(m)} | info
+        out |= {
+            "seconds": time.time() - t,
+            "asr": self.asr(m),
+            "clean_accuracy": self.acc(m),
+        } | info
         out |= self.corrupted(m)
         print(f"  {out}", flush=True)
         return out | {"_model": m}
@@ -89,13 +94,18 @@ def finetune(bench, n):
         p = bench.pairs(n)
         split = Split(torch.cat([p.clean, p.corrupted]), torch.cat([p.y, p.y]))
         train.fit(m, split, epochs=max(5, 200 // len(split.y)), lr=1e-3, seed=0)
+
     return run
 
 
 def editor(bench, name, n, **opts):
     def run(m):
         rec = pe.edit(m, name, data=bench.calib, pairs=bench.pairs(n), **opts)
-        return {"layers": [e["layer"] for e in rec.info.get("edits", []) if e["kept"]] or rec.info.get("layer")}
+        return {
+            "layers": [e["layer"] for e in rec.info.get("edits", []) if e["kept"]]
+            or rec.info.get("layer")
+        }
+
     return run
 
 
@@ -103,17 +113,24 @@ def coar(bench, n):
     def run(m):
         p = bench.pairs(n)
         pool = Split(torch.cat([bench.calib.x, p.corrupted]), torch.cat([bench.calib.y, p.y]))
-        rec = pe.edit(m, "coar-edit", data=pool, target=list(range(len(bench.calib.y), len(pool.y))))
+        rec = pe.edit(
+            m, "coar-edit", data=pool, target=list(range(len(bench.calib.y), len(pool.y)))
+        )
         return {"ablated": rec.info["ablated"]}
+
     return run
 
 
 def generalisation(bench, model) -> dict:
     out = {}
     for pos in backdoor.POSITIONS:
-        out[f"position {pos}"] = bench.asr(model, backdoor.triggered_test(bench.bundle, 0, bench.trigger.at(position=pos)))
+        out[f"position {pos}"] = bench.asr(
+            model, backdoor.triggered_test(bench.bundle, 0, bench.trigger.at(position=pos))
+        )
     for op in (0.3, 0.5, 0.7, 1.0):
-        out[f"opacity {op}"] = bench.asr(model, backdoor.triggered_test(bench.bundle, 0, bench.trigger.at(opacity=op)))
+        out[f"opacity {op}"] = bench.asr(
+            model, backdoor.triggered_test(bench.bundle, 0, bench.trigger.at(opacity=op))
+        )
     return out
 
 
@@ -126,29 +143,53 @@ def interpolation(bench, static_model) -> list[dict]:
     for t in (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0):
         m = copy.deepcopy(bench.model)
         interpolate(m, original, edited, t)
-        rows.append({"t": t, "asr": bench.asr(m), "clean_accuracy": bench.acc(m)} | bench.corrupted(m))
+        rows.append(
+            {"t": t, "asr": bench.asr(m), "clean_accuracy": bench.acc(m)} | bench.corrupted(m)
+        )
         print(f"  1-LI {rows[-1]}", flush=True)
     return rows
 
 
 def markdown(res) -> str:
-    lines = ["# Rectifying the trojaned Fashion-MNIST VGG", "", f"Machine: {res['machine']}. Command: `{res['command']}`", "",
-             "| method | n | ASR | clean acc | corrupted acc | corrupted ASR | seconds | notes |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Rectifying the trojaned Fashion-MNIST VGG",
+        "",
+        f"Machine: {res['machine']}. Command: `{res['command']}`",
+        "",
+        "| method | n | ASR | clean acc | corrupted acc | corrupted ASR | seconds | notes |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in res["rows"]:
         if "error" in r:
-            lines.append(f"| {r['method']} | {r['n']} | failed: {r['error']} | | | | {r['seconds']:.0f} | |")
+            lines.append(
+                f"| {r['method']} | {r['n']} | failed: {r['error']} | | | | {r['seconds']:.0f} | |"
+            )
             continue
         note = r.get("layers") or (f"{r['ablated']} ablated" if "ablated" in r else "")
-        lines.append(f"| {r['method']} | {r['n']} | {r['asr']:.4f} | {r['clean_accuracy']:.4f} | {r['corrupted_accuracy']:.4f} | "
-                     f"{r['corrupted_asr']:.4f} | {r['seconds']:.0f} | {note} |")
-    lines += ["", "## Dynamic n = 1: ASR at other trigger positions and opacities (trojaned model in brackets)", "",
-              "| trigger | ASR after | ASR trojaned |", "|---|---|---|"]
+        lines.append(
+            f"| {r['method']} | {r['n']} | {r['asr']:.4f} | {r['clean_accuracy']:.4f} | {r['corrupted_accuracy']:.4f} | "
+            f"{r['corrupted_asr']:.4f} | {r['seconds']:.0f} | {note} |"
+        )
+    lines += [
+        "",
+        "## Dynamic n = 1: ASR at other trigger positions and opacities (trojaned model in brackets)",
+        "",
+        "| trigger | ASR after | ASR trojaned |",
+        "|---|---|---|",
+    ]
     for k, v in res["generalisation"]["edited"].items():
         lines.append(f"| {k} | {v:.4f} | {res['generalisation']['trojaned'][k]:.4f} |")
-    lines += ["", "## 1-layer interpolation of the static edit (features.17)", "",
-              "| t | ASR | clean acc | corrupted acc | corrupted ASR |", "|---|---|---|---|---|"]
-    lines += [f"| {r['t']} | {r['asr']:.4f} | {r['clean_accuracy']:.4f} | {r['corrupted_accuracy']:.4f} | {r['corrupted_asr']:.4f} |"
-              for r in res["interpolation"]]
+    lines += [
+        "",
+        "## 1-layer interpolation of the static edit (features.17)",
+        "",
+        "| t | ASR | clean acc | corrupted acc | corrupted ASR |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['t']} | {r['asr']:.4f} | {r['clean_accuracy']:.4f} | {r['corrupted_accuracy']:.4f} | {r['corrupted_asr']:.4f} |"
+        for r in res["interpolation"]
+    ]
     lines += ["", res["monotone"], ""]
     return "\n".join(lines)
 
@@ -157,14 +198,18 @@ def monotone(rows) -> str:
     asr = [r["asr"] for r in rows]
     acc = [r["corrupted_accuracy"] for r in rows]
     dec = all(b <= a + 1e-9 for a, b in zip(asr, asr[1:]))
-    return (f"ASR along t is {'monotone non-increasing' if dec else 'not monotone'}; corrupted accuracy along t "
-            f"goes {acc[0]:.4f} -> {acc[-1]:.4f} ({'monotone' if all(b <= a + 1e-9 for a, b in zip(acc, acc[1:])) or all(b >= a - 1e-9 for a, b in zip(acc, acc[1:])) else 'not monotone'}).")
+    return (
+        f"ASR along t is {'monotone non-increasing' if dec else 'not monotone'}; corrupted accuracy along t "
+        f"goes {acc[0]:.4f} -> {acc[-1]:.4f} ({'monotone' if all(b <= a + 1e-9 for a, b in zip(acc, acc[1:])) or all(b >= a - 1e-9 for a, b in zip(acc, acc[1:])) else 'not monotone'})."
+    )
 
 
 def plot(rows, path):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     t = [r["t"] for r in rows]
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot(t, [1 - r["asr"] for r in rows], "o-", label="edit success (1 - ASR)")
@@ -182,7 +227,10 @@ PROJECTED = {"values": "block"}
 
 def projected_rows(b) -> list[dict]:
     rows = []
-    for name, ed in (("static rank-one, projected", "rank-one"), ("dynamic rectify, projected", "rectify")):
+    for name, ed in (
+        ("static rank-one, projected", "rank-one"),
+        ("dynamic rectify, projected", "rectify"),
+    ):
         r = b.row(name, 1, editor(b, ed, 1, **PROJECTED))
         r.pop("_model", None)
         rows.append(r)
@@ -199,8 +247,12 @@ def only_projected(b, stem: Path) -> None:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", choices=["projected"], default=None,
-                    help="re-run the projected rows into the existing results in --out")
+    ap.add_argument(
+        "--only",
+        choices=["projected"],
+        default=None,
+        help="re-run the projected rows into the existing results in --out",
+    )
     ap.add_argument("--out", default=None, help=_results.out_help("rectify"))
     args = ap.parse_args()
     stem = _results.out_dir(args.out, "rectify") / ("rectify_quick" if args.quick else "rectify")
@@ -208,24 +260,41 @@ def main():
     b = Bench(args.quick)
     if args.only:
         return only_projected(b, stem)
-    base = {"method": "trojaned", "n": 0, "seconds": 0.0, "asr": b.asr(b.model), "clean_accuracy": b.acc(b.model)} | b.corrupted(b.model)
+    base = {
+        "method": "trojaned",
+        "n": 0,
+        "seconds": 0.0,
+        "asr": b.asr(b.model),
+        "clean_accuracy": b.acc(b.model),
+    } | b.corrupted(b.model)
     print(f"  {base}", flush=True)
     rows = [base]
-    plan = [("fine-tune", 1, finetune(b, 1)), ("fine-tune", 20, finetune(b, 20)),
-            ("static rank-one", 1, editor(b, "rank-one", 1)), ("dynamic rectify", 1, editor(b, "rectify", 1)),
-            ("dynamic rectify", 20, editor(b, "rectify", 20)), ("low-rank", 1, editor(b, "low-rank", 1)),
-            ("low-rank", 20, editor(b, "low-rank", 20)), ("coar-edit", 20, coar(b, 20))]
+    plan = [
+        ("fine-tune", 1, finetune(b, 1)),
+        ("fine-tune", 20, finetune(b, 20)),
+        ("static rank-one", 1, editor(b, "rank-one", 1)),
+        ("dynamic rectify", 1, editor(b, "rectify", 1)),
+        ("dynamic rectify", 20, editor(b, "rectify", 20)),
+        ("low-rank", 1, editor(b, "low-rank", 1)),
+        ("low-rank", 20, editor(b, "low-rank", 20)),
+        ("coar-edit", 20, coar(b, 20)),
+    ]
     models = {}
     for name, n, fn in plan:
         r = b.row(name, n, fn)
         models[(name, n)] = r.pop("_model", None)
         rows.append(r)
     rows += projected_rows(b)
-    res = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-           "command": "python benchmarks/rectify.py" + (" --quick" if args.quick else ""), "rows": rows}
+    res = {
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "command": "python benchmarks/rectify.py" + (" --quick" if args.quick else ""),
+        "rows": rows,
+    }
     dyn = models.get(("dynamic rectify", 1))
-    res["generalisation"] = {"trojaned": generalisation(b, b.model),
-                             "edited": generalisation(b, dyn) if dyn is not None else {}}
+    res["generalisation"] = {
+        "trojaned": generalisation(b, b.model),
+        "edited": generalisation(b, dyn) if dyn is not None else {},
+    }
     res["interpolation"] = interpolation(b, models[("static rank-one", 1)])
     res["monotone"] = monotone(res["interpolation"])
     _results.write(stem, res, markdown(res))

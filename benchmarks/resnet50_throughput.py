@@ -22,6 +22,7 @@ K3 is a 2 M D^2 GEMM per conv (M patch rows, D = C_in k^2) whose patch rows are 
 as 36 B per D^2 entry per batch); COAR's mask is one multiply-add per conv output element
 (read + write, 8 B) on top of a forward of ``chunk x examples`` images per ``chunk`` masks.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,7 +42,7 @@ from pluginedit.core import registry
 from pluginedit.core.plugin import Inputs
 from pluginedit.ops.bench import best_seconds
 
-CLASSES = 8                      # labels 0..7, two images each at 16 images (class statistics need two)
+CLASSES = 8  # labels 0..7, two images each at 16 images (class statistics need two)
 
 
 def cpu_name() -> str:
@@ -56,8 +57,8 @@ def peaks(repeats: int) -> dict:
     out = {}
     for dtype, key in ((torch.float32, "gemm_fp32_flops"), (torch.float64, "gemm_fp64_flops")):
         a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
-        out[key] = 2 * 2048 ** 3 / best_seconds(lambda: torch.mm(a, b), repeats + 1)
-    src = torch.ones(64 * 2 ** 20)           # 256 MiB
+        out[key] = 2 * 2048**3 / best_seconds(lambda: torch.mm(a, b), repeats + 1)
+    src = torch.ones(64 * 2**20)  # 256 MiB
     dst = torch.empty_like(src)
     out["memcpy_bytes"] = 2 * src.numel() * 4 / best_seconds(lambda: dst.copy_(src), repeats + 2)
     return out
@@ -69,7 +70,12 @@ def layer_shapes(model: nn.Module, x: torch.Tensor) -> list[dict]:
 
     def hook(m, i, o):
         rows.append(dict(module=m, inp=tuple(i[0].shape), out=tuple(o.shape)))
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+    handles = [
+        m.register_forward_hook(hook)
+        for m in model.modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
     with torch.no_grad():
         model(x)
     for h in handles:
@@ -80,14 +86,26 @@ def layer_shapes(model: nn.Module, x: torch.Tensor) -> list[dict]:
 def work(model: nn.Module, x: torch.Tensor, batch: int, targets: list[nn.Module]) -> dict:
     """FLOPs and bytes of the forward and of each statistic on all of ``x`` (see the module doc)."""
     n = x.shape[0]
-    f = dict(forward_flops=0.0, forward_bytes=0.0, k2_flops=0.0, k2_bytes=0.0, k3_flops=0.0, k3_bytes=0.0,
-             tvs_bytes=0.0, mask_flops=0.0, mask_bytes=0.0)
+    f = dict(
+        forward_flops=0.0,
+        forward_bytes=0.0,
+        k2_flops=0.0,
+        k2_bytes=0.0,
+        k3_flops=0.0,
+        k3_bytes=0.0,
+        tvs_bytes=0.0,
+        mask_flops=0.0,
+        mask_bytes=0.0,
+    )
     for r in layer_shapes(model, x[:1]):
         m, inp, out = r["module"], r["inp"], r["out"]
         out_el = n * float(torch.tensor(out[1:]).prod())
         in_el = n * float(torch.tensor(inp[1:]).prod())
         if isinstance(m, nn.Conv2d):
-            d, rows = m.in_channels * m.kernel_size[0] * m.kernel_size[1] // m.groups, out_el / m.out_channels
+            d, rows = (
+                m.in_channels * m.kernel_size[0] * m.kernel_size[1] // m.groups,
+                out_el / m.out_channels,
+            )
         else:
             d, rows = m.in_features, n
         f["forward_flops"] += 2 * out_el * d
@@ -106,28 +124,48 @@ def work(model: nn.Module, x: torch.Tensor, batch: int, targets: list[nn.Module]
 def fraction(seconds: float, flops: float, nbytes: float, pk: dict) -> dict:
     t_flops, t_bytes = flops / pk["gemm_fp32_flops"], nbytes / pk["memcpy_bytes"]
     bound = "FLOPs" if t_flops >= t_bytes else "memory bandwidth"
-    return dict(bound=bound, bound_s=max(t_flops, t_bytes), fraction_of_bound=max(t_flops, t_bytes) / seconds,
-                gflop=flops / 1e9, gbytes=nbytes / 1e9, intensity=flops / max(nbytes, 1))
+    return dict(
+        bound=bound,
+        bound_s=max(t_flops, t_bytes),
+        fraction_of_bound=max(t_flops, t_bytes) / seconds,
+        gflop=flops / 1e9,
+        gbytes=nbytes / 1e9,
+        intensity=flops / max(nbytes, 1),
+    )
 
 
 def collect_seconds(model, name: str, data, repeats: int, batch: int, options: dict) -> float:
     """Seconds of the scorer's statistic collection alone (its requests through ``collect``)."""
     scorer = registry.get_scorer(name, **options)
     example = data[0][:1]
-    inputs = Inputs(data=data, example=example, num_classes=CLASSES,
-                    targets=tuple(default_targets(model, example, CLASSES)))
+    inputs = Inputs(
+        data=data,
+        example=example,
+        num_classes=CLASSES,
+        targets=tuple(default_targets(model, example, CLASSES)),
+    )
 
     def run():
-        reqs = scorer.requests(model, inputs)       # fresh (empty) statistics every call
+        reqs = scorer.requests(model, inputs)  # fresh (empty) statistics every call
         collect(model, data, reqs.values(), CLASSES, batch)
+
     return best_seconds(run, repeats, warmup=False)
 
 
-def _row(name: str, total: float, coll: float, fwd: float, flops: float, nbytes: float, pk: dict) -> dict:
+def _row(
+    name: str, total: float, coll: float, fwd: float, flops: float, nbytes: float, pk: dict
+) -> dict:
     stat = max(coll - fwd, 1e-9)
-    return dict(name=name, score_s=total, collect_s=coll, statistic_s=stat, score_over_forward=total / fwd,
-                collect_over_forward=coll / fwd, statistic_over_forward=stat / fwd,
-                **fraction(stat, flops, nbytes, pk))
+    return dict(
+        name=name,
+        score_s=total,
+        collect_s=coll,
+        statistic_s=stat,
+        score_over_forward=total / fwd,
+        collect_over_forward=coll / fwd,
+        statistic_over_forward=stat / fwd,
+        **fraction(stat, flops, nbytes, pk),
+    )
 
 
 def measure(args) -> dict:
@@ -141,58 +179,109 @@ def measure(args) -> dict:
         with torch.no_grad():
             for b in images.split(batch):
                 model(b)
+
     fwd = best_seconds(lambda: forward(x, args.batch), args.repeats)
-    targets = [model.get_submodule(p) for p in pe.score(model, "l1", data=data, num_classes=CLASSES)]
+    targets = [
+        model.get_submodule(p) for p in pe.score(model, "l1", data=data, num_classes=CLASSES)
+    ]
     w = work(model, x, args.batch, targets)
-    rows = [dict(name="forward", score_s=fwd, collect_s=fwd, statistic_s=fwd, score_over_forward=1.0,
-                 collect_over_forward=1.0, statistic_over_forward=1.0,
-                 **fraction(fwd, w["forward_flops"], w["forward_bytes"], pk))]
-    for name, flops, nbytes in (("witness", w["k2_flops"], w["k2_bytes"]), ("tvs", 0.0, w["tvs_bytes"]),
-                                ("fidelity", w["k3_flops"], w["k3_bytes"])):
-        total = best_seconds(lambda: pe.score(model, name, data=data, num_classes=CLASSES, batch_size=args.batch), args.repeats,
-                     warmup=False)
+    rows = [
+        dict(
+            name="forward",
+            score_s=fwd,
+            collect_s=fwd,
+            statistic_s=fwd,
+            score_over_forward=1.0,
+            collect_over_forward=1.0,
+            statistic_over_forward=1.0,
+            **fraction(fwd, w["forward_flops"], w["forward_bytes"], pk),
+        )
+    ]
+    for name, flops, nbytes in (
+        ("witness", w["k2_flops"], w["k2_bytes"]),
+        ("tvs", 0.0, w["tvs_bytes"]),
+        ("fidelity", w["k3_flops"], w["k3_bytes"]),
+    ):
+        total = best_seconds(
+            lambda: pe.score(model, name, data=data, num_classes=CLASSES, batch_size=args.batch),
+            args.repeats,
+            warmup=False,
+        )
         coll = collect_seconds(model, name, data, args.repeats, args.batch, {})
         rows.append(_row(name, total, coll, fwd, flops, nbytes, pk))
         print(json.dumps(rows[-1]), flush=True)
     # COAR: masks x examples image-forwards, chunk x examples images per forward
-    cx, cy = x[:args.examples], y[:args.examples]
-    opts = dict(masks=args.masks, examples=args.examples, alpha=0.5, estimator="diffmeans", prior="none",
-                chunk=args.chunk)
-    total = best_seconds(lambda: pe.score(model, "coar", data=(cx, cy), num_classes=CLASSES, **opts), args.repeats, warmup=False)
+    cx, cy = x[: args.examples], y[: args.examples]
+    opts = dict(
+        masks=args.masks,
+        examples=args.examples,
+        alpha=0.5,
+        estimator="diffmeans",
+        prior="none",
+        chunk=args.chunk,
+    )
+    total = best_seconds(
+        lambda: pe.score(model, "coar", data=(cx, cy), num_classes=CLASSES, **opts),
+        args.repeats,
+        warmup=False,
+    )
     same = cx.repeat(args.masks, 1, 1, 1)
     coar_fwd = best_seconds(lambda: forward(same, args.chunk * args.examples), args.repeats)
-    scale = args.masks * args.examples / args.images          # mask work per image-forward, from w
-    row = _row("coar masks", total, total, coar_fwd, w["mask_flops"] * scale, w["mask_bytes"] * scale, pk)
+    scale = args.masks * args.examples / args.images  # mask work per image-forward, from w
+    row = _row(
+        "coar masks", total, total, coar_fwd, w["mask_flops"] * scale, w["mask_bytes"] * scale, pk
+    )
     row["forward_s_same_images"] = coar_fwd
     rows.append(row)
-    return dict(device=cpu_name(), device_type="cpu", cpu_threads=torch.get_num_threads(), torch=torch.__version__,
-                date=time.strftime("%Y-%m-%dT%H:%M:%S"), images=args.images, batch=args.batch, size=224,
-                coar=dict(masks=args.masks, examples=args.examples, chunk=args.chunk), peaks=pk, work=w,
-                forward_s=fwd, rows=rows)
+    return dict(
+        device=cpu_name(),
+        device_type="cpu",
+        cpu_threads=torch.get_num_threads(),
+        torch=torch.__version__,
+        date=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        images=args.images,
+        batch=args.batch,
+        size=224,
+        coar=dict(masks=args.masks, examples=args.examples, chunk=args.chunk),
+        peaks=pk,
+        work=w,
+        forward_s=fwd,
+        rows=rows,
+    )
 
 
 def markdown(r: dict, command: str) -> str:
     pk = r["peaks"]
-    lines = [f"# ResNet-50 (zoo, random weights), 224 px: statistics vs plain inference on {r['device']}", "",
-             f"Command: `{command}`; {r['images']} images, batch {r['batch']}, {r['cpu_threads']} threads, "
-             f"torch {r['torch']}, {r['date']}. Measured in the same run: fp32 GEMM "
-             f"{pk['gemm_fp32_flops'] / 1e9:.1f} GFLOP/s, fp64 GEMM {pk['gemm_fp64_flops'] / 1e9:.1f} GFLOP/s, "
-             f"memcpy {pk['memcpy_bytes'] / 1e9:.1f} GB/s (read + write). Best of {r['repeats']}; the machine "
-             "was shared with other benchmarks, so absolute times are noisy (ratios are within one run).",
-             "", "| statistic | pe.score s | / forward | collection s | / forward | statistic alone s | "
-             "GFLOP | GB | FLOP/B | bound | bound s | fraction of bound |", "|---|" + "---|" * 11]
+    lines = [
+        f"# ResNet-50 (zoo, random weights), 224 px: statistics vs plain inference on {r['device']}",
+        "",
+        f"Command: `{command}`; {r['images']} images, batch {r['batch']}, {r['cpu_threads']} threads, "
+        f"torch {r['torch']}, {r['date']}. Measured in the same run: fp32 GEMM "
+        f"{pk['gemm_fp32_flops'] / 1e9:.1f} GFLOP/s, fp64 GEMM {pk['gemm_fp64_flops'] / 1e9:.1f} GFLOP/s, "
+        f"memcpy {pk['memcpy_bytes'] / 1e9:.1f} GB/s (read + write). Best of {r['repeats']}; the machine "
+        "was shared with other benchmarks, so absolute times are noisy (ratios are within one run).",
+        "",
+        "| statistic | pe.score s | / forward | collection s | / forward | statistic alone s | "
+        "GFLOP | GB | FLOP/B | bound | bound s | fraction of bound |",
+        "|---|" + "---|" * 11,
+    ]
     for x in r["rows"]:
-        lines.append(f"| {x['name']} | {x['score_s']:.2f} | {x['score_over_forward']:.2f} | {x['collect_s']:.2f} | "
-                     f"{x['collect_over_forward']:.2f} | {x['statistic_s']:.2f} | {x['gflop']:.1f} | "
-                     f"{x['gbytes']:.2f} | {x['intensity']:.1f} | {x['bound']} | {x['bound_s']:.3f} | "
-                     f"{x['fraction_of_bound']:.2f} |")
+        lines.append(
+            f"| {x['name']} | {x['score_s']:.2f} | {x['score_over_forward']:.2f} | {x['collect_s']:.2f} | "
+            f"{x['collect_over_forward']:.2f} | {x['statistic_s']:.2f} | {x['gflop']:.1f} | "
+            f"{x['gbytes']:.2f} | {x['intensity']:.1f} | {x['bound']} | {x['bound_s']:.3f} | "
+            f"{x['fraction_of_bound']:.2f} |"
+        )
     c = r["coar"]
-    lines += ["", f"COAR: {c['masks']} masks of {c['examples']} images, {c['chunk']} masks per forward "
-              "(difference of means); its '/ forward' is against plain inference of the same "
-              f"{c['masks'] * c['examples']} image-forwards in batches of {c['chunk'] * c['examples']}. "
-              "'statistic alone' = collection - the forward it rides on; its bound and fraction are "
-              "for the statistic's own work (module doc). pe.score - collection = scoring from the "
-              "statistics (fidelity: float64 host GEMMs per consumer, the dependency graph)."]
+    lines += [
+        "",
+        f"COAR: {c['masks']} masks of {c['examples']} images, {c['chunk']} masks per forward "
+        "(difference of means); its '/ forward' is against plain inference of the same "
+        f"{c['masks'] * c['examples']} image-forwards in batches of {c['chunk'] * c['examples']}. "
+        "'statistic alone' = collection - the forward it rides on; its bound and fraction are "
+        "for the statistic's own work (module doc). pe.score - collection = scoring from the "
+        "statistics (fidelity: float64 host GEMMs per consumer, the dependency graph).",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -205,14 +294,23 @@ def main(argv=None) -> int:
     ap.add_argument("--examples", type=int, default=2)
     ap.add_argument("--chunk", type=int, default=4)
     ap.add_argument("--out", default=None, help=_results.out_help("resnet50_throughput"))
-    ap.add_argument("--name", default="resnet50_throughput", help="results file name: NAME.json and NAME.md")
+    ap.add_argument(
+        "--name", default="resnet50_throughput", help="results file name: NAME.json and NAME.md"
+    )
     args = ap.parse_args(argv)
     r = measure(args) | {"repeats": args.repeats}
     import sys
-    command = "python benchmarks/resnet50_throughput.py " + " ".join(sys.argv[1:] if argv is None else argv)
+
+    command = "python benchmarks/resnet50_throughput.py " + " ".join(
+        sys.argv[1:] if argv is None else argv
+    )
     r["command"] = command.strip()
-    _results.write(_results.out_dir(args.out, "resnet50_throughput") / args.name, r, markdown(r, r["command"]),
-                   indent=2)
+    _results.write(
+        _results.out_dir(args.out, "resnet50_throughput") / args.name,
+        r,
+        markdown(r, r["command"]),
+        indent=2,
+    )
     print(markdown(r, r["command"]))
     return 0
 

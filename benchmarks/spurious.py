@@ -6,6 +6,7 @@ without and with the artefact, and the rate at which other classes' images are c
 without and with it (10k test split). Rectification from n pairs of other-class training images
 (with artefact -> without, their true labels). Writes spurious.{json,md} to --out (default: a scratch
 folder, see benchmarks/_results.py; --out benchmarks/results updates the committed results)."""
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,9 @@ def pairs(bundle, trigger, n):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--out", default=None, help=_results.out_help("spurious"))
     args = ap.parse_args(argv)
     out = _results.out_dir(args.out, "spurious")
@@ -41,25 +44,38 @@ def main(argv=None):
     calib = bundle.train.subset(2048, seed=0)
     rows = [{"method": "spurious model", "n": 0} | backdoor.spurious_gap(model, bundle, 0, trigger)]
     print(rows[-1], flush=True)
-    for name, n, opts in (("static rank-one", 1, {}), ("dynamic rectify", 1, {}), ("dynamic rectify", 20, {})):
+    for name, n, opts in (
+        ("static rank-one", 1, {}),
+        ("dynamic rectify", 1, {}),
+        ("dynamic rectify", 20, {}),
+    ):
         m, t = copy.deepcopy(model), time.time()
         editor = "rank-one" if name.startswith("static") else "rectify"
         try:
             pe.edit(m, editor, data=calib, pairs=pairs(bundle, trigger, n), **opts)
-            rows.append({"method": name, "n": n, "seconds": time.time() - t} | backdoor.spurious_gap(m, bundle, 0, trigger))
+            rows.append(
+                {"method": name, "n": n, "seconds": time.time() - t}
+                | backdoor.spurious_gap(m, bundle, 0, trigger)
+            )
         except InputError as e:
             rows.append({"method": name, "n": n, "error": str(e)})
         print(rows[-1], flush=True)
-    lines = ["# Spurious feature on Fashion-MNIST class 0 (VGG)", "",
-             f"Machine: {platform.machine()}, {torch.get_num_threads()} threads. Command: `python benchmarks/spurious.py`", "",
-             "| method | n | class-0 acc clean | class-0 acc with artefact | other->0 clean | other->0 with artefact |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "# Spurious feature on Fashion-MNIST class 0 (VGG)",
+        "",
+        f"Machine: {platform.machine()}, {torch.get_num_threads()} threads. Command: `python benchmarks/spurious.py`",
+        "",
+        "| method | n | class-0 acc clean | class-0 acc with artefact | other->0 clean | other->0 with artefact |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['method']} | {r['n']} | failed: {r['error']} | | | |")
         else:
-            lines.append(f"| {r['method']} | {r['n']} | {r['clean_acc']:.4f} | {r['artefact_acc']:.4f} | "
-                         f"{r['clean_fpr']:.4f} | {r['artefact_fpr']:.4f} |")
+            lines.append(
+                f"| {r['method']} | {r['n']} | {r['clean_acc']:.4f} | {r['artefact_acc']:.4f} | "
+                f"{r['clean_fpr']:.4f} | {r['artefact_fpr']:.4f} |"
+            )
     _results.write(out / "spurious", rows, "\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -6,14 +6,20 @@ same run, with the speed-up recorded in each csrc benchmark's extra_info and pri
 Acceptance (issue 5): the csrc class-moment op is >= 2x the reference at a ResNet-like shape.
 Not asserted: timings on a shared machine are noisy; the ratio is reported instead.
 """
+
 import pytest
 import torch
 
 from pluginedit import ops
 
-K2_SHAPES = {"resnet_layer1_32x64x56x56": (32, 64, 56, 56), "resnet_layer3_64x256x14x14": (64, 256, 14, 14)}
-K3_CASES = {"conv3x3_8x64x14x14": ((8, 64, 14, 14), dict(kernel_size=3, padding=1)),
-            "linear_4096x512": ((4096, 512), {})}
+K2_SHAPES = {
+    "resnet_layer1_32x64x56x56": (32, 64, 56, 56),
+    "resnet_layer3_64x256x14x14": (64, 256, 14, 14),
+}
+K3_CASES = {
+    "conv3x3_8x64x14x14": ((8, 64, 14, 14), dict(kernel_size=3, padding=1)),
+    "linear_4096x512": ((4096, 512), {}),
+}
 HAVE_CSRC = "csrc" in ops.available("class_moments")
 _median: dict[tuple[str, str], float] = {}
 
@@ -30,8 +36,10 @@ def _run(benchmark, op, backend, case, args, kwargs):
     if backend == "csrc" and ref is not None:
         ratio = ref / benchmark.stats.stats.median
         benchmark.extra_info["speedup_vs_torch"] = round(ratio, 2)
-        print(f"\n{op} {case}: csrc is {ratio:.2f}x the PyTorch reference "
-              f"({torch.get_num_threads()} threads)")
+        print(
+            f"\n{op} {case}: csrc is {ratio:.2f}x the PyTorch reference "
+            f"({torch.get_num_threads()} threads)"
+        )
 
 
 @pytest.mark.parametrize("backend", ["torch", "csrc"])  # torch first: the ratio needs it

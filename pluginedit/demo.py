@@ -4,6 +4,7 @@ The same CNN is pruned to the same size three ways: the usual recipe (L1 norms, 
 the same L1 pruning without fine-tuning, and ModHiFi-P (fidelity scores, least-squares
 compensation, BN recalibration) without fine-tuning. The ModHiFi-P model is then saved without
 pickle, reloaded in a fresh Python process and re-evaluated there."""
+
 from __future__ import annotations
 
 import copy
@@ -24,7 +25,11 @@ FINETUNE_LR = 1e-3
 
 
 def _row(name: str, model, bundle, seconds: float) -> dict:
-    return {"method": name, **report.evaluate(model, bundle.test, bundle.num_classes), "seconds": seconds}
+    return {
+        "method": name,
+        **report.evaluate(model, bundle.test, bundle.num_classes),
+        "seconds": seconds,
+    }
 
 
 def _prune(dense, bundle, calib, method: str, ratio: float, finetune: int, seed: int):
@@ -45,35 +50,51 @@ def _reload_elsewhere(model, record, bundle, folder: Path) -> dict:
     """Save, reload in a new process, and compare its logits on the test split with ours."""
     api.save(model, folder, record)
     save_file({"x": bundle.test.x.contiguous()}, str(folder / "test_x.safetensors"))
-    code = ("import pluginedit as pe, torch; from safetensors.torch import load_file, save_file;"
-            f"m = pe.load({str(folder)!r}); x = load_file({str(folder / 'test_x.safetensors')!r})['x'];"
-            "torch.set_grad_enabled(False);"
-            f"save_file({{'y': m(x).contiguous()}}, {str(folder / 'logits.safetensors')!r})")
+    code = (
+        "import pluginedit as pe, torch; from safetensors.torch import load_file, save_file;"
+        f"m = pe.load({str(folder)!r}); x = load_file({str(folder / 'test_x.safetensors')!r})['x'];"
+        "torch.set_grad_enabled(False);"
+        f"save_file({{'y': m(x).contiguous()}}, {str(folder / 'logits.safetensors')!r})"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=600)
     theirs = load_file(str(folder / "logits.safetensors"))["y"]
     with torch.no_grad():
         ours = model.eval()(bundle.test.x)
     acc = (theirs.argmax(1) == bundle.test.y).float().mean().item()
-    return {"folder": str(folder), "accuracy": acc, "max_abs_logit_diff": float((theirs - ours).abs().max())}
+    return {
+        "folder": str(folder),
+        "accuracy": acc,
+        "max_abs_logit_diff": float((theirs - ours).abs().max()),
+    }
 
 
 def _table(rows: list[dict], dense: dict) -> str:
     head = f"{'method':34s} {'accuracy':>8s} {'params':>9s} {'MACs':>11s} {'latency ms':>10s} {'time s':>7s}"
     lines = [head, "-" * len(head)]
     for r in [dense] + rows:
-        lines.append(f"{r['method']:34s} {r['accuracy']:8.4f} {r['params']:9,d} {r['macs']:11,d} "
-                     f"{r['latency_ms']:10.3f} {r.get('seconds', 0.0):7.1f}")
+        lines.append(
+            f"{r['method']:34s} {r['accuracy']:8.4f} {r['params']:9,d} {r['macs']:11,d} "
+            f"{r['latency_ms']:10.3f} {r.get('seconds', 0.0):7.1f}"
+        )
     return "\n".join(lines)
 
 
 def _plot(rows: list[dict], dense: dict, path: str) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in [dense] + rows:
         ax.scatter(r["params"], r["accuracy"], s=60)
-        ax.annotate(r["method"], (r["params"], r["accuracy"]), textcoords="offset points", xytext=(6, -4), fontsize=8)
+        ax.annotate(
+            r["method"],
+            (r["params"], r["accuracy"]),
+            textcoords="offset points",
+            xytext=(6, -4),
+            fontsize=8,
+        )
     ax.set_xlabel("parameters")
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1.05)
@@ -83,16 +104,24 @@ def _plot(rows: list[dict], dense: dict, path: str) -> None:
     plt.close(fig)
 
 
-def run(ratio: float = 0.5, finetune_epochs: int = 15, seed: int = 0, save: str | None = None,
-        report_path: str | None = None, plot_path: str | None = None) -> dict:
+def run(
+    ratio: float = 0.5,
+    finetune_epochs: int = 15,
+    seed: int = 0,
+    save: str | None = None,
+    report_path: str | None = None,
+    plot_path: str | None = None,
+) -> dict:
     bundle = data.load_digits()
     dense_model = train.pretrained("vgg", bundle, seed=seed)
     calib = bundle.train.subset(1024, seed=seed)
     dense = _row("dense", dense_model, bundle, 0.0)
     rows, kept = [], {}
-    for name, method, ft in (("l1 + fine-tune (the usual recipe)", "l1", finetune_epochs),
-                             ("l1, no fine-tuning", "l1", 0),
-                             ("modhifi-p, no fine-tuning", "modhifi-p", 0)):
+    for name, method, ft in (
+        ("l1 + fine-tune (the usual recipe)", "l1", finetune_epochs),
+        ("l1, no fine-tuning", "l1", 0),
+        ("modhifi-p, no fine-tuning", "modhifi-p", 0),
+    ):
         model, record, seconds = _prune(dense_model, bundle, calib, method, ratio, ft, seed)
         rows.append(_row(name, model, bundle, seconds))
         kept[method + str(ft)] = (model, record)
@@ -100,10 +129,18 @@ def run(ratio: float = 0.5, finetune_epochs: int = 15, seed: int = 0, save: str 
     model, record = kept["modhifi-p0"]
     folder = Path(save) if save else Path(tempfile.mkdtemp(prefix="pluginedit-demo-"))
     reload = _reload_elsewhere(model, record, bundle, folder)
-    print(f"modhifi-p model saved to {folder}; reloaded in a fresh process: accuracy "
-          f"{reload['accuracy']:.4f}, max |logit difference| {reload['max_abs_logit_diff']:.2e}")
-    out = {"dense": dense, "rows": rows, "ratio": ratio, "reload": reload,
-           "finetune_epochs": finetune_epochs, "data": bundle.name}
+    print(
+        f"modhifi-p model saved to {folder}; reloaded in a fresh process: accuracy "
+        f"{reload['accuracy']:.4f}, max |logit difference| {reload['max_abs_logit_diff']:.2e}"
+    )
+    out = {
+        "dense": dense,
+        "rows": rows,
+        "ratio": ratio,
+        "reload": reload,
+        "finetune_epochs": finetune_epochs,
+        "data": bundle.name,
+    }
     if report_path:
         Path(report_path).write_text(json.dumps(out, indent=2))
     if plot_path:

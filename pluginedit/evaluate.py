@@ -1,5 +1,6 @@
 """The one accuracy: top-1 overall and per class over labelled data, in eval mode (each
 module's training flag restored), following the output rule of ``core.outputs``."""
+
 from __future__ import annotations
 
 import torch
@@ -13,8 +14,9 @@ from .core.outputs import output
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, data, num_classes: int, batch_size: int = 512,
-             max_samples: int | None = None) -> tuple[float, list[float | None]]:
+def accuracy(
+    model: nn.Module, data, num_classes: int, batch_size: int = 512, max_samples: int | None = None
+) -> tuple[float, list[float | None]]:
     """(accuracy, per-class accuracy); a class with no sample in ``data`` reports None, not a
     made-up 0.0."""
     correct = torch.zeros(num_classes, dtype=torch.float64)
@@ -29,8 +31,14 @@ def accuracy(model: nn.Module, data, num_classes: int, batch_size: int = 512,
 
 
 @torch.no_grad()
-def class_accuracy(model: nn.Module, data, k: int, num_classes: int, batch_size: int = 512,
-                   max_samples: int | None = None) -> float:
+def class_accuracy(
+    model: nn.Module,
+    data,
+    k: int,
+    num_classes: int,
+    batch_size: int = 512,
+    max_samples: int | None = None,
+) -> float:
     """Accuracy on the samples of class ``k`` among the first ``max_samples`` of ``data``; only
     those samples are run (an error if there are none)."""
     hit = n = 0
@@ -49,5 +57,13 @@ def class_accuracy(model: nn.Module, data, k: int, num_classes: int, batch_size:
 def predictions(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     """Top-1 predictions [n] on the input tensor ``x``, in eval mode."""
     with eval_mode(model):
-        return torch.cat([output(model, x[i:i + batch_size]).argmax(-1) for i in range(0, len(x), batch_size)]) \
-            if len(x) else torch.zeros(0, dtype=torch.long)
+        return (
+            torch.cat(
+                [
+                    output(model, x[i : i + batch_size]).argmax(-1)
+                    for i in range(0, len(x), batch_size)
+                ]
+            )
+            if len(x)
+            else torch.zeros(0, dtype=torch.long)
+        )

@@ -3,6 +3,7 @@
 A ridge ``ridge * mean(diag)`` is added; when the matrix is ill-conditioned (dead, duplicated or
 under-sampled channels) it grows until the regularised condition number is at most ``max_cond``
 and an ``IllConditionedWarning`` says so. No solve ever returns NaN."""
+
 from __future__ import annotations
 
 import warnings
@@ -29,14 +30,19 @@ def ridge_for(a: torch.Tensor, ridge: float = DEFAULT_RIDGE, max_cond: float = D
     scale = a.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(0)
     tiny = torch.finfo(a.dtype).tiny ** 0.5
     base = (ridge * scale).clamp_min(tiny)
-    needed = (hi - max_cond * lo) / (max_cond - 1)            # solves (hi + l) / (lo + l) = max_cond
+    needed = (hi - max_cond * lo) / (max_cond - 1)  # solves (hi + l) / (lo + l) = max_cond
     lam = torch.maximum(base, needed)
     cond = (hi + base) / (lo + base)
     return lam, needed > base * (1 + 1e-9), cond
 
 
-def solve_spd(a: torch.Tensor, b: torch.Tensor, ridge: float = DEFAULT_RIDGE,
-              max_cond: float = DEFAULT_MAX_COND, what: str = "Gram"):
+def solve_spd(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    ridge: float = DEFAULT_RIDGE,
+    max_cond: float = DEFAULT_MAX_COND,
+    what: str = "Gram",
+):
     """Solve (a + lam I) x = b for symmetric PSD ``a`` [..., n, n] with one Cholesky per matrix.
     Returns (x, lam [...])."""
     if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
@@ -49,15 +55,17 @@ def solve_spd(a: torch.Tensor, b: torch.Tensor, ridge: float = DEFAULT_RIDGE,
         if not bool((info != 0).any()):
             break
         grown = grown | (info != 0)
-        lam = torch.where(info != 0, lam * 10, lam)            # rounding broke a near-singular pivot
+        lam = torch.where(info != 0, lam * 10, lam)  # rounding broke a near-singular pivot
     else:
         raise EditError(f"{what}: Cholesky failed even with ridge {float(lam.max()):.3e}")
     if bool(grown.any()):
         warnings.warn(
             f"{what}: ill-conditioned Gram in {int(grown.sum())} of {grown.numel()} solve(s) "
             f"(condition number up to {float(cond.max()):.2e} > {max_cond:.0e}: dead, duplicated or "
-            f"under-sampled channels); ridge grown to {float(lam.max()):.3e}", IllConditionedWarning,
-            stacklevel=2)
+            f"under-sampled channels); ridge grown to {float(lam.max()):.3e}",
+            IllConditionedWarning,
+            stacklevel=2,
+        )
     x = torch.cholesky_solve(b, chol)
     if not torch.isfinite(x).all():
         raise EditError(f"{what}: the solve produced NaN or Inf")
@@ -83,16 +91,24 @@ def edit_directions(keys: torch.Tensor, c: torch.Tensor, rank: int = 1) -> torch
     return z @ vh[:rank].T
 
 
-def closed_form(weight: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+def closed_form(
+    weight: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, d: torch.Tensor
+) -> torch.Tensor:
     """Lambda [O, r] of dW = Lambda D^T: the least-squares fit of ``keys`` [P, D] to ``values``
     [P, O] along the directions ``d`` [D, r]."""
     keys, d = keys.double(), d.double()
-    resid = values.double() - keys @ weight.double().T                # [P, O]
-    return torch.linalg.lstsq(keys @ d, resid).solution.T             # [O, r]
+    resid = values.double() - keys @ weight.double().T  # [P, O]
+    return torch.linalg.lstsq(keys @ d, resid).solution.T  # [O, r]
 
 
-def rank_r_update(weight: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, c: torch.Tensor,
-                  rank: int = 1, select: torch.Tensor | None = None) -> torch.Tensor:
+def rank_r_update(
+    weight: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    c: torch.Tensor,
+    rank: int = 1,
+    select: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The rank-``rank`` change dW = L D^T of a linear map v = W k (Bau et al. 2020; Santurkar et
     al. 2021) that best maps ``keys`` [P, D] to ``values`` [P, O]: the directions D of the keys of
     the rows ``select`` (default: all; ``edit_directions``) and L the least-squares fit on those
@@ -100,5 +116,7 @@ def rank_r_update(weight: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
     one key, D = C^{-1} k* and L = (v* - W k*) / (d^T k*): the closed form. Keys orthogonal to D
     (d^T k = 0) keep their values exactly."""
     chosen = keys if select is None else keys[select]
-    d = edit_directions(chosen, c, rank)                               # [D, r]
-    return closed_form(weight, chosen, values if select is None else values[select], d) @ d.T   # [O, D]
+    d = edit_directions(chosen, c, rank)  # [D, r]
+    return (
+        closed_form(weight, chosen, values if select is None else values[select], d) @ d.T
+    )  # [O, D]

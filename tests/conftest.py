@@ -1,5 +1,6 @@
 """Shared fixtures. TRITON_INTERPRET must be set before triton or any kernel module is imported,
 so the Triton kernels run on the CPU through the interpreter."""
+
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -43,8 +44,9 @@ FMNIST_RECIPE = ["--train-samples", "12000", "--epochs", "2"]  # the same recipe
 
 def _fmnist_model(arch, fmnist):
     # A 12k-sample, 2-epoch recipe: about 87% test accuracy in well under a minute on 2 cores.
-    small = data.DataBundle(fmnist.name, fmnist.train.subset(12000), fmnist.test,
-                            fmnist.num_classes, fmnist.class_names)
+    small = data.DataBundle(
+        fmnist.name, fmnist.train.subset(12000), fmnist.test, fmnist.num_classes, fmnist.class_names
+    )
     return train.pretrained(arch, small, epochs=2)
 
 

@@ -2,6 +2,7 @@
 (no exemption), no module takes part in an import cycle (imports inside functions included),
 nothing imports the façade, torch-pruning is spoken only in ``pluginedit.graph``, and files and
 functions stay short enough to read."""
+
 from __future__ import annotations
 
 import ast
@@ -12,17 +13,36 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "pluginedit"
 # Lowest first; a module may import its own layer and the ones before it.
-LAYERS = ["core", "linalg", "ops", "stats", "capture", "evaluate", "graph", "scorers", "editors", "io",
-          "report", "api", "demo", "cli"]
+LAYERS = [
+    "core",
+    "linalg",
+    "ops",
+    "stats",
+    "capture",
+    "evaluate",
+    "graph",
+    "scorers",
+    "editors",
+    "io",
+    "report",
+    "api",
+    "demo",
+    "cli",
+]
 CONTRIB_USERS = {"cli", "demo", "contrib"}
-GRAPH = "pluginedit.graph"          # the dependency layer: the only speaker of torch-pruning
+GRAPH = "pluginedit.graph"  # the dependency layer: the only speaker of torch-pruning
 
 
 def _modules() -> dict[str, Path]:
     """Every module of the package by name, the kernels shipped as pluginedit.triton_kernels (a
     link inside the package) included."""
     out = {}
-    files = [Path(d) / f for d, _, names in os.walk(PKG, followlinks=True) for f in names if f.endswith(".py")]
+    files = [
+        Path(d) / f
+        for d, _, names in os.walk(PKG, followlinks=True)
+        for f in names
+        if f.endswith(".py")
+    ]
     for f in files:
         rel = f.relative_to(PKG).with_suffix("")
         parts = [p for p in rel.parts if p != "__init__"]
@@ -42,7 +62,7 @@ def _statements(name: str, path: Path) -> list[tuple[str, list[str]]]:
             base = node.module or ""
             if node.level:
                 parts = package.split(".")
-                parts = parts[:len(parts) - node.level + 1]
+                parts = parts[: len(parts) - node.level + 1]
                 base = ".".join(parts + ([base] if base else []))
             found.append((base, [a.name for a in node.names]))
     return found
@@ -53,7 +73,7 @@ def _imports(name: str, path: Path) -> list[str]:
     found = []
     for base, names in _statements(name, path):
         found.append(base)
-        found += [f"{base}.{n}" for n in names]   # "from . import x" imports x
+        found += [f"{base}.{n}" for n in names]  # "from . import x" imports x
     return found
 
 
@@ -79,7 +99,7 @@ def _loads(name: str, path: Path) -> set[str]:
 
 def _cycle(edges: dict[str, set[str]]) -> list[str] | None:
     """One import cycle of ``edges`` (as a list of modules, first repeated last), or None."""
-    state: dict[str, int] = {}          # 1: on the current path, 2: done
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
     for start in sorted(edges):
         if state.get(start):
             continue
@@ -91,7 +111,7 @@ def _cycle(edges: dict[str, set[str]]) -> list[str] | None:
                 state[path.pop()] = 2
                 stack.pop()
             elif state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             elif not state.get(nxt):
                 state[nxt] = 1
                 path.append(nxt)
@@ -103,7 +123,7 @@ def _layer(module: str) -> str | None:
     parts = module.split(".")
     if parts[0] != "pluginedit" or len(parts) < 2:
         return None
-    return "ops" if parts[1] == "triton_kernels" else parts[1]   # the kernels behind the ops
+    return "ops" if parts[1] == "triton_kernels" else parts[1]  # the kernels behind the ops
 
 
 MODULES = _modules()
@@ -113,11 +133,16 @@ def test_layers_import_only_downwards():
     bad = []
     for name, path in MODULES.items():
         mine = _layer(name)
-        if mine is None:          # the package's __init__: the public verbs and types
+        if mine is None:  # the package's __init__: the public verbs and types
             continue
         for imp in _imports(name, path):
             theirs = _layer(imp)
-            if theirs is None or theirs == mine or imp not in MODULES and imp.rsplit(".", 1)[0] not in MODULES:
+            if (
+                theirs is None
+                or theirs == mine
+                or imp not in MODULES
+                and imp.rsplit(".", 1)[0] not in MODULES
+            ):
                 continue
             if theirs == "contrib":
                 if mine not in CONTRIB_USERS:
@@ -133,9 +158,15 @@ def test_layers_import_only_downwards():
 
 
 def test_nothing_imports_the_facade():
-    bad = [name for name, path in MODULES.items() if name not in ("pluginedit", "pluginedit.demo")
-           and not name.startswith("pluginedit.cli")
-           and any(i == "pluginedit.api" or i.startswith("pluginedit.api.") for i in _imports(name, path))]
+    bad = [
+        name
+        for name, path in MODULES.items()
+        if name not in ("pluginedit", "pluginedit.demo")
+        and not name.startswith("pluginedit.cli")
+        and any(
+            i == "pluginedit.api" or i.startswith("pluginedit.api.") for i in _imports(name, path)
+        )
+    ]
     assert not bad
 
 
@@ -153,8 +184,11 @@ def test_the_cycle_check_sees_a_cycle():
 
 
 def test_only_graph_speaks_torch_pruning():
-    speakers = sorted(name for name, path in MODULES.items()
-                      if any(i == "torch_pruning" or i.startswith("torch_pruning.") for i in _imports(name, path)))
+    speakers = sorted(
+        name
+        for name, path in MODULES.items()
+        if any(i == "torch_pruning" or i.startswith("torch_pruning.") for i in _imports(name, path))
+    )
     assert speakers and all(s.startswith(GRAPH + ".") for s in speakers), speakers
 
 
@@ -163,10 +197,12 @@ def test_files_and_functions_are_short(name):
     path = MODULES[name]
     source = path.read_text()
     assert source.count("\n") <= 400, f"{path} has {source.count(chr(10))} lines (> 400)"
-    long = [f"{node.name} ({node.end_lineno - node.lineno + 1} lines)"
-            for node in ast.walk(ast.parse(source))
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
-            and node.end_lineno - node.lineno + 1 > 60]
+    long = [
+        f"{node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.end_lineno - node.lineno + 1 > 60
+    ]
     assert not long, f"{path}: functions over 60 lines: {long}"
 
 

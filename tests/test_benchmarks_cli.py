@@ -1,5 +1,6 @@
 """The benchmark scripts (issues 23, 27): every one answers --help at once without running, and
 results go to a scratch folder unless --out names another, stamped with what made them."""
+
 import importlib.util
 import json
 import os
@@ -35,11 +36,17 @@ def test_the_scripts_are_found():
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
 def test_help_exits_0_without_running(script, tmp_path):
     env = {**os.environ, "PLUGINEDIT_BENCH_OUT": str(tmp_path / "out")}
-    run = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True,
-                         timeout=60, cwd=tmp_path, env=env)
+    run = subprocess.run(
+        [sys.executable, str(script), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=env,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     assert "usage" in run.stdout.lower()
-    assert not (tmp_path / "out").exists()          # nothing done, nothing written
+    assert not (tmp_path / "out").exists()  # nothing done, nothing written
     assert not [p for p in tmp_path.iterdir() if p.name != "out"]
 
 
@@ -52,17 +59,22 @@ def test_bench_kernels_is_part_of_the_command_line(capsys):
     # `pluginedit bench kernels` runs pluginedit.cli.bench, an ordinary module of the package (no
     # script loaded by file path); benchmarks/bench_kernels.py is a thin script over it
     from pluginedit import cli
+
     with pytest.raises(SystemExit) as e:
         cli.main(["bench", "kernels", "--help"])
     assert e.value.code == 0
-    assert "bench-out/bench_kernels/" in capsys.readouterr().out.replace("-\n", "-").replace(" ", "")
+    assert "bench-out/bench_kernels/" in capsys.readouterr().out.replace("-\n", "-").replace(
+        " ", ""
+    )
     script = (BENCH / "bench_kernels.py").read_text()
     assert "from pluginedit.cli import bench" in script and "spec_from_file_location" not in script
 
 
 def test_default_folder_is_scratch_not_the_committed_results(results, monkeypatch, tmp_path):
     monkeypatch.delenv(results.ENV, raising=False)
-    monkeypatch.setattr(results, "SCRATCH", tmp_path / "bench-out")   # do not create it in the checkout
+    monkeypatch.setattr(
+        results, "SCRATCH", tmp_path / "bench-out"
+    )  # do not create it in the checkout
     d = results.out_dir(None, "coar")
     assert d == tmp_path / "bench-out" / "coar" and d.is_dir()
     assert d.resolve() != results.COMMITTED.resolve() and results.COMMITTED not in d.parents
@@ -70,7 +82,7 @@ def test_default_folder_is_scratch_not_the_committed_results(results, monkeypatc
     assert "/bench-out/" in (ROOT / ".gitignore").read_text().split()
     monkeypatch.setenv(results.ENV, str(tmp_path / "env"))
     assert results.out_dir(None, "coar") == tmp_path / "env" / "coar"
-    assert results.out_dir(str(tmp_path / "given"), "coar") == tmp_path / "given"   # --out as given
+    assert results.out_dir(str(tmp_path / "given"), "coar") == tmp_path / "given"  # --out as given
     assert results.out_dir("", "coar") == tmp_path / "env" / "coar"
 
 
@@ -78,11 +90,15 @@ def test_stamp_holds_machine_command_versions_date(results):
     s = results.stamp(["benchmarks/coar.py", "--arch", "vgg", "--out", "a b"])
     assert s["machine"]["cpu"] and s["machine"]["cores"] >= 1 and "gpu" in s["machine"]
     assert s["command"] == "python benchmarks/coar.py --arch vgg --out 'a b'"
-    assert {"pluginedit", "torch", "triton", "torch-pruning", "transformers", "numpy"} <= set(s["versions"])
+    assert {"pluginedit", "torch", "triton", "torch-pruning", "transformers", "numpy"} <= set(
+        s["versions"]
+    )
     assert s["versions"]["torch"] and s["versions"]["numpy"]
     assert datetime.fromisoformat(s["date"]).utcoffset().total_seconds() == 0
     assert set(s["git"]) == {"commit", "dirty"}
-    assert results.command(["/usr/bin/pluginedit", "bench", "kernels"]) == "pluginedit bench kernels"
+    assert (
+        results.command(["/usr/bin/pluginedit", "bench", "kernels"]) == "pluginedit bench kernels"
+    )
 
 
 def test_write_produces_both_files_with_the_stamp(results, tmp_path):
@@ -94,14 +110,17 @@ def test_write_produces_both_files_with_the_stamp(results, tmp_path):
     head = md.split("body")[0]
     for key in ("Machine:", "Command:", "Versions:", "Date:", s["command"], s["machine"]["cpu"]):
         assert key in head
-    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["res.v1.json", "res.v1.md"]   # no temp files
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == [
+        "res.v1.json",
+        "res.v1.md",
+    ]  # no temp files
 
-    results.write(tmp_path / "rows", [{"a": 1}])            # a list is wrapped, read unwraps it
+    results.write(tmp_path / "rows", [{"a": 1}])  # a list is wrapped, read unwraps it
     assert json.loads((tmp_path / "rows.json").read_text())["stamp"]["command"]
     assert results.read(tmp_path / "rows.json") == [{"a": 1}]
     assert not (tmp_path / "rows.md").exists()
 
-    again = results.read(tmp_path / "sub" / "res.v1.json") | {"x": 3}   # a partial re-run (--only)
+    again = results.read(tmp_path / "sub" / "res.v1.json") | {"x": 3}  # a partial re-run (--only)
     s2 = results.stamp()
     results.write(tmp_path / "sub" / "res.v1", again, None, s2)
     obj = json.loads((tmp_path / "sub" / "res.v1.json").read_text())
@@ -113,8 +132,9 @@ def test_an_interrupted_write_leaves_the_old_file(results, tmp_path, monkeypatch
 
     def half_then_interrupt(self, text, *a, **k):
         with open(self, "w") as f:
-            f.write(text[:len(text) // 2])
+            f.write(text[: len(text) // 2])
         raise KeyboardInterrupt
+
     monkeypatch.setattr(Path, "write_text", half_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         results.write(tmp_path / "r", {"v": 2})

@@ -1,5 +1,6 @@
 """Acceptance figures: the demo on digits, and pruning a ResNet trained on Fashion-MNIST with
 every built-in scorer (the CLI report once, the rest in-process)."""
+
 import copy
 import json
 import os
@@ -19,9 +20,22 @@ KEYS = {"accuracy", "per_class_accuracy", "params", "macs", "latency_ms"}
 def test_demo_shows_modhifi_against_l1_and_reloads(tmp_path):
     out = tmp_path / "demo.json"
     env = {**os.environ, "PLUGINEDIT_DISABLE_PLUGIN_AUTOLOAD": "1"}
-    run = subprocess.run(["pluginedit", "demo", "--report", str(out), "--save", str(tmp_path / "m"),
-                          "--plot", str(tmp_path / "demo.png")], capture_output=True, text=True,
-                         env=env, timeout=600)
+    run = subprocess.run(
+        [
+            "pluginedit",
+            "demo",
+            "--report",
+            str(out),
+            "--save",
+            str(tmp_path / "m"),
+            "--plot",
+            str(tmp_path / "demo.png"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr
     assert "modhifi-p, no fine-tuning" in run.stdout and "fresh process" in run.stdout
     rep = json.loads(out.read_text())
@@ -30,19 +44,40 @@ def test_demo_shows_modhifi_against_l1_and_reloads(tmp_path):
     assert dense["accuracy"] > 0.95
     assert ft["params"] == l1["params"] and abs(mh["params"] - l1["params"]) <= 0.02 * l1["params"]
     assert dense["params"] >= 3 * mh["params"]
-    assert ft["accuracy"] >= dense["accuracy"] - 0.02           # the usual recipe, with training
-    assert mh["accuracy"] > l1["accuracy"] + 0.2                 # no training at all
+    assert ft["accuracy"] >= dense["accuracy"] - 0.02  # the usual recipe, with training
+    assert mh["accuracy"] > l1["accuracy"] + 0.2  # no training at all
     assert rep["reload"]["max_abs_logit_diff"] <= 1e-5
     assert rep["reload"]["accuracy"] == pytest.approx(mh["accuracy"], abs=1e-6)
-    assert (tmp_path / "m" / "manifest.json").exists() and (tmp_path / "demo.png").stat().st_size > 0
+    assert (tmp_path / "m" / "manifest.json").exists() and (
+        tmp_path / "demo.png"
+    ).stat().st_size > 0
 
 
 @pytest.mark.slow
 def test_prune_fashion_mnist_resnet_report(shared_data, fmnist_resnet, tmp_path):
     out = tmp_path / "report.json"
-    code = cli.main(["prune", "--arch", "resnet", "--data", "fashion-mnist", "--data-dir", str(shared_data),
-                     *FMNIST_RECIPE, "--scorer", "l1", "--ratio", "0.5", "--report", str(out),
-                     "--calib-samples", "512", "--test-samples", "2000"])
+    code = cli.main(
+        [
+            "prune",
+            "--arch",
+            "resnet",
+            "--data",
+            "fashion-mnist",
+            "--data-dir",
+            str(shared_data),
+            *FMNIST_RECIPE,
+            "--scorer",
+            "l1",
+            "--ratio",
+            "0.5",
+            "--report",
+            str(out),
+            "--calib-samples",
+            "512",
+            "--test-samples",
+            "2000",
+        ]
+    )
     assert code == 0
     rep = json.loads(out.read_text())
     before, after = rep["before"], rep["after"]
@@ -97,7 +132,9 @@ def test_editor_of_the_wrong_kind_exits_2(capsys):
 def test_prune_with_an_editor_that_scores_itself(tmp_path):
     """discedit-sp computes its own scores and was always refused ('global_pruning' injected)."""
     out = tmp_path / "sp.json"
-    assert cli.main(["prune", "--editor", "discedit-sp", "--ratio", "0.25", "--report", str(out)]) == 0
+    assert (
+        cli.main(["prune", "--editor", "discedit-sp", "--ratio", "0.25", "--report", str(out)]) == 0
+    )
     rep = json.loads(out.read_text())
     assert rep["edit"]["editor"] == "discedit-sp" and rep["edit"]["scores"] is None
     assert rep["after"]["params"] < rep["before"]["params"]
@@ -125,9 +162,10 @@ def test_fit_moves_batches_to_the_models_device():
 
     from pluginedit.capture import Split
     from pluginedit.contrib import train, zoo
+
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     model = zoo.build("vgg", 1, 10, widths=(4,), hidden=8).cuda()
-    split = Split(torch.randn(64, 1, 8, 8), torch.arange(64) % 10)      # CPU data
+    split = Split(torch.randn(64, 1, 8, 8), torch.arange(64) % 10)  # CPU data
     train.fit(model, split, epochs=1)
     assert next(model.parameters()).is_cuda

@@ -5,6 +5,7 @@ Imported as ``pluginedit.triton_kernels.<family>`` (this folder is mapped under 
 top-level ``triton_kernels`` module is never installed). Importing a family needs triton; set
 ``TRITON_INTERPRET=1`` before the import to run the kernels on the CPU (tests do).
 """
+
 import os
 
 

@@ -15,6 +15,7 @@ Two kernels:
 Memory layout: any strides. NCHW and channels_last are both read in place through the
 [N, C, L] view (for channels_last the view has stride 1 along C; the tile then reads along C).
 """
+
 from __future__ import annotations
 
 import math
@@ -29,9 +30,22 @@ P = 6  # number of witness features
 
 
 @triton.jit
-def _moments_kernel(x_ptr, out_ptr, labels_ptr, shift_ptr, C, L, sxn, sxc, sxl, gamma,
-                    HAS_SHIFT: tl.constexpr, ATOMIC: tl.constexpr,
-                    BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
+def _moments_kernel(
+    x_ptr,
+    out_ptr,
+    labels_ptr,
+    shift_ptr,
+    C,
+    L,
+    sxn,
+    sxc,
+    sxl,
+    gamma,
+    HAS_SHIFT: tl.constexpr,
+    ATOMIC: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+):
     n = tl.program_id(0).to(tl.int64)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = offs_c < C
@@ -65,8 +79,9 @@ def _moments_kernel(x_ptr, out_ptr, labels_ptr, shift_ptr, C, L, sxn, sxc, sxl, 
 
 
 @triton.jit
-def _combine_kernel(part_ptr, state_ptr, order_ptr, offsets_ptr, C,
-                    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+def _combine_kernel(
+    part_ptr, state_ptr, order_ptr, offsets_ptr, C, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr
+):
     k = tl.program_id(0)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     offs_p = tl.arange(0, BLOCK_P)
@@ -90,16 +105,26 @@ def _blocks(c: int, length: int) -> tuple[int, int]:
     return min(next_pow2(c), max(1, 4096 // bl)), bl
 
 
-def class_moments(x: torch.Tensor, labels: torch.Tensor, num_classes: int, gamma: float = 1.0,
-                  shift: torch.Tensor | None = None, *, deterministic: bool = True,
-                  state: torch.Tensor | None = None, block_c: int | None = None,
-                  block_l: int | None = None):
+def class_moments(
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    gamma: float = 1.0,
+    shift: torch.Tensor | None = None,
+    *,
+    deterministic: bool = True,
+    state: torch.Tensor | None = None,
+    block_c: int | None = None,
+    block_l: int | None = None,
+):
     """Same contract as ``pluginedit.ops.reference.class_moments``; returns float64
     (counts [K], sums [K, C, 6]). ``state`` (float64 [K, C, 6]) is accumulated into in place
     and returned as ``sums`` (a persistent accumulator across batches). ``deterministic=False``
     uses fp64 atomics instead of per-sample partials plus a per-class combine."""
     n, c, k = x.shape[0], x.shape[1], int(num_classes)
-    v = x.reshape(n, c, math.prod(x.shape[2:]))  # a view for NCHW and channels_last; other layouts may copy
+    v = x.reshape(
+        n, c, math.prod(x.shape[2:])
+    )  # a view for NCHW and channels_last; other layouts may copy
     length = v.shape[2]
     dev = x.device
     if state is None:
@@ -110,21 +135,50 @@ def class_moments(x: torch.Tensor, labels: torch.Tensor, num_classes: int, gamma
         return counts, state
     bc, bl = _blocks(c, length)
     bc, bl = block_c or bc, block_l or bl
-    shift_t = (shift.to(device=dev, dtype=torch.float64).contiguous() if shift is not None
-               else state)  # dummy pointer when HAS_SHIFT is off
+    shift_t = (
+        shift.to(device=dev, dtype=torch.float64).contiguous() if shift is not None else state
+    )  # dummy pointer when HAS_SHIFT is off
     grid = (n, triton.cdiv(c, bc))
     if not deterministic:
-        _moments_kernel[grid](v, state, labels, shift_t, c, length, v.stride(0), v.stride(1), v.stride(2),
-                              float(gamma), HAS_SHIFT=shift is not None, ATOMIC=True,
-                              BLOCK_C=bc, BLOCK_L=bl)
+        _moments_kernel[grid](
+            v,
+            state,
+            labels,
+            shift_t,
+            c,
+            length,
+            v.stride(0),
+            v.stride(1),
+            v.stride(2),
+            float(gamma),
+            HAS_SHIFT=shift is not None,
+            ATOMIC=True,
+            BLOCK_C=bc,
+            BLOCK_L=bl,
+        )
         return counts, state
     part = torch.empty(n, c, P, dtype=torch.float64, device=dev)
-    _moments_kernel[grid](v, part, labels, shift_t, c, length, v.stride(0), v.stride(1), v.stride(2),
-                          float(gamma), HAS_SHIFT=shift is not None, ATOMIC=False,
-                          BLOCK_C=bc, BLOCK_L=bl)
+    _moments_kernel[grid](
+        v,
+        part,
+        labels,
+        shift_t,
+        c,
+        length,
+        v.stride(0),
+        v.stride(1),
+        v.stride(2),
+        float(gamma),
+        HAS_SHIFT=shift is not None,
+        ATOMIC=False,
+        BLOCK_C=bc,
+        BLOCK_L=bl,
+    )
     order = torch.argsort(labels, stable=True)
     offsets = torch.zeros(k + 1, dtype=torch.int64, device=dev)
     offsets[1:] = torch.cumsum(torch.bincount(labels, minlength=k), 0)
     bcc = min(next_pow2(c), 1024 if interpreting() else 64)
-    _combine_kernel[(k, triton.cdiv(c, bcc))](part, state, order, offsets, c, BLOCK_C=bcc, BLOCK_P=8)
+    _combine_kernel[(k, triton.cdiv(c, bcc))](
+        part, state, order, offsets, c, BLOCK_C=bcc, BLOCK_P=8
+    )
     return counts, state

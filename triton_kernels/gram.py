@@ -13,6 +13,7 @@ Precision (fp32 inputs only; fp16/bf16 products are exact in fp32 anyway): ``"ie
 fp32 FMA), ``"tf32x3"`` (three tf32 tensor-core passes, ~fp32 accurate; the default), or
 ``"tf32"`` (fast, ~1e-3 relative - opt in only).
 """
+
 from __future__ import annotations
 
 import torch
@@ -25,8 +26,32 @@ PRECISIONS = ("tf32", "tf32x3", "ieee")
 
 
 @triton.jit
-def _load_rows(x_ptr, offs_m, offs_d, M, D, C, H, W, Ho, Wo, KH, KW, SH, SW, PH, PW, DH, DW,
-               sx0, sx1, sx2, sx3, IS_CONV: tl.constexpr, UPCAST: tl.constexpr):
+def _load_rows(
+    x_ptr,
+    offs_m,
+    offs_d,
+    M,
+    D,
+    C,
+    H,
+    W,
+    Ho,
+    Wo,
+    KH,
+    KW,
+    SH,
+    SW,
+    PH,
+    PW,
+    DH,
+    DW,
+    sx0,
+    sx1,
+    sx2,
+    sx3,
+    IS_CONV: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     """Tile [BLOCK_M, BLOCK_D] of the row matrix; padding and out-of-range entries read as 0."""
     m64 = offs_m.to(tl.int64)
     valid = (offs_m[:, None] < M) & (offs_d[None, :] < D)
@@ -50,10 +75,38 @@ def _load_rows(x_ptr, offs_m, offs_d, M, D, C, H, W, Ho, Wo, KH, KW, SH, SW, PH,
 
 
 @triton.jit
-def _gram_kernel(x_ptr, g_ptr, s_ptr, ti_ptr, tj_ptr, M, D, rows_per_split,
-                 C, H, W, Ho, Wo, KH, KW, SH, SW, PH, PW, DH, DW, sx0, sx1, sx2, sx3,
-                 IS_CONV: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+def _gram_kernel(
+    x_ptr,
+    g_ptr,
+    s_ptr,
+    ti_ptr,
+    tj_ptr,
+    M,
+    D,
+    rows_per_split,
+    C,
+    H,
+    W,
+    Ho,
+    Wo,
+    KH,
+    KW,
+    SH,
+    SW,
+    PH,
+    PW,
+    DH,
+    DW,
+    sx0,
+    sx1,
+    sx2,
+    sx3,
+    IS_CONV: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     t = tl.program_id(0)
     ti = tl.load(ti_ptr + t)
     tj = tl.load(tj_ptr + t)
@@ -65,10 +118,58 @@ def _gram_kernel(x_ptr, g_ptr, s_ptr, ti_ptr, tj_ptr, M, D, rows_per_split,
     acc_s = tl.zeros([BLOCK_D], dtype=tl.float32)
     for m0 in range(m_start, m_end, BLOCK_M):
         offs_m = m0 + tl.arange(0, BLOCK_M)
-        a = _load_rows(x_ptr, offs_m, offs_i, m_end, D, C, H, W, Ho, Wo, KH, KW, SH, SW, PH, PW,
-                       DH, DW, sx0, sx1, sx2, sx3, IS_CONV, UPCAST)
-        b = _load_rows(x_ptr, offs_m, offs_j, m_end, D, C, H, W, Ho, Wo, KH, KW, SH, SW, PH, PW,
-                       DH, DW, sx0, sx1, sx2, sx3, IS_CONV, UPCAST)
+        a = _load_rows(
+            x_ptr,
+            offs_m,
+            offs_i,
+            m_end,
+            D,
+            C,
+            H,
+            W,
+            Ho,
+            Wo,
+            KH,
+            KW,
+            SH,
+            SW,
+            PH,
+            PW,
+            DH,
+            DW,
+            sx0,
+            sx1,
+            sx2,
+            sx3,
+            IS_CONV,
+            UPCAST,
+        )
+        b = _load_rows(
+            x_ptr,
+            offs_m,
+            offs_j,
+            m_end,
+            D,
+            C,
+            H,
+            W,
+            Ho,
+            Wo,
+            KH,
+            KW,
+            SH,
+            SW,
+            PH,
+            PW,
+            DH,
+            DW,
+            sx0,
+            sx1,
+            sx2,
+            sx3,
+            IS_CONV,
+            UPCAST,
+        )
         acc = tl.dot(tl.trans(a), b, acc, input_precision=PRECISION)
         if ti == tj:
             acc_s += tl.sum(a.to(tl.float32), axis=0)
@@ -82,9 +183,20 @@ def _pair(v) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[-1]))
 
 
-def gram(x: torch.Tensor, kernel_size=None, stride=1, padding=0, dilation=1, chunk: int = 64, *,
-         precision: str = "tf32x3", splits: int | None = None, block_m: int | None = None,
-         block_d: int | None = None, out: tuple[torch.Tensor, torch.Tensor] | None = None):
+def gram(
+    x: torch.Tensor,
+    kernel_size=None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    chunk: int = 64,
+    *,
+    precision: str = "tf32x3",
+    splits: int | None = None,
+    block_m: int | None = None,
+    block_d: int | None = None,
+    out: tuple[torch.Tensor, torch.Tensor] | None = None,
+):
     """Same contract as ``pluginedit.ops.reference.gram`` but returns fp32 (G, s) and the row
     count n. ``chunk`` is accepted for signature parity and ignored (nothing is materialised).
     ``out=(G, s)`` (fp32, persistent) is accumulated into in place (only its upper triangle is
@@ -100,14 +212,22 @@ def gram(x: torch.Tensor, kernel_size=None, stride=1, padding=0, dilation=1, chu
     else:
         v = x
         n, c, h, w = x.shape
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = map(_pair, (kernel_size, stride, padding, dilation))
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = map(
+            _pair, (kernel_size, stride, padding, dilation)
+        )
         ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
         wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
         m, d = n * max(ho, 0) * max(wo, 0), c * kh * kw
         geo = (c, h, w, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw)
         strides = tuple(x.stride())
-    g, s = out if out is not None else (torch.zeros(d, d, dtype=torch.float32, device=dev),
-                                        torch.zeros(d, dtype=torch.float32, device=dev))
+    g, s = (
+        out
+        if out is not None
+        else (
+            torch.zeros(d, d, dtype=torch.float32, device=dev),
+            torch.zeros(d, dtype=torch.float32, device=dev),
+        )
+    )
     if m > 0 and d > 0:
         interp = interpreting()
         bd = block_d or (min(max(next_pow2(d), 16), 64) if interp else (64 if d > 32 else 32))
@@ -115,7 +235,11 @@ def gram(x: torch.Tensor, kernel_size=None, stride=1, padding=0, dilation=1, chu
         nt = triton.cdiv(d, bd)
         ti, tj = torch.triu_indices(nt, nt, device=dev).to(torch.int32)
         if splits is None:  # enough programs to fill the device; one split under the interpreter
-            sms = 1 if interp or dev.type != "cuda" else torch.cuda.get_device_properties(dev).multi_processor_count
+            sms = (
+                1
+                if interp or dev.type != "cuda"
+                else torch.cuda.get_device_properties(dev).multi_processor_count
+            )
             splits = max(1, min(triton.cdiv(m, bm * 4), triton.cdiv(4 * sms, ti.numel())))
         rows = triton.cdiv(triton.cdiv(m, splits), bm) * bm
         splits = triton.cdiv(m, rows)
@@ -124,8 +248,22 @@ def gram(x: torch.Tensor, kernel_size=None, stride=1, padding=0, dilation=1, chu
             precision = "ieee"
         elif not upcast:  # fp16/bf16 operands: products are exact in fp32; precision is moot
             precision = "tf32"
-        _gram_kernel[(ti.numel(), splits)](v, g, s, ti, tj, m, d, rows, *geo, *strides,
-                                           IS_CONV=kernel_size is not None, UPCAST=upcast,
-                                           PRECISION=precision, BLOCK_M=bm, BLOCK_D=bd)
+        _gram_kernel[(ti.numel(), splits)](
+            v,
+            g,
+            s,
+            ti,
+            tj,
+            m,
+            d,
+            rows,
+            *geo,
+            *strides,
+            IS_CONV=kernel_size is not None,
+            UPCAST=upcast,
+            PRECISION=precision,
+            BLOCK_M=bm,
+            BLOCK_D=bd,
+        )
     full = torch.triu(g) + torch.triu(g, 1).T
     return full, s.clone() if out is not None else s, m

@@ -1,5 +1,6 @@
 """Capture: forward hooks on chosen modules stream each batch's activations into statistics.
 Activations are reduced inside the hook and never stored."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -21,6 +22,7 @@ class Request:
     """A handle: collect ``statistic`` from the ``where`` ("input" or "output") tensor of the
     module at path ``module``. ``collect`` returns the statistics keyed by these handles
     (compared by identity), so nothing is parsed out of strings."""
+
     module: str
     statistic: Statistic
     where: str = "output"
@@ -49,9 +51,16 @@ class _StopForward(Exception):
 
 
 @torch.no_grad()
-def collect(model: nn.Module, data, requests: Iterable[Request], num_classes: int | None = None,
-            batch_size: int = 256, max_samples: int | None = None,
-            progress: bool = False, stop_early: bool = False) -> dict[Request, Statistic]:
+def collect(
+    model: nn.Module,
+    data,
+    requests: Iterable[Request],
+    num_classes: int | None = None,
+    batch_size: int = 256,
+    max_samples: int | None = None,
+    progress: bool = False,
+    stop_early: bool = False,
+) -> dict[Request, Statistic]:
     """One pass over ``data`` feeding every request; returns {request handle: statistic}.
     Every module's training flag is restored afterwards. ``stop_early`` abandons each batch's
     forward once every request has seen it (the rest of the network is not needed); only for
@@ -71,14 +80,23 @@ def collect(model: nn.Module, data, requests: Iterable[Request], num_classes: in
                 current["seen"].add(id(req))
                 if len(current["seen"]) == len(requests):
                     raise _StopForward
+
         return hook
 
     for req in requests:
         handles.append(get_module(model, req.module).register_forward_hook(make_hook(req)))
     try:
         with eval_mode(model):
-            for x, y in batches(model, data, num_classes, batch_size, max_samples, progress, "statistics",
-                                shard=True):
+            for x, y in batches(
+                model,
+                data,
+                num_classes,
+                batch_size,
+                max_samples,
+                progress,
+                "statistics",
+                shard=True,
+            ):
                 current["labels"], current["seen"] = y, set()
                 current["mask"] = x.get("attention_mask") if isinstance(x, dict) else None
                 try:

@@ -5,6 +5,7 @@
 call_module nodes and returns (module path, "output"). A module called more than once in the
 forward (e.g. a ResNet block's shared ReLU) is refused: its hook would mix two tensors.
 """
+
 from __future__ import annotations
 
 import torch
@@ -24,8 +25,9 @@ def _chain(model: nn.Module, layer: str) -> list[str]:
     try:
         gm = torch.fx.symbolic_trace(model)
     except Exception as e:
-        raise InputError(f"cannot trace the model to find hook points ({type(e).__name__}); "
-                         "use hook='conv'") from e
+        raise InputError(
+            f"cannot trace the model to find hook points ({type(e).__name__}); use hook='conv'"
+        ) from e
     calls: dict[str, int] = {}
     for node in gm.graph.nodes:
         if node.op == "call_module":
@@ -37,7 +39,7 @@ def _chain(model: nn.Module, layer: str) -> list[str]:
         if node.op != "call_module":
             break
         if calls[node.target] > 1:
-            chain.append(None)   # shared module: unusable
+            chain.append(None)  # shared module: unusable
             break
         chain.append(node.target)
     return chain
@@ -60,8 +62,10 @@ def resolve(model: nn.Module, layer: str, point: str = "conv") -> tuple[str, str
             return path, "output"
         if path is None or not isinstance(mods[path], through):
             break
-    raise InputError(f"no {point!r} hook point directly after {layer!r} (a residual add, a shared "
-                     f"module, or no such layer); use hook='bn' or hook='conv'")
+    raise InputError(
+        f"no {point!r} hook point directly after {layer!r} (a residual add, a shared "
+        f"module, or no such layer); use hook='bn' or hook='conv'"
+    )
 
 
 def resolve_auto(model: nn.Module, layer: str, order=("act", "bn", "conv")) -> tuple[str, str]:

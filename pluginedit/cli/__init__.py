@@ -1,4 +1,5 @@
 """The ``pluginedit`` command line: plugins, train, score, prune, forget, fix, rectify, demo, bench."""
+
 from __future__ import annotations
 
 import argparse
@@ -34,10 +35,18 @@ from .rectify import add_rectify_parsers
 def cmd_plugins(args) -> int:
     if args.describe:
         return _describe(args.describe)
-    rows = [(p.name, p.kind, p.dist, p.version, "ok" if p.error is None else f"BROKEN: {p.error}")
-            for p in registry.listing()]
-    widths = [max(len(r[i]) for r in rows + [("name", "kind", "distribution", "version", "")]) for i in range(4)]
-    print("  ".join(h.ljust(w) for h, w in zip(("name", "kind", "distribution", "version"), widths)) + "  status")
+    rows = [
+        (p.name, p.kind, p.dist, p.version, "ok" if p.error is None else f"BROKEN: {p.error}")
+        for p in registry.listing()
+    ]
+    widths = [
+        max(len(r[i]) for r in rows + [("name", "kind", "distribution", "version", "")])
+        for i in range(4)
+    ]
+    print(
+        "  ".join(h.ljust(w) for h, w in zip(("name", "kind", "distribution", "version"), widths))
+        + "  status"
+    )
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[4])
     return 0
@@ -49,9 +58,14 @@ def _describe(name: str) -> int:
         raise InputError(f"unknown plugin {name!r}; known: {', '.join(sorted(table))}")
     info = table[name]
     cls = info.obj
-    flags = "" if info.kind == "scorer" else (
-        f" kind={cls.kind} needs_data={cls.needs_data} needs_labels={cls.needs_labels} "
-        f"uses_scores={cls.uses_scores}")
+    flags = (
+        ""
+        if info.kind == "scorer"
+        else (
+            f" kind={cls.kind} needs_data={cls.needs_data} needs_labels={cls.needs_labels} "
+            f"uses_scores={cls.uses_scores}"
+        )
+    )
     print(f"{name} ({info.kind}, {info.display}){flags}")
     doc = (cls.__doc__ or "").strip().splitlines()
     if doc:
@@ -65,15 +79,25 @@ def _describe(name: str) -> int:
 
 def cmd_train(args) -> int:
     if args.model or args.hf:
-        raise InputError("`pluginedit train` trains zoo models (--arch); --model / --hf models are "
-                         "trained by their owner")
+        raise InputError(
+            "`pluginedit train` trains zoo models (--arch); --model / --hf models are "
+            "trained by their owner"
+        )
     bundle = bundle_for(args)
     t0 = time.perf_counter()
     with distributed.main_first():
-        model = train.pretrained(args.arch, bundle, epochs=args.epochs, seed=args.seed,
-                                 progress=args.progress, retrain=args.retrain and distributed.is_main())
+        model = train.pretrained(
+            args.arch,
+            bundle,
+            epochs=args.epochs,
+            seed=args.seed,
+            progress=args.progress,
+            retrain=args.retrain and distributed.is_main(),
+        )
     acc, _ = accuracy(model, bundle.test, bundle.num_classes)
-    print(f"{args.arch} on {bundle.name}: test accuracy {acc:.4f} ({time.perf_counter() - t0:.1f}s, cache {train.cache_dir()})")
+    print(
+        f"{args.arch} on {bundle.name}: test accuracy {acc:.4f} ({time.perf_counter() - t0:.1f}s, cache {train.cache_dir()})"
+    )
     return 0
 
 
@@ -88,8 +112,10 @@ def _scorer_options(names: list[str], options: dict) -> dict[str, dict]:
         elif len(names) == 1 and not dot:
             out[names[0]][key] = value
         else:
-            raise InputError(f"option {key!r}: with several scorers write <scorer>.<option>=value "
-                             f"(scorers: {', '.join(names)})")
+            raise InputError(
+                f"option {key!r}: with several scorers write <scorer>.<option>=value "
+                f"(scorers: {', '.join(names)})"
+            )
     return out
 
 
@@ -99,14 +125,19 @@ def cmd_score(args) -> int:
     opts = _scorer_options(names, dict(args.option))
     scorers = [registry.get_scorer(n, **opts[n]) for n in names]
     t0 = time.perf_counter()
-    results = api.score_many(model, scorers, data=calib, num_classes=bundle.num_classes,
-                             progress=args.progress)
-    print(f"scored with {', '.join(names)} in one pass over {len(calib)} samples: "
-          f"{time.perf_counter() - t0:.2f}s")
+    results = api.score_many(
+        model, scorers, data=calib, num_classes=bundle.num_classes, progress=args.progress
+    )
+    print(
+        f"scored with {', '.join(names)} in one pass over {len(calib)} samples: "
+        f"{time.perf_counter() - t0:.2f}s"
+    )
     for name, scores in results.items():
         print(f"{name}:")
         for path, v in scores.items():
-            print(f"  {path:32s} n={len(v):4d}  min={v.min():.4g}  median={v.median():.4g}  max={v.max():.4g}")
+            print(
+                f"  {path:32s} n={len(v):4d}  min={v.min():.4g}  median={v.median():.4g}  max={v.max():.4g}"
+            )
         if args.out and distributed.is_main():
             stem = args.out if len(names) == 1 else f"{args.out}.{name}"
             scores.save(stem)
@@ -118,8 +149,10 @@ def _prune_flags(args, cls, options: dict) -> dict:
     """``--ratio`` and ``--global`` as editor options. The same option also given with ``-o``
     is refused (which value was meant?), as is a flag the editor has no option for; without
     either, editors with a ratio get the CLI's default 0.5."""
-    given = {"ratio": ("--ratio", args.ratio),
-             "global_pruning": ("--global", True if args.global_pruning else None)}
+    given = {
+        "ratio": ("--ratio", args.ratio),
+        "global_pruning": ("--global", True if args.global_pruning else None),
+    }
     flags = {key: value for key, (_, value) in given.items() if value is not None}
     clash = [f"{given[key][0]} and -o {key}=" for key in flags if key in options]
     if clash:
@@ -144,15 +177,36 @@ def cmd_prune(args) -> int:
     # an editor with a scorer of its own (modhifi-p) uses it unless --scorer is given
     scorer = args.scorer or (None if "scorer" in known_options(cls, scorer=1) else "l1")
     if cls.uses_scores and scorer:
-        scores = api.score(model, scorer, data=calib, num_classes=bundle.num_classes,
-                           progress=args.progress, **scorer_opts)
+        scores = api.score(
+            model,
+            scorer,
+            data=calib,
+            num_classes=bundle.num_classes,
+            progress=args.progress,
+            **scorer_opts,
+        )
     elif scorer_opts:
-        raise InputError(f"editor {args.editor!r} computes its own scores: scorer options are unused")
-    record = api.edit(model, args.editor, scores, data=calib if cls.needs_data else None,
-                      example_inputs=example_batch(calib), num_classes=bundle.num_classes if cls.needs_labels else None,
-                      **flags, **edit_opts)
-    finish(args, bundle, model, dense, record,
-            {"scorer": record.scores, "ratio": edit_opts.get("ratio", flags.get("ratio"))})
+        raise InputError(
+            f"editor {args.editor!r} computes its own scores: scorer options are unused"
+        )
+    record = api.edit(
+        model,
+        args.editor,
+        scores,
+        data=calib if cls.needs_data else None,
+        example_inputs=example_batch(calib),
+        num_classes=bundle.num_classes if cls.needs_labels else None,
+        **flags,
+        **edit_opts,
+    )
+    finish(
+        args,
+        bundle,
+        model,
+        dense,
+        record,
+        {"scorer": record.scores, "ratio": edit_opts.get("ratio", flags.get("ratio"))},
+    )
     return 0
 
 
@@ -160,11 +214,23 @@ def cmd_forget(args) -> int:
     editor_class(args.editor, ("forget",), "forget")
     bundle, model, calib = setup(args)
     dense = copy.deepcopy(model)
-    record = api.forget(model, args.forget_class, calib, editor=args.editor,
-                        num_classes=bundle.num_classes, **dict(args.option))
+    record = api.forget(
+        model,
+        args.forget_class,
+        calib,
+        editor=args.editor,
+        num_classes=bundle.num_classes,
+        **dict(args.option),
+    )
     retained = bundle.train.subset(args.calib_samples, exclude=[args.forget_class], seed=args.seed)
-    finish(args, bundle, model, dense, record,
-            {"forgotten_class": args.forget_class, "finetune_split": retained})
+    finish(
+        args,
+        bundle,
+        model,
+        dense,
+        record,
+        {"forgotten_class": args.forget_class, "finetune_split": retained},
+    )
     return 0
 
 
@@ -172,6 +238,7 @@ def cmd_demo(args) -> int:
     """The same digits CNN pruned to the same size three ways; the ModHiFi-P model saved,
     reloaded in a fresh process and re-evaluated."""
     from .. import demo
+
     out = demo.run(args.ratio, args.finetune_epochs, args.seed, args.save, args.report, args.plot)
     if args.report:
         print(f"report written to {args.report}")
@@ -188,7 +255,9 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="pluginedit", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("plugins", help="list scorer and editor plugins")
-    p.add_argument("--describe", metavar="NAME", default=None, help="print one plugin's options and flags")
+    p.add_argument(
+        "--describe", metavar="NAME", default=None, help="print one plugin's options and flags"
+    )
     p.set_defaults(fn=cmd_plugins)
 
     p = sub.add_parser("train", help="train (or load from cache) a zoo model")
@@ -198,21 +267,42 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("score", help="score the components of a model")
     add_model_args(p)
-    p.add_argument("--scorer", action="append", default=None,
-                   help="scorer plugin (repeat to score with several in one pass; default l1)")
-    p.add_argument("-o", "--option", type=key_value, action="append", default=[], metavar="KEY=VALUE",
-                   help="scorer option; <scorer>.<key>=value with several scorers")
-    p.add_argument("--out", default=None,
-                   help="save Scores as OUT.safetensors + OUT.json (OUT.<scorer>.* for several)")
+    p.add_argument(
+        "--scorer",
+        action="append",
+        default=None,
+        help="scorer plugin (repeat to score with several in one pass; default l1)",
+    )
+    p.add_argument(
+        "-o",
+        "--option",
+        type=key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="scorer option; <scorer>.<key>=value with several scorers",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="save Scores as OUT.safetensors + OUT.json (OUT.<scorer>.* for several)",
+    )
     p.set_defaults(fn=cmd_score)
 
     p = sub.add_parser("prune", help="score and prune a model, then report before/after")
     add_model_args(p)
     add_edit_args(p, "prune")
-    p.add_argument("--scorer", default=None,
-                   help="scorer plugin (default: l1, or the editor's own scorer if it has one)")
-    p.add_argument("--ratio", type=float, default=None, help="fraction of channels to remove (default 0.5)")
-    p.add_argument("--global", dest="global_pruning", action="store_true", help="rank channels across layers")
+    p.add_argument(
+        "--scorer",
+        default=None,
+        help="scorer plugin (default: l1, or the editor's own scorer if it has one)",
+    )
+    p.add_argument(
+        "--ratio", type=float, default=None, help="fraction of channels to remove (default 0.5)"
+    )
+    p.add_argument(
+        "--global", dest="global_pruning", action="store_true", help="rank channels across layers"
+    )
     p.set_defaults(fn=cmd_prune)
 
     p = sub.add_parser("forget", help="make a model forget one class, then report before/after")
@@ -223,8 +313,12 @@ def parser() -> argparse.ArgumentParser:
 
     add_rectify_parsers(sub)
 
-    p = sub.add_parser("demo", help="the main job: l1 vs modhifi-p at the same size, save and reload")
-    p.add_argument("--ratio", type=float, default=0.5, help="fraction of each layer's channels removed")
+    p = sub.add_parser(
+        "demo", help="the main job: l1 vs modhifi-p at the same size, save and reload"
+    )
+    p.add_argument(
+        "--ratio", type=float, default=0.5, help="fraction of each layer's channels removed"
+    )
     p.add_argument("--save", default=None, metavar="DIR", help="where to save the modhifi-p model")
     p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--finetune-epochs", type=nonnegative, default=15)
@@ -247,13 +341,15 @@ def main(argv=None) -> int:
     try:
         with contextlib.ExitStack() as quiet:
             if not distributed.is_main():
-                quiet.enter_context(contextlib.redirect_stdout(quiet.enter_context(open(os.devnull, "w"))))
+                quiet.enter_context(
+                    contextlib.redirect_stdout(quiet.enter_context(open(os.devnull, "w")))
+                )
             check_args(args)
             return args.fn(args)
     except PluginEditError as e:
         print(f"pluginedit: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:      # every file is written whole or not at all: nothing to clean
+    except KeyboardInterrupt:  # every file is written whole or not at all: nothing to clean
         print("pluginedit: interrupted", file=sys.stderr)
         return 130
     finally:

@@ -1,5 +1,6 @@
 """What the commands share: the model and data flags, loading the data bundle and the model they
 name, the editor a command may run, and the before/after report every editing command ends with."""
+
 from __future__ import annotations
 
 import argparse
@@ -30,51 +31,106 @@ def key_value(text: str):
 
 
 def add_model_args(p: argparse.ArgumentParser, data_default: str = "digits") -> None:
-    p.add_argument("--arch", default=None,     # None: not given (vgg unless --model or --hf names the model)
-                   help=f"model zoo architecture ({', '.join(sorted(zoo.ARCHS))}; default vgg)")
-    p.add_argument("--model", default=None, metavar="PKG.MODULE:FACTORY",
-                   help="your own model: a factory called with --model-args (instead of --arch)")
-    p.add_argument("--model-args", default="{}", metavar="JSON", help="keyword arguments of --model")
-    p.add_argument("--weights", default=None, help="weights: .safetensors, or a .pt/.pth state dict")
-    p.add_argument("--load", default=None, metavar="DIR",
-                   help="a model saved by pluginedit (--save / pluginedit.save) to edit further")
-    p.add_argument("--trust", action="append", default=[], metavar="PKG.MODULE:FACTORY",
-                   help="with --load: a factory outside the allow-list that the save may call (repeatable)")
-    p.add_argument("--sha256", default=None, metavar="HEX",
-                   help="with --load: accept only the save with this manifest digest (printed by --save)")
-    p.add_argument("--hf", default=None, metavar="DIR",
-                   help="a local transformers model directory (its class from the config); --data is "
-                        "then a text file or data set (.json/.jsonl/.csv/.txt, 'text' column)")
-    p.add_argument("--data", default=data_default,
-                   help="digits, mnist, fashion-mnist, a .safetensors/.npz file with x and y, or a "
-                        "local Hugging Face data set folder")
-    p.add_argument("--data-dir", default=None, help="folder of the idx .gz files (MNIST / Fashion-MNIST)")
-    p.add_argument("--epochs", type=positive, default=None, help="training epochs of the cached model")
-    p.add_argument("--train-samples", type=positive, default=None, help="train on a seeded subset of this size")
-    p.add_argument("--test-samples", type=positive, default=None, help="evaluate on a seeded test subset")
+    p.add_argument(
+        "--arch",
+        default=None,  # None: not given (vgg unless --model or --hf names the model)
+        help=f"model zoo architecture ({', '.join(sorted(zoo.ARCHS))}; default vgg)",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        metavar="PKG.MODULE:FACTORY",
+        help="your own model: a factory called with --model-args (instead of --arch)",
+    )
+    p.add_argument(
+        "--model-args", default="{}", metavar="JSON", help="keyword arguments of --model"
+    )
+    p.add_argument(
+        "--weights", default=None, help="weights: .safetensors, or a .pt/.pth state dict"
+    )
+    p.add_argument(
+        "--load",
+        default=None,
+        metavar="DIR",
+        help="a model saved by pluginedit (--save / pluginedit.save) to edit further",
+    )
+    p.add_argument(
+        "--trust",
+        action="append",
+        default=[],
+        metavar="PKG.MODULE:FACTORY",
+        help="with --load: a factory outside the allow-list that the save may call (repeatable)",
+    )
+    p.add_argument(
+        "--sha256",
+        default=None,
+        metavar="HEX",
+        help="with --load: accept only the save with this manifest digest (printed by --save)",
+    )
+    p.add_argument(
+        "--hf",
+        default=None,
+        metavar="DIR",
+        help="a local transformers model directory (its class from the config); --data is "
+        "then a text file or data set (.json/.jsonl/.csv/.txt, 'text' column)",
+    )
+    p.add_argument(
+        "--data",
+        default=data_default,
+        help="digits, mnist, fashion-mnist, a .safetensors/.npz file with x and y, or a "
+        "local Hugging Face data set folder",
+    )
+    p.add_argument(
+        "--data-dir", default=None, help="folder of the idx .gz files (MNIST / Fashion-MNIST)"
+    )
+    p.add_argument(
+        "--epochs", type=positive, default=None, help="training epochs of the cached model"
+    )
+    p.add_argument(
+        "--train-samples", type=positive, default=None, help="train on a seeded subset of this size"
+    )
+    p.add_argument(
+        "--test-samples", type=positive, default=None, help="evaluate on a seeded test subset"
+    )
     p.add_argument("--seed", type=seed, default=0)
-    p.add_argument("--calib-samples", type=positive, default=2048, help="training samples used for statistics")
+    p.add_argument(
+        "--calib-samples", type=positive, default=2048, help="training samples used for statistics"
+    )
     p.add_argument("--progress", action="store_true", default=sys.stderr.isatty())
 
 
 def add_edit_args(p: argparse.ArgumentParser, editor: str) -> None:
     p.add_argument("--editor", default=editor, help="editor plugin name")
-    p.add_argument("-o", "--option", type=key_value, action="append", default=[], metavar="KEY=VALUE",
-                   help="extra option for the scorer/editor (repeatable)")
-    p.add_argument("--finetune-epochs", type=nonnegative, default=0, help="fine-tune after the edit")
+    p.add_argument(
+        "-o",
+        "--option",
+        type=key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra option for the scorer/editor (repeatable)",
+    )
+    p.add_argument(
+        "--finetune-epochs", type=nonnegative, default=0, help="fine-tune after the edit"
+    )
     p.add_argument("--report", default=None, help="write the before/after JSON here")
     p.add_argument("--plot", default=None, help="write a per-class accuracy PNG here")
-    p.add_argument("--save", default=None, metavar="DIR",
-                   help="save the edited model (safetensors + manifest; reload with pluginedit.load)")
+    p.add_argument(
+        "--save",
+        default=None,
+        metavar="DIR",
+        help="save the edited model (safetensors + manifest; reload with pluginedit.load)",
+    )
 
 
 def bundle_for(args):
     if getattr(args, "hf", None):
         from ..contrib import hf
-        bundle = hf.text_bundle(args.data, args.hf)       # labels are optional for text
+
+        bundle = hf.text_bundle(args.data, args.hf)  # labels are optional for text
     else:
         bundle = load_dataset(args.data, args.data_dir)
-        check_classes(bundle.train.y, bundle.num_classes)   # one class is no classification task
+        check_classes(bundle.train.y, bundle.num_classes)  # one class is no classification task
     if getattr(args, "train_samples", None):
         bundle.train = bundle.train.subset(args.train_samples)
     if getattr(args, "test_samples", None):
@@ -95,8 +151,10 @@ def model_for(args, bundle):
         return api.load_model(hf=args.hf, weights=args.weights)
     if args.model:
         return api.load_model(args.model, model_kwargs(args), args.weights)
-    with distributed.main_first():     # under torchrun rank 0 trains and caches, the others load
-        model = train.pretrained(args.arch, bundle, epochs=args.epochs, seed=args.seed, progress=args.progress)
+    with distributed.main_first():  # under torchrun rank 0 trains and caches, the others load
+        model = train.pretrained(
+            args.arch, bundle, epochs=args.epochs, seed=args.seed, progress=args.progress
+        )
     if args.weights:
         api.load_weights_into(model, args.weights)
     return model
@@ -111,23 +169,38 @@ def setup(args):
 
 def finish(args, bundle, model, dense, record, extra: dict) -> dict:
     if args.finetune_epochs:
-        train.fit(model, extra.pop("finetune_split", bundle.train), args.finetune_epochs, lr=1e-3,
-                  seed=args.seed, progress=args.progress)
+        train.fit(
+            model,
+            extra.pop("finetune_split", bundle.train),
+            args.finetune_epochs,
+            lr=1e-3,
+            seed=args.seed,
+            progress=args.progress,
+        )
     extra.pop("finetune_split", None)
-    rep = {"before": report.evaluate(dense, bundle.test, bundle.num_classes),
-           "after": report.evaluate(model, bundle.test, bundle.num_classes),
-           "edit": record.summary(), "model": args.load or args.hf or args.model or args.arch, "data": args.data,
-           "finetune_epochs": args.finetune_epochs, **extra}
+    rep = {
+        "before": report.evaluate(dense, bundle.test, bundle.num_classes),
+        "after": report.evaluate(model, bundle.test, bundle.num_classes),
+        "edit": record.summary(),
+        "model": args.load or args.hf or args.model or args.arch,
+        "data": args.data,
+        "finetune_epochs": args.finetune_epochs,
+        **extra,
+    }
     if "forgotten_class" in extra:
         for side in ("before", "after"):
-            rep[side].update(report.forgetting(rep[side]["per_class_accuracy"], extra["forgotten_class"]))
+            rep[side].update(
+                report.forgetting(rep[side]["per_class_accuracy"], extra["forgotten_class"])
+            )
     print(report.table(rep))
-    if not distributed.is_main():      # under torchrun only rank 0 writes
+    if not distributed.is_main():  # under torchrun only rank 0 writes
         return rep
     if getattr(args, "save", None):
         api.save(model, args.save, record)
-        print(f"edited model saved to {args.save} (reload with pluginedit.load; pin it with "
-              f"sha256={digest(args.save)})")
+        print(
+            f"edited model saved to {args.save} (reload with pluginedit.load; pin it with "
+            f"sha256={digest(args.save)})"
+        )
     if args.report:
         report.write(rep, args.report)
         print(f"report written to {args.report}")
@@ -141,8 +214,10 @@ def editor_class(name: str, kinds: tuple[str, ...], command: str):
     """The editor plugin class, refused (exit 2) if it is not of a kind this command runs."""
     cls = registry.get("editor", name)
     if cls.kind not in kinds:
-        raise InputError(f"editor {name!r} is a {cls.kind} editor; `pluginedit {command}` runs "
-                         f"{' or '.join(kinds)} editors")
+        raise InputError(
+            f"editor {name!r} is a {cls.kind} editor; `pluginedit {command}` runs "
+            f"{' or '.join(kinds)} editors"
+        )
     return cls
 
 

@@ -12,6 +12,7 @@ command line ``--out`` defaults to ``$PLUGINEDIT_BENCH_OUT/bench_kernels/`` when
 the same benchmark with the rules of benchmarks/_results.py (the checkout's scratch folder, and a
 stamp of machine, command, versions and commit on every result).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,9 @@ from ..stats import ClassMoments, Gram
 ENV = "PLUGINEDIT_BENCH_OUT"
 
 
-def end_to_end(device: str, images: int, size: int, batch: int, classes: int, gram: bool,
-               half: bool) -> dict:
+def end_to_end(
+    device: str, images: int, size: int, batch: int, classes: int, gram: bool, half: bool
+) -> dict:
     """Seconds to collect every layer's statistics through the library path (``capture.collect``
     with ``ClassMoments`` on every conv/linear output, and with ``gram`` a ``Gram`` on every
     groups=1 conv/linear input) over ``images`` random images, divided by plain inference
@@ -48,20 +50,37 @@ def end_to_end(device: str, images: int, size: int, batch: int, classes: int, gr
     if device == "cuda":
         x = x.to(memory_format=torch.channels_last)
     y = torch.randint(0, classes, (nb * batch,), device=device, generator=gen)
-    layers = {p: m for p, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
+    layers = {
+        p: m for p, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+    }
 
     def requests():
-        reqs = [Request(p, ClassMoments(m.out_channels if isinstance(m, torch.nn.Conv2d) else m.out_features,
-                                        classes), "output") for p, m in layers.items()]
+        reqs = [
+            Request(
+                p,
+                ClassMoments(
+                    m.out_channels if isinstance(m, torch.nn.Conv2d) else m.out_features, classes
+                ),
+                "output",
+            )
+            for p, m in layers.items()
+        ]
         if gram:
-            reqs += [Request(p, Gram.for_module(m), "input") for p, m in layers.items()
-                     if isinstance(m, torch.nn.Linear) or m.groups == 1]
+            reqs += [
+                Request(p, Gram.for_module(m), "input")
+                for p, m in layers.items()
+                if isinstance(m, torch.nn.Linear) or m.groups == 1
+            ]
         return reqs
 
     def timed(fn) -> float:
-        ctx = torch.autocast(device, dtype=torch.bfloat16) if half else torch.autocast(device, enabled=False)
+        ctx = (
+            torch.autocast(device, dtype=torch.bfloat16)
+            if half
+            else torch.autocast(device, enabled=False)
+        )
         with torch.inference_mode(), ctx:
-            fn(2)                      # warm-up: cudnn, the allocator, Triton compilation
+            fn(2)  # warm-up: cudnn, the allocator, Triton compilation
             if device == "cuda":
                 torch.cuda.synchronize()
             t = time.perf_counter()
@@ -75,39 +94,75 @@ def end_to_end(device: str, images: int, size: int, batch: int, classes: int, gr
             model(part)
 
     t_inf = timed(infer)
-    t_stats = timed(lambda n: collect(model, (x[:n], y[:n]) if n else (x, y), requests(), classes,
-                                      batch_size=batch))
+    t_stats = timed(
+        lambda n: collect(
+            model, (x[:n], y[:n]) if n else (x, y), requests(), classes, batch_size=batch
+        )
+    )
     backend = ops.resolve("class_moments", x[:1])[0]
-    return dict(images=nb * batch, size=size, batch=batch, classes=classes, gram=gram,
-                autocast_bf16=half, layers=len(layers), backend=backend, inference_s=t_inf,
-                stats_s=t_stats, ratio=t_stats / t_inf, path="capture.collect + stats classes")
+    return dict(
+        images=nb * batch,
+        size=size,
+        batch=batch,
+        classes=classes,
+        gram=gram,
+        autocast_bf16=half,
+        layers=len(layers),
+        backend=backend,
+        inference_s=t_inf,
+        stats_s=t_stats,
+        ratio=t_stats / t_inf,
+        path="capture.collect + stats classes",
+    )
 
 
 def parser(results=None) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="pluginedit bench kernels", description=__doc__.split("\n")[0])
-    ap.add_argument("suite", nargs="?", default="kernels", choices=["kernels"],
-                    help="what to benchmark (only 'kernels' so far)")
+    ap = argparse.ArgumentParser(
+        prog="pluginedit bench kernels", description=__doc__.split("\n")[0]
+    )
+    ap.add_argument(
+        "suite",
+        nargs="?",
+        default="kernels",
+        choices=["kernels"],
+        help="what to benchmark (only 'kernels' so far)",
+    )
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    ap.add_argument("--images", type=int, default=None, help="end-to-end images (cuda 2000, cpu 16)")
-    ap.add_argument("--size", type=int, default=None, help="end-to-end image size (cuda 224, cpu 224)")
+    ap.add_argument(
+        "--images", type=int, default=None, help="end-to-end images (cuda 2000, cpu 16)"
+    )
+    ap.add_argument(
+        "--size", type=int, default=None, help="end-to-end image size (cuda 224, cpu 224)"
+    )
     ap.add_argument("--batch", type=int, default=None, help="end-to-end batch (cuda 250, cpu 8)")
     ap.add_argument("--classes", type=int, default=100)
-    ap.add_argument("--gram", action="store_true", help="also time K3 Gram of every layer's input end to end")
+    ap.add_argument(
+        "--gram", action="store_true", help="also time K3 Gram of every layer's input end to end"
+    )
     ap.add_argument("--no-e2e", action="store_true", help="skip the end-to-end figure")
-    ap.add_argument("--out", default=None, help=results.out_help("bench_kernels", "folder for <device>.json")
-                    if results is not None else f"folder for <device>.json (default: ${ENV}/bench_kernels/ if "
-                    "set, else bench-out/bench_kernels/ in the current folder)")
+    ap.add_argument(
+        "--out",
+        default=None,
+        help=results.out_help("bench_kernels", "folder for <device>.json")
+        if results is not None
+        else f"folder for <device>.json (default: ${ENV}/bench_kernels/ if "
+        "set, else bench-out/bench_kernels/ in the current folder)",
+    )
     return ap
 
 
 def run(args) -> dict:
     """The kernel table and the end-to-end figure, printed; returns them with the device and
     versions."""
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = (
+        args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    )
     name = device_name(device)
     threads = torch.get_num_threads()
-    print(f"device: {name} ({device}, {threads} CPU threads); torch {torch.__version__}; "
-          f"backends for class_moments: {ops.available('class_moments')}")
+    print(
+        f"device: {name} ({device}, {threads} CPU threads); torch {torch.__version__}; "
+        f"backends for class_moments: {ops.available('class_moments')}"
+    )
     rows: list[dict] = []
     cpu_suite(rows)
     if device == "cuda":
@@ -121,19 +176,30 @@ def run(args) -> dict:
         e2e = end_to_end(device, images, size, batch, args.classes, args.gram, half=gpu)
         if args.gram is False and gpu:  # on GPU also report the figure with Gram statistics
             e2e = [e2e, end_to_end(device, images, size, batch, args.classes, True, half=True)]
-        for r in (e2e if isinstance(e2e, list) else [e2e]):
-            print(f"end-to-end ResNet-50, {r['images']} images at {r['size']} px (batch {r['batch']}, "
-                  f"{r['layers']} layers, K2{' + K3' if r['gram'] else ''} via {r['backend']}): "
-                  f"statistics {r['stats_s']:.2f} s / inference {r['inference_s']:.2f} s = "
-                  f"{r['ratio']:.2f} (goal <= 1.25)")
+        for r in e2e if isinstance(e2e, list) else [e2e]:
+            print(
+                f"end-to-end ResNet-50, {r['images']} images at {r['size']} px (batch {r['batch']}, "
+                f"{r['layers']} layers, K2{' + K3' if r['gram'] else ''} via {r['backend']}): "
+                f"statistics {r['stats_s']:.2f} s / inference {r['inference_s']:.2f} s = "
+                f"{r['ratio']:.2f} (goal <= 1.25)"
+            )
     try:
         import triton
+
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
-    return dict(device=name, device_type=device, cpu_threads=threads, torch=torch.__version__,
-                triton=triton_version, cuda=torch.version.cuda, date=time.strftime("%Y-%m-%dT%H:%M:%S"),
-                kernels=rows, end_to_end=e2e)
+    return dict(
+        device=name,
+        device_type=device,
+        cpu_threads=threads,
+        torch=torch.__version__,
+        triton=triton_version,
+        cuda=torch.version.cuda,
+        date=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        kernels=rows,
+        end_to_end=e2e,
+    )
 
 
 def _out_dir(out: str | None) -> Path:

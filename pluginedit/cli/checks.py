@@ -1,6 +1,7 @@
 """What the command line checks before any work: its number types (refused when the command line
 is parsed) and the arguments that need neither data nor a model (output paths, the model's
 description), so that a mistake fails in a second, not after the computation."""
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,10 @@ def model_kwargs(args) -> dict:
     except json.JSONDecodeError as e:
         raise InputError(f"--model-args is not valid JSON: {e}") from e
     if not isinstance(value, dict):
-        raise InputError(f"--model-args must be a JSON object of keyword arguments ({{\"name\": value}}), "
-                         f"got {type(value).__name__} {args.model_args}")
+        raise InputError(
+            f'--model-args must be a JSON object of keyword arguments ({{"name": value}}), '
+            f"got {type(value).__name__} {args.model_args}"
+        )
     return value
 
 
@@ -50,9 +53,16 @@ def _check_model_choice(args) -> None:
     would be ignored, so naming two is an error."""
     if not hasattr(args, "arch"):
         return
-    named = [f"{flag} {value}" for flag, value in (("--arch", args.arch), ("--model", args.model),
-                                                   ("--hf", args.hf), ("--load", args.load))
-             if value is not None]
+    named = [
+        f"{flag} {value}"
+        for flag, value in (
+            ("--arch", args.arch),
+            ("--model", args.model),
+            ("--hf", args.hf),
+            ("--load", args.load),
+        )
+        if value is not None
+    ]
     if len(named) > 1:
         raise InputError(f"{' and '.join(named)} each name the model; give one")
     if args.model:
@@ -60,7 +70,9 @@ def _check_model_choice(args) -> None:
     elif args.model_args != "{}":
         raise InputError("--model-args is read only with --model")
     if (args.trust or args.sha256) and not args.load:
-        raise InputError("--trust and --sha256 apply to --load (a saved model); --model is trusted by naming it")
+        raise InputError(
+            "--trust and --sha256 apply to --load (a saved model); --model is trusted by naming it"
+        )
     if not named:
         args.arch = "vgg"
 
@@ -91,10 +103,13 @@ def _check_plot_format(path: str | None) -> None:
     suffix = Path(path).suffix[1:].lower() if path else ""
     if suffix:
         from matplotlib.backend_bases import FigureCanvasBase
+
         known = FigureCanvasBase.get_supported_filetypes()
         if suffix not in known:
-            raise InputError(f"--plot {path}: matplotlib cannot write .{suffix} files; "
-                             f"use one of {', '.join(sorted(known))}")
+            raise InputError(
+                f"--plot {path}: matplotlib cannot write .{suffix} files; "
+                f"use one of {', '.join(sorted(known))}"
+            )
 
 
 def check_args(args) -> None:
@@ -107,4 +122,6 @@ def check_args(args) -> None:
     keys = [k for k, _ in getattr(args, "option", None) or []]
     twice = sorted({k for k in keys if keys.count(k) > 1})
     if twice:
-        raise InputError(f"-o {twice[0]}= is given {keys.count(twice[0])} times: give each option once")
+        raise InputError(
+            f"-o {twice[0]}= is given {keys.count(twice[0])} times: give each option once"
+        )

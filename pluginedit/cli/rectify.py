@@ -1,5 +1,6 @@
 """The rectifying commands: ``fix`` (one misclassified test example, COAR-Edit) and ``rectify``
 (clean / corrupted pairs: a pairs file, or the built-in trojan benchmark)."""
+
 from __future__ import annotations
 
 import copy
@@ -38,17 +39,33 @@ def cmd_fix(args) -> int:
         try:
             i = int(args.example)
         except ValueError as e:
-            raise InputError(f"--example must be a test index or 'auto', got {args.example!r}") from e
+            raise InputError(
+                f"--example must be a test index or 'auto', got {args.example!r}"
+            ) from e
         if not 0 <= i < len(test.y):
             raise InputError(f"--example {i} out of range [0, {len(test.y) - 1}]")
     dense = copy.deepcopy(model)
-    pool = Split(torch.cat([calib.x, test.x[i:i + 1]]), torch.cat([calib.y, test.y[i:i + 1]]))
-    record = api.edit(model, args.editor, data=pool, num_classes=bundle.num_classes,
-                      **({"target": [len(calib.y)]} | dict(args.option)))
-    after = int(predictions(model, test.x[i:i + 1])[0])
-    print(f"test example {i}: label {int(test.y[i])}, predicted {int(predictions(dense, test.x[i:i + 1])[0])} "
-          f"before and {after} after ({record.num_changed()} components ablated)")
-    finish(args, bundle, model, dense, record, {"example": i, "label": int(test.y[i]), "predicted_after": after})
+    pool = Split(torch.cat([calib.x, test.x[i : i + 1]]), torch.cat([calib.y, test.y[i : i + 1]]))
+    record = api.edit(
+        model,
+        args.editor,
+        data=pool,
+        num_classes=bundle.num_classes,
+        **({"target": [len(calib.y)]} | dict(args.option)),
+    )
+    after = int(predictions(model, test.x[i : i + 1])[0])
+    print(
+        f"test example {i}: label {int(test.y[i])}, predicted {int(predictions(dense, test.x[i : i + 1])[0])} "
+        f"before and {after} after ({record.num_changed()} components ablated)"
+    )
+    finish(
+        args,
+        bundle,
+        model,
+        dense,
+        record,
+        {"example": i, "label": int(test.y[i]), "predicted_after": after},
+    )
     return 0
 
 
@@ -56,17 +73,22 @@ def _read_pairs(path: str) -> Pairs:
     """The pairs file: clean, corrupted and integer labels y (a float label would be truncated
     to a class it does not name); their range is checked against the model by the edit."""
     from safetensors.torch import load_file
+
     try:
         t = load_file(path)
     except Exception as e:
         raise InputError(f"cannot read --pairs {path}: {e}") from e
     missing = {"clean", "corrupted", "y"} - set(t)
     if missing:
-        raise InputError(f"--pairs {path} lacks tensors {sorted(missing)} (needs clean, corrupted, y)")
+        raise InputError(
+            f"--pairs {path} lacks tensors {sorted(missing)} (needs clean, corrupted, y)"
+        )
     y = t["y"]
     if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool or y.ndim != 1:
-        raise InputError(f"--pairs {path}: y must be a 1-D array of integer class labels, "
-                         f"got {y.dtype} {tuple(y.shape)}")
+        raise InputError(
+            f"--pairs {path}: y must be a 1-D array of integer class labels, "
+            f"got {y.dtype} {tuple(y.shape)}"
+        )
     return Pairs(t["clean"], t["corrupted"], y.long())
 
 
@@ -76,6 +98,7 @@ def _rectify_inputs(args, bundle, pairs: Pairs | None):
     if pairs is not None:
         return model_for(args, bundle), pairs, None
     from ..contrib import backdoor
+
     trigger = backdoor.calibrated(bundle)
     model = backdoor.trojaned(args.arch, bundle, target=0, trigger=trigger, progress=args.progress)
     clean, corrupted, y = backdoor.pairs(bundle.train, args.n, 0, trigger, seed=args.seed)
@@ -86,15 +109,25 @@ def cmd_rectify(args) -> int:
     """Rectify corrupted inputs (a trigger, an artefact) from clean / corrupted pairs."""
     editor_class(args.editor, ("rectify",), "rectify")
     if not args.pairs and (args.model or args.hf):
-        raise InputError("--model / --hf need --pairs: without them rectify runs the built-in "
-                         "benchmark on a trojaned zoo model (--arch)")
-    pairs = _read_pairs(args.pairs) if args.pairs else None    # a bad file fails before any data is read
+        raise InputError(
+            "--model / --hf need --pairs: without them rectify runs the built-in "
+            "benchmark on a trojaned zoo model (--arch)"
+        )
+    pairs = (
+        _read_pairs(args.pairs) if args.pairs else None
+    )  # a bad file fails before any data is read
     bundle = bundle_for(args)
     model, pairs, triggered = _rectify_inputs(args, bundle, pairs)
     calib = bundle.train.subset(args.calib_samples, seed=args.seed)
     dense = copy.deepcopy(model)
-    record = api.edit(model, args.editor, data=calib, pairs=pairs, num_classes=bundle.num_classes,
-                      **dict(args.option))
+    record = api.edit(
+        model,
+        args.editor,
+        data=calib,
+        pairs=pairs,
+        num_classes=bundle.num_classes,
+        **dict(args.option),
+    )
     extra = {"pairs": len(pairs), "rectified": record.info.get("rectified")}
     if triggered is not None:
         asr = [float((predictions(m, triggered.x) == 0).float().mean()) for m in (dense, model)]
@@ -105,17 +138,30 @@ def cmd_rectify(args) -> int:
 
 
 def add_rectify_parsers(sub) -> None:
-    p = sub.add_parser("fix", help="fix one misclassified test example (coar-edit), then report before/after")
+    p = sub.add_parser(
+        "fix", help="fix one misclassified test example (coar-edit), then report before/after"
+    )
     add_model_args(p)
     add_edit_args(p, "coar-edit")
-    p.add_argument("--example", default="auto", help="test example index, or 'auto' (the first misclassified)")
+    p.add_argument(
+        "--example", default="auto", help="test example index, or 'auto' (the first misclassified)"
+    )
     p.set_defaults(fn=cmd_fix)
 
-    p = sub.add_parser("rectify", help="rectify corrupted inputs from clean / corrupted pairs (default: the trojan benchmark)")
+    p = sub.add_parser(
+        "rectify",
+        help="rectify corrupted inputs from clean / corrupted pairs (default: the trojan benchmark)",
+    )
     add_model_args(p, data_default="fashion-mnist")
     add_edit_args(p, "rectify")
-    p.add_argument("--pairs", default=None, metavar="FILE",
-                   help=".safetensors with clean, corrupted [n, ...] and y [n] (with --model/--weights); "
-                        "default: the built-in trojaned zoo model")
-    p.add_argument("--n", type=positive, default=1, help="trojan benchmark: clean / triggered pairs used")
+    p.add_argument(
+        "--pairs",
+        default=None,
+        metavar="FILE",
+        help=".safetensors with clean, corrupted [n, ...] and y [n] (with --model/--weights); "
+        "default: the built-in trojaned zoo model",
+    )
+    p.add_argument(
+        "--n", type=positive, default=1, help="trojan benchmark: clean / triggered pairs used"
+    )
     p.set_defaults(fn=cmd_rectify)

@@ -7,6 +7,7 @@ reference formula there (clipping to [0, 1] where the reference clips) and maps 
 normalised batch is corrupted exactly as its [0, 1] original would be. Randomness comes from a
 ``torch.Generator`` on x's device seeded with ``seed``: reproducible per device and compute
 dtype (CPU and CUDA streams differ; float64 draws its own)."""
+
 from __future__ import annotations
 
 import math
@@ -24,12 +25,12 @@ from ..evaluate import predictions
 # Severity constants 1..5 of CIFAR-10-C (hendrycks/robustness, ImageNet-C/create_c/make_cifar_c.py):
 # they were set for 32x32 images, the scale of the small (MNIST/CIFAR-like) images edited here.
 PARAMS: dict[str, tuple[float, ...]] = {
-    "gaussian_noise": (0.04, 0.06, 0.08, 0.09, 0.10),   # noise standard deviation
-    "shot_noise": (500, 250, 100, 75, 50),              # photon count of a full-intensity pixel
-    "gaussian_blur": (0.4, 0.6, 0.7, 0.8, 1.0),         # sigma in pixels
-    "contrast": (0.75, 0.5, 0.4, 0.3, 0.15),            # factor on deviations from the mean
-    "brightness": (0.05, 0.1, 0.15, 0.2, 0.3),          # added to the HSV value
-    "pixelate": (0.95, 0.9, 0.85, 0.75, 0.65),          # side of the coarse grid, a fraction
+    "gaussian_noise": (0.04, 0.06, 0.08, 0.09, 0.10),  # noise standard deviation
+    "shot_noise": (500, 250, 100, 75, 50),  # photon count of a full-intensity pixel
+    "gaussian_blur": (0.4, 0.6, 0.7, 0.8, 1.0),  # sigma in pixels
+    "contrast": (0.75, 0.5, 0.4, 0.3, 0.15),  # factor on deviations from the mean
+    "brightness": (0.05, 0.1, 0.15, 0.2, 0.3),  # added to the HSV value
+    "pixelate": (0.95, 0.9, 0.85, 0.75, 0.65),  # side of the coarse grid, a fraction
 }
 
 
@@ -44,7 +45,7 @@ def _shot_noise(u: torch.Tensor, c: float, g: torch.Generator) -> torch.Tensor:
 
 
 def _gaussian_kernel(sigma: float, device, dtype) -> torch.Tensor:
-    r = int(4.0 * sigma + 0.5)          # scipy.ndimage's radius for truncate=4 (skimage's default)
+    r = int(4.0 * sigma + 0.5)  # scipy.ndimage's radius for truncate=4 (skimage's default)
     t = torch.arange(-r, r + 1, device=device, dtype=dtype)
     k = torch.exp(-0.5 * (t / sigma) ** 2)
     return k / k.sum()
@@ -57,12 +58,12 @@ def _gaussian_blur(u: torch.Tensor, c: float, g: torch.Generator) -> torch.Tenso
     k = _gaussian_kernel(c, u.device, u.dtype)
     r = len(k) // 2
     v = F.pad(u.reshape(n * ch, 1, h, w), (r, r, r, r), mode="replicate")
-    v = F.conv2d(F.conv2d(v, k.view(1, 1, 1, -1)), k.view(1, 1, -1, 1))   # separable, per channel
+    v = F.conv2d(F.conv2d(v, k.view(1, 1, 1, -1)), k.view(1, 1, -1, 1))  # separable, per channel
     return v.reshape(n, ch, h, w).clamp(0, 1)
 
 
 def _contrast(u: torch.Tensor, c: float, g: torch.Generator) -> torch.Tensor:
-    m = u.mean(dim=(2, 3), keepdim=True)   # per image and channel, as the reference's mean over H, W
+    m = u.mean(dim=(2, 3), keepdim=True)  # per image and channel, as the reference's mean over H, W
     return ((u - m) * c + m).clamp(0, 1)
 
 
@@ -89,13 +90,19 @@ def _pixelate_axis(size: int, small: int, device, dtype) -> torch.Tensor:
 
 def _pixelate(u: torch.Tensor, c: float, g: torch.Generator) -> torch.Tensor:
     h, w = u.shape[-2:]
-    rows = _pixelate_axis(h, max(1, int(h * c)), u.device, u.dtype)   # int(32 * c) in the reference
+    rows = _pixelate_axis(h, max(1, int(h * c)), u.device, u.dtype)  # int(32 * c) in the reference
     cols = _pixelate_axis(w, max(1, int(w * c)), u.device, u.dtype)
-    return rows @ u @ cols.T          # averages of in-range pixels: no clipping, as the reference
+    return rows @ u @ cols.T  # averages of in-range pixels: no clipping, as the reference
 
 
-_IMPL = {"gaussian_noise": _gaussian_noise, "shot_noise": _shot_noise, "gaussian_blur": _gaussian_blur,
-         "contrast": _contrast, "brightness": _brightness, "pixelate": _pixelate}
+_IMPL = {
+    "gaussian_noise": _gaussian_noise,
+    "shot_noise": _shot_noise,
+    "gaussian_blur": _gaussian_blur,
+    "contrast": _contrast,
+    "brightness": _brightness,
+    "pixelate": _pixelate,
+}
 
 
 def _check(x, name: str, severity, lo: float, hi: float) -> None:
@@ -111,14 +118,15 @@ def _check(x, name: str, severity, lo: float, hi: float) -> None:
         raise InputError(f"the pixel range needs finite lo < hi; got lo={lo}, hi={hi}")
 
 
-def corrupt(x: torch.Tensor, name: str, severity: int, seed: int = 0, lo: float = 0.0,
-            hi: float = 1.0) -> torch.Tensor:
+def corrupt(
+    x: torch.Tensor, name: str, severity: int, seed: int = 0, lo: float = 0.0, hi: float = 1.0
+) -> torch.Tensor:
     """``x`` corrupted by ``name`` at ``severity``, same shape, dtype and device; values in
     [lo, hi] (pixelate, an average, keeps the input's range)."""
     _check(x, name, severity, lo, hi)
     if x.numel() == 0:
         return x.clone()
-    work = torch.promote_types(x.dtype, torch.float32)     # half inputs are computed in float32
+    work = torch.promote_types(x.dtype, torch.float32)  # half inputs are computed in float32
     g = torch.Generator(device=x.device).manual_seed(checks.seed(seed))
     u = (x.to(work) - lo) / (hi - lo)
     out = _IMPL[name](u, float(PARAMS[name][int(severity) - 1]), g)
@@ -155,12 +163,24 @@ def pixelate(x, severity: int = 1, seed: int = 0, lo: float = 0.0, hi: float = 1
     return corrupt(x, "pixelate", severity, seed, lo, hi)
 
 
-CORRUPTIONS = {f.__name__: f for f in (gaussian_noise, shot_noise, gaussian_blur, contrast, brightness, pixelate)}
+CORRUPTIONS = {
+    f.__name__: f
+    for f in (gaussian_noise, shot_noise, gaussian_blur, contrast, brightness, pixelate)
+}
 
 
 @torch.no_grad()
-def robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, names=None, severities=(1, 2, 3),
-               batch_size: int = 512, seed: int = 0, lo: float = 0.0, hi: float = 1.0) -> dict:
+def robustness(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    names=None,
+    severities=(1, 2, 3),
+    batch_size: int = 512,
+    seed: int = 0,
+    lo: float = 0.0,
+    hi: float = 1.0,
+) -> dict:
     """Top-1 accuracy of ``model`` (eval mode, on its device) on clean and corrupted ``x``:
     {"clean": acc, "corrupted": {name: {severity: acc}}, "mean_corrupted": mean of those}. Every
     (name, severity) uses the same ``seed``, so noise levels differ only in scale."""
@@ -170,10 +190,12 @@ def robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, names=None, s
         raise InputError("robustness needs at least one corruption name and one severity")
     for name in names:
         for s in severities:
-            _check(x, name, s, lo, hi)          # every bad argument before any model run
+            _check(x, name, s, lo, hi)  # every bad argument before any model run
     if len(x) == 0 or not torch.is_tensor(y) or y.shape != (len(x),):
-        raise InputError(f"need a non-empty batch and one label per image; got x {tuple(x.shape)}, "
-                         f"y {tuple(y.shape) if torch.is_tensor(y) else type(y).__name__}")
+        raise InputError(
+            f"need a non-empty batch and one label per image; got x {tuple(x.shape)}, "
+            f"y {tuple(y.shape) if torch.is_tensor(y) else type(y).__name__}"
+        )
     device = model_device(model)
     x, y = x.to(device), y.to(device)
 

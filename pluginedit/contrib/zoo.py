@@ -1,4 +1,5 @@
 """A small model zoo: a VGG-style CNN and a ResNet-style CNN (BatchNorm, residual adds)."""
+
 from __future__ import annotations
 
 from torch import nn
@@ -8,14 +9,20 @@ from ..io.models import set_source
 
 
 def conv_bn(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+    return [
+        nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    ]
 
 
 class VGG(nn.Module):
     """Stages of two 3x3 conv-BN-ReLU layers, each stage followed by 2x2 max-pooling except the
     last; global average pooling and a two-layer classifier (one Linear with ``hidden=0``)."""
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, widths=(32, 64, 128), hidden: int = 128):
+    def __init__(
+        self, in_channels: int = 1, num_classes: int = 10, widths=(32, 64, 128), hidden: int = 128
+    ):
         super().__init__()
         layers, cin = [], in_channels
         for i, w in enumerate(widths):
@@ -25,8 +32,11 @@ class VGG(nn.Module):
             cin = w
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        head = [nn.Linear(cin, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes)] if hidden else \
-            [nn.Linear(cin, num_classes)]            # hidden=0: no hidden Linear layer
+        head = (
+            [nn.Linear(cin, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes)]
+            if hidden
+            else [nn.Linear(cin, num_classes)]
+        )  # hidden=0: no hidden Linear layer
         self.classifier = nn.Sequential(nn.Flatten(), *head)
 
     def forward(self, x):
@@ -61,12 +71,16 @@ class ResNet(nn.Module):
     """A CIFAR-style ResNet: stem, one stage per width (stride 2 after the first), ``blocks``
     basic blocks per stage, global average pooling, a linear head."""
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, widths=(16, 32, 64), blocks: int = 2):
+    def __init__(
+        self, in_channels: int = 1, num_classes: int = 10, widths=(16, 32, 64), blocks: int = 2
+    ):
         super().__init__()
         self.stem = nn.Sequential(*conv_bn(in_channels, widths[0]))
         stages, cin = [], widths[0]
         for i, w in enumerate(widths):
-            stage = [BasicBlock(cin, w, 1 if i == 0 else 2)] + [BasicBlock(w, w) for _ in range(blocks - 1)]
+            stage = [BasicBlock(cin, w, 1 if i == 0 else 2)] + [
+                BasicBlock(w, w) for _ in range(blocks - 1)
+            ]
             stages.append(nn.Sequential(*stage))
             cin = w
         self.layers = nn.Sequential(*stages)
@@ -85,9 +99,19 @@ def build(arch: str, in_channels: int, num_classes: int, **kwargs) -> nn.Module:
         raise InputError(f"unknown architecture {arch!r}; known: {sorted(ARCHS)}")
     model = ARCHS[arch](in_channels=in_channels, num_classes=num_classes, **kwargs)
     # Remembered so an edited copy can be saved and rebuilt (pluginedit.io).
-    return set_source(model, {"kind": "factory", "factory": "pluginedit.contrib.zoo:build",
-                              "args": {"arch": arch, "in_channels": in_channels,
-                                       "num_classes": num_classes, **kwargs}})
+    return set_source(
+        model,
+        {
+            "kind": "factory",
+            "factory": "pluginedit.contrib.zoo:build",
+            "args": {
+                "arch": arch,
+                "in_channels": in_channels,
+                "num_classes": num_classes,
+                **kwargs,
+            },
+        },
+    )
 
 
 def default_config(arch: str, dataset: str) -> dict:
@@ -130,12 +154,21 @@ class ResNet50(nn.Module):
     average pooling, a linear head. Used for kernel and end-to-end benchmarks (random weights are
     fine for timing). ``blocks`` may be one int (the same count in every stage)."""
 
-    def __init__(self, in_channels: int = 3, num_classes: int = 1000, widths=(64, 128, 256, 512),
-                 blocks=(3, 4, 6, 3)):
+    def __init__(
+        self,
+        in_channels: int = 3,
+        num_classes: int = 1000,
+        widths=(64, 128, 256, 512),
+        blocks=(3, 4, 6, 3),
+    ):
         super().__init__()
         blocks = (blocks,) * len(widths) if isinstance(blocks, int) else tuple(blocks)
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 7, 2, 3, bias=False),
-                                  nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, widths[0], 7, 2, 3, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2, 1),
+        )
         stages, cin = [], widths[0]
         for i, (w, b) in enumerate(zip(widths, blocks)):
             stage = [Bottleneck(cin, w, 1 if i == 0 else 2)]

@@ -1,6 +1,7 @@
 """Model inputs of any shape the toolkit meets: a batch is a tensor, or a mapping of tensors
 (transformers' ``input_ids``/``attention_mask``) whose first dimension is the batch. These helpers
 run a batch through a model, count, select, join, repeat and move its rows, and check it."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping

@@ -1,5 +1,6 @@
 """Component layers of a model: conv and linear layers whose output units are the components,
 addressed by module path."""
+
 from __future__ import annotations
 
 import contextlib
@@ -15,8 +16,9 @@ from .outputs import tensors
 def is_attention(module: nn.Module) -> bool:
     """A multi-head self-attention block of the BERT family: query/key/value projections and
     a head count (its components are the heads)."""
-    return all(isinstance(getattr(module, n, None), nn.Linear) for n in ("query", "key", "value")) \
-        and isinstance(getattr(module, "num_attention_heads", None), int)
+    return all(
+        isinstance(getattr(module, n, None), nn.Linear) for n in ("query", "key", "value")
+    ) and isinstance(getattr(module, "num_attention_heads", None), int)
 
 
 def kind_of(module: nn.Module) -> str | None:
@@ -80,7 +82,9 @@ def check_targets(model: nn.Module, targets, what: str = "targets") -> tuple[str
     targets = (targets,) if isinstance(targets, str) else tuple(targets)
     missing = [t for t in targets if t not in known]
     if missing:
-        raise InputError(f"{what} {missing} are not conv/linear layers of the model; known: {list(known)}")
+        raise InputError(
+            f"{what} {missing} are not conv/linear layers of the model; known: {list(known)}"
+        )
     return targets
 
 
@@ -88,11 +92,11 @@ def check_targets(model: nn.Module, targets, what: str = "targets") -> tuple[str
 def modes_kept(model: nn.Module):
     """Run, then give each module its own training flag back. Modules the block removed are
     gone; a module it added takes the flag of the module that holds it."""
-    flags = {id(m): (m, m.training) for m in model.modules()}     # each module held: its id not reused
+    flags = {id(m): (m, m.training) for m in model.modules()}  # each module held: its id not reused
     try:
         yield model
     finally:
-        modes: dict[str, bool] = {}     # path -> flag given; parents come before their children
+        modes: dict[str, bool] = {}  # path -> flag given; parents come before their children
         for path, m in model.named_modules():
             parent = modes.get(path.rpartition(".")[0], flags[id(model)][1])
             m.training = flags[id(m)][1] if id(m) in flags else parent
@@ -129,15 +133,19 @@ def output_layers(model: nn.Module, example) -> list[str]:
     pruning their units would remove classes, so editors leave them alone."""
     # (tensor, path) kept alive: a freed activation's id could be reused by a later tensor
     produced: dict[int, tuple] = {}
-    handles = [m.register_forward_hook(lambda mod, i, o, p=p: produced.__setitem__(id(o), (o, p)))
-               for p, m in groups(model).items()]
+    handles = [
+        m.register_forward_hook(lambda mod, i, o, p=p: produced.__setitem__(id(o), (o, p)))
+        for p, m in groups(model).items()
+    ]
     try:
         with torch.no_grad(), eval_mode(model):
             out = call(model, example)
     finally:
         for h in handles:
             h.remove()
-    return [produced[id(o)][1] for o in tensors(out) if id(o) in produced and produced[id(o)][0] is o]
+    return [
+        produced[id(o)][1] for o in tensors(out) if id(o) in produced and produced[id(o)][0] is o
+    ]
 
 
 def bn_of(model: nn.Module) -> dict[str, str]:
@@ -150,8 +158,11 @@ def bn_of(model: nn.Module) -> dict[str, str]:
         for node in gm.graph.nodes:
             if node.op == "call_module" and isinstance(mods.get(node.target), nn.Conv2d):
                 users = list(node.users)
-                if len(users) == 1 and users[0].op == "call_module" and \
-                        isinstance(mods.get(users[0].target), nn.BatchNorm2d):
+                if (
+                    len(users) == 1
+                    and users[0].op == "call_module"
+                    and isinstance(mods.get(users[0].target), nn.BatchNorm2d)
+                ):
                     pairs[node.target] = users[0].target
         return pairs
     except Exception:

@@ -1,6 +1,7 @@
 """Files written whole or not at all: an interrupted or failed write (SIGINT, a full disk, a
 tensor that cannot be serialised) leaves neither a partial file nor a temporary one behind.
 JSON read defensively: a file from elsewhere is a clear error, never a raw exception."""
+
 from __future__ import annotations
 
 import contextlib
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from .errors import InputError
 
-_MAX_DIGITS = 20               # every integer a file of ours holds fits in 64 bits
+_MAX_DIGITS = 20  # every integer a file of ours holds fits in 64 bits
 
 
 def _int(text: str) -> int:
@@ -29,7 +30,7 @@ def loads_json(data: bytes | str, where) -> object:
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
         return json.loads(text, parse_int=_int, parse_constant=_no_constant)
-    except (ValueError, UnicodeDecodeError) as e:       # JSONDecodeError is a ValueError
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
         raise InputError(f"{where}: not valid JSON ({str(e)[:200]})") from None
     except RecursionError:
         raise InputError(f"{where}: not valid JSON (nested too deeply)") from None

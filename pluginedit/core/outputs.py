@@ -6,6 +6,7 @@ itself; a mapping gives its ``logits`` entry if it has one, else its first tenso
 ``ModelOutput``'s ``last_hidden_state``); a tuple or list gives its first tensor. A model
 overrides the rule with an attribute ``pluginedit_output``: a function from its raw output to
 the tensor to read (e.g. ``model.pluginedit_output = lambda out: out["cls_logits"]``)."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping

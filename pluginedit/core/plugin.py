@@ -6,6 +6,7 @@ dataclass (``Options``), validated once here: an unknown or mistyped option is a
 lists the known ones, and a value of the wrong type, outside its choices or outside the range
 its ``option(...)`` declares names the field.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -27,25 +28,38 @@ API_VERSION = 1
 EDITOR_KINDS = ("prune", "forget", "mask", "rectify")
 
 
-def option(default: Any = None, help: str = "", *, above=None, at_least=None, below=None, at_most=None,
-           **kw) -> Any:
+def option(
+    default: Any = None,
+    help: str = "",
+    *,
+    above=None,
+    at_least=None,
+    below=None,
+    at_most=None,
+    **kw,
+) -> Any:
     """A plugin option with its default and one line of help (``pluginedit plugins --describe``).
     A numeric option may declare its range (``above``/``below`` strict, ``at_least``/``at_most``
     inclusive), checked with its type; every float option must be finite."""
-    bounds = {k: v for k, v in dict(above=above, at_least=at_least, below=below, at_most=at_most).items()
-              if v is not None}
+    bounds = {
+        k: v
+        for k, v in dict(above=above, at_least=at_least, below=below, at_most=at_most).items()
+        if v is not None
+    }
     metadata = {"help": help, "bounds": bounds}
     if isinstance(default, (list, dict, set)):
-        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata, **kw)
+        return dataclasses.field(
+            default_factory=lambda: type(default)(default), metadata=metadata, **kw
+        )
     return dataclasses.field(default=default, metadata=metadata, **kw)
 
 
 # ranges shared by many options: option(0.5, "...", **RATIO)
-RATIO = {"above": 0, "below": 1}             # a share removed: something goes, something stays
-FRACTION = {"at_least": 0, "at_most": 1}     # an accuracy, a drop, an interpolation weight
-POSITIVE = {"above": 0}                      # learning rates, scales
+RATIO = {"above": 0, "below": 1}  # a share removed: something goes, something stays
+FRACTION = {"at_least": 0, "at_most": 1}  # an accuracy, a drop, an interpolation weight
+POSITIVE = {"above": 0}  # learning rates, scales
 NONNEGATIVE = {"at_least": 0}
-COUNT = {"at_least": 1}                      # samples, steps, ranks, batch sizes
+COUNT = {"at_least": 1}  # samples, steps, ranks, batch sizes
 SEED = {"at_least": 0, "at_most": MAX_SEED}  # what torch generators take
 
 
@@ -60,13 +74,15 @@ def _check_type(owner: str, name: str, value, hint) -> Any:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is Literal:
         if value not in args:
-            raise InputError(f"option {name!r} of {owner!r} must be one of {list(args)}, got {value!r}")
+            raise InputError(
+                f"option {name!r} of {owner!r} must be one of {list(args)}, got {value!r}"
+            )
         return value
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
         if value is None and type(None) in args:
             return None
         others = [a for a in args if a is not type(None)]
-        if len(others) == 1:      # X | None: X's own message
+        if len(others) == 1:  # X | None: X's own message
             return _check_type(owner, name, value, others[0])
         for a in others:
             try:
@@ -78,8 +94,9 @@ def _check_type(owner: str, name: str, value, hint) -> Any:
         return _check_container(owner, name, value, origin or hint, args)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if hint in (int, float, str, bool) and not (isinstance(value, hint) and
-                                               (hint is bool or not isinstance(value, bool))):
+    if hint in (int, float, str, bool) and not (
+        isinstance(value, hint) and (hint is bool or not isinstance(value, bool))
+    ):
         raise InputError(f"option {name!r} of {owner!r} must be {hint.__name__}, got {value!r}")
     return value
 
@@ -90,10 +107,17 @@ def _check_container(owner: str, name: str, value, kind: type, args: tuple) -> A
     if kind is list and isinstance(value, tuple):
         value = list(value)
     if not isinstance(value, kind):
-        example = "{'features.0': [1, 2]}" if kind is dict else "[3, 17]" if args == (int,) else \
-            "['features.0', 'features.3']"
-        raise InputError(f"option {name!r} of {owner!r} must be a {kind.__name__} (e.g. {example}), "
-                         f"got {value!r}")
+        example = (
+            "{'features.0': [1, 2]}"
+            if kind is dict
+            else "[3, 17]"
+            if args == (int,)
+            else "['features.0', 'features.3']"
+        )
+        raise InputError(
+            f"option {name!r} of {owner!r} must be a {kind.__name__} (e.g. {example}), "
+            f"got {value!r}"
+        )
     if kind is list and args:
         return [_check_type(owner, f"{name}[{i}]", v, args[0]) for i, v in enumerate(value)]
     return value
@@ -102,7 +126,9 @@ def _check_container(owner: str, name: str, value, kind: type, args: tuple) -> A
 def _check_range(owner: str, field: dataclasses.Field, value) -> None:
     """A number within the field's declared bounds (and finite, if a float)."""
     bounds = field.metadata.get("bounds") or {}
-    if isinstance(value, float) or (bounds and isinstance(value, int) and not isinstance(value, bool)):
+    if isinstance(value, float) or (
+        bounds and isinstance(value, int) and not isinstance(value, bool)
+    ):
         try:
             number(field.name, value, integer=isinstance(value, int), **bounds)
         except InputError as e:
@@ -114,7 +140,9 @@ def make_options(cls: type, values: Mapping[str, Any], owner: str):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise InputError(f"unknown option(s) {unknown} for {owner!r}; known: {sorted(fields) or 'none'}")
+        raise InputError(
+            f"unknown option(s) {unknown} for {owner!r}; known: {sorted(fields) or 'none'}"
+        )
     hints = typing.get_type_hints(cls)
     checked = {k: _check_type(owner, k, v, hints.get(k, Any)) for k, v in values.items()}
     for k, v in checked.items():
@@ -165,26 +193,30 @@ class _Plugin:
 class Inputs:
     """What a plugin may read besides the model. ``data`` (labelled batches) reaches a scorer only
     if it runs its own loop (``own_loop``); statistics reach it through ``requests``."""
+
     data: Any = None
-    example: torch.Tensor | None = None      # one input batch: tracing, head detection
+    example: torch.Tensor | None = None  # one input batch: tracing, head detection
     num_classes: int | None = None
-    targets: tuple[str, ...] = ()            # the layers being scored / edited
-    forget_class: int | None = None          # forgetting editors
-    pairs: Any = None                        # rectifying editors: capture.Pairs (clean, corrupted, y)
+    targets: tuple[str, ...] = ()  # the layers being scored / edited
+    forget_class: int | None = None  # forgetting editors
+    pairs: Any = None  # rectifying editors: capture.Pairs (clean, corrupted, y)
 
 
 class Scorer(_Plugin):
     """Subclass, set ``name`` (and ``Options``), implement ``score``. Declare statistics in
     ``requests`` (a mapping of your own keys to ``Request`` handles); ``score`` then receives
     the collected statistics under the same keys, so several scorers can share one pass."""
-    needs_data: ClassVar[bool] = False     # needs (x, y) batches at all
-    needs_labels: ClassVar[bool] = False   # needs class labels (class-conditional statistics)
-    own_loop: ClassVar[bool] = False       # reads ``inputs.data`` itself (gradients, masked forwards)
+
+    needs_data: ClassVar[bool] = False  # needs (x, y) batches at all
+    needs_labels: ClassVar[bool] = False  # needs class labels (class-conditional statistics)
+    own_loop: ClassVar[bool] = False  # reads ``inputs.data`` itself (gradients, masked forwards)
 
     def requests(self, model: nn.Module, inputs: Inputs) -> Mapping[Any, Any]:
         return {}
 
-    def score(self, model: nn.Module, stats: Mapping[Any, Any], inputs: Inputs) -> dict[str, torch.Tensor]:
+    def score(
+        self, model: nn.Module, stats: Mapping[Any, Any], inputs: Inputs
+    ) -> dict[str, torch.Tensor]:
         """{layer path: 1-D importance} (higher = more important), or ({...}, meta dict) to add
         to ``Scores.meta``."""
         raise NotImplementedError
@@ -193,11 +225,12 @@ class Scorer(_Plugin):
 class Editor(_Plugin):
     """Subclass, set ``name``, ``kind`` and the flags, implement ``apply``. The framework runs
     ``apply`` atomically: if it raises, the model is restored in place."""
-    kind: ClassVar[str] = "prune"          # one of EDITOR_KINDS
-    needs_data: ClassVar[bool] = False     # reads inputs.data (calibration samples)
-    needs_labels: ClassVar[bool] = False   # needs inputs.num_classes and labelled data
-    uses_scores: ClassVar[bool] = True     # False: ignores the Scores it is given
-    needs_pairs: ClassVar[bool] = False    # reads inputs.pairs (clean / corrupted pairs)
+
+    kind: ClassVar[str] = "prune"  # one of EDITOR_KINDS
+    needs_data: ClassVar[bool] = False  # reads inputs.data (calibration samples)
+    needs_labels: ClassVar[bool] = False  # needs inputs.num_classes and labelled data
+    uses_scores: ClassVar[bool] = True  # False: ignores the Scores it is given
+    needs_pairs: ClassVar[bool] = False  # reads inputs.pairs (clean / corrupted pairs)
 
     def apply(self, model: nn.Module, scores: Scores | None, inputs: Inputs) -> EditRecord:
         raise NotImplementedError

@@ -1,4 +1,5 @@
 """Edit records (what changed, reversible where it can be) and the atomic-edit guard."""
+
 from __future__ import annotations
 
 import contextlib
@@ -14,13 +15,13 @@ from .errors import EditError
 class EditRecord:
     editor: str
     options: dict = field(default_factory=dict)
-    semantics: str = ""                                            # e.g. "removed", "zeroed weight+bias+bn"
-    changes: dict[str, list[int]] = field(default_factory=dict)   # module path -> component indices
+    semantics: str = ""  # e.g. "removed", "zeroed weight+bias+bn"
+    changes: dict[str, list[int]] = field(default_factory=dict)  # module path -> component indices
     saved: dict[str, torch.Tensor] = field(default_factory=dict)  # tensor name -> original values
     info: dict = field(default_factory=dict)
-    scores: str | None = None                                      # scorer whose Scores decided, if any
-    steps: list[dict] = field(default_factory=list)                # structural edits, replayable (io)
-    model_uid: str | None = field(default=None, repr=False, compare=False)   # set by pluginedit.edit
+    scores: str | None = None  # scorer whose Scores decided, if any
+    steps: list[dict] = field(default_factory=list)  # structural edits, replayable (io)
+    model_uid: str | None = field(default=None, repr=False, compare=False)  # set by pluginedit.edit
 
     @property
     def reversible(self) -> bool:
@@ -40,13 +41,16 @@ class EditRecord:
         parameters are found under every name they have."""
         if not self.reversible:
             raise EditError(f"the {self.editor!r} edit ({self.semantics}) is not reversible")
-        state = dict(model.named_parameters(remove_duplicate=False)) | \
-            dict(model.named_buffers(remove_duplicate=False))
+        state = dict(model.named_parameters(remove_duplicate=False)) | dict(
+            model.named_buffers(remove_duplicate=False)
+        )
         missing = [k for k in self.saved if k not in state]
         wrong = [k for k in self.saved if k in state and state[k].shape != self.saved[k].shape]
         if missing or wrong:
-            raise EditError(f"cannot undo the {self.editor!r} edit on this model: "
-                            f"missing {missing[:5]}, shape changed {wrong[:5]}")
+            raise EditError(
+                f"cannot undo the {self.editor!r} edit on this model: "
+                f"missing {missing[:5]}, shape changed {wrong[:5]}"
+            )
         with torch.no_grad():
             for name, value in self.saved.items():
                 state[name].copy_(value)
@@ -55,9 +59,15 @@ class EditRecord:
         return sum(len(v) for v in self.changes.values())
 
     def summary(self) -> dict:
-        return {"editor": self.editor, "semantics": self.semantics, "options": self.options,
-                "scores": self.scores, "structural_steps": len(self.steps),
-                "changed": {k: len(v) for k, v in self.changes.items()}, **self.info}
+        return {
+            "editor": self.editor,
+            "semantics": self.semantics,
+            "options": self.options,
+            "scores": self.scores,
+            "structural_steps": len(self.steps),
+            "changed": {k: len(v) for k, v in self.changes.items()},
+            **self.info,
+        }
 
 
 class Snapshot:
@@ -104,8 +114,12 @@ def buffers_kept(model: nn.Module):
     """Run, then put every buffer back: the same tensor object under each name, with its
     values. Reading a model must not change it, even one whose forward counts calls in a buffer
     (``self.calls += 1``, or ``self.calls = self.calls + 1``). Buffers only, so it is cheap."""
-    saved = [(m, name, t, t.detach().clone()) for m in model.modules()
-             for name, t in m._buffers.items() if t is not None]
+    saved = [
+        (m, name, t, t.detach().clone())
+        for m in model.modules()
+        for name, t in m._buffers.items()
+        if t is not None
+    ]
     try:
         yield model
     finally:

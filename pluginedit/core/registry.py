@@ -4,6 +4,7 @@ Built-ins come through the same door (pluginedit's own entry points). A plugin t
 import is listed as broken with its error and breaks nothing else; duplicate names and
 incompatible api_versions are errors that name the distributions.
 ``PLUGINEDIT_DISABLE_PLUGIN_AUTOLOAD=1`` loads pluginedit's own plugins only."""
+
 from __future__ import annotations
 
 import os
@@ -64,13 +65,20 @@ def plugins(kind: str) -> dict[str, PluginInfo]:
             continue  # the same distribution seen twice (e.g. an editable install)
         info = _load(ep, kind)
         if prev is not None:  # the name becomes unusable: neither side silently wins
-            prev.obj, prev.error = None, (f"duplicate {kind} name {ep.name!r}: registered by "
-                                          f"{prev.display} and by {info.display}")
+            prev.obj, prev.error = (
+                None,
+                (
+                    f"duplicate {kind} name {ep.name!r}: registered by "
+                    f"{prev.display} and by {info.display}"
+                ),
+            )
             continue
         found[ep.name] = info
     if not any(p.dist == SELF for p in found.values()):
-        raise PluginError("pluginedit's own plugins are not registered: install the package "
-                          "(pip install -e .) so its entry points exist")
+        raise PluginError(
+            "pluginedit's own plugins are not registered: install the package "
+            "(pip install -e .) so its entry points exist"
+        )
     return found
 
 

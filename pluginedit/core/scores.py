@@ -1,4 +1,5 @@
 """Scores: one importance vector per component group (higher = more important)."""
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,13 @@ class Scores(Mapping):
 
     __slots__ = ("_values", "scorer", "options", "meta")
 
-    def __init__(self, values: Mapping[str, torch.Tensor] | None = None, scorer: str = "",
-                 options: dict | None = None, meta: dict | None = None):
+    def __init__(
+        self,
+        values: Mapping[str, torch.Tensor] | None = None,
+        scorer: str = "",
+        options: dict | None = None,
+        meta: dict | None = None,
+    ):
         values = dict(values or {})
         for path, v in values.items():
             if not torch.is_tensor(v):
@@ -48,10 +54,12 @@ class Scores(Mapping):
                 raise InputError(f"scores of {path!r} must be 1-D, got shape {tuple(v.shape)}")
             if not torch.isfinite(v).all():
                 raise InputError(f"scores of {path!r} from scorer {scorer!r} contain NaN or Inf")
-        self._values: dict[str, torch.Tensor] = {k: v.detach().float().cpu() for k, v in values.items()}
+        self._values: dict[str, torch.Tensor] = {
+            k: v.detach().float().cpu() for k, v in values.items()
+        }
         self.scorer = scorer
         self.options = dict(options or {})
-        self.meta = dict(meta or {})     # samples seen, statistic backend, ...
+        self.meta = dict(meta or {})  # samples seen, statistic backend, ...
 
     def __getitem__(self, path: str) -> torch.Tensor:
         return self._values[path]
@@ -68,9 +76,11 @@ class Scores(Mapping):
     def __eq__(self, other) -> bool:
         if not isinstance(other, Scores):
             return NotImplemented
-        return (self.scorer, self.options, self.meta) == (other.scorer, other.options, other.meta) and \
-            list(self._values) == list(other._values) and \
-            all(torch.equal(v, other._values[k]) for k, v in self._values.items())
+        return (
+            (self.scorer, self.options, self.meta) == (other.scorer, other.options, other.meta)
+            and list(self._values) == list(other._values)
+            and all(torch.equal(v, other._values[k]) for k, v in self._values.items())
+        )
 
     __hash__ = None
 
@@ -92,13 +102,21 @@ class Scores(Mapping):
         layers = groups(model)
         missing = [p for p in self._values if p not in layers]
         if missing:
-            raise InputError(f"scores from {self.scorer!r} name layers the model does not have: "
-                             f"{missing[:5]} (scores of another model?)")
-        bad = {p: (len(v), size_of(layers[p])) for p, v in self._values.items() if len(v) != size_of(layers[p])}
+            raise InputError(
+                f"scores from {self.scorer!r} name layers the model does not have: "
+                f"{missing[:5]} (scores of another model?)"
+            )
+        bad = {
+            p: (len(v), size_of(layers[p]))
+            for p, v in self._values.items()
+            if len(v) != size_of(layers[p])
+        }
         if bad:
             p, (n, m) = next(iter(bad.items()))
-            raise InputError(f"scores of {p!r} have {n} entries but the layer has {m} components "
-                             f"({len(bad)} layer(s) differ: scores of another model, or of an earlier state?)")
+            raise InputError(
+                f"scores of {p!r} have {n} entries but the layer has {m} components "
+                f"({len(bad)} layer(s) differ: scores of another model, or of an earlier state?)"
+            )
 
     def lowest(self, path: str, n: int) -> torch.Tensor:
         """Indices of the ``n`` least important components of a group (stable order)."""
@@ -117,8 +135,11 @@ class Scores(Mapping):
         """STEM.safetensors and STEM.json, each written whole or not at all (an interrupted
         save leaves no partial or temporary file)."""
         tensors, head = self._files(stem)
-        meta = json.dumps({"scorer": self.scorer, "options": self.options, "meta": self.meta},
-                          indent=2, default=str)
+        meta = json.dumps(
+            {"scorer": self.scorer, "options": self.options, "meta": self.meta},
+            indent=2,
+            default=str,
+        )
         with written_whole(tensors) as t, written_whole(head) as h:
             save_file({k: v.contiguous() for k, v in self._values.items()}, str(t))
             h.write_text(meta)
@@ -136,10 +157,15 @@ class Scores(Mapping):
             raise InputError(f"{tensors}: not a readable safetensors file ({e})") from e
         fields = loads_json(head.read_bytes(), head)
         kinds = {"scorer": str, "options": dict, "meta": dict}
-        if not isinstance(fields, dict) or set(fields) - set(kinds) or \
-                any(not isinstance(fields[k], kind) for k, kind in kinds.items() if k in fields):
-            raise InputError(f"{head}: expected a JSON object with a string 'scorer' and objects "
-                             f"'options' and 'meta', got {str(fields)[:200]}")
+        if (
+            not isinstance(fields, dict)
+            or set(fields) - set(kinds)
+            or any(not isinstance(fields[k], kind) for k, kind in kinds.items() if k in fields)
+        ):
+            raise InputError(
+                f"{head}: expected a JSON object with a string 'scorer' and objects "
+                f"'options' and 'meta', got {str(fields)[:200]}"
+            )
         try:
             return cls(values, **fields)
         except InputError as e:

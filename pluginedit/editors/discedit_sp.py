@@ -1,5 +1,6 @@
 """DisCEdit-SP (ALGORITHMS.md §3.4): structured pruning by the witness bound, layer by layer, with
 statistics recomputed on the partially pruned model; removal through torch-pruning."""
+
 from __future__ import annotations
 
 import copy
@@ -28,31 +29,42 @@ def _params(model) -> int:
 class DisCEditSPOptions:
     ratio: float = option(0.3, "uniform: fraction of each layer's channels removed", **RATIO)
     allocation: Literal["uniform", "threshold"] = option(
-        "uniform", "the ratio lowest per layer, or TVSPrune's threshold s/max <= rho mean")
+        "uniform", "the ratio lowest per layer, or TVSPrune's threshold s/max <= rho mean"
+    )
     rho: float = option(0.5, "threshold allocation: the starting rho", **POSITIVE)
-    rho_step: float = option(0.025, "accuracy-floor loop: rho shrinks by this when a round fails", **POSITIVE)
-    acc_floor: float | None = option(None, "threshold: repeat rounds while accuracy on eval_data stays >= this",
-                                     **FRACTION)
+    rho_step: float = option(
+        0.025, "accuracy-floor loop: rho shrinks by this when a round fails", **POSITIVE
+    )
+    acc_floor: float | None = option(
+        None, "threshold: repeat rounds while accuracy on eval_data stays >= this", **FRACTION
+    )
     eval_data: Any = option(None, "held-out Split for the accuracy floor")
     max_iter: int = option(10, "accuracy-floor loop: at most this many rounds", **COUNT)
-    target_sparsity: float | None = option(None, "stop once this fraction of parameters would be removed", **RATIO)
+    target_sparsity: float | None = option(
+        None, "stop once this fraction of parameters would be removed", **RATIO
+    )
     method: Literal["fisher", "mpm", "robust", "raw"] = option("fisher", "witness bound")
     features: Literal["poly", "linear", "exp"] = option("poly", "witness features")
     aggregation: Literal["ovr_min", "pairwise_min"] = option("ovr_min", "min over comparisons")
     hook: Literal["auto", "conv", "bn", "act", "ln"] = option("conv", "where channels are observed")
     gamma: float = option(1.0, "scale of the exp witness", **POSITIVE)
-    layers: list[str] | None = option(None, "layer paths (default: every uncoupled conv/linear but the head)")
+    layers: list[str] | None = option(
+        None, "layer paths (default: every uncoupled conv/linear but the head)"
+    )
     max_samples: int = option(2048, "samples per statistic", **COUNT)
     batch_size: int = option(256, "batch size of the passes", **COUNT)
     physical: bool = option(True, "remove the channels with torch-pruning (else keep them zeroed)")
 
     def __post_init__(self):
         if self.acc_floor is not None and self.eval_data is None:
-            raise InputError("the accuracy-floor loop (acc_floor) needs eval_data (a held-out Split)")
+            raise InputError(
+                "the accuracy-floor loop (acc_floor) needs eval_data (a held-out Split)"
+            )
 
 
 class DisCEditSP(Editor):
     """Witness-bound pruning, first layer to last, on the model pruned so far."""
+
     name = "discedit-sp"
     kind = "prune"
     needs_data = True
@@ -71,12 +83,15 @@ class DisCEditSP(Editor):
             masks, info = self._iterate(model, layers, inputs)
         else:
             masks, info = self._one_pass(model, layers, inputs, opts.rho), {}
-        record = self.record("zeroed weight+bias+bn affine" + (", then removed (torch-pruning)" if opts.physical else ""),
-                             info={**info, "layers": layers, "params_before": before})
+        record = self.record(
+            "zeroed weight+bias+bn affine"
+            + (", then removed (torch-pruning)" if opts.physical else ""),
+            info={**info, "layers": layers, "params_before": before},
+        )
         zero_components(model, masks, True, record)
         if opts.physical:
             record.steps = remove_channels(model, example, masks)
-            record.saved.clear()   # a physical removal cannot be undone by restoring tensors
+            record.saved.clear()  # a physical removal cannot be undone by restoring tensors
         record.info["params_after"] = _params(model)
         record.info["fraction_removed"] = 1 - record.info["params_after"] / before
         return record
@@ -90,8 +105,19 @@ class DisCEditSP(Editor):
         """Zero channels layer by layer on ``model`` (statistics after earlier layers' edits)."""
         opts, masks = self.options, {}
         for layer in layers:
-            r = layer_scores(model, layer, inputs.data, inputs.num_classes, opts.hook, opts.gamma, opts.max_samples,
-                             opts.batch_size, method=opts.method, features=opts.features, aggregation=opts.aggregation)
+            r = layer_scores(
+                model,
+                layer,
+                inputs.data,
+                inputs.num_classes,
+                opts.hook,
+                opts.gamma,
+                opts.max_samples,
+                opts.batch_size,
+                method=opts.method,
+                features=opts.features,
+                aggregation=opts.aggregation,
+            )
             idx = self._choose(r, rho)
             if idx:
                 zero_components(model, {layer: idx}, True, EditRecord("step"))
@@ -100,11 +126,11 @@ class DisCEditSP(Editor):
 
     def _choose(self, r: torch.Tensor, rho: float) -> list[int]:
         if self.options.allocation == "uniform":
-            return torch.argsort(r, stable=True)[:int(self.options.ratio * len(r))].tolist()
+            return torch.argsort(r, stable=True)[: int(self.options.ratio * len(r))].tolist()
         top = r.max()
         rn = r / top if top > 0 else torch.zeros_like(r)
         drop = (rn <= rho * rn.mean()).nonzero().squeeze(1).tolist()
-        if len(drop) >= len(r):      # keep the best channel: never empty a layer
+        if len(drop) >= len(r):  # keep the best channel: never empty a layer
             drop.remove(int(r.argmax()))
         return drop
 
@@ -118,14 +144,19 @@ class DisCEditSP(Editor):
             cand = copy.deepcopy(work)
             masks = self._one_pass(cand, layers, inputs, rho)
             acc = accuracy(cand, opts.eval_data, inputs.num_classes)[0]
-            merged = {k: set(accepted.get(k, ())) | set(masks.get(k, ())) for k in set(accepted) | set(masks)}
+            merged = {
+                k: set(accepted.get(k, ())) | set(masks.get(k, ()))
+                for k in set(accepted) | set(masks)
+            }
             removed = sum(len(v) for v in merged.values())
             history.append({"rho": rho, "accuracy": acc, "channels_zeroed": removed})
             if acc >= opts.acc_floor:
                 grew = removed > sum(len(v) for v in accepted.values())
                 work, accepted = cand, merged
-                if not grew or (opts.target_sparsity and
-                                self._sparsity(model, inputs.example, accepted) >= opts.target_sparsity):
+                if not grew or (
+                    opts.target_sparsity
+                    and self._sparsity(model, inputs.example, accepted) >= opts.target_sparsity
+                ):
                     break
             else:
                 rho -= opts.rho_step

@@ -1,5 +1,6 @@
 """Zero components in place, reversibly: the fallback for models torch-pruning cannot trace,
 and the semantics class forgetting uses."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,8 +24,9 @@ def select_lowest(scores: Scores, ratio: float, targets=None) -> dict[str, list[
     return out
 
 
-def zero_components(model, indices: dict[str, list[int]], with_bn: bool, record: EditRecord,
-                    bias: bool = True) -> None:
+def zero_components(
+    model, indices: dict[str, list[int]], with_bn: bool, record: EditRecord, bias: bool = True
+) -> None:
     """Zero weight rows (and the bias when ``bias``, and the following BN's affine when
     ``with_bn``), saving the originals in ``record`` so the edit can be undone. Every index is
     checked first: a bad one changes nothing."""
@@ -38,7 +40,9 @@ def zero_components(model, indices: dict[str, list[int]], with_bn: bool, record:
             if not idx:
                 continue
             module = get_module(model, path)
-            touched = [(path, module)] + ([(bns[path], get_module(model, bns[path]))] if path in bns else [])
+            touched = [(path, module)] + (
+                [(bns[path], get_module(model, bns[path]))] if path in bns else []
+            )
             for mpath, m in touched:
                 for pname in ("weight", "bias") if bias or m is not module else ("weight",):
                     p = getattr(m, pname, None)
@@ -52,7 +56,9 @@ def zero_components(model, indices: dict[str, list[int]], with_bn: bool, record:
 
 @dataclass(frozen=True)
 class MaskOptions:
-    indices: dict | None = option(None, "{layer path: [component, ...]} to zero (instead of scores)")
+    indices: dict | None = option(
+        None, "{layer path: [component, ...]} to zero (instead of scores)"
+    )
     ratio: float = option(0.5, "with Scores: the lowest fraction of each scored layer", **RATIO)
     with_bn: bool = option(True, "also zero the following BatchNorm's affine (the channel emits 0)")
 
@@ -60,6 +66,7 @@ class MaskOptions:
 class MaskEditor(Editor):
     """Zero components in place; ``record.undo(model)`` restores them. With Scores, the
     layers masked are the ``targets`` given (default: every scored layer)."""
+
     name = "mask"
     kind = "mask"
     Options = MaskOptions
@@ -75,10 +82,14 @@ class MaskEditor(Editor):
                 raise InputError(f"mask: targets {unscored} have no scores; scored: {list(scores)}")
             indices = select_lowest(scores, opts.ratio, inputs.targets)
         elif inputs.targets:
-            raise InputError("mask: targets choose among scored layers; with indices, name the layers there")
+            raise InputError(
+                "mask: targets choose among scored layers; with indices, name the layers there"
+            )
         else:
             check_targets(model, indices, "mask indices")
-        record = self.record("zeroed weight+bias" + ("+bn affine" if opts.with_bn else ""),
-                             scores if opts.indices is None else None)
+        record = self.record(
+            "zeroed weight+bias" + ("+bn affine" if opts.with_bn else ""),
+            scores if opts.indices is None else None,
+        )
         zero_components(model, {k: list(v) for k, v in indices.items()}, opts.with_bn, record)
         return record

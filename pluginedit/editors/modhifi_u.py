@@ -8,6 +8,7 @@ forgets at the output, the features still carry the class. The paper's edit of e
 slices, here in the head and the hidden Linear layers (``rows='all', hidden=True,
 max_fraction=0.08``) forgets as well but costs up to 30 points of retained accuracy on models it
 was not tuned on; see benchmarks/results/forget_family.md."""
+
 from __future__ import annotations
 
 import warnings
@@ -25,7 +26,21 @@ from ..core.plugin import COUNT, FRACTION, Editor, option
 from ..scorers.fidelity import collect_grams
 from ..stats import check_labels
 
-FRACTIONS = (0.01, 0.02, 0.03, 0.05, 0.08, 0.12, 0.16, 0.2, 0.25, 0.35, 0.5, 0.75, 1.0)  # tried up to max_fraction
+FRACTIONS = (
+    0.01,
+    0.02,
+    0.03,
+    0.05,
+    0.08,
+    0.12,
+    0.16,
+    0.2,
+    0.25,
+    0.35,
+    0.5,
+    0.75,
+    1.0,
+)  # tried up to max_fraction
 
 
 def forget_class_batches(data, forget_class: int, num_classes: int, max_samples: int):
@@ -66,33 +81,49 @@ def forget_scores(weight, gram, bn=None) -> torch.Tensor:
     co, ci = weight.shape[:2]
     w = weight.detach().double().cpu().reshape(co, ci, -1)
     u = (gram.second_moment().cpu() @ w.reshape(co, -1).T).T.reshape(co, ci, -1)
-    r = (w * u).sum(-1)                                               # E_f[y_c a_ci]
+    r = (w * u).sum(-1)  # E_f[y_c a_ci]
     if bn is None:
         return r
     m, v = bn.running_mean.double().cpu(), bn.running_var.double().cpu()
     g = bn.weight.detach().double().cpu().abs() if bn.weight is not None else torch.ones_like(m)
-    return (r - m[:, None] * mean_contributions(weight, gram)) * (g.square() / (v + bn.eps))[:, None]
+    return (r - m[:, None] * mean_contributions(weight, gram)) * (g.square() / (v + bn.eps))[
+        :, None
+    ]
 
 
 @dataclass(frozen=True)
 class ModHiFiUOptions:
     fraction: float | Literal["auto"] = option(
-        "auto", "share of each layer's slices edited; auto: the smallest of 1% .. max_fraction that "
-                "forgets the class on its own samples", above=0, at_most=1)
-    layers: list[str] | None = option(None, "layer paths (default: the head and, with hidden, the hidden Linear layers)")
+        "auto",
+        "share of each layer's slices edited; auto: the smallest of 1% .. max_fraction that "
+        "forgets the class on its own samples",
+        above=0,
+        at_most=1,
+    )
+    layers: list[str] | None = option(
+        None, "layer paths (default: the head and, with hidden, the hidden Linear layers)"
+    )
     hidden: bool = option(False, "default layers include the hidden Linear layers before the head")
     rows: Literal["all", "forget"] = option(
-        "forget", "in the classifier head, slices W[c, i] of every class c (the paper) or only those of the "
-                  "forget class's row W[k, :] that raise its logit (fraction = share of those)")
+        "forget",
+        "in the classifier head, slices W[c, i] of every class c (the paper) or only those of the "
+        "forget class's row W[k, :] that raise its logit (fraction = share of those)",
+    )
     max_fraction: float = option(1.0, "auto fraction: the largest share tried", above=0, at_most=1)
     mode: Literal["auto", "zero", "negate"] = option(
-        "auto", "zero or negate the slices; auto: zero in BN nets, negate in LayerNorm nets and in the head's "
-                "forget row (rows='forget')")
+        "auto",
+        "zero or negate the slices; auto: zero in BN nets, negate in LayerNorm nets and in the head's "
+        "forget row (rows='forget')",
+    )
     samples: int = option(256, "forget-class samples read", **COUNT)
-    target: float = option(0.01, "auto fraction: accuracy on the forget samples to reach", **FRACTION)
+    target: float = option(
+        0.01, "auto fraction: accuracy on the forget samples to reach", **FRACTION
+    )
     check: Literal["samples", "held-out"] = option(
-        "samples", "auto fraction: check on the forget samples the Grams come from, or on a held-out half "
-                   "of them (Grams from the other half)")
+        "samples",
+        "auto fraction: check on the forget samples the Grams come from, or on a held-out half "
+        "of them (Grams from the other half)",
+    )
 
     def fractions(self) -> list[float]:
         """The shares tried in turn: the fixed one, or FRACTIONS up to max_fraction."""
@@ -104,6 +135,7 @@ class ModHiFiUOptions:
 class ModHiFiU(Editor):
     """Forget one class using only its samples: input Grams of the edited layers on those
     samples, then the top slices by ``forget_scores`` zeroed or negated; reversible."""
+
     name = "modhifi-u"
     kind = "forget"
     needs_data = True
@@ -115,8 +147,12 @@ class ModHiFiU(Editor):
         opts = self.options
         base = opts.mode
         if base == "auto":
-            base = "zero" if any(isinstance(m, nn.BatchNorm2d) for m in model.modules()) else "negate"
-        x, y = forget_class_batches(inputs.data, inputs.forget_class, inputs.num_classes, opts.samples)
+            base = (
+                "zero" if any(isinstance(m, nn.BatchNorm2d) for m in model.modules()) else "negate"
+            )
+        x, y = forget_class_batches(
+            inputs.data, inputs.forget_class, inputs.num_classes, opts.samples
+        )
         bns = {c: model.get_submodule(b) for c, b in bn_of(model).items()}
         heads = head_layers(model, x[:1])
         layers = list(opts.layers or self._default_layers(model, heads, opts.hidden))
@@ -126,9 +162,16 @@ class ModHiFiU(Editor):
                 raise InputError("modhifi-u check='held-out' needs at least 2 forget-class samples")
             x, y = x[0::2], y[0::2]
         grams = collect_grams(model, (x, y), set(layers))
-        rows = set(heads) if opts.rows == "forget" else set()       # layers edited in row k only
-        order = {p: self._order(model.get_submodule(p).weight, grams[p], bns.get(p),
-                                inputs.forget_class if p in rows else None) for p in layers}
+        rows = set(heads) if opts.rows == "forget" else set()  # layers edited in row k only
+        order = {
+            p: self._order(
+                model.get_submodule(p).weight,
+                grams[p],
+                bns.get(p),
+                inputs.forget_class if p in rows else None,
+            )
+            for p in layers
+        }
         saved = {p: model.get_submodule(p).weight.detach().clone() for p in layers}
         # the forget row feeds no normalisation: negating its slices pushes logit k down twice as
         # far as zeroing (zeroing all of them left > 5 % of the class on 9 of 80 family edits)
@@ -139,14 +182,25 @@ class ModHiFiU(Editor):
             if opts.fraction != "auto" or left <= opts.target:
                 break
         else:
-            warnings.warn(f"modhifi-u: class {inputs.forget_class} still at {left:.1%} on its samples at "
-                          f"max_fraction={opts.max_fraction}; raise max_fraction or add layers", stacklevel=2)
+            warnings.warn(
+                f"modhifi-u: class {inputs.forget_class} still at {left:.1%} on its samples at "
+                f"max_fraction={opts.max_fraction}; raise max_fraction or add layers",
+                stacklevel=2,
+            )
         mode = "/".join(sorted(set(modes.values())))
-        record = self.record(f"{mode} HiFi kernel slices W[c, i]", changes=edited,
-                             saved={f"{p}.weight": w for p, w in saved.items()})
-        record.info = {"forget_class": inputs.forget_class, "forget_samples": int(x.shape[0]),
-                       "slices_edited": record.num_changed(), "fraction": f, "mode": mode,
-                       "forgotten_accuracy": left}
+        record = self.record(
+            f"{mode} HiFi kernel slices W[c, i]",
+            changes=edited,
+            saved={f"{p}.weight": w for p, w in saved.items()},
+        )
+        record.info = {
+            "forget_class": inputs.forget_class,
+            "forget_samples": int(x.shape[0]),
+            "slices_edited": record.num_changed(),
+            "fraction": f,
+            "mode": mode,
+            "forgotten_accuracy": left,
+        }
         return record
 
     @staticmethod
@@ -172,7 +226,7 @@ class ModHiFiU(Editor):
         for path, idx in order.items():
             layer = model.get_submodule(path)
             layer.weight.copy_(saved[path])
-            hifi = idx[:max(1, int(fraction * idx.numel()))]
+            hifi = idx[: max(1, int(fraction * idx.numel()))]
             w = layer.weight.view(layer.weight.shape[0], layer.weight.shape[1], -1)
             c, i = hifi // layer.weight.shape[1], hifi % layer.weight.shape[1]
             w[c, i] = 0 if modes[path] == "zero" else -w[c, i]
@@ -184,5 +238,7 @@ class ModHiFiU(Editor):
         """The classifier head and the hidden Linear layers before it: on these small CNNs the
         forget-class HiFi slices concentrate there (editing BN convs moved every class's BN
         input mean and cost 10-50 points of retained accuracy in our measurements)."""
-        before = [p for p, m in model.named_modules() if isinstance(m, nn.Linear) and p not in heads]
+        before = [
+            p for p, m in model.named_modules() if isinstance(m, nn.Linear) and p not in heads
+        ]
         return before + heads if hidden else heads

@@ -1,4 +1,5 @@
 """Physical, dependency-aware structured pruning with torch-pruning; Scores decide what goes."""
+
 from __future__ import annotations
 
 import warnings
@@ -25,8 +26,10 @@ def check_still_runs(model, example, shape) -> None:
     try:
         now = output_shape(model, example)
     except Exception as e:
-        raise EditError(f"the pruned model no longer runs ({type(e).__name__}: {e}); torch-pruning "
-                        "did not see every dependency of this model; use the 'mask' editor") from e
+        raise EditError(
+            f"the pruned model no longer runs ({type(e).__name__}: {e}); torch-pruning "
+            "did not see every dependency of this model; use the 'mask' editor"
+        ) from e
     if now != shape:
         raise EditError(f"pruning changed the output shape from {shape} to {now}")
 
@@ -41,30 +44,41 @@ def check_leaves_channels(model, layers, ratio: float, round_to: int | None = No
     def kept(n: int) -> int:
         k = int(n * (1 - ratio))
         return k - k % round_to if round_to else k
+
     emptied = {p: n for p, n in sizes.items() if kept(n) < 1}
     if not emptied:
         return
     named = ", ".join(f"{p!r} ({n} channels)" for p, n in list(emptied.items())[:5])
     limit = f"a layer of n channels keeps int(n * (1 - ratio)){' rounded to round_to' if round_to else ''}"
     if len(emptied) == len(sizes):
-        raise InputError(f"ratio {ratio} leaves no channel in any layer to prune ({named}): {limit}, "
-                         f"so nothing would be removed; use a ratio of at most 1 - 1/n "
-                         f"({1 - 1 / min(sizes.values()):.4g} for the smallest layer)")
-    warnings.warn(f"ratio {ratio} leaves no channel in {named}: {limit}; torch-pruning keeps these "
-                  "layers whole", stacklevel=3)
+        raise InputError(
+            f"ratio {ratio} leaves no channel in any layer to prune ({named}): {limit}, "
+            f"so nothing would be removed; use a ratio of at most 1 - 1/n "
+            f"({1 - 1 / min(sizes.values()):.4g} for the smallest layer)"
+        )
+    warnings.warn(
+        f"ratio {ratio} leaves no channel in {named}: {limit}; torch-pruning keeps these "
+        "layers whole",
+        stacklevel=3,
+    )
 
 
 @dataclass(frozen=True)
 class PruneOptions:
-    ratio: float = option(0.5, "fraction of channels removed (per coupled group, or globally)", **RATIO)
+    ratio: float = option(
+        0.5, "fraction of channels removed (per coupled group, or globally)", **RATIO
+    )
     global_pruning: bool = option(False, "rank channels across layers instead of per layer")
-    ignored: list[str] | None = option(None, "module paths kept whole (the classifier head always is)")
+    ignored: list[str] | None = option(
+        None, "module paths kept whole (the classifier head always is)"
+    )
     round_to: int | None = option(None, "keep channel counts multiples of this", **COUNT)
 
 
 class PruneEditor(Editor):
     """Remove the lowest-scored channels physically (torch-pruning); needs example inputs to
     trace the dependency graph."""
+
     name = "prune"
     kind = "prune"
     Options = PruneOptions
@@ -73,7 +87,9 @@ class PruneEditor(Editor):
         if scores is None:
             raise InputError("prune needs Scores")
         if inputs.example is None:
-            raise InputError("prune needs example_inputs (or data) to trace the model's dependency graph")
+            raise InputError(
+                "prune needs example_inputs (or data) to trace the model's dependency graph"
+            )
         opts = self.options
         modules = dict(model.named_modules())
         unknown = [p for p in (opts.ignored or []) if p not in modules]
@@ -81,19 +97,29 @@ class PruneEditor(Editor):
             raise InputError(f"ignored layers not in the model: {unknown}")
         ignored = set(opts.ignored or []) | set(head_layers(model, inputs.example))
         if not set(scores) - ignored:
-            raise InputError(f"nothing to prune: the scores name no layer outside the classifier head "
-                             f"and the ignored ones (scored: {list(scores)}; kept: {sorted(ignored)})")
+            raise InputError(
+                f"nothing to prune: the scores name no layer outside the classifier head "
+                f"and the ignored ones (scored: {list(scores)}; kept: {sorted(ignored)})"
+            )
         before = {p: modules[p].weight.shape[0] for p in scores if p in modules}
         if not opts.global_pruning:
             check_leaves_channels(model, set(scores) - ignored, opts.ratio, opts.round_to)
         shape = output_shape(model, inputs.example)
-        removed, steps = prune_by_scores(model, inputs.example, scores, opts.ratio, ignored,
-                                         opts.global_pruning, opts.round_to)
+        removed, steps = prune_by_scores(
+            model, inputs.example, scores, opts.ratio, ignored, opts.global_pruning, opts.round_to
+        )
         removed = {p: v for p, v in removed.items() if p in before}
         if not removed:
-            raise EditError(f"torch-pruning removed no channel: ratio {opts.ratio} keeps fewer than one channel "
-                            "of what it ranks, or none of the scored layers has a dependency path it can "
-                            "follow (untraceable ops such as .numpy()?)")
+            raise EditError(
+                f"torch-pruning removed no channel: ratio {opts.ratio} keeps fewer than one channel "
+                "of what it ranks, or none of the scored layers has a dependency path it can "
+                "follow (untraceable ops such as .numpy()?)"
+            )
         check_still_runs(model, inputs.example, shape)
-        return self.record("removed (physical, torch-pruning)", scores, changes=removed, steps=steps,
-                           info={"channels_before": before})
+        return self.record(
+            "removed (physical, torch-pruning)",
+            scores,
+            changes=removed,
+            steps=steps,
+            info={"channels_before": before},
+        )

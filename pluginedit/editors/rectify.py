@@ -13,6 +13,7 @@ Values at the layer's own output make the map linear and the closed form exact (
 With ``values="block"`` they are read after the block's non-linearity (BN + ReLU, a residual add,
 ``scorers.keys.block_output``) and Lambda is optimised by Adam on the L1 distance there, W moving
 only along the edit directions D (``projected_edit``; Santurkar et al.'s projected optimisation)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -47,22 +48,34 @@ def _edit_rows(model, path: str, clean, corrupted):
     resid = (v - k @ flat_weight(get_module(model, path)).T).norm(dim=1)
     select = resid > 0.05 * resid.max()
     if not bool(select.any()):
-        raise InputError(f"layer {path!r} sees no difference between the clean and corrupted inputs")
+        raise InputError(
+            f"layer {path!r} sees no difference between the clean and corrupted inputs"
+        )
     return k, v, select
 
 
 def _apply(model, path: str, delta: torch.Tensor, rank: int, record: EditRecord) -> None:
     module = get_module(model, path)
     if not torch.isfinite(delta).all():
-        raise InputError(f"the rank-{rank} edit of {path!r} is not finite (degenerate key statistics)")
+        raise InputError(
+            f"the rank-{rank} edit of {path!r} is not finite (degenerate key statistics)"
+        )
     record.saved.setdefault(f"{path}.weight", module.weight.detach().clone())
     with torch.no_grad():
         module.weight += delta.to(module.weight.dtype).reshape(module.weight.shape)
     record.changes.setdefault(path, []).append(rank)
 
 
-def rank_one_edit(model, path: str, clean, corrupted, c: torch.Tensor, rank: int, record: EditRecord,
-                  block: dict | None = None) -> None:
+def rank_one_edit(
+    model,
+    path: str,
+    clean,
+    corrupted,
+    c: torch.Tensor,
+    rank: int,
+    record: EditRecord,
+    block: dict | None = None,
+) -> None:
     """Edit layer ``path`` in place so its corrupted keys map to the clean values: the closed
     form, or with ``block`` (``projected_edit``'s options) the projected optimisation."""
     k, v, select = _edit_rows(model, path, clean, corrupted)
@@ -71,12 +84,23 @@ def rank_one_edit(model, path: str, clean, corrupted, c: torch.Tensor, rank: int
         delta = rank_r_update(w, k, v, c.to(k.device), rank, select)
     else:
         d = edit_directions(k[select], c.to(k.device), rank)
-        delta = projected_edit(model, path, clean, corrupted, d, closed_form(w, k[select], v[select], d), **block)
+        delta = projected_edit(
+            model, path, clean, corrupted, d, closed_form(w, k[select], v[select], d), **block
+        )
     _apply(model, path, delta, rank, record)
 
 
-def projected_edit(model, path: str, clean, corrupted, d: torch.Tensor, lam0: torch.Tensor,
-                   value_module: str | None = None, steps: int = 200, lr: float = 0.05) -> torch.Tensor:
+def projected_edit(
+    model,
+    path: str,
+    clean,
+    corrupted,
+    d: torch.Tensor,
+    lam0: torch.Tensor,
+    value_module: str | None = None,
+    steps: int = 200,
+    lr: float = 0.05,
+) -> torch.Tensor:
     """dW = Lambda D^T minimising the L1 distance between the block output (``block_output``) on
     the corrupted inputs and on the clean ones, over the positions where they differ (the concept
     mask). Lambda starts at the closed form ``lam0`` [O, r]; Adam's step is ``lr`` times
@@ -84,15 +108,17 @@ def projected_edit(model, path: str, clean, corrupted, d: torch.Tensor, lam0: to
     Santurkar et al. project onto every 10 steps."""
     module = get_module(model, path)
     w0, d = module.weight.detach(), d.to(module.weight)
-    lam = lam0.to(d).detach().clone()                                 # [O, r]
+    lam = lam0.to(d).detach().clone()  # [O, r]
     with torch.no_grad(), eval_mode(model):
         target, vp = block_output(model, path, clean, value_module)
         before, _ = block_output(model, path, corrupted, vp)
     diff = (target - before).abs().sum(1, keepdim=True)
     region = (diff > 0.05 * diff.max()).to(target.dtype).expand_as(target)
     lam.requires_grad_(True)
-    opt = torch.optim.Adam([lam], lr=lr * float(lam.detach().square().mean().sqrt().clamp_min(1e-8)))
-    with torch.enable_grad(), eval_mode(model):      # BN reads, never updates, its statistics
+    opt = torch.optim.Adam(
+        [lam], lr=lr * float(lam.detach().square().mean().sqrt().clamp_min(1e-8))
+    )
+    with torch.enable_grad(), eval_mode(model):  # BN reads, never updates, its statistics
         for _ in range(steps):
             out, _ = block_output(model, path, corrupted, vp, w0 + (lam @ d.T).reshape(w0.shape))
             loss = ((out - target).abs() * region).sum() / region.sum().clamp_min(1)
@@ -118,7 +144,7 @@ def _pairs_on(model, pairs):
 def label_logits(model, pairs) -> tuple[torch.Tensor, torch.Tensor]:
     """F(x) and F(x~) [n]: the label's logit on the clean and on the corrupted inputs."""
     clean, corrupted, y = _pairs_on(model, pairs)
-    f = lambda x: output(model, x).gather(-1, y[:, None])[:, 0]     # noqa: E731
+    f = lambda x: output(model, x).gather(-1, y[:, None])[:, 0]  # noqa: E731
     return f(clean), f(corrupted)
 
 
@@ -132,16 +158,28 @@ def rectified(model, pairs) -> float:
 @dataclass(frozen=True)
 class ValueOptions:
     values: Literal["layer", "block"] = option(
-        "layer", "where values are read: the layer's output (closed form) or after its block's non-linearity "
-        "(projected optimisation)")
-    value_module: str | None = option(None, "values='block': the module whose output is the value "
-                                            "(default: the first activation module after the layer)")
-    edit_steps: int = option(200, "values='block': Adam steps of the projected optimisation", **COUNT)
-    edit_lr: float = option(0.05, "values='block': Adam step relative to the closed form's RMS", **POSITIVE)
+        "layer",
+        "where values are read: the layer's output (closed form) or after its block's non-linearity "
+        "(projected optimisation)",
+    )
+    value_module: str | None = option(
+        None,
+        "values='block': the module whose output is the value "
+        "(default: the first activation module after the layer)",
+    )
+    edit_steps: int = option(
+        200, "values='block': Adam steps of the projected optimisation", **COUNT
+    )
+    edit_lr: float = option(
+        0.05, "values='block': Adam step relative to the closed form's RMS", **POSITIVE
+    )
 
     def block(self) -> dict | None:
-        return None if self.values == "layer" else {"value_module": self.value_module, "steps": self.edit_steps,
-                                                     "lr": self.edit_lr}
+        return (
+            None
+            if self.values == "layer"
+            else {"value_module": self.value_module, "steps": self.edit_steps, "lr": self.edit_lr}
+        )
 
 
 @dataclass(frozen=True)
@@ -153,6 +191,7 @@ class RankOneOptions(ValueOptions):
 
 class RankOne(Editor):
     """Static rectification: one rank-r key -> value edit of one layer."""
+
     name = "rank-one"
     kind = "rectify"
     needs_data = True
@@ -173,20 +212,30 @@ class RankOne(Editor):
 
 @dataclass(frozen=True)
 class RectifyOptions(ValueOptions):
-    layers: list[str] | None = option(None, "candidate layer paths (default: every conv / linear but the head)")
+    layers: list[str] | None = option(
+        None, "candidate layer paths (default: every conv / linear but the head)"
+    )
     rank: int = option(1, "rank of each edit", **COUNT)
     steps: int = option(20, "integrated-gradient steps", **COUNT)
     max_edits: int = option(12, "edits tried (kept or rolled back)", **COUNT)
-    max_drop: float = option(0.01, "largest clean-accuracy drop on data an edit may cause", **FRACTION)
-    max_samples: int = option(2048, "samples of data for key statistics and the accuracy check", **COUNT)
-    gap: float = option(0.25, "edit until every pair keeps at most this fraction of its initial gap F(x) - F(x~)",
-                        **NONNEGATIVE)
+    max_drop: float = option(
+        0.01, "largest clean-accuracy drop on data an edit may cause", **FRACTION
+    )
+    max_samples: int = option(
+        2048, "samples of data for key statistics and the accuracy check", **COUNT
+    )
+    gap: float = option(
+        0.25,
+        "edit until every pair keeps at most this fraction of its initial gap F(x) - F(x~)",
+        **NONNEGATIVE,
+    )
 
 
 class Rectify(Editor):
     """Dynamic rectification: locate (IG editability), edit, check, keep or roll back; edits
     continue until every pair keeps at most ``gap`` of its initial gap or ``max_edits`` are
     spent, and the edit fails (model untouched) unless every corrupted input gets its label."""
+
     name = "rectify"
     kind = "rectify"
     needs_data = True
@@ -200,28 +249,42 @@ class Rectify(Editor):
         layers = list(opts.layers or default_targets(model, inputs.example, inputs.num_classes))
         stats = key_statistics(model, layers, inputs.data, opts.max_samples)
         base = accuracy(model, inputs.data, inputs.num_classes, max_samples=opts.max_samples)[0]
-        record = self.record("rank-r weight updates", info={"edits": [], "clean_accuracy_before": base})
+        record = self.record(
+            "rank-r weight updates", info={"edits": [], "clean_accuracy_before": base}
+        )
         tried, gap0 = 0, self._gap(model, inputs.pairs)
         record.info["gap_before"] = float(gap0.max())
         while not self._done(model, inputs.pairs, gap0) and tried < opts.max_edits and layers:
             layer = self._locate(model, layers, inputs.pairs, stats)
             trial = EditRecord("trial")
-            rank_one_edit(model, layer, *_pairs_on(model, inputs.pairs)[:2], stats[layer], opts.rank, trial, opts.block())
+            rank_one_edit(
+                model,
+                layer,
+                *_pairs_on(model, inputs.pairs)[:2],
+                stats[layer],
+                opts.rank,
+                trial,
+                opts.block(),
+            )
             acc = accuracy(model, inputs.data, inputs.num_classes, max_samples=opts.max_samples)[0]
             kept = acc >= base - opts.max_drop
             record.info["edits"].append({"layer": layer, "clean_accuracy": acc, "kept": kept})
             tried += 1
-            layers.remove(layer)          # its best rank-r step is spent (or refused): locate elsewhere
+            layers.remove(layer)  # its best rank-r step is spent (or refused): locate elsewhere
             if not kept:
                 trial.undo(model)
                 continue
             record.absorb(trial)
         record.info["rectified"] = rectified(model, inputs.pairs)
         record.info["gap_after"] = float(self._gap(model, inputs.pairs).max())
-        if record.info["rectified"] < 1.0:      # the gap target is the aim; every pair rectified is required
-            raise InputError(f"rectify: {record.info['rectified']:.0%} of the corrupted inputs rectified, gap "
-                             f"{record.info['gap_after']:.3g} of {record.info['gap_before']:.3g} left after {tried} "
-                             f"edits (max_edits={opts.max_edits}, max_drop={opts.max_drop}); the model is unchanged")
+        if (
+            record.info["rectified"] < 1.0
+        ):  # the gap target is the aim; every pair rectified is required
+            raise InputError(
+                f"rectify: {record.info['rectified']:.0%} of the corrupted inputs rectified, gap "
+                f"{record.info['gap_after']:.3g} of {record.info['gap_before']:.3g} left after {tried} "
+                f"edits (max_edits={opts.max_edits}, max_drop={opts.max_drop}); the model is unchanged"
+            )
         return record
 
     @staticmethod
@@ -231,13 +294,17 @@ class Rectify(Editor):
 
     def _done(self, model, pairs, gap0) -> bool:
         """Every corrupted input gets its label and keeps at most ``gap`` of its initial gap."""
-        return rectified(model, pairs) == 1.0 and bool((self._gap(model, pairs) <= self.options.gap * gap0.abs()).all())
+        return rectified(model, pairs) == 1.0 and bool(
+            (self._gap(model, pairs) <= self.options.gap * gap0.abs()).all()
+        )
 
     def _locate(self, model, layers, pairs, stats) -> str:
         clean, corrupted, y = _pairs_on(model, pairs)
         maps = {p: [] for p in layers}
         for i in range(len(y)):
-            m, _ = layer_integrated_gradients(model, layers, clean[i], corrupted[i], int(y[i]), self.options.steps)
+            m, _ = layer_integrated_gradients(
+                model, layers, clean[i], corrupted[i], int(y[i]), self.options.steps
+            )
             for p in layers:
                 maps[p].append(m[p])
         score = {p: editability(model, p, maps[p], corrupted, stats[p]) for p in layers}

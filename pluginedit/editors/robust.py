@@ -6,6 +6,7 @@ entropy of the corrupted inputs towards their labels, plus ``keep`` * tr(dW C dW
 (the relative change of the layer's outputs over the reference keys, C = E[k k^T]), so other
 associations are preserved. ``interpolate`` runs any single-layer editor and keeps
 W(t) = (1 - t) W + t W_edit: t trades edit success against the original behaviour."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,13 +28,16 @@ class LowRankOptions:
     rank: int = option(1, "rank r of dW = U V^T", **COUNT)
     steps: int = option(300, "Adam steps", **COUNT)
     lr: float = option(0.01, "Adam learning rate", **POSITIVE)
-    keep: float = option(1.0, "weight of the preservation term tr(dW C dW^T) / tr(W C W^T)", **NONNEGATIVE)
+    keep: float = option(
+        1.0, "weight of the preservation term tr(dW C dW^T) / tr(W C W^T)", **NONNEGATIVE
+    )
     max_samples: int = option(2048, "samples of data for the key statistics C", **COUNT)
     seed: int = option(0, "initialisation seed of V", **SEED)
 
 
 class LowRank(Editor):
     """Direct low-rank editing of one layer on the rectification objective."""
+
     name = "low-rank"
     kind = "rectify"
     needs_data = True
@@ -62,13 +66,19 @@ class LowRank(Editor):
         flat = w0.flatten(1)
         g = torch.Generator().manual_seed(opts.seed)
         u = torch.zeros(flat.shape[0], opts.rank, device=w0.device, requires_grad=True)
-        v = (torch.randn(flat.shape[1], opts.rank, generator=g) / flat.shape[1] ** 0.5).to(w0.device).requires_grad_(True)
+        v = (
+            (torch.randn(flat.shape[1], opts.rank, generator=g) / flat.shape[1] ** 0.5)
+            .to(w0.device)
+            .requires_grad_(True)
+        )
         scale = torch.trace(flat @ c @ flat.T).clamp_min(1e-12)
         opt = torch.optim.Adam([u, v], lr=opts.lr)
         with eval_mode(model):
             for _ in range(opts.steps):
                 d = u @ v.T
-                logits = functional_call(model, {f"{layer}.weight": w0 + d.reshape(w0.shape)}, (corrupted,))
+                logits = functional_call(
+                    model, {f"{layer}.weight": w0 + d.reshape(w0.shape)}, (corrupted,)
+                )
                 loss = F.cross_entropy(logits, y) + opts.keep * torch.trace(d @ c @ d.T) / scale
                 opt.zero_grad()
                 loss.backward()
@@ -79,7 +89,9 @@ class LowRank(Editor):
         return delta
 
 
-def interpolate(model, original: dict[str, torch.Tensor], edited: dict[str, torch.Tensor], t: float) -> None:
+def interpolate(
+    model, original: dict[str, torch.Tensor], edited: dict[str, torch.Tensor], t: float
+) -> None:
     """Set each parameter named in ``original`` to (1 - t) original + t edited, in place."""
     params = dict(model.named_parameters())
     with torch.no_grad():
@@ -90,12 +102,15 @@ def interpolate(model, original: dict[str, torch.Tensor], edited: dict[str, torc
 @dataclass(frozen=True)
 class InterpolateOptions:
     base: str = option("rank-one", "the single-layer editor whose edit is interpolated")
-    t: float = option(0.5, "interpolation weight: 0 = the original layer, 1 = the full edit", **FRACTION)
+    t: float = option(
+        0.5, "interpolation weight: 0 = the original layer, 1 = the full edit", **FRACTION
+    )
     base_options: dict = option({}, "options of the base editor")
 
 
 class Interpolate(Editor):
     """1-layer interpolation of a single-layer edit: W(t) = (1 - t) W + t W_edit."""
+
     name = "interpolate"
     kind = "rectify"
     needs_data = True
@@ -109,12 +124,16 @@ class Interpolate(Editor):
         inner = base.apply(model, scores, inputs)
         layers = {k.rsplit(".", 1)[0] for k in inner.saved}
         if len(layers) != 1:
-            raise InputError(f"interpolate needs a single-layer edit; {opts.base!r} changed {sorted(layers)}")
+            raise InputError(
+                f"interpolate needs a single-layer edit; {opts.base!r} changed {sorted(layers)}"
+            )
         params = dict(model.named_parameters())
         edited = {k: params[k].detach().clone() for k in inner.saved}
         interpolate(model, inner.saved, edited, opts.t)
-        record = self.record(f"1-layer interpolation (t={opts.t}) of {opts.base}",
-                             info={"layer": layers.pop(), "base": inner.summary()})
+        record = self.record(
+            f"1-layer interpolation (t={opts.t}) of {opts.base}",
+            info={"layer": layers.pop(), "base": inner.summary()},
+        )
         record.saved, record.changes = inner.saved, inner.changes
         record.info["rectified"] = rectified(model, inputs.pairs)
         return record

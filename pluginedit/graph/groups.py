@@ -1,6 +1,7 @@
 """Dependency graphs and the groups they couple: which torch-pruning function removes a layer's
 outputs, the group a removal drags along, and the graph queries scorers and editors need (MACs and
 parameters, Taylor importance per group, consumer maps, layers that can be pruned alone)."""
+
 from __future__ import annotations
 
 import torch
@@ -13,8 +14,16 @@ from ..core.outputs import primary
 
 # torch-pruning's pruning functions by the name a recorded step stores
 FN_NAMES = {getattr(tp, n): n for n in dir(tp) if n.startswith("prune_")}
-OUT_FNS = (tp.prune_conv_out_channels, tp.prune_linear_out_channels, tp.prune_depthwise_conv_out_channels)
-IN_FNS = (tp.prune_conv_in_channels, tp.prune_linear_in_channels, tp.prune_depthwise_conv_in_channels)
+OUT_FNS = (
+    tp.prune_conv_out_channels,
+    tp.prune_linear_out_channels,
+    tp.prune_depthwise_conv_out_channels,
+)
+IN_FNS = (
+    tp.prune_conv_in_channels,
+    tp.prune_linear_in_channels,
+    tp.prune_depthwise_conv_in_channels,
+)
 
 
 def is_out(fn) -> bool:
@@ -27,16 +36,21 @@ def is_in(fn) -> bool:
 
 def out_fn(layer: nn.Module):
     """The pruning function that removes ``layer``'s output channels."""
-    return tp.prune_conv_out_channels if isinstance(layer, nn.Conv2d) else tp.prune_linear_out_channels
+    return (
+        tp.prune_conv_out_channels if isinstance(layer, nn.Conv2d) else tp.prune_linear_out_channels
+    )
 
 
 def graph(model: nn.Module, example) -> tp.DependencyGraph:
     try:
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example,
-                                                     output_transform=output_sum)
+        return tp.DependencyGraph().build_dependency(
+            model, example_inputs=example, output_transform=output_sum
+        )
     except Exception as e:
-        raise EditError(f"torch-pruning cannot trace this model ({type(e).__name__}: {e}); "
-                        "use the 'mask' editor instead") from e
+        raise EditError(
+            f"torch-pruning cannot trace this model ({type(e).__name__}: {e}); "
+            "use the 'mask' editor instead"
+        ) from e
 
 
 def output_sum(out) -> torch.Tensor:
@@ -46,11 +60,14 @@ def output_sum(out) -> torch.Tensor:
 def out_group(dg: tp.DependencyGraph, layer: nn.Module, idxs=None):
     """The group that removing ``idxs`` (default: all) of ``layer``'s outputs drags along."""
     try:
-        return dg.get_pruning_group(layer, out_fn(layer),
-                                    idxs=list(range(size_of(layer))) if idxs is None else list(idxs))
-    except ValueError as e:    # the layer ran outside the traced graph (e.g. through .numpy())
-        raise EditError(f"torch-pruning cannot trace this model: {e} (does the forward leave torch, "
-                        "e.g. through .numpy()?); the 'mask' editor and the l1 scorer need no graph") from e
+        return dg.get_pruning_group(
+            layer, out_fn(layer), idxs=list(range(size_of(layer))) if idxs is None else list(idxs)
+        )
+    except ValueError as e:  # the layer ran outside the traced graph (e.g. through .numpy())
+        raise EditError(
+            f"torch-pruning cannot trace this model: {e} (does the forward leave torch, "
+            "e.g. through .numpy()?); the 'mask' editor and the l1 scorer need no graph"
+        ) from e
 
 
 def count_ops_and_params(model: nn.Module, example) -> tuple[float, float]:
@@ -73,8 +90,11 @@ def uncoupled_layers(model: nn.Module, example, candidates: list[str]) -> list[s
         if isinstance(layer, nn.Conv2d) and layer.groups != 1:
             continue
         group = out_group(dg, layer, [0])
-        if sum(1 for d, _ in group if is_out(d.pruning_fn) or d.pruning_fn == tp.prune_depthwise_conv_out_channels) == 1 \
-                and not any(is_in(d.pruning_fn) and _grouped(d.layer) for d, _ in group):
+        if sum(
+            1
+            for d, _ in group
+            if is_out(d.pruning_fn) or d.pruning_fn == tp.prune_depthwise_conv_out_channels
+        ) == 1 and not any(is_in(d.pruning_fn) and _grouped(d.layer) for d, _ in group):
             out.append(path)
     return out
 
@@ -91,9 +111,11 @@ def consumers(model: nn.Module, example, targets: list[str]) -> dict:
     dg, paths, out = graph(model, example), paths_of(model), {}
     for path in targets:
         group = out_group(dg, get_module(model, path))
-        out[path] = [(paths[dep.layer], torch.as_tensor(group[i].root_idxs), torch.as_tensor(idxs))
-                     for i, (dep, idxs) in enumerate(group)
-                     if is_in(dep.pruning_fn) and paths.get(dep.layer) is not None]
+        out[path] = [
+            (paths[dep.layer], torch.as_tensor(group[i].root_idxs), torch.as_tensor(idxs))
+            for i, (dep, idxs) in enumerate(group)
+            if is_in(dep.pruning_fn) and paths.get(dep.layer) is not None
+        ]
     return out
 
 

@@ -6,6 +6,7 @@ Steps are ``{"module": path, "fn": "prune_conv_out_channels", "idxs": [...]}`` i
 torch-pruning applied them (indices relative to the layer at that moment), plus
 ``{"module": path, "attrs": {...}}`` for the attribute updates head pruning needs;
 ``graph.replay.replay_steps`` applies them to a freshly built dense model (``pluginedit.io``)."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -58,23 +59,29 @@ def refuse_tied(model: nn.Module) -> None:
     seen: dict[int, str] = {}
     for name, p in model.named_parameters(remove_duplicate=False):
         if id(p) in seen and seen[id(p)] != name:
-            raise EditError(f"parameters {seen[id(p)]!r} and {name!r} are tied (one tensor): physical "
-                            "pruning would untie them; use the 'mask' editor")
+            raise EditError(
+                f"parameters {seen[id(p)]!r} and {name!r} are tied (one tensor): physical "
+                "pruning would untie them; use the 'mask' editor"
+            )
         seen.setdefault(id(p), name)
 
 
-def run_pruner(model: nn.Module, example, importance, before_group: Callable | None = None,
-               **pruner_kw) -> tuple[dict[str, list[int]], list[dict]]:
+def run_pruner(
+    model: nn.Module, example, importance, before_group: Callable | None = None, **pruner_kw
+) -> tuple[dict[str, list[int]], list[dict]]:
     """One MetaPruner step; ``before_group(group, paths)`` runs before each group is removed
     (compensation). Returns ({out-channel layer path: removed indices}, steps)."""
     paths = paths_of(model)
     refuse_tied(model)
     try:
-        pruner = tp.pruner.MetaPruner(model, example, importance=importance,
-                                      output_transform=output_sum, **pruner_kw)
+        pruner = tp.pruner.MetaPruner(
+            model, example, importance=importance, output_transform=output_sum, **pruner_kw
+        )
     except Exception as e:
-        raise EditError(f"torch-pruning cannot trace this model ({type(e).__name__}: {e}); "
-                        "use the 'mask' editor instead") from e
+        raise EditError(
+            f"torch-pruning cannot trace this model ({type(e).__name__}: {e}); "
+            "use the 'mask' editor instead"
+        ) from e
     removed, steps = {}, []
     for group in pruner.step(interactive=True):
         if before_group is not None:
@@ -88,14 +95,28 @@ def run_pruner(model: nn.Module, example, importance, before_group: Callable | N
     return removed, steps
 
 
-def prune_by_scores(model: nn.Module, example, scores: Scores, ratio: float, ignored=(),
-                    global_pruning: bool = False, round_to: int | None = None,
-                    before_group: Callable | None = None):
+def prune_by_scores(
+    model: nn.Module,
+    example,
+    scores: Scores,
+    ratio: float,
+    ignored=(),
+    global_pruning: bool = False,
+    round_to: int | None = None,
+    before_group: Callable | None = None,
+):
     """Remove the lowest-scored ``ratio`` of channels of every coupled group (or globally)."""
     modules = dict(model.named_modules())
-    return run_pruner(model, example, ScoresImportance(scores, paths_of(model)), before_group,
-                      pruning_ratio=ratio, global_pruning=global_pruning, round_to=round_to,
-                      ignored_layers=[modules[p] for p in ignored])
+    return run_pruner(
+        model,
+        example,
+        ScoresImportance(scores, paths_of(model)),
+        before_group,
+        pruning_ratio=ratio,
+        global_pruning=global_pruning,
+        round_to=round_to,
+        ignored_layers=[modules[p] for p in ignored],
+    )
 
 
 def remove_channels(model: nn.Module, example, indices: dict[str, list[int]]) -> list[dict]:
@@ -110,7 +131,9 @@ def remove_channels(model: nn.Module, example, indices: dict[str, list[int]]) ->
     return steps
 
 
-def remove_hidden_units(model: nn.Module, up: nn.Linear, down: nn.Linear, drop: list[int]) -> list[dict]:
+def remove_hidden_units(
+    model: nn.Module, up: nn.Linear, down: nn.Linear, drop: list[int]
+) -> list[dict]:
     """Remove hidden units ``drop`` between two Linear layers (rows of ``up``, columns of
     ``down``): an FFN's neurons."""
     paths = paths_of(model)
@@ -136,25 +159,57 @@ class _HeadImportance:
         return None
 
 
-def prune_heads(model: nn.Module, example, attentions: list[nn.Module], heads_per_layer: int,
-                scores: list[torch.Tensor] | None = None) -> list[dict]:
+def prune_heads(
+    model: nn.Module,
+    example,
+    attentions: list[nn.Module],
+    heads_per_layer: int,
+    scores: list[torch.Tensor] | None = None,
+) -> list[dict]:
     """Remove ``heads_per_layer`` heads of every attention block (BERT-style: ``query``, ``key``,
     ``value`` Linear, ``num_attention_heads``, ``attention_head_size``); ``scores`` one
     [num_heads] tensor per block (higher = keep) or None for group L2 magnitude. The blocks'
     head counts are updated (and recorded as steps)."""
     n_heads = attentions[0].num_attention_heads
-    num_heads = {lin: a.num_attention_heads for a in attentions for lin in (a.query, a.key, a.value)}
+    num_heads = {
+        lin: a.num_attention_heads for a in attentions for lin in (a.query, a.key, a.value)
+    }
     ignored = [m for m in model.modules() if isinstance(m, nn.Linear) and m not in num_heads]
-    imp = tp.importance.GroupMagnitudeImportance(p=2) if scores is None else _HeadImportance(
-        {lin: s.detach().float() for a, s in zip(attentions, scores) for lin in (a.query, a.key, a.value)})
+    imp = (
+        tp.importance.GroupMagnitudeImportance(p=2)
+        if scores is None
+        else _HeadImportance(
+            {
+                lin: s.detach().float()
+                for a, s in zip(attentions, scores)
+                for lin in (a.query, a.key, a.value)
+            }
+        )
+    )
     # MetaPruner removes ceil(ratio * heads) heads per layer; (n - 0.5) / heads rounds to n
-    _, steps = run_pruner(model, example, imp, pruning_ratio=0.5, global_pruning=False,
-                          ignored_layers=ignored, num_heads=num_heads, prune_num_heads=True,
-                          prune_head_dims=False, head_pruning_ratio=(heads_per_layer - 0.5) / n_heads)
+    _, steps = run_pruner(
+        model,
+        example,
+        imp,
+        pruning_ratio=0.5,
+        global_pruning=False,
+        ignored_layers=ignored,
+        num_heads=num_heads,
+        prune_num_heads=True,
+        prune_head_dims=False,
+        head_pruning_ratio=(heads_per_layer - 0.5) / n_heads,
+    )
     paths = paths_of(model)
     for a in attentions:
         a.num_attention_heads = a.query.out_features // a.attention_head_size
         a.all_head_size = a.query.out_features
-        steps.append({"module": paths[a], "attrs": {"num_attention_heads": a.num_attention_heads,
-                                                    "all_head_size": a.all_head_size}})
+        steps.append(
+            {
+                "module": paths[a],
+                "attrs": {
+                    "num_attention_heads": a.num_attention_heads,
+                    "all_head_size": a.all_head_size,
+                },
+            }
+        )
     return steps

@@ -1,6 +1,7 @@
 """Recorded structural steps checked and replayed: every step is validated against the module it
 names before anything changes, then applied with the torch-pruning function it names (loading a
 pruned model re-applies its steps to the dense architecture, ``pluginedit.io``)."""
+
 from __future__ import annotations
 
 import re
@@ -26,7 +27,7 @@ _STEP_KINDS = {
     "prelu": (nn.PReLU, lambda m, d: m.num_parameters),
     "multihead_attention": (nn.MultiheadAttention, lambda m, d: m.embed_dim),
 }
-_SEPARATE_DIMS = ("conv", "linear")       # out and in widths differ; the rest have one width
+_SEPARATE_DIMS = ("conv", "linear")  # out and in widths differ; the rest have one width
 _STEP_FN = re.compile(r"^prune_([a-z_]+)_(out|in)_channels$")
 
 
@@ -39,8 +40,10 @@ def check_steps(model: nn.Module, steps: list[dict]) -> None:
         path = step.get("module")
         module = modules.get(path) if path else None
         if module is None:
-            raise InputError(f"step {i} names module {str(path)[:80]!r}, which the model does not have"
-                             + (" (the model itself cannot be a step's module)" if path == "" else ""))
+            raise InputError(
+                f"step {i} names module {str(path)[:80]!r}, which the model does not have"
+                + (" (the model itself cannot be a step's module)" if path == "" else "")
+            )
         if "attrs" in step:
             _check_attrs(i, path, module, step["attrs"])
             continue
@@ -54,8 +57,10 @@ def check_steps(model: nn.Module, steps: list[dict]) -> None:
         if len(set(idxs)) != len(idxs):
             raise InputError(f"step {i} ({fn} on {path!r}) lists an index twice")
         if idxs and max(idxs) >= width:
-            raise InputError(f"step {i} ({fn} on {path!r}) removes index {max(idxs)}, but the layer "
-                             f"has {width} at that point")
+            raise InputError(
+                f"step {i} ({fn} on {path!r}) removes index {max(idxs)}, but the layer "
+                f"has {width} at that point"
+            )
         if idxs and len(idxs) >= width:
             raise InputError(f"step {i} ({fn} on {path!r}) removes all {width} channels")
         widths[key] = width - len(idxs)
@@ -76,8 +81,10 @@ def _check_attrs(i: int, path: str, module: nn.Module, attrs: dict) -> None:
     for k, v in attrs.items():
         now = getattr(module, k, None)
         if not isinstance(now, int) or not 0 < v <= now:
-            raise InputError(f"step {i} sets {k}={v} on {path!r}, which has "
-                             f"{'no such attribute' if not isinstance(now, int) else now}")
+            raise InputError(
+                f"step {i} sets {k}={v} on {path!r}, which has "
+                f"{'no such attribute' if not isinstance(now, int) else now}"
+            )
 
 
 def replay_steps(model: nn.Module, steps: list[dict]) -> None:
@@ -94,5 +101,7 @@ def replay_steps(model: nn.Module, steps: list[dict]) -> None:
         try:
             getattr(tp, step["fn"])(module, step["idxs"])
         except Exception as e:
-            raise InputError(f"step {i} ({step['fn']} on {step['module']!r}) failed: "
-                             f"{type(e).__name__}: {str(e)[:200]}") from e
+            raise InputError(
+                f"step {i} ({step['fn']} on {step['module']!r}) failed: "
+                f"{type(e).__name__}: {str(e)[:200]}"
+            ) from e

@@ -10,9 +10,22 @@ trusts it), validates and replays the steps and loads the weights strictly: it r
 model or raises an ``InputError`` naming the file and the problem. Nothing on that path
 unpickles, follows a symbolic link or opens a file outside the folder; ``digest`` pins a save.
 """
+
 from .manifest import MANIFEST, WEIGHTS, digest, read_manifest
 from .models import build, import_factory, load_model, load_weights, set_source, source_of
 from .persist import load, save
 
-__all__ = ["save", "load", "digest", "load_model", "load_weights", "build", "import_factory", "set_source",
-           "source_of", "read_manifest", "MANIFEST", "WEIGHTS"]
+__all__ = [
+    "save",
+    "load",
+    "digest",
+    "load_model",
+    "load_weights",
+    "build",
+    "import_factory",
+    "set_source",
+    "source_of",
+    "read_manifest",
+    "MANIFEST",
+    "WEIGHTS",
+]

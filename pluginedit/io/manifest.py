@@ -1,4 +1,5 @@
 """The manifest of a saved model: a JSON file checked field by field before anything is built."""
+
 from __future__ import annotations
 
 import hashlib
@@ -15,9 +16,15 @@ from ..core.files import loads_json, written_whole
 FORMAT = "pluginedit-model/1"
 MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
-MANIFEST_LIMIT = 64 << 20      # a manifest of steps for an LLM is a few MB
-_FIELDS = {"format": str, "source": dict, "steps": list, "history": list, "versions": dict,
-           "weights": dict}
+MANIFEST_LIMIT = 64 << 20  # a manifest of steps for an LLM is a few MB
+_FIELDS = {
+    "format": str,
+    "source": dict,
+    "steps": list,
+    "history": list,
+    "versions": dict,
+    "weights": dict,
+}
 
 
 def sha256(path: Path) -> str:
@@ -40,20 +47,33 @@ def versions(*dists: str) -> dict[str, str]:
 
 def write_manifest(folder: Path, manifest: dict) -> None:
     text = json.dumps(manifest, indent=1, default=str)
-    with written_whole(folder / MANIFEST) as tmp:    # a reader never sees half a manifest
+    with written_whole(folder / MANIFEST) as tmp:  # a reader never sees half a manifest
         tmp.write_text(text)
 
 
 def _check_step(i: int, step, where: Path) -> None:
-    if isinstance(step, dict) and isinstance(step.get("module"), str) and isinstance(step.get("attrs"), dict):
-        if all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in step["attrs"].values()):
+    if (
+        isinstance(step, dict)
+        and isinstance(step.get("module"), str)
+        and isinstance(step.get("attrs"), dict)
+    ):
+        if all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0
+            for v in step["attrs"].values()
+        ):
             return
-    ok = (isinstance(step, dict) and isinstance(step.get("module"), str)
-          and isinstance(step.get("fn"), str) and isinstance(step.get("idxs"), list)
-          and all(isinstance(j, int) and not isinstance(j, bool) and j >= 0 for j in step["idxs"]))
+    ok = (
+        isinstance(step, dict)
+        and isinstance(step.get("module"), str)
+        and isinstance(step.get("fn"), str)
+        and isinstance(step.get("idxs"), list)
+        and all(isinstance(j, int) and not isinstance(j, bool) and j >= 0 for j in step["idxs"])
+    )
     if not ok:
-        raise InputError(f"{where}: step {i} is malformed (need module, and fn with non-negative "
-                         f"integer idxs or attrs of integers), got {str(step)[:200]}")
+        raise InputError(
+            f"{where}: step {i} is malformed (need module, and fn with non-negative "
+            f"integer idxs or attrs of integers), got {str(step)[:200]}"
+        )
 
 
 def read_inside(folder: Path, name: str, limit: int) -> bytes:
@@ -68,8 +88,10 @@ def read_inside(folder: Path, name: str, limit: int) -> bytes:
         raise InputError(f"{path} is missing") from None
     except OSError as e:
         if path.is_symlink():
-            raise InputError(f"{path} is a symbolic link; a saved model is read only from regular "
-                             "files inside its folder") from None
+            raise InputError(
+                f"{path} is a symbolic link; a saved model is read only from regular "
+                "files inside its folder"
+            ) from None
         raise InputError(f"{path}: cannot be read ({e.strerror})") from None
     try:
         info = os.fstat(fd)
@@ -92,7 +114,9 @@ def parse_manifest(data: bytes, where: Path) -> dict:
         if not isinstance(manifest.get(name), kind):
             raise InputError(f"{where}: field {name!r} missing or not a {kind.__name__}")
     if manifest["format"] != FORMAT:
-        raise InputError(f"{where}: format {manifest['format'][:80]!r}, this pluginedit reads {FORMAT!r}")
+        raise InputError(
+            f"{where}: format {manifest['format'][:80]!r}, this pluginedit reads {FORMAT!r}"
+        )
     for i, step in enumerate(manifest["steps"]):
         _check_step(i, step, where)
     _check_weights_field(manifest["weights"], where)
@@ -119,14 +143,20 @@ def read_manifest(folder: str | Path, pin: str | None = None) -> dict:
             raise InputError(f"sha256 must be 64 hexadecimal digits, got {str(pin)[:80]!r}")
         got = hashlib.sha256(data).hexdigest()
         if got != pin.lower():
-            raise InputError(f"{where}: SHA-256 {got[:16]}… is not the pinned {pin[:16].lower()}… "
-                             "(a different or modified save)")
+            raise InputError(
+                f"{where}: SHA-256 {got[:16]}… is not the pinned {pin[:16].lower()}… "
+                "(a different or modified save)"
+            )
     return parse_manifest(data, where)
 
 
 def _check_weights_field(weights: dict, where: Path) -> None:
-    if weights.get("file") != WEIGHTS or not isinstance(weights.get("sha256"), str) \
-            or not isinstance(weights.get("bytes"), int) or weights["bytes"] < 0:
+    if (
+        weights.get("file") != WEIGHTS
+        or not isinstance(weights.get("sha256"), str)
+        or not isinstance(weights.get("bytes"), int)
+        or weights["bytes"] < 0
+    ):
         raise InputError(f"{where}: field 'weights' must name {WEIGHTS} with its bytes and sha256")
 
 
@@ -138,10 +168,14 @@ def read_weights(folder: Path, manifest: dict) -> bytes:
         raise InputError(f"{path} is missing")
     data = read_inside(folder, WEIGHTS, expected["bytes"])
     if len(data) != expected["bytes"]:
-        raise InputError(f"{path}: {len(data)} bytes, the manifest says {expected['bytes']} "
-                         "(truncated or replaced)")
+        raise InputError(
+            f"{path}: {len(data)} bytes, the manifest says {expected['bytes']} "
+            "(truncated or replaced)"
+        )
     got = hashlib.sha256(data).hexdigest()
     if got != expected["sha256"]:
-        raise InputError(f"{path}: SHA-256 {got[:16]}… does not match the manifest's "
-                         f"{expected['sha256'][:16]}… (the file was modified)")
+        raise InputError(
+            f"{path}: SHA-256 {got[:16]}… does not match the manifest's "
+            f"{expected['sha256'][:16]}… (the file was modified)"
+        )
     return data

@@ -1,5 +1,6 @@
 """Building a model from a description (factory + arguments, or a transformers class + config)
 and reading weight files without unpickling arbitrary objects."""
+
 from __future__ import annotations
 
 import importlib
@@ -15,10 +16,10 @@ from torch import nn
 from ..core.errors import InputError
 from .trust import check_factory, check_spec, transformers_class, transformers_config
 
-SOURCE_ATTR = "_pluginedit_source"     # how the dense architecture was built
-STEPS_ATTR = "_pluginedit_steps"       # structural edits applied since then
-HISTORY_ATTR = "_pluginedit_history"   # summaries of the edits applied (saved with it)
-UID_ATTR = "_pluginedit_uid"           # binds EditRecords to the model they were made on
+SOURCE_ATTR = "_pluginedit_source"  # how the dense architecture was built
+STEPS_ATTR = "_pluginedit_steps"  # structural edits applied since then
+HISTORY_ATTR = "_pluginedit_history"  # summaries of the edits applied (saved with it)
+UID_ATTR = "_pluginedit_uid"  # binds EditRecords to the model they were made on
 
 
 def source_of(model: nn.Module) -> dict | None:
@@ -83,8 +84,10 @@ def _transformers_model(source: dict) -> nn.Module:
     try:
         return cls(cls.config_class.from_dict(config))
     except Exception as e:
-        raise InputError(f"transformers class {cls.__name__} cannot be built from this config: "
-                         f"{type(e).__name__}: {str(e)[:200]}") from e
+        raise InputError(
+            f"transformers class {cls.__name__} cannot be built from this config: "
+            f"{type(e).__name__}: {str(e)[:200]}"
+        ) from e
 
 
 def build(source: dict, trusted: frozenset[str] = frozenset()) -> nn.Module:
@@ -101,14 +104,20 @@ def build(source: dict, trusted: frozenset[str] = frozenset()) -> nn.Module:
         except InputError:
             raise
         except Exception as e:
-            raise InputError(f"model factory {source.get('factory')!r} failed with {str(args)[:200]}: "
-                             f"{type(e).__name__}: {str(e)[:200]}") from e
+            raise InputError(
+                f"model factory {source.get('factory')!r} failed with {str(args)[:200]}: "
+                f"{type(e).__name__}: {str(e)[:200]}"
+            ) from e
     elif kind == "transformers":
         model = _transformers_model(source)
     else:
-        raise InputError(f"unknown model source {str(source)[:200]}: need kind 'factory' or 'transformers'")
+        raise InputError(
+            f"unknown model source {str(source)[:200]}: need kind 'factory' or 'transformers'"
+        )
     if not isinstance(model, nn.Module):
-        raise InputError(f"model source {str(source)[:200]} built a {type(model).__name__}, not an nn.Module")
+        raise InputError(
+            f"model source {str(source)[:200]} built a {type(model).__name__}, not an nn.Module"
+        )
     return set_source(model, source)
 
 
@@ -117,7 +126,9 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     ``weights_only=True`` (tensors and containers only: no code runs)."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"weights file {path} " + ("is a directory" if path.is_dir() else "does not exist"))
+        raise InputError(
+            f"weights file {path} " + ("is a directory" if path.is_dir() else "does not exist")
+        )
     if path.suffix == ".safetensors":
         try:
             return load_file(str(path))
@@ -128,8 +139,10 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise InputError(f"{path}: not a state dict loadable with weights_only=True "
-                         f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+        raise InputError(
+            f"{path}: not a state dict loadable with weights_only=True "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+        ) from e
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise InputError(f"{path}: expected a state dict (name -> tensor)")
@@ -137,8 +150,15 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def _dtype_kind(t: torch.Tensor) -> str:
-    return "bool" if t.dtype == torch.bool else "complex" if t.is_complex() else \
-        "floating-point" if t.is_floating_point() else "integer"
+    return (
+        "bool"
+        if t.dtype == torch.bool
+        else "complex"
+        if t.is_complex()
+        else "floating-point"
+        if t.is_floating_point()
+        else "integer"
+    )
 
 
 def load_state(model: nn.Module, state: dict, where: str) -> None:
@@ -146,21 +166,29 @@ def load_state(model: nn.Module, state: dict, where: str) -> None:
     of another kind than the model's (integer or bool weights for floating ones: quantised or
     damaged) is refused, not cast; another float precision is cast to the model's, as torch does."""
     own = model.state_dict()
-    wrong = [f"{k!r} ({v.dtype}, the model's {own[k].dtype})" for k, v in state.items()
-             if k in own and torch.is_tensor(v) and _dtype_kind(v) != _dtype_kind(own[k])]
+    wrong = [
+        f"{k!r} ({v.dtype}, the model's {own[k].dtype})"
+        for k, v in state.items()
+        if k in own and torch.is_tensor(v) and _dtype_kind(v) != _dtype_kind(own[k])
+    ]
     if wrong:
-        raise InputError(f"{where}: tensor(s) of the wrong kind for the model: {', '.join(wrong[:5])}"
-                         f"{f' and {len(wrong) - 5} more' if len(wrong) > 5 else ''}; quantised or "
-                         "integer weights are not cast silently: dequantise them first")
+        raise InputError(
+            f"{where}: tensor(s) of the wrong kind for the model: {', '.join(wrong[:5])}"
+            f"{f' and {len(wrong) - 5} more' if len(wrong) > 5 else ''}; quantised or "
+            "integer weights are not cast silently: dequantise them first"
+        )
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()][1:4]
-        raise InputError(f"{where}: the weights do not fit the model ({'; '.join(lines)[:600]})") from e
+        raise InputError(
+            f"{where}: the weights do not fit the model ({'; '.join(lines)[:600]})"
+        ) from e
 
 
-def load_model(factory: str | None = None, args: dict | None = None, weights=None,
-               hf: str | Path | None = None) -> nn.Module:
+def load_model(
+    factory: str | None = None, args: dict | None = None, weights=None, hf: str | Path | None = None
+) -> nn.Module:
     """A model from a factory (``package.module:callable`` with ``args``) or a local transformers
     directory (``hf``), with optional ``weights``; in eval mode, its source remembered for
     ``save``."""
@@ -170,8 +198,10 @@ def load_model(factory: str | None = None, args: dict | None = None, weights=Non
         model = _from_pretrained(Path(hf))
     else:
         # the caller names the factory: that is trusting it
-        model = build({"kind": "factory", "factory": factory, "args": {} if args is None else args},
-                      trusted=frozenset([factory]) if isinstance(factory, str) else frozenset())
+        model = build(
+            {"kind": "factory", "factory": factory, "args": {} if args is None else args},
+            trusted=frozenset([factory]) if isinstance(factory, str) else frozenset(),
+        )
     if weights is not None:
         load_state(model, load_weights(weights), str(weights))
     return model.eval()
@@ -182,14 +212,19 @@ def _from_pretrained(path: Path) -> nn.Module:
         raise InputError(f"{path} is not a transformers model directory (no config.json)")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import transformers
-    try:   # invalid JSON (OSError), an unknown or missing model_type (ValueError)
+
+    try:  # invalid JSON (OSError), an unknown or missing model_type (ValueError)
         config = transformers.AutoConfig.from_pretrained(path)
     except (OSError, ValueError, TypeError, KeyError) as e:
-        raise InputError(f"{path}: its config.json cannot be read by transformers "
-                         f"({type(e).__name__}: {str(e).splitlines()[0][:300]})") from e
+        raise InputError(
+            f"{path}: its config.json cannot be read by transformers "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:300]})"
+        ) from e
     archs = getattr(config, "architectures", None) or []
     cls = getattr(transformers, archs[0], None) if archs else None
     cls = cls or transformers.AutoModel._model_mapping[type(config)]
     model = cls.from_pretrained(path)
-    return set_source(model, {"kind": "transformers", "class": type(model).__name__,
-                              "config": model.config.to_dict()})
+    return set_source(
+        model,
+        {"kind": "transformers", "class": type(model).__name__, "config": model.config.to_dict()},
+    )

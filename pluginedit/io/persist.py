@@ -1,4 +1,5 @@
 """save / load of edited models (see the package docstring)."""
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -46,8 +47,10 @@ def _check_records(model: nn.Module, records) -> None:
         if not isinstance(r, EditRecord):
             raise InputError(f"records[{i}] is a {type(r).__name__}, not an EditRecord")
         if not is_bound(model, r):
-            raise InputError(f"records[{i}] (editor {r.editor!r}) was not made on this model by "
-                             "pluginedit.edit; save writes the history of the model it saves")
+            raise InputError(
+                f"records[{i}] (editor {r.editor!r}) was not made on this model by "
+                "pluginedit.edit; save writes the history of the model it saves"
+            )
 
 
 def _state_metadata(model: nn.Module) -> dict[str, int]:
@@ -69,9 +72,11 @@ def save(model: nn.Module, path: str | Path, records=(), source: dict | None = N
     edits of this model. ``digest(folder)`` is the SHA-256 that pins the save."""
     source = source or source_of(model)
     if source is None:
-        raise InputError("cannot save: how to build this model's architecture is unknown; pass "
-                         "source={'kind': 'factory', 'factory': 'pkg.module:fn', 'args': {...}} "
-                         "or load it with pluginedit.load_model")
+        raise InputError(
+            "cannot save: how to build this model's architecture is unknown; pass "
+            "source={'kind': 'factory', 'factory': 'pkg.module:fn', 'args': {...}} "
+            "or load it with pluginedit.load_model"
+        )
     _check_records(model, records)
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
@@ -81,15 +86,27 @@ def save(model: nn.Module, path: str | Path, records=(), source: dict | None = N
     # tied again by the architecture on load).
     state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
     weights = folder / WEIGHTS
-    with written_whole(weights) as tmp:         # never half a weights file, even on SIGINT
-        save_file(state, str(tmp), metadata={"format": "pt"})   # transformers reads it too
+    with written_whole(weights) as tmp:  # never half a weights file, even on SIGINT
+        save_file(state, str(tmp), metadata={"format": "pt"})  # transformers reads it too
     extra = ("transformers",) if source.get("kind") == "transformers" else ()
-    write_manifest(folder, {
-        "format": FORMAT, "source": source, "steps": list(model.__dict__.get(STEPS_ATTR, [])),
-        "history": history_of(model), "versions": versions(*extra),
-        "dtype": _dtype(state), "state_metadata": _state_metadata(model),
-        "transformers_from_pretrained": _write_transformers(model, folder) if extra else None,
-        "weights": {"file": WEIGHTS, "bytes": weights.stat().st_size, "sha256": sha256(weights)}})
+    write_manifest(
+        folder,
+        {
+            "format": FORMAT,
+            "source": source,
+            "steps": list(model.__dict__.get(STEPS_ATTR, [])),
+            "history": history_of(model),
+            "versions": versions(*extra),
+            "dtype": _dtype(state),
+            "state_metadata": _state_metadata(model),
+            "transformers_from_pretrained": _write_transformers(model, folder) if extra else None,
+            "weights": {
+                "file": WEIGHTS,
+                "bytes": weights.stat().st_size,
+                "sha256": sha256(weights),
+            },
+        },
+    )
     return folder
 
 
@@ -168,7 +185,9 @@ def _weights(folder: Path, manifest: dict) -> OrderedDict:
         raise InputError(f"{folder / WEIGHTS}: not a readable safetensors file ({e})") from e
     meta = manifest.get("state_metadata") or {}
     if not isinstance(meta, dict) or not all(isinstance(v, int) for v in meta.values()):
-        raise InputError(f"{folder / MANIFEST}: field 'state_metadata' must map module paths to versions")
+        raise InputError(
+            f"{folder / MANIFEST}: field 'state_metadata' must map module paths to versions"
+        )
     state._metadata = OrderedDict((k, {"version": v}) for k, v in meta.items())
     return state
 
@@ -176,10 +195,15 @@ def _weights(folder: Path, manifest: dict) -> OrderedDict:
 def _match_dtypes(model: nn.Module, state: dict) -> None:
     """Give each floating tensor of the rebuilt model the dtype it was saved in (a bfloat16
     model loads as bfloat16); ``.data`` keeps tied parameters tied."""
-    tensors = dict(model.named_parameters(remove_duplicate=False)) | \
-        dict(model.named_buffers(remove_duplicate=False))
+    tensors = dict(model.named_parameters(remove_duplicate=False)) | dict(
+        model.named_buffers(remove_duplicate=False)
+    )
     for name, t in tensors.items():
         saved = state.get(name)
-        if saved is not None and t.is_floating_point() and saved.is_floating_point() \
-                and t.dtype != saved.dtype:
+        if (
+            saved is not None
+            and t.is_floating_point()
+            and saved.is_floating_point()
+            and t.dtype != saved.dtype
+        ):
             t.data = t.data.to(saved.dtype)

@@ -4,6 +4,7 @@
 plain-PyTorch reference. ``PLUGINEDIT_BACKEND=torch|triton|csrc`` (or ``backend=`` on a call)
 forces one; forcing a backend that cannot run is an error, never a silent fallback.
 """
+
 from __future__ import annotations
 
 # One module per op: each registers its backends (torch always; csrc, triton where present).

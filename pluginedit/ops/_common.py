@@ -1,4 +1,5 @@
 """Shared helpers of the statistics ops."""
+
 from __future__ import annotations
 
 import math

@@ -1,5 +1,6 @@
 """Which optional backends exist here: the compiled C++ extension (``pluginedit._C``, built by
 setup.py from csrc/; never required: one warning if it is not built) and triton."""
+
 from __future__ import annotations
 
 import importlib
@@ -17,16 +18,24 @@ def _load() -> bool:
     except ImportError:
         built = False
     if not built:
-        warnings.warn("pluginedit: the C++ extension (pluginedit._C) is not built; the statistics ops use "
-                      "the PyTorch reference (and Triton on CUDA). Build it with "
-                      "`pip install --no-build-isolation -e .`", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            "pluginedit: the C++ extension (pluginedit._C) is not built; the statistics ops use "
+            "the PyTorch reference (and Triton on CUDA). Build it with "
+            "`pip install --no-build-isolation -e .`",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         return False
     try:
         importlib.import_module(EXTENSION)
     except ImportError as e:
-        warnings.warn(f"pluginedit: the C++ extension (pluginedit._C) is built but does not load ({e}); the "
-                      "statistics ops use the PyTorch reference (and Triton on CUDA). Rebuild it with "
-                      "`pip install --no-build-isolation -e .`", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"pluginedit: the C++ extension (pluginedit._C) is built but does not load ({e}); the "
+            "statistics ops use the PyTorch reference (and Triton on CUDA). Rebuild it with "
+            "`pip install --no-build-isolation -e .`",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         return False
     return True
 

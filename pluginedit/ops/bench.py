@@ -5,6 +5,7 @@
 * GPU (when CUDA is available): ``triton.testing.do_bench`` timings of the Triton kernels with
   GB/s and % of the device's memory bandwidth (K2), TFLOP/s and % of peak (K3), against the
   PyTorch reference and, for K3, unfold + torch.matmul."""
+
 from __future__ import annotations
 
 import platform
@@ -27,13 +28,17 @@ PEAKS = {
 
 # ResNet-50 activation shapes (batch 256 on GPU): the outputs of the four stages.
 K2_GPU_SHAPES = [(256, 256, 56, 56), (256, 512, 28, 28), (256, 1024, 14, 14), (256, 2048, 7, 7)]
-K3_GPU_CASES = [("conv3x3 64x64x56x56", (64, 64, 56, 56), dict(kernel_size=3, padding=1)),
-                ("conv3x3 64x256x14x14", (64, 256, 14, 14), dict(kernel_size=3, padding=1)),
-                ("conv1x1 64x1024x14x14", (64, 1024, 14, 14), dict(kernel_size=1)),
-                ("linear 65536x1024", (65536, 1024), None)]
+K3_GPU_CASES = [
+    ("conv3x3 64x64x56x56", (64, 64, 56, 56), dict(kernel_size=3, padding=1)),
+    ("conv3x3 64x256x14x14", (64, 256, 14, 14), dict(kernel_size=3, padding=1)),
+    ("conv1x1 64x1024x14x14", (64, 1024, 14, 14), dict(kernel_size=1)),
+    ("linear 65536x1024", (65536, 1024), None),
+]
 K2_CPU_SHAPES = [(32, 64, 56, 56), (64, 256, 14, 14)]
-K3_CPU_CASES = [("conv3x3 8x64x14x14", (8, 64, 14, 14), dict(kernel_size=3, padding=1)),
-                ("linear 4096x512", (4096, 512), None)]
+K3_CPU_CASES = [
+    ("conv3x3 8x64x14x14", (8, 64, 14, 14), dict(kernel_size=3, padding=1)),
+    ("linear 4096x512", (4096, 512), None),
+]
 
 
 def device_name(device: str) -> str:
@@ -66,6 +71,7 @@ def best_seconds(fn, reps: int = 3, warmup: bool = True) -> float:
 
 def cuda_seconds(fn) -> float:
     from triton.testing import do_bench
+
     return do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e-3
 
 
@@ -75,31 +81,53 @@ def cpu_suite(rows: list[dict]) -> None:
     for shape in K2_CPU_SHAPES:
         x = torch.randn(shape, generator=g)
         lab = torch.randint(0, 10, (shape[0],), generator=g)
-        times = {b: best_seconds(lambda b=b: call("class_moments", x, lab, 10, 0.05, backend=b))
-                 for b in backends}
+        times = {
+            b: best_seconds(lambda b=b: call("class_moments", x, lab, 10, 0.05, backend=b))
+            for b in backends
+        }
         for b, t in times.items():
-            rows.append(dict(op="K2 class_moments", case="x".join(map(str, shape)) + " fp32", backend=b,
-                             ms=t * 1e3, gbps=x.numel() * 4 / t / 1e9,
-                             speedup=times["torch"] / t))
+            rows.append(
+                dict(
+                    op="K2 class_moments",
+                    case="x".join(map(str, shape)) + " fp32",
+                    backend=b,
+                    ms=t * 1e3,
+                    gbps=x.numel() * 4 / t / 1e9,
+                    speedup=times["torch"] / t,
+                )
+            )
     for case, shape, kw in K3_CPU_CASES:
         x = torch.randn(shape, generator=g)
-        times = {b: best_seconds(lambda b=b: call("gram", x, **(kw or {}), backend=b)) for b in backends}
+        times = {
+            b: best_seconds(lambda b=b: call("gram", x, **(kw or {}), backend=b)) for b in backends
+        }
         m, d = rows_and_width(x, kw)
         for b, t in times.items():
-            rows.append(dict(op="K3 gram", case=case + " fp32", backend=b, ms=t * 1e3,
-                             tflops=2 * m * d * d / t / 1e12, speedup=times["torch"] / t))
+            rows.append(
+                dict(
+                    op="K3 gram",
+                    case=case + " fp32",
+                    backend=b,
+                    ms=t * 1e3,
+                    tflops=2 * m * d * d / t / 1e12,
+                    speedup=times["torch"] / t,
+                )
+            )
 
 
 def rows_and_width(x, kw) -> tuple[int, int]:
     if kw is None:
         return x.reshape(-1, x.shape[-1]).shape[0], x.shape[-1]
-    return _conv_rows(x, kw["kernel_size"], kw.get("stride", 1), kw.get("padding", 0), kw.get("dilation", 1))
+    return _conv_rows(
+        x, kw["kernel_size"], kw.get("stride", 1), kw.get("padding", 0), kw.get("dilation", 1)
+    )
 
 
 def gpu_suite(rows: list[dict], dtypes=(torch.bfloat16, torch.float32)) -> None:
     """Triton vs the PyTorch reference on CUDA (and unfold + matmul for K3)."""
     from ..triton_kernels import class_moments as triton_class_moments
     from ..triton_kernels import gram as triton_gram
+
     peaks = peaks_of(torch.cuda.get_device_name())
     for dtype in dtypes:
         dname = str(dtype).split(".")[-1]
@@ -107,11 +135,17 @@ def gpu_suite(rows: list[dict], dtypes=(torch.bfloat16, torch.float32)) -> None:
             x = torch.randn(shape, device="cuda", dtype=dtype).to(memory_format=torch.channels_last)
             lab = torch.randint(0, 1000, (shape[0],), device="cuda")
             nbytes = x.numel() * x.element_size()
-            provs = {"triton": lambda: triton_class_moments.class_moments(x, lab, 1000, 0.05),
-                     "triton-atomic": lambda: triton_class_moments.class_moments(x, lab, 1000, 0.05, deterministic=False),
-                     "torch": lambda: reference.class_moments(x, lab, 1000, 0.05)}
+            provs = {
+                "triton": lambda: triton_class_moments.class_moments(x, lab, 1000, 0.05),
+                "triton-atomic": lambda: triton_class_moments.class_moments(
+                    x, lab, 1000, 0.05, deterministic=False
+                ),
+                "torch": lambda: reference.class_moments(x, lab, 1000, 0.05),
+            }
             if torch.ops.pluginedit is not None and "csrc" in available("class_moments"):
-                provs["cuda-csrc"] = lambda: torch.ops.pluginedit.class_moments(x, lab, 1000, 0.05, None)
+                provs["cuda-csrc"] = lambda: torch.ops.pluginedit.class_moments(
+                    x, lab, 1000, 0.05, None
+                )
             times = {}
             for p, fn in provs.items():
                 try:
@@ -120,33 +154,53 @@ def gpu_suite(rows: list[dict], dtypes=(torch.bfloat16, torch.float32)) -> None:
                     print(f"  skipped {p}: {e}")
             for p, t in times.items():
                 bw = nbytes / t
-                rows.append(dict(op="K2 class_moments", case="x".join(map(str, shape)) + f" {dname} NHWC",
-                                 backend=p, ms=t * 1e3, gbps=bw / 1e9,
-                                 pct_peak=100 * bw / peaks["hbm"] if peaks else None,
-                                 speedup=times["torch"] / t))
+                rows.append(
+                    dict(
+                        op="K2 class_moments",
+                        case="x".join(map(str, shape)) + f" {dname} NHWC",
+                        backend=p,
+                        ms=t * 1e3,
+                        gbps=bw / 1e9,
+                        pct_peak=100 * bw / peaks["hbm"] if peaks else None,
+                        speedup=times["torch"] / t,
+                    )
+                )
         for case, shape, kw in K3_GPU_CASES:
             x = torch.randn(shape, device="cuda", dtype=dtype)
             m, d = rows_and_width(x, kw)
             flops = 2 * m * d * d  # as the full matmul P^T P would do; the kernel does ~half
 
             def unfold_matmul():
-                rows_ = x.reshape(-1, x.shape[-1]) if kw is None else reference._patches(
-                    x, kw["kernel_size"], 1, kw.get("padding", 0), 1)
+                rows_ = (
+                    x.reshape(-1, x.shape[-1])
+                    if kw is None
+                    else reference._patches(x, kw["kernel_size"], 1, kw.get("padding", 0), 1)
+                )
                 return rows_.T @ rows_, rows_.sum(0)
 
-            provs = {"unfold+matmul": unfold_matmul,
-                     "torch": lambda: reference.gram(x, **(kw or {}))}
+            provs = {
+                "unfold+matmul": unfold_matmul,
+                "torch": lambda: reference.gram(x, **(kw or {})),
+            }
             precs = ["tf32x3", "tf32", "ieee"] if dtype == torch.float32 else ["tf32x3"]
             for prec in precs:
-                provs[f"triton-{prec}" if dtype == torch.float32 else "triton"] = (
-                    lambda prec=prec: triton_gram.gram(x, **(kw or {}), precision=prec))
+                provs[f"triton-{prec}" if dtype == torch.float32 else "triton"] = lambda prec=prec: (
+                    triton_gram.gram(x, **(kw or {}), precision=prec)
+                )
             times = {p: cuda_seconds(fn) for p, fn in provs.items()}
             peak_kind = "tf32" if dtype == torch.float32 else dname
             for p, t in times.items():
-                rows.append(dict(op="K3 gram", case=f"{case} {dname}", backend=p, ms=t * 1e3,
-                                 tflops=flops / t / 1e12,
-                                 pct_peak=100 * flops / t / peaks[peak_kind] if peaks else None,
-                                 speedup=times["unfold+matmul"] / t))
+                rows.append(
+                    dict(
+                        op="K3 gram",
+                        case=f"{case} {dname}",
+                        backend=p,
+                        ms=t * 1e3,
+                        tflops=flops / t / 1e12,
+                        pct_peak=100 * flops / t / peaks[peak_kind] if peaks else None,
+                        speedup=times["unfold+matmul"] / t,
+                    )
+                )
 
 
 def _format(v, spec):
@@ -158,6 +212,8 @@ def print_table(rows: list[dict]) -> None:
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['op']:17} {r['case']:32} {r['backend']:14} {r['ms']:9.3f} {_format(r.get('gbps'), '8.1f'):>8} "
-              f"{_format(r.get('tflops'), '8.3f'):>8} {_format(r.get('pct_peak'), '6.1f'):>6} "
-              f"{_format(r.get('speedup'), '7.2f') + 'x':>8}")
+        print(
+            f"{r['op']:17} {r['case']:32} {r['backend']:14} {r['ms']:9.3f} {_format(r.get('gbps'), '8.1f'):>8} "
+            f"{_format(r.get('tflops'), '8.3f'):>8} {_format(r.get('pct_peak'), '6.1f'):>6} "
+            f"{_format(r.get('speedup'), '7.2f') + 'x':>8}"
+        )

@@ -1,5 +1,6 @@
 """``channel_moments``: per-class count, mean and M2 of every channel (ChannelMoments).
 The plain-PyTorch reference and its torch.library op (with fake) for torch.compile."""
+
 from __future__ import annotations
 
 import torch
@@ -20,16 +21,21 @@ def channel_moments(x: torch.Tensor, labels: torch.Tensor, num_classes: int):
     n, c, length = v.shape
     k = num_classes
     count = torch.zeros(k, dtype=torch.float64, device=x.device).index_add_(
-        0, labels, torch.full((n,), float(length), dtype=torch.float64, device=x.device))
+        0, labels, torch.full((n,), float(length), dtype=torch.float64, device=x.device)
+    )
     sums = torch.zeros(k, c, dtype=torch.float64, device=x.device).index_add_(0, labels, v.sum(2))
     mean = sums / count.clamp_min(1).unsqueeze(1)
     dev = v - mean[labels].unsqueeze(2)
-    m2 = torch.zeros(k, c, dtype=torch.float64, device=x.device).index_add_(0, labels, dev.square().sum(2))
+    m2 = torch.zeros(k, c, dtype=torch.float64, device=x.device).index_add_(
+        0, labels, dev.square().sum(2)
+    )
     return count, mean, m2
 
 
 @torch.library.custom_op("pluginedit::channel_moments_ref", mutates_args=())
-def channel_moments_op(x: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def channel_moments_op(
+    x: torch.Tensor, labels: torch.Tensor, num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return channel_moments(x, labels, num_classes)
 
 

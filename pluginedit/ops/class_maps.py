@@ -1,5 +1,6 @@
 """``class_maps`` (S1): per-class sums of whole activation maps (ClassMaps, TVSPrune).
 The plain-PyTorch reference and its torch.library op (with fake)."""
+
 from __future__ import annotations
 
 import math
@@ -26,13 +27,18 @@ def class_maps(x: torch.Tensor, labels: torch.Tensor, num_classes: int, full: bo
     counts = zeros(k).index_add_(0, labels, torch.ones(n, dtype=torch.float64, device=x.device))
     sums = zeros(k, c, length).index_add_(0, labels, v)
     squares = zeros(k, c, length).index_add_(0, labels, v.square())
-    outer = zeros(k, c, length, length).index_add_(0, labels, v.unsqueeze(3) * v.unsqueeze(2)) if full else None
+    outer = (
+        zeros(k, c, length, length).index_add_(0, labels, v.unsqueeze(3) * v.unsqueeze(2))
+        if full
+        else None
+    )
     return counts, sums, squares, outer
 
 
 @torch.library.custom_op("pluginedit::class_maps_ref", mutates_args=())
-def class_maps_op(x: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                  full: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def class_maps_op(
+    x: torch.Tensor, labels: torch.Tensor, num_classes: int, full: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Like ``class_maps``; ``outer`` is an empty [K, C, 0, 0] tensor when not ``full``."""
     counts, sums, squares, outer = class_maps(x, labels, num_classes, full)
     if outer is None:
@@ -45,5 +51,9 @@ def _(x, labels, num_classes, full=False):
     k, c, length = num_classes, x.shape[1], math.prod(x.shape[2:])
     f = dict(dtype=torch.float64, device=x.device)
     m = length if full else 0
-    return (x.new_empty((k,), **f), x.new_empty((k, c, length), **f), x.new_empty((k, c, length), **f),
-            x.new_empty((k, c, m, m), **f))
+    return (
+        x.new_empty((k,), **f),
+        x.new_empty((k, c, length), **f),
+        x.new_empty((k, c, length), **f),
+        x.new_empty((k, c, m, m), **f),
+    )

@@ -1,6 +1,7 @@
 """``class_moments`` (K2): per-class power sums of the witness features (ClassMoments).
 The plain-PyTorch reference with its torch.library op and fake; the compiled csrc op's fake
 and dispatch entry; the Triton launcher's dispatch entry."""
+
 from __future__ import annotations
 
 import torch
@@ -15,8 +16,13 @@ WITNESS_FEATURES = ("s", "s2", "s3", "s4", "e", "e2")
 
 
 @register("class_moments", "torch")
-def class_moments(x: torch.Tensor, labels: torch.Tensor, num_classes: int, gamma: float = 1.0,
-                  shift: torch.Tensor | None = None):
+def class_moments(
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    gamma: float = 1.0,
+    shift: torch.Tensor | None = None,
+):
     """K2. Per-class power sums of the witness features of one batch.
 
     x [N, C, *spatial] (any float dtype, any memory format), labels [N] int64 in [0, K).
@@ -30,17 +36,23 @@ def class_moments(x: torch.Tensor, labels: torch.Tensor, num_classes: int, gamma
     if shift is not None:
         s = s - shift.double().to(s.device)
     e = torch.exp(-gamma * v.square().sum(2).sqrt())
-    feats = torch.stack([s, s ** 2, s ** 3, s ** 4, e, e ** 2], dim=2)            # [N, C, 6]
+    feats = torch.stack([s, s**2, s**3, s**4, e, e**2], dim=2)  # [N, C, 6]
     k, (n, c, p) = num_classes, feats.shape
     sums = torch.zeros(k, c, p, dtype=torch.float64, device=x.device).index_add_(0, labels, feats)
     counts = torch.zeros(k, dtype=torch.float64, device=x.device).index_add_(
-        0, labels, torch.ones(n, dtype=torch.float64, device=x.device))
+        0, labels, torch.ones(n, dtype=torch.float64, device=x.device)
+    )
     return counts, sums
 
 
 @torch.library.custom_op("pluginedit::class_moments_ref", mutates_args=())
-def class_moments_op(x: torch.Tensor, labels: torch.Tensor, num_classes: int, gamma: float = 1.0,
-                     shift: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def class_moments_op(
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    gamma: float = 1.0,
+    shift: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     return class_moments(x, labels, num_classes, gamma, shift)
 
 
@@ -58,6 +70,7 @@ if _csrc.LOADED:
     def class_moments_csrc(x, labels, num_classes, gamma=1.0, shift=None):
         """float64 (counts [K], sums [K, C, 6]); deterministic for any thread count."""
         return torch.ops.pluginedit.class_moments(x, labels, int(num_classes), float(gamma), shift)
+
 
 if _csrc.TRITON:
     from ..triton_kernels import class_moments as triton_class_moments

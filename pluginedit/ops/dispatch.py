@@ -1,5 +1,6 @@
 """The dispatch table behind ``pluginedit.ops``: each op module registers its backends here, and
 ``resolve`` picks one per call (see the package docstring for the rule)."""
+
 from __future__ import annotations
 
 import os
@@ -21,6 +22,7 @@ def register(op: str, backend: str):
     def deco(fn):
         _ops.setdefault(op, {})[backend] = fn
         return fn
+
     return deco
 
 
@@ -44,7 +46,8 @@ def resolve(op: str, tensor: torch.Tensor, backend: str | None = None) -> tuple[
     if choice not in impls:
         raise RuntimeError(
             f"backend {choice!r} cannot run op {op!r} here (available: {sorted(impls)}); "
-            f"unset {ENV} or pick another backend")
+            f"unset {ENV} or pick another backend"
+        )
     return choice, impls[choice]
 
 

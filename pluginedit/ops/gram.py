@@ -1,6 +1,7 @@
 """``gram`` (K3): the Gram of a linear layer's input rows or of a conv's unfolded patches (Gram).
 The plain-PyTorch reference with its torch.library op and fake; the compiled csrc op's fake and
 dispatch entry; the Triton launcher's dispatch entry."""
+
 from __future__ import annotations
 
 import torch
@@ -11,7 +12,9 @@ from .dispatch import register
 
 def _patches(x: torch.Tensor, kernel_size, stride, padding, dilation) -> torch.Tensor:
     """[N, C, H, W] -> patch rows [N * L, C * kh * kw] in conv-weight order (c, kh, kw)."""
-    cols = torch.nn.functional.unfold(x, kernel_size, dilation=dilation, padding=padding, stride=stride)
+    cols = torch.nn.functional.unfold(
+        x, kernel_size, dilation=dilation, padding=padding, stride=stride
+    )
     return cols.transpose(1, 2).reshape(-1, cols.shape[1])
 
 
@@ -34,9 +37,14 @@ def gram(x: torch.Tensor, kernel_size=None, stride=1, padding=0, dilation=1, chu
         s = rows.sum(0) if s is None else s + rows.sum(0)
         n += rows.shape[0]
     if g is None:  # empty batch
-        d = x.shape[1] * (kernel_size[0] * kernel_size[1] if isinstance(kernel_size, tuple) else kernel_size ** 2)
-        return (torch.zeros(d, d, dtype=torch.float64, device=x.device),
-                torch.zeros(d, dtype=torch.float64, device=x.device), 0)
+        d = x.shape[1] * (
+            kernel_size[0] * kernel_size[1] if isinstance(kernel_size, tuple) else kernel_size**2
+        )
+        return (
+            torch.zeros(d, d, dtype=torch.float64, device=x.device),
+            torch.zeros(d, dtype=torch.float64, device=x.device),
+            0,
+        )
     return g, s, n
 
 
@@ -56,8 +64,13 @@ def _conv_rows(x: torch.Tensor, kernel_size, stride, padding, dilation) -> tuple
 
 
 @torch.library.custom_op("pluginedit::gram_ref", mutates_args=())
-def gram_op(x: torch.Tensor, kernel_size: list[int], stride: list[int], padding: list[int],
-            dilation: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def gram_op(
+    x: torch.Tensor,
+    kernel_size: list[int],
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(G, s) of the reference in float64; ``kernel_size=[]`` means a linear input."""
     if not kernel_size:
         g, s, _ = gram(x)
@@ -77,6 +90,7 @@ def _(x, kernel_size, stride, padding, dilation):
 
 
 if _csrc.LOADED:
+
     @torch.library.register_fake("pluginedit::gram")
     def _gram_csrc_fake(x, kernel_size, stride, padding, dilation):
         d = _width(x, kernel_size)
@@ -88,9 +102,11 @@ if _csrc.LOADED:
         if kernel_size is None:
             g, s = torch.ops.pluginedit.gram(x, [], [], [], [])
             return g, s, x.reshape(-1, x.shape[-1]).shape[0]
-        g, s = torch.ops.pluginedit.gram(x, _ints(kernel_size, 1), _ints(stride, 1),
-                                         _ints(padding, 0), _ints(dilation, 1))
+        g, s = torch.ops.pluginedit.gram(
+            x, _ints(kernel_size, 1), _ints(stride, 1), _ints(padding, 0), _ints(dilation, 1)
+        )
         return g, s, _conv_rows(x, kernel_size, stride, padding, dilation)[0]
+
 
 if _csrc.TRITON:
     from ..triton_kernels import gram as triton_gram

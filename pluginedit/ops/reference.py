@@ -1,5 +1,6 @@
 """Every plain-PyTorch reference in one namespace (each lives beside its op in ops/<op>.py):
 what the Triton and csrc kernels are tested against."""
+
 from ._common import _as_nc_l  # noqa: F401
 from .channel_moments import channel_moments  # noqa: F401
 from .class_maps import class_maps  # noqa: F401

@@ -13,13 +13,16 @@ Two families (ALGORITHMS.md §2.3, §3.1-3.2):
 Degenerate inputs have defined values: a witness with zero mean difference scores 0 (even with
 zero variance), and a zero-variance witness with a nonzero difference scores 1.
 """
+
 from __future__ import annotations
 
 import torch
 
 from ..core.errors import InputError
 
-RIDGE = 1e-4   # relative to the mean diagonal; only makes linear-witness bounds smaller, never invalid
+RIDGE = (
+    1e-4  # relative to the mean diagonal; only makes linear-witness bounds smaller, never invalid
+)
 
 
 def _check(*tensors: torch.Tensor) -> None:
@@ -36,6 +39,7 @@ def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- witness bounds (§3.1-3.2)
+
 
 def witness_bound(delta: torch.Tensor, var_p: torch.Tensor, var_q: torch.Tensor) -> torch.Tensor:
     """(W1): TV >= D^2 / (D^2 + 2 (v_P + v_Q)) for a scalar witness with mean difference D."""
@@ -69,8 +73,9 @@ def _ridged(cov: torch.Tensor, ridge: float) -> torch.Tensor:
     return cov + ridge * diag_mean.unsqueeze(-1) * eye
 
 
-def fisher_value(delta: torch.Tensor, cov_p: torch.Tensor, cov_q: torch.Tensor,
-                 ridge: float = RIDGE) -> torch.Tensor:
+def fisher_value(
+    delta: torch.Tensor, cov_p: torch.Tensor, cov_q: torch.Tensor, ridge: float = RIDGE
+) -> torch.Tensor:
     """F = d^T (S_P + S_Q + ridge)^-1 d, batched over leading dims; d [..., n], S [..., n, n]."""
     _check(delta, cov_p, cov_q)
     delta, m = _scaled(delta, cov_p + cov_q)
@@ -105,11 +110,11 @@ def mpm_direction(delta, cov_p, cov_q, iters: int = 100, ridge: float = RIDGE) -
     # Orthogonal complement of d: the last n-1 columns of a QR of [d, I].
     eye = torch.eye(n, dtype=delta.dtype, device=delta.device).expand(*delta.shape[:-1], n, n)
     q, _ = torch.linalg.qr(torch.cat([delta.unsqueeze(-1), eye], -1))
-    basis = q[..., 1:n]                                                   # [..., n, n-1]
+    basis = q[..., 1:n]  # [..., n, n-1]
     ap, aq = sp @ basis, sq @ basis
     bp, bq = (sp @ w0.unsqueeze(-1)), (sq @ w0.unsqueeze(-1))
     beta = eta = torch.ones_like(delta[..., :1]).unsqueeze(-1)
-    u = torch.zeros_like(basis[..., :1, :]).transpose(-1, -2)             # [..., n-1, 1]
+    u = torch.zeros_like(basis[..., :1, :]).transpose(-1, -2)  # [..., n-1, 1]
     for _ in range(iters):
         lhs = ap.transpose(-1, -2) @ ap / beta + aq.transpose(-1, -2) @ aq / eta
         rhs = -(ap.transpose(-1, -2) @ bp / beta + aq.transpose(-1, -2) @ bq / eta)
@@ -154,7 +159,7 @@ def robust_fisher_value(mean_p, mean_q, cov_p, cov_q, radius: float = 0.05, iter
     for _ in range(iters):
         lam = (lo + hi) / 2
         dist2 = ((a * c) / (a + lam.unsqueeze(-1))).square().sum(-1)
-        too_far = dist2 > r.square()          # moved less than allowed: lam too small
+        too_far = dist2 > r.square()  # moved less than allowed: lam too small
         lo, hi = torch.where(too_far, lam, lo), torch.where(too_far, hi, lam)
     lam = hi.unsqueeze(-1)
     value = (a * (lam * c / (a + lam)).square()).sum(-1)
@@ -167,6 +172,7 @@ def robust_fisher_bound(mean_p, mean_q, cov_p, cov_q, radius: float = 0.05) -> t
 
 
 # ---------------------------------------------------------------- Gaussian Hellinger (§2.3)
+
 
 def hellinger_from_neglog(neglog_bc: torch.Tensor) -> torch.Tensor:
     """TV >= H^2 = 1 - BC = 1 - exp(-(-log BC))."""
@@ -212,11 +218,14 @@ def neglog_bc_full(mean_p, cov_p, mean_q, cov_q, ridge: float = RIDGE) -> torch.
     lm = torch.linalg.cholesky(cm)
     d = (mean_p - mean_q).unsqueeze(-1)
     maha = (d * torch.cholesky_solve(d, lm)).sum((-1, -2))
-    logdet = lambda c: 2 * torch.log(torch.diagonal(torch.linalg.cholesky(c), dim1=-2, dim2=-1)).sum(-1)  # noqa: E731
+    logdet = lambda c: (
+        2 * torch.log(torch.diagonal(torch.linalg.cholesky(c), dim1=-2, dim2=-1)).sum(-1)
+    )  # noqa: E731
     return (maha / 8 + 0.5 * logdet(cm) - 0.25 * logdet(cp) - 0.25 * logdet(cq)).clamp_min(0)
 
 
 # ---------------------------------------------------------------- aggregation and LDIFF
+
 
 def pairs(num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Index tensors (i, j) of the K(K-1)/2 class pairs i < j."""

@@ -7,6 +7,7 @@ no C x C system). ``lds`` evaluates attributions on fresh masks: per example, th
 correlation between predicted and actual margins. The ``coar`` scorer turns attributions into
 per-component importance for pruning (mean |w| over the calibration examples, or the signed mean).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,12 +28,19 @@ from ..stats.distributed import is_main, world
 from .masks import component_slices, keep_gradients, keep_masks, margins, masked_outputs
 
 
-def labelled(model, data, num_classes: int | None, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def labelled(
+    model, data, num_classes: int | None, n: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``n`` (all when None) examples of labelled ``data`` as (x, y) tensors on the
     model's device, read through ``capture.batches`` (finite inputs, labels in range)."""
     xs, ys = [], []
-    for x, y in batches(model, data, num_classes, batch_size=512 if n is None else max(1, min(n, 512)),
-                        max_samples=n):
+    for x, y in batches(
+        model,
+        data,
+        num_classes,
+        batch_size=512 if n is None else max(1, min(n, 512)),
+        max_samples=n,
+    ):
         xs.append(x)
         ys.append(y)
     if not ys:
@@ -44,8 +52,12 @@ def masked_margins(model, x, y, slices, masks, chunk: int) -> torch.Tensor:
     """[M, N] margins for every mask, ``chunk`` masks per forward pass."""
     dev = model_device(model)
     x, y = batch_to(x, dev), y.to(dev)
-    return torch.cat([margins(masked_outputs(model, x, slices, masks[i:i + chunk]), y).float().cpu()
-                      for i in range(0, masks.shape[0], chunk)])
+    return torch.cat(
+        [
+            margins(masked_outputs(model, x, slices, masks[i : i + chunk]), y).float().cpu()
+            for i in range(0, masks.shape[0], chunk)
+        ]
+    )
 
 
 def gradient_prior(model, x, y, slices, points: int, alpha: float, seed: int) -> torch.Tensor:
@@ -57,8 +69,8 @@ def gradient_prior(model, x, y, slices, points: int, alpha: float, seed: int) ->
     if points == 0:
         return keep_gradients(model, x, y, slices, torch.ones(n, c)).T.cpu().double()
     total, comm = torch.zeros(n, c, dtype=torch.float64), world()
-    for p in range(points):      # every example at its own mask; stream disjoint from estimation's
-        if comm is None or comm.mine(p):      # points shared out over the ranks
+    for p in range(points):  # every example at its own mask; stream disjoint from estimation's
+        if comm is None or comm.mine(p):  # points shared out over the ranks
             keep = keep_masks(seed + 7_919, p * n, n, c, alpha)
             total += keep_gradients(model, x, y, slices, keep).cpu().double()
     total = comm.sum({"t": total})["t"] if comm is not None else total
@@ -84,8 +96,8 @@ def chord_prior(model, x, y, slices, points: int, alpha: float, seed: int) -> to
     total = torch.zeros(n, c, dtype=torch.float64)
     count = torch.zeros(n, c, dtype=torch.float64)
     comm = world()
-    for p in range(points):       # every rank draws every point; it differentiates its share
-        if p % groups == 0:       # a fresh partition per cycle: no fixed co-probed components
+    for p in range(points):  # every rank draws every point; it differentiates its share
+        if p % groups == 0:  # a fresh partition per cycle: no fixed co-probed components
             group = torch.rand(n, c, generator=g).argsort(1).argsort(1) % groups
         probe = group == p % groups
         u = (torch.randint(0, 2, (n, c), generator=g) + torch.rand(n, c, generator=g)) / 2
@@ -104,6 +116,7 @@ PRIORS = {"grad": gradient_prior, "chord": chord_prior}
 class Attributions:
     """w [C, N] (w_c > 0: keeping component c raises the example's margin), b [N], the
     component layout ``slices`` [(path, first, width)] and how they were estimated."""
+
     w: torch.Tensor
     b: torch.Tensor
     slices: list
@@ -121,7 +134,9 @@ def _check(estimator: str, prior: str, n_masks: int, folds: int) -> None:
     if n_masks == 0 and prior == "none":
         raise InputError("COAR with masks=0 needs a prior (chord or grad)")
     if 0 < n_masks < max(2, folds):
-        raise InputError(f"COAR needs 0 masks (prior alone) or at least max(2, folds) = {max(2, folds)}, got {n_masks}")
+        raise InputError(
+            f"COAR needs 0 masks (prior alone) or at least max(2, folds) = {max(2, folds)}, got {n_masks}"
+        )
 
 
 def _resume(path, sums: AblationSums, meta: dict):
@@ -143,12 +158,17 @@ def _checkpoint(path, sums: AblationSums, prior, meta: dict) -> None:
         return
     tensors = dict(sums.state_dict()) | ({"prior": prior} if prior is not None else {})
     tmp = Path(str(path) + ".tmp")
-    save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp),
-              metadata={k: str(v) for k, v in meta.items()})
-    tmp.replace(path)     # atomic: a killed run resumes from the last complete block
+    save_file(
+        {k: v.contiguous().cpu() for k, v in tensors.items()},
+        str(tmp),
+        metadata={k: str(v) for k, v in meta.items()},
+    )
+    tmp.replace(path)  # atomic: a killed run resumes from the last complete block
 
 
-def _block(model, x, y, slices, p, sums: AblationSums, n_masks, seed, alpha, chunk, block) -> AblationSums:
+def _block(
+    model, x, y, slices, p, sums: AblationSums, n_masks, seed, alpha, chunk, block
+) -> AblationSums:
     """The sums of the next ``block`` masks. Under torch.distributed the block's ``chunk``-mask
     forwards are shared out over the ranks (chunk j to rank j mod world size; masks regenerate
     from their index) and the block's sums all-reduced."""
@@ -166,9 +186,23 @@ def _block(model, x, y, slices, p, sums: AblationSums, n_masks, seed, alpha, chu
 
 
 @torch.no_grad()
-def estimate(model, x, y, paths: list[str], n_masks: int = 1000, alpha: float = 0.05, seed: int = 0,
-             estimator: str = "ridge", prior: str = "chord", prior_points: int = 80, ridge: float | None = None,
-             folds: int = 5, chunk: int = 16, block: int = 256, resume=None) -> Attributions:
+def estimate(
+    model,
+    x,
+    y,
+    paths: list[str],
+    n_masks: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+    estimator: str = "ridge",
+    prior: str = "chord",
+    prior_points: int = 80,
+    ridge: float | None = None,
+    folds: int = 5,
+    chunk: int = 16,
+    block: int = 256,
+    resume=None,
+) -> Attributions:
     """COAR attributions of the ``N`` examples ``(x, y)`` over the components of ``paths``.
 
     A prior p [C, N] comes first: ``chord`` (``chord_prior``, the fewer-evaluations estimator,
@@ -186,23 +220,48 @@ def estimate(model, x, y, paths: list[str], n_masks: int = 1000, alpha: float = 
         c = sum(w for _, _, w in slices)
         gram = estimator != "diffmeans"
         sums = AblationSums(c, len(y), gram=gram, folds=folds if gram else 1)
-        meta = {"seed": seed, "alpha": alpha, "components": c, "examples": len(y), "prior": prior,
-                "prior_points": prior_points, "gram": gram, "folds": sums.folds}
+        meta = {
+            "seed": seed,
+            "alpha": alpha,
+            "components": c,
+            "examples": len(y),
+            "prior": prior,
+            "prior_points": prior_points,
+            "gram": gram,
+            "folds": sums.folds,
+        }
         p = _resume(resume, sums, meta)
         if p is None:
-            p = (PRIORS[prior](model, x, y, slices, prior_points, alpha, seed) if prior != "none"
-                 else torch.zeros(c, len(y), dtype=torch.float64))
+            p = (
+                PRIORS[prior](model, x, y, slices, prior_points, alpha, seed)
+                if prior != "none"
+                else torch.zeros(c, len(y), dtype=torch.float64)
+            )
         while sums.masks_seen < n_masks:
             sums.merge(_block(model, x, y, slices, p, sums, n_masks, seed, alpha, chunk, block))
             if is_main():
                 _checkpoint(resume, sums, p, meta)
     if sums.masks_seen == 0:
-        w, b, info = torch.zeros_like(p), torch.zeros(len(y), dtype=torch.float64), {"estimator": "prior only"}
+        w, b, info = (
+            torch.zeros_like(p),
+            torch.zeros(len(y), dtype=torch.float64),
+            {"estimator": "prior only"},
+        )
     else:
         w, b, info = solve(sums, estimator, ridge)
-    grad_passes = 0 if prior == "none" else max(prior_points, 1) * 3   # forward + backward ~ 3 forwards
-    info = {"estimator": estimator} | info | {"prior": prior, "masks": sums.masks_seen, "alpha": alpha,
-             "forward_equivalents_per_example": sums.masks_seen + grad_passes}
+    grad_passes = (
+        0 if prior == "none" else max(prior_points, 1) * 3
+    )  # forward + backward ~ 3 forwards
+    info = (
+        {"estimator": estimator}
+        | info
+        | {
+            "prior": prior,
+            "masks": sums.masks_seen,
+            "alpha": alpha,
+            "forward_equivalents_per_example": sums.masks_seen + grad_passes,
+        }
+    )
     return Attributions((w + p).float(), b.float(), slices, info)
 
 
@@ -221,13 +280,21 @@ def solve(sums: AblationSums, estimator: str, ridge: float | None):
 
 
 @torch.no_grad()
-def lds(model, x, y, att: Attributions, n_masks: int = 200, alpha: float = 0.05, seed: int = 10_000,
-        chunk: int = 16) -> torch.Tensor:
+def lds(
+    model,
+    x,
+    y,
+    att: Attributions,
+    n_masks: int = 200,
+    alpha: float = 0.05,
+    seed: int = 10_000,
+    chunk: int = 16,
+) -> torch.Tensor:
     """Per example, the Pearson correlation [N] between predicted (b + w.x) and actual margins on
     ``n_masks`` fresh masks (mask indices disjoint from estimation's when ``seed`` differs)."""
     masks = keep_masks(seed, 0, n_masks, att.w.shape[0], alpha)
     with eval_mode(model):
-        actual = masked_margins(model, x, y, att.slices, masks, chunk)        # [M, N]
+        actual = masked_margins(model, x, y, att.slices, masks, chunk)  # [M, N]
     return pearson(actual, masks.float() @ att.w + att.b)
 
 
@@ -245,8 +312,12 @@ def leave_one_out(model, x, y, paths: list[str], chunk: int = 16) -> Attribution
     with eval_mode(model):
         full = masked_margins(model, x, y, slices, torch.ones(1, c, dtype=torch.bool), 1)[0]
         single = masked_margins(model, x, y, slices, ~torch.eye(c, dtype=torch.bool), chunk)
-    return Attributions(full - single, torch.zeros_like(full), slices, {"estimator": "loo",
-                        "forward_equivalents_per_example": c + 1})
+    return Attributions(
+        full - single,
+        torch.zeros_like(full),
+        slices,
+        {"estimator": "loo", "forward_equivalents_per_example": c + 1},
+    )
 
 
 def gradient_times_parameter(model, x, y, paths: list[str]) -> Attributions:
@@ -255,8 +326,12 @@ def gradient_times_parameter(model, x, y, paths: list[str]) -> Attributions:
     slices = component_slices(model, paths)
     with eval_mode(model):
         g = gradient_prior(model, x, y, slices, 0, 0.0, 0).float()
-    return Attributions(g, torch.zeros(len(y)), slices, {"estimator": "grad_x_param",
-                        "forward_equivalents_per_example": 3})
+    return Attributions(
+        g,
+        torch.zeros(len(y)),
+        slices,
+        {"estimator": "grad_x_param", "forward_equivalents_per_example": 3},
+    )
 
 
 @dataclass(frozen=True)
@@ -265,18 +340,26 @@ class CoarOptions:
     alpha: float = option(0.05, "fraction of components ablated per mask", **RATIO)
     examples: int = option(64, "calibration examples attributed", **COUNT)
     estimator: Literal["ols", "ridge", "diffmeans"] = option(
-        "ridge", "least squares, ridge towards the prior (cross-validated), or difference of means")
+        "ridge", "least squares, ridge towards the prior (cross-validated), or difference of means"
+    )
     prior: Literal["none", "grad", "chord"] = option(
-        "chord", "ridge prior / control variate: none, mask gradients, or sampled chords (fewer evaluations)")
+        "chord",
+        "ridge prior / control variate: none, mask gradients, or sampled chords (fewer evaluations)",
+    )
     prior_points: int = option(40, "backward passes of the prior", **NONNEGATIVE)
-    reduce: Literal["abs", "signed"] = option("abs", "importance = mean |w| or mean w over examples")
+    reduce: Literal["abs", "signed"] = option(
+        "abs", "importance = mean |w| or mean w over examples"
+    )
     seed: int = option(0, "mask seed (masks regenerate from (seed, index))", **SEED)
     chunk: int = option(16, "masks per forward pass", **COUNT)
-    resume: str | None = option(None, ".safetensors file of partial sums to save to and resume from")
+    resume: str | None = option(
+        None, ".safetensors file of partial sums to save to and resume from"
+    )
 
 
 class CoarScorer(Scorer):
     """Component importance from COAR attributions of the calibration examples."""
+
     name = "coar"
     needs_data = True
     needs_labels = True
@@ -286,7 +369,19 @@ class CoarScorer(Scorer):
     def score(self, model, stats, inputs):
         opts = self.options
         x, y = labelled(model, inputs.data, inputs.num_classes, opts.examples)
-        att = estimate(model, x, y, list(inputs.targets), opts.masks, opts.alpha, opts.seed, opts.estimator, opts.prior,
-                       opts.prior_points, chunk=opts.chunk, resume=opts.resume)
+        att = estimate(
+            model,
+            x,
+            y,
+            list(inputs.targets),
+            opts.masks,
+            opts.alpha,
+            opts.seed,
+            opts.estimator,
+            opts.prior,
+            opts.prior_points,
+            chunk=opts.chunk,
+            resume=opts.resume,
+        )
         imp = att.w.abs().mean(1) if opts.reduce == "abs" else att.w.mean(1)
-        return {p: imp[s:s + n] for p, s, n in att.slices}, {"coar": att.info}
+        return {p: imp[s : s + n] for p, s, n in att.slices}, {"coar": att.info}

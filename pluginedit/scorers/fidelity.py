@@ -19,6 +19,7 @@ channels (+ delta* + BN recalibration, no fine-tuning): mean 84.5% vs max 72% te
 Transformer FFNs (4.3, LLM scoring and item 10): ``ffn_scores`` scores the d_ff inputs of the
 down projection from its input Gram G: the Cholesky row norms ||L_i|| of the aggregate
 Q = G * (W_D W_D^T) = sum_c Q_c (plus a ridge)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from ..linalg import ridge_for
 from ..stats import Gram
 
 VARIANTS = ("centred", "uncentred", "fidelity", "alpha")
-FLAT = 1e-4   # an output whose variance is below this fraction of its second moment is constant
+FLAT = 1e-4  # an output whose variance is below this fraction of its second moment is constant
 
 
 def pair_scores(weight: torch.Tensor, gram: Gram, variant: str = "centred") -> torch.Tensor:
@@ -46,10 +47,10 @@ def pair_scores(weight: torch.Tensor, gram: Gram, variant: str = "centred") -> t
     co, ci = weight.shape[:2]
     w = weight.detach().double().cpu().reshape(co, ci, -1)
     k = w.shape[2]
-    sigma = gram.matrix(centred=variant == "centred").cpu()   # scores are computed on the host
-    u = (sigma @ w.reshape(co, -1).T).T.reshape(co, ci, k)        # one GEMM: (Sigma W^T)^T
-    r = (w * u).sum(-1)                                           # E<Y_c, A_ci>
-    y = r.sum(1, keepdim=True)                                    # E||Y_c||^2
+    sigma = gram.matrix(centred=variant == "centred").cpu()  # scores are computed on the host
+    u = (sigma @ w.reshape(co, -1).T).T.reshape(co, ci, k)  # one GEMM: (Sigma W^T)^T
+    r = (w * u).sum(-1)  # E<Y_c, A_ci>
+    y = r.sum(1, keepdim=True)  # E||Y_c||^2
     tiny = 1e-12 * float(y.abs().max().clamp_min(1e-300))
     if variant == "centred":
         # A constant output (a zero-variance channel upstream, constant inputs): its centred
@@ -77,15 +78,18 @@ def gram_requests(model: nn.Module, paths=None) -> dict[str, Request]:
     return reqs
 
 
-def collect_grams(model: nn.Module, data, paths=None, max_samples: int | None = None) -> dict[str, Gram]:
+def collect_grams(
+    model: nn.Module, data, paths=None, max_samples: int | None = None
+) -> dict[str, Gram]:
     """{layer path: Gram of its inputs} from one pass over ``data``."""
     reqs = gram_requests(model, paths)
     got = collect(model, data, reqs.values(), max_samples=max_samples)
     return {p: got[r] for p, r in reqs.items()}
 
 
-def channel_scores(model, example, targets, grams: dict[str, Gram], variant="centred",
-                   reduce="mean") -> dict[str, torch.Tensor]:
+def channel_scores(
+    model, example, targets, grams: dict[str, Gram], variant="centred", reduce="mean"
+) -> dict[str, torch.Tensor]:
     """a_i per producer channel: ``reduce`` (max or mean) of the pair scores of its consumers."""
     if reduce not in ("max", "mean"):
         raise InputError(f"reduce must be 'max' or 'mean', got {reduce!r}")
@@ -99,27 +103,37 @@ def channel_scores(model, example, targets, grams: dict[str, Gram], variant="cen
                 continue
             if cpath not in cache:
                 cache[cpath] = pair_scores(get_module(model, cpath).weight, grams[cpath], variant)
-            s = torch.full((n, cache[cpath].shape[0]), float("-inf") if reduce == "max" else 0.0,
-                           dtype=torch.float64)
+            s = torch.full(
+                (n, cache[cpath].shape[0]),
+                float("-inf") if reduce == "max" else 0.0,
+                dtype=torch.float64,
+            )
             s[root] = cache[cpath][:, idx].T
             parts.append(s)
         if not parts:
             grouped = [c for c, _, _ in cons[path] if c not in grams]
-            why = f"its consumers {grouped} are grouped convolutions" if grouped else "is it the model's output layer?"
-            raise InputError(f"layer {path!r} has no consumer with a Gram statistic: fidelity cannot "
-                             f"score it ({why})")
+            why = (
+                f"its consumers {grouped} are grouped convolutions"
+                if grouped
+                else "is it the model's output layer?"
+            )
+            raise InputError(
+                f"layer {path!r} has no consumer with a Gram statistic: fidelity cannot "
+                f"score it ({why})"
+            )
         allp = torch.cat(parts, 1)
         out[path] = (allp.max(1).values if reduce == "max" else allp.mean(1)).float()
     return out
 
 
-def ffn_scores(gram: Gram, w_down: torch.Tensor, variant: str = "cholesky",
-               ridge: float = 1e-4) -> torch.Tensor:
+def ffn_scores(
+    gram: Gram, w_down: torch.Tensor, variant: str = "cholesky", ridge: float = 1e-4
+) -> torch.Tensor:
     """Scores of the d_ff inputs of an FFN down projection (torch weight [d, d_ff]) from the Gram
     of its inputs. ``cholesky``: ||L_i|| with L L^T = Q + lam I, Q = G * (W_D W_D^T) = sum_c Q_c
     (note ||L_i||^2 = Q_ii + lam = G_ii ||W_D[i]||^2 + lam, an activation-times-weight norm);
     ``centred``: sum_c R-tilde_ic / E||Y-tilde_c||^2 from the centred Gram (the vision saliency)."""
-    w = w_down.detach().double().cpu().T                           # W_D [d_ff, d]
+    w = w_down.detach().double().cpu().T  # W_D [d_ff, d]
     if variant == "centred":
         return pair_scores(w_down, gram, "centred").sum(0).float()
     if variant != "cholesky":
@@ -133,7 +147,8 @@ def ffn_scores(gram: Gram, w_down: torch.Tensor, variant: str = "cholesky",
 @dataclass(frozen=True)
 class FidelityOptions:
     variant: Literal["centred", "uncentred", "fidelity", "alpha"] = option(
-        "centred", "pair score: centred R-tilde share, uncentred share, subset fidelity s, or alpha")
+        "centred", "pair score: centred R-tilde share, uncentred share, subset fidelity s, or alpha"
+    )
     reduce: Literal["mean", "max"] = option("mean", "channel score over consumers and outputs")
 
 
@@ -143,8 +158,15 @@ def head_scores(weight_out: torch.Tensor, gram: Gram, num_heads: int) -> torch.T
     tr(W_h E[z_h z_h^T] W_h^T)."""
     m, w = gram.second_moment().cpu(), weight_out.detach().double().cpu()
     d = w.shape[1] // num_heads
-    return torch.stack([((w[:, h * d:(h + 1) * d] @ m[h * d:(h + 1) * d, h * d:(h + 1) * d])
-                         * w[:, h * d:(h + 1) * d]).sum() for h in range(num_heads)]).float()
+    return torch.stack(
+        [
+            (
+                (w[:, h * d : (h + 1) * d] @ m[h * d : (h + 1) * d, h * d : (h + 1) * d])
+                * w[:, h * d : (h + 1) * d]
+            ).sum()
+            for h in range(num_heads)
+        ]
+    ).float()
 
 
 def unit_scores(model, path: str, gram: Gram, ffn_variant: str = "cholesky") -> torch.Tensor:
@@ -159,6 +181,7 @@ def unit_scores(model, path: str, gram: Gram, ffn_variant: str = "cholesky") -> 
 class FidelityScorer(Scorer):
     """ModHiFi scores from one input Gram per consumer layer: conv/linear channels (coupled
     through the dependency graph), or a transformer's attention heads and FFN neurons."""
+
     name = "fidelity"
     needs_data = True
     Options = FidelityOptions
@@ -172,8 +195,14 @@ class FidelityScorer(Scorer):
 
     def score(self, model, stats, inputs):
         units = set(transformer_units(model))
-        out = {p: unit_scores(model, p, stats[unit_consumer(model, p)]) for p in inputs.targets if p in units}
+        out = {
+            p: unit_scores(model, p, stats[unit_consumer(model, p)])
+            for p in inputs.targets
+            if p in units
+        }
         rest = [p for p in inputs.targets if p not in units]
         if rest:
-            out |= channel_scores(model, inputs.example, rest, stats, self.options.variant, self.options.reduce)
+            out |= channel_scores(
+                model, inputs.example, rest, stats, self.options.variant, self.options.reduce
+            )
         return out

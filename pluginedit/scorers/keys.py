@@ -6,6 +6,7 @@ values are the layer's outputs without the bias, at the same rows / pixels.
 ``block_output`` reads the value of a non-linear block instead: the output of the first
 activation module that runs after the layer (after BN, after a residual add), or of a named
 module, optionally under a replaced (differentiable) layer weight."""
+
 from __future__ import annotations
 
 import torch
@@ -19,8 +20,12 @@ from ..core.outputs import output, primary
 
 
 def flat_weight(module: nn.Module) -> torch.Tensor:
-    if not isinstance(module, (nn.Conv2d, nn.Linear)) or (isinstance(module, nn.Conv2d) and module.groups != 1):
-        raise InputError(f"key/value editing needs a Linear or groups=1 Conv2d, got {type(module).__name__}")
+    if not isinstance(module, (nn.Conv2d, nn.Linear)) or (
+        isinstance(module, nn.Conv2d) and module.groups != 1
+    ):
+        raise InputError(
+            f"key/value editing needs a Linear or groups=1 Conv2d, got {type(module).__name__}"
+        )
     return module.weight.detach().flatten(1)
 
 
@@ -43,6 +48,7 @@ def layer_keys(model: nn.Module, path: str, x: torch.Tensor) -> tuple[torch.Tens
 
     def hook(m, inputs, out):
         seen["k"] = keys_of(m, inputs[0])
+
     handle = module.register_forward_hook(hook)
     try:
         output(model, x)
@@ -54,7 +60,17 @@ def layer_keys(model: nn.Module, path: str, x: torch.Tensor) -> tuple[torch.Tens
     return k, k @ w.T.to(k.dtype)
 
 
-ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Tanh, nn.Sigmoid)
+ACTIVATIONS = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Hardswish,
+    nn.Tanh,
+    nn.Sigmoid,
+)
 
 
 class _Stop(Exception):
@@ -62,24 +78,35 @@ class _Stop(Exception):
 
 
 def _block_hooks(model, path: str, value_path: str | None, state: dict) -> list:
-    candidates = ({value_path: get_module(model, value_path)} if value_path else
-                  {p: m for p, m in model.named_modules() if isinstance(m, ACTIVATIONS)})
+    candidates = (
+        {value_path: get_module(model, value_path)}
+        if value_path
+        else {p: m for p, m in model.named_modules() if isinstance(m, ACTIVATIONS)}
+    )
 
     def after_layer(m, inputs, out):
         state["ran"] = True
 
     def reader(p):
         def hook(m, inputs, out):
-            if state.get("ran"):      # the first call after the layer (a shared ReLU runs twice)
+            if state.get("ran"):  # the first call after the layer (a shared ReLU runs twice)
                 state["out"], state["path"] = out, p
                 raise _Stop
+
         return hook
-    return [get_module(model, path).register_forward_hook(after_layer)] + \
-        [m.register_forward_hook(reader(p)) for p, m in candidates.items()]
+
+    return [get_module(model, path).register_forward_hook(after_layer)] + [
+        m.register_forward_hook(reader(p)) for p, m in candidates.items()
+    ]
 
 
-def block_output(model: nn.Module, path: str, x: torch.Tensor, value_path: str | None = None,
-                 weight: torch.Tensor | None = None) -> tuple[torch.Tensor, str]:
+def block_output(
+    model: nn.Module,
+    path: str,
+    x: torch.Tensor,
+    value_path: str | None = None,
+    weight: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, str]:
     """(output, its module path) of ``value_path``, or of the first activation module, on its
     first call after layer ``path`` ran on ``x``; the forward stops there. ``weight`` replaces the
     layer's weight for this call (gradients flow to it)."""
@@ -97,5 +124,7 @@ def block_output(model: nn.Module, path: str, x: torch.Tensor, value_path: str |
             h.remove()
     if "out" not in state:
         where = repr(value_path) if value_path else "no activation module"
-        raise InputError(f"{where} runs after layer {path!r}; name the block output with value_module")
+        raise InputError(
+            f"{where} runs after layer {path!r}; name the block output with value_module"
+        )
     return primary(state["out"]), state["path"]

@@ -6,6 +6,7 @@ of the label; completeness: sum(M^l) = F(x) - F(x~) for every layer, so layers c
 layers' M^l come from the same ``steps`` passes (midpoint rule, batched). Editability
 G_l = || sum over pairs and pixels of M^l_{:,p} (C_l^{-1} k~_p)^T ||_F: how much one rank-one
 step along the edit direction at layer l can move F."""
+
 from __future__ import annotations
 
 import torch
@@ -31,13 +32,19 @@ def _outputs_and_grads(model, paths, x, label, need_grad: bool):
     def hook_for(path):
         def hook(module, inputs, out):
             seen[path] = out
+
         return hook
+
     handles = [get_module(model, p).register_forward_hook(hook_for(p)) for p in paths]
     try:
         with torch.enable_grad():
             logits = output(model, x)
             f = logits[:, label].sum()
-            grads = torch.autograd.grad(f, [seen[p] for p in paths]) if need_grad else [None] * len(paths)
+            grads = (
+                torch.autograd.grad(f, [seen[p] for p in paths])
+                if need_grad
+                else [None] * len(paths)
+            )
     finally:
         for h in handles:
             h.remove()
@@ -47,8 +54,14 @@ def _outputs_and_grads(model, paths, x, label, need_grad: bool):
     return outs, grads, logits[:, label].detach()
 
 
-def layer_integrated_gradients(model, paths: list[str], clean: torch.Tensor, corrupted: torch.Tensor,
-                               label: int, steps: int = 20) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def layer_integrated_gradients(
+    model,
+    paths: list[str],
+    clean: torch.Tensor,
+    corrupted: torch.Tensor,
+    label: int,
+    steps: int = 20,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """({path: M [O, L]}, F(x) - F(x~)) for one clean / corrupted pair."""
     alphas = (torch.arange(steps, dtype=clean.dtype, device=clean.device) + 0.5) / steps
     path_x = corrupted[None] + alphas.view(-1, *([1] * clean.ndim)) * (clean - corrupted)[None]
@@ -58,12 +71,15 @@ def layer_integrated_gradients(model, paths: list[str], clean: torch.Tensor, cor
     return m, f[0] - f[1]
 
 
-def editability(model, path: str, m: list[torch.Tensor], corrupted: torch.Tensor,
-                second_moment: torch.Tensor) -> float:
+def editability(
+    model, path: str, m: list[torch.Tensor], corrupted: torch.Tensor, second_moment: torch.Tensor
+) -> float:
     """G_l for the pairs' IG maps ``m`` [O, L] each and corrupted inputs [n, ...]."""
-    keys, _ = layer_keys(model, path, corrupted)                         # [n, L, D]
+    keys, _ = layer_keys(model, path, corrupted)  # [n, L, D]
     total = 0
     for i, mi in enumerate(m):
-        d, _ = solve_spd(second_moment, keys[i].T.double(), what=f"key statistics of {path!r}")   # [D, L]
-        total = total + mi.double() @ d.T                                # [O, D]
+        d, _ = solve_spd(
+            second_moment, keys[i].T.double(), what=f"key statistics of {path!r}"
+        )  # [D, L]
+        total = total + mi.double() @ d.T  # [O, D]
     return float(torch.linalg.matrix_norm(total))

@@ -8,6 +8,7 @@ copy per mask.
 
 Masks are Bernoulli(1 - alpha) keep-masks drawn from a generator seeded by (seed, index), so any
 mask can be regenerated from its index and masks never need to be stored."""
+
 from __future__ import annotations
 
 import torch
@@ -37,8 +38,10 @@ def component_slices(model: nn.Module, paths: list[str]) -> list[tuple[str, int,
     for p in paths:
         module = get_module(model, p)
         if not isinstance(module, (nn.Conv2d, nn.Linear)) and not is_attention(module):
-            raise InputError(f"COAR components are conv filters, linear rows and attention heads; "
-                             f"{p!r} is {type(module).__name__}")
+            raise InputError(
+                f"COAR components are conv filters, linear rows and attention heads; "
+                f"{p!r} is {type(module).__name__}"
+            )
         out.append((p, start, size_of(module)))
         start += size_of(module)
     return out
@@ -56,13 +59,17 @@ def _channel_view(module: nn.Module, out: torch.Tensor, groups: int) -> tuple[to
 def _head_hook(keep: torch.Tensor):
     """keep [G, H] for one self-attention block whose output (or first output) is the context
     [G * n, T, H * d]: head h of group g is scaled by keep (0 = the head ablated)."""
+
     def hook(module, inputs, out):
         ctx = out[0] if isinstance(out, tuple) else out
         g, h = keep.shape
-        view = ctx.reshape((g, ctx.shape[0] // g) + tuple(ctx.shape[1:-1]) + (h, ctx.shape[-1] // h))
+        view = ctx.reshape(
+            (g, ctx.shape[0] // g) + tuple(ctx.shape[1:-1]) + (h, ctx.shape[-1] // h)
+        )
         k = keep.to(ctx.device, ctx.dtype).reshape((g,) + (1,) * (view.ndim - 3) + (h, 1))
         masked = (view * k).reshape(ctx.shape)
         return (masked,) + tuple(out[1:]) if isinstance(out, tuple) else masked
+
     return hook
 
 
@@ -70,17 +77,26 @@ def _mask_hook(keep: torch.Tensor):
     """keep [G, C] (float) for one layer, the output batch being G groups of n rows: channel c of
     group g becomes out * keep + bias * (1 - keep). In place when no gradient is recorded: the
     masked forward then costs one extra elementwise pass (no new activation tensor)."""
+
     def hook(module, inputs, out):
         view, shape = _channel_view(module, out, keep.shape[0])
         k = keep.to(out.device, out.dtype).reshape(shape)
         bias = module.bias
-        b = None if bias is None else (bias.reshape((1, 1, -1) + (1,) * (out.ndim - 2))
-                                        if isinstance(module, nn.Conv2d) else bias)
+        b = (
+            None
+            if bias is None
+            else (
+                bias.reshape((1, 1, -1) + (1,) * (out.ndim - 2))
+                if isinstance(module, nn.Conv2d)
+                else bias
+            )
+        )
         if torch.is_grad_enabled():
             masked = view * k if b is None else view * k + b * (1 - k)
         else:
             masked = view.mul_(k) if b is None else view.mul_(k).add_(b * (1 - k))
         return masked.reshape(out.shape)
+
     return hook
 
 
@@ -89,7 +105,7 @@ def _hooked(model, slices, keep: torch.Tensor):
     for p, s, w in slices:
         module = get_module(model, p)
         hook = _head_hook if is_attention(module) else _mask_hook
-        handles.append(module.register_forward_hook(hook(keep[:, s:s + w])))
+        handles.append(module.register_forward_hook(hook(keep[:, s : s + w])))
     return handles
 
 
@@ -107,16 +123,17 @@ def masked_outputs(model: nn.Module, x: torch.Tensor, slices, masks: torch.Tenso
     return out.reshape(m, n, -1)
 
 
-def keep_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, slices,
-                   keep: torch.Tensor) -> torch.Tensor:
+def keep_gradients(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, slices, keep: torch.Tensor
+) -> torch.Tensor:
     """d margin / d keep [n, C] of each example at its own keep point ``keep`` [n, C] (a mask,
     or all ones): the linearised model's attribution, one backward for the whole batch. At all
     ones it is the gradient x parameter of each weight slice."""
-    with torch.enable_grad():                 # estimation runs under no_grad; slices need a graph
+    with torch.enable_grad():  # estimation runs under no_grad; slices need a graph
         k = keep.float().to(y.device).requires_grad_(True)
-        handles = _hooked(model, slices, k)   # one group per example
+        handles = _hooked(model, slices, k)  # one group per example
         try:
-            grad, = torch.autograd.grad(margins(output(model, x), y).sum(), k)
+            (grad,) = torch.autograd.grad(margins(output(model, x), y).sum(), k)
         finally:
             for h in handles:
                 h.remove()

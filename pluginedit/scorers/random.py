@@ -1,4 +1,5 @@
 """Seeded uniform random scores: the baseline every criterion must beat."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,4 +21,7 @@ class RandomScorer(Scorer):
 
     def score(self, model, stats, inputs):
         g = torch.Generator().manual_seed(self.options.seed)
-        return {path: torch.rand(size_of(get_module(model, path)), generator=g) for path in inputs.targets}
+        return {
+            path: torch.rand(size_of(get_module(model, path)), generator=g)
+            for path in inputs.targets
+        }

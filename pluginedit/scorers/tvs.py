@@ -6,6 +6,7 @@ saturating at 1.0. Forms: ``iso`` (one variance per layer: ranks by ||mu_k - mu_
 as the authors' code), ``diag`` (per-pixel, per-class variances), ``full`` (full covariance,
 for maps of at most ``max_full`` pixels; larger maps fall back to ``diag``, noted in ``info``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -41,11 +42,15 @@ def _groups(maps: ClassMaps, aggregation: str):
     rvar = (s2 / rn - rmu.square()).clamp_min(0)
     rcov = None
     if maps.full:
-        rcov = (maps.outer.sum(0, keepdim=True) - maps.outer) / rn.unsqueeze(-1) - rmu.unsqueeze(3) * rmu.unsqueeze(2)
+        rcov = (maps.outer.sum(0, keepdim=True) - maps.outer) / rn.unsqueeze(-1) - rmu.unsqueeze(
+            3
+        ) * rmu.unsqueeze(2)
     return (mu, rmu), (var, rvar), (cov, rcov)
 
 
-def tvs_scores(maps: ClassMaps, form: str = "iso", aggregation: str = "pairwise_min") -> torch.Tensor:
+def tvs_scores(
+    maps: ClassMaps, form: str = "iso", aggregation: str = "pairwise_min"
+) -> torch.Tensor:
     """[C] min over comparisons of -log BC from one layer's ClassMaps."""
     if form not in FORMS:
         raise InputError(f"unknown TVS form {form!r}; known: {FORMS}")
@@ -69,17 +74,21 @@ def tvs_scores(maps: ClassMaps, form: str = "iso", aggregation: str = "pairwise_
 @dataclass(frozen=True)
 class TVSOptions:
     form: Literal["iso", "diag", "full"] = option(
-        "iso", "Gaussian form: one pooled variance (authors' code), per-pixel, or full covariance")
+        "iso", "Gaussian form: one pooled variance (authors' code), per-pixel, or full covariance"
+    )
     aggregation: Literal["pairwise_min", "ovr_min"] = option(
-        "pairwise_min", "min over class pairs, or over each class vs the rest")
+        "pairwise_min", "min over class pairs, or over each class vs the rest"
+    )
     hook: Literal["conv", "bn", "act", "ln"] = option(
-        "bn", "observe the layer's output here (falls back to the conv output)")
+        "bn", "observe the layer's output here (falls back to the conv output)"
+    )
     max_full: int = option(64, "largest map (pixels) that keeps full covariances", **NONNEGATIVE)
 
 
 class TVSScorer(Scorer):
     """TVSPrune. Scores.meta gets each layer's LDIFF (reconstructed, §2.5) and a note per layer
     whose map was too large for the full form."""
+
     name = "tvs"
     needs_data = True
     needs_labels = True
@@ -91,8 +100,12 @@ class TVSScorer(Scorer):
         reqs = {}
         for path in inputs.targets:
             module, where = resolve_auto(model, path, order)
-            stat = ClassMaps(size_of(get_module(model, path)), inputs.num_classes,
-                             full=opts.form == "full", max_full=opts.max_full)
+            stat = ClassMaps(
+                size_of(get_module(model, path)),
+                inputs.num_classes,
+                full=opts.form == "full",
+                max_full=opts.max_full,
+            )
             reqs[path] = Request(module, stat, where)
         return reqs
 

@@ -1,4 +1,5 @@
 """The statistic contract: a mergeable sufficient statistic over streamed batches."""
+
 from __future__ import annotations
 
 import abc
@@ -14,7 +15,7 @@ class Statistic(abc.ABC):
     (another worker, another shard), ``state_dict`` / ``load_state_dict`` serialise it.
     Only reductions are kept, never activations."""
 
-    backend: str = "torch"   # which kernel backend ran the last update
+    backend: str = "torch"  # which kernel backend ran the last update
 
     @abc.abstractmethod
     def update(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> None: ...
@@ -35,7 +36,9 @@ class Statistic(abc.ABC):
 
     @property
     def device(self) -> torch.device:
-        return next((v.device for v in vars(self).values() if torch.is_tensor(v)), torch.device("cpu"))
+        return next(
+            (v.device for v in vars(self).values() if torch.is_tensor(v)), torch.device("cpu")
+        )
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         for key, value in state.items():
@@ -49,8 +52,10 @@ class Statistic(abc.ABC):
         all-reduces of their sums."""
         total = None
         for src in range(comm.size):
-            state = comm.broadcast({k: v.cpu() for k, v in self.state_dict().items()}
-                                   if comm.rank == src else None, src)
+            state = comm.broadcast(
+                {k: v.cpu() for k, v in self.state_dict().items()} if comm.rank == src else None,
+                src,
+            )
             part = copy.deepcopy(self)
             part.load_state_dict(state)
             part.to(self.device)
@@ -69,8 +74,10 @@ class Statistic(abc.ABC):
         mine, theirs = self.state_dict(), other.state_dict()
         for key in mine:
             if mine[key].shape != theirs[key].shape:
-                raise InputError(f"cannot merge {type(self).__name__}: {key} has shape "
-                                 f"{tuple(mine[key].shape)} here and {tuple(theirs[key].shape)} there")
+                raise InputError(
+                    f"cannot merge {type(self).__name__}: {key} has shape "
+                    f"{tuple(mine[key].shape)} here and {tuple(theirs[key].shape)} there"
+                )
 
 
 def check_activations(x: torch.Tensor, where: str = "activations") -> None:
@@ -84,6 +91,8 @@ def check_labels(labels: torch.Tensor, num_classes: int, n: int) -> torch.Tensor
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise InputError(f"labels must be integers (class indices), got dtype {labels.dtype}")
     if n and (labels.min() < 0 or labels.max() >= num_classes):
-        raise InputError(f"labels out of range: found [{int(labels.min())}, {int(labels.max())}], "
-                         f"expected [0, {num_classes - 1}]")
+        raise InputError(
+            f"labels out of range: found [{int(labels.min())}, {int(labels.max())}], "
+            f"expected [0, {num_classes - 1}]"
+        )
     return labels.long()

@@ -5,6 +5,7 @@ channel, s the per-example spatial sum and e = exp(-gamma ||A||_F). ``ClassMaps`
 sums (and squares, optionally outer products) of whole activation maps. Both keep true sample
 counts; "rest of the classes" is total minus class, so no extra pass is needed.
 """
+
 from __future__ import annotations
 
 from math import comb
@@ -15,7 +16,7 @@ from .. import ops
 from ..core.errors import InputError
 from .base import Statistic, check_activations, check_labels
 
-FEATURES = ("linear", "poly", "exp")   # phi = s | (s, s^2) | e
+FEATURES = ("linear", "poly", "exp")  # phi = s | (s, s^2) | e
 
 
 def check_counts(counts: torch.Tensor, classes=None, min_count: int = 2) -> None:
@@ -23,12 +24,16 @@ def check_counts(counts: torch.Tensor, classes=None, min_count: int = 2) -> None
     classes = range(len(counts)) if classes is None else classes
     absent = [int(k) for k in classes if counts[k] == 0]
     if absent:
-        raise InputError(f"class(es) {absent} have no samples in the data: their distribution is "
-                         "undefined; pass data with every class or restrict num_classes")
+        raise InputError(
+            f"class(es) {absent} have no samples in the data: their distribution is "
+            "undefined; pass data with every class or restrict num_classes"
+        )
     few = [int(k) for k in classes if counts[k] < min_count]
     if few:
-        raise InputError(f"class(es) {few} have fewer than {min_count} samples: "
-                         "class-conditional variances need at least two")
+        raise InputError(
+            f"class(es) {few} have fewer than {min_count} samples: "
+            "class-conditional variances need at least two"
+        )
 
 
 def _labels(x, labels, num_classes):
@@ -76,11 +81,22 @@ class ClassMoments(Statistic):
     The s-powers are taken about a per-channel ``shift`` (default: the first batch's mean of s)
     so fourth powers stay well conditioned; ``merge`` re-centres the other side binomially."""
 
-    def __init__(self, num_channels: int, num_classes: int = 1, gamma: float = 1.0,
-                 shift: torch.Tensor | None = None, backend: str | None = None):
+    def __init__(
+        self,
+        num_channels: int,
+        num_classes: int = 1,
+        gamma: float = 1.0,
+        shift: torch.Tensor | None = None,
+        backend: str | None = None,
+    ):
         if gamma <= 0:
             raise InputError(f"gamma must be positive, got {gamma}")
-        self.num_channels, self.num_classes, self.gamma, self._backend = num_channels, num_classes, float(gamma), backend
+        self.num_channels, self.num_classes, self.gamma, self._backend = (
+            num_channels,
+            num_classes,
+            float(gamma),
+            backend,
+        )
         self.count = torch.zeros(num_classes, dtype=torch.float64)
         self.sums = torch.zeros(num_classes, num_channels, 6, dtype=torch.float64)
         self.shift = None if shift is None else shift.detach().double().reshape(num_channels)
@@ -94,9 +110,15 @@ class ClassMoments(Statistic):
         if self.shift is None:
             self.shift = x.detach().reshape(x.shape[0], x.shape[1], -1).double().sum(2).mean(0)
         self.backend, fn = ops.resolve("class_moments", x, self._backend)
-        if self.backend == "triton":     # the kernel accumulates into the sums in place, on device
-            counts, self.sums = fn(x, labels, self.num_classes, gamma=self.gamma, shift=self.shift,
-                                   state=self.sums.contiguous())
+        if self.backend == "triton":  # the kernel accumulates into the sums in place, on device
+            counts, self.sums = fn(
+                x,
+                labels,
+                self.num_classes,
+                gamma=self.gamma,
+                shift=self.shift,
+                state=self.sums.contiguous(),
+            )
         else:
             counts, sums = fn(x, labels, self.num_classes, gamma=self.gamma, shift=self.shift)
             self.sums = self.sums + sums
@@ -106,8 +128,10 @@ class ClassMoments(Statistic):
 
     def recentred(self, shift: torch.Tensor) -> torch.Tensor:
         """The s-power sums about ``shift`` instead of self.shift (binomial expansion)."""
-        d = (self.shift - shift.double()).reshape(1, -1)            # s - new = (s - old) + d
-        raw = [self.count.reshape(-1, 1).expand(-1, self.num_channels)] + [self.sums[..., p] for p in range(4)]
+        d = (self.shift - shift.double()).reshape(1, -1)  # s - new = (s - old) + d
+        raw = [self.count.reshape(-1, 1).expand(-1, self.num_channels)] + [
+            self.sums[..., p] for p in range(4)
+        ]
         out = self.sums.clone()
         for p in range(1, 5):
             out[..., p - 1] = sum(comb(p, j) * d ** (p - j) * raw[j] for j in range(p + 1))
@@ -123,7 +147,9 @@ class ClassMoments(Statistic):
     def merge(self, other: ClassMoments) -> ClassMoments:
         self._check_merge(other)
         if other.gamma != self.gamma:
-            raise InputError(f"cannot merge ClassMoments with gamma {other.gamma} into gamma {self.gamma}")
+            raise InputError(
+                f"cannot merge ClassMoments with gamma {other.gamma} into gamma {self.gamma}"
+            )
         if other.shift is None:
             return self
         if self.shift is None:
@@ -149,7 +175,11 @@ class ClassMoments(Statistic):
         self.shift, self.count, self.sums = shift, got["count"], got["sums"]
 
     def state_dict(self):
-        shift = self.shift if self.shift is not None else torch.zeros(self.num_channels, dtype=torch.float64)
+        shift = (
+            self.shift
+            if self.shift is not None
+            else torch.zeros(self.num_channels, dtype=torch.float64)
+        )
         return {"count": self.count, "sums": self.sums, "shift": shift}
 
     def rest(self, sums: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,9 +207,20 @@ class ClassMaps(Statistic):
     Outer products are kept only for maps of at most ``max_full`` pixels (memory is K C L^2);
     for larger maps ``full`` turns False at the first batch."""
 
-    def __init__(self, num_channels: int, num_classes: int, full: bool = False, max_full: int = 64,
-                 backend: str | None = None):
-        self.num_channels, self.num_classes, self.full, self._backend = num_channels, num_classes, full, backend
+    def __init__(
+        self,
+        num_channels: int,
+        num_classes: int,
+        full: bool = False,
+        max_full: int = 64,
+        backend: str | None = None,
+    ):
+        self.num_channels, self.num_classes, self.full, self._backend = (
+            num_channels,
+            num_classes,
+            full,
+            backend,
+        )
         self.max_full = max_full
         self.count = torch.zeros(num_classes, dtype=torch.float64)
         self.sums = self.squares = self.outer = None
@@ -205,7 +246,11 @@ class ClassMaps(Statistic):
             self.load_state_dict(other.state_dict())
             return self
         self._check_merge(other)
-        self.count, self.sums, self.squares = self.count + other.count, self.sums + other.sums, self.squares + other.squares
+        self.count, self.sums, self.squares = (
+            self.count + other.count,
+            self.sums + other.sums,
+            self.squares + other.squares,
+        )
         if self.full:
             self.outer = self.outer + other.outer
         return self
@@ -219,7 +264,9 @@ class ClassMaps(Statistic):
         if self.sums is None:
             size, dev = int(got[0] / got[1]), self.count.device
             self.full = self.full and size <= self.max_full
-            self.sums = torch.zeros(self.num_classes, self.num_channels, size, dtype=torch.float64, device=dev)
+            self.sums = torch.zeros(
+                self.num_classes, self.num_channels, size, dtype=torch.float64, device=dev
+            )
             self.squares = torch.zeros_like(self.sums)
             if self.full:
                 self.outer = torch.zeros(*self.sums.shape, size, dtype=torch.float64, device=dev)

@@ -10,6 +10,7 @@ of a sharded loop (a batch of the pass, a COAR mask chunk, a prior point) goes t
 
 Collection is distributed whenever a process group of more than one process is initialised;
 ``single_process()`` opts out (e.g. scoring on one rank only of a training job)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -27,6 +28,7 @@ _local = [False]
 @dataclass(frozen=True)
 class Comm:
     """This process's place in the group and the device its collectives run on."""
+
     rank: int
     size: int
     device: torch.device
@@ -41,26 +43,34 @@ class Comm:
         keys = list(tensors)
         if not keys:
             return {}
-        flat = torch.cat([tensors[k].detach().reshape(-1).to(self.device, torch.float64) for k in keys])
+        flat = torch.cat(
+            [tensors[k].detach().reshape(-1).to(self.device, torch.float64) for k in keys]
+        )
         dist.all_reduce(flat)
         out, at = {}, 0
         for k in keys:
             t = tensors[k]
-            out[k] = flat[at:at + t.numel()].reshape(t.shape).to(t.device, t.dtype)
+            out[k] = flat[at : at + t.numel()].reshape(t.shape).to(t.device, t.dtype)
             at += t.numel()
         return out
 
     def broadcast(self, obj, src: int):
         """Any picklable ``obj`` of rank ``src``, on every rank."""
         box = [obj if self.rank == src else None]
-        dist.broadcast_object_list(box, src, device=self.device if self.device.type == "cuda" else None)
+        dist.broadcast_object_list(
+            box, src, device=self.device if self.device.type == "cuda" else None
+        )
         return box[0]
 
 
 def world() -> Comm | None:
     """The process group of the current run, or None when running alone (no group, a group of
     one, or inside ``single_process()``)."""
-    if _local[0] or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+    if (
+        _local[0]
+        or not (dist.is_available() and dist.is_initialized())
+        or dist.get_world_size() < 2
+    ):
         return None
     gloo = "gloo" in str(dist.get_backend())
     device = torch.device("cpu") if gloo else torch.device("cuda", torch.cuda.current_device())
@@ -92,8 +102,13 @@ def sum_gradients(parameters: Iterable[torch.Tensor]) -> None:
     if comm is None:
         return
     params = [p for p in parameters if p.requires_grad]
-    got = comm.sum({"has": torch.tensor([float(p.grad is not None) for p in params])}
-                   | {str(i): p.grad if p.grad is not None else torch.zeros_like(p) for i, p in enumerate(params)})
+    got = comm.sum(
+        {"has": torch.tensor([float(p.grad is not None) for p in params])}
+        | {
+            str(i): p.grad if p.grad is not None else torch.zeros_like(p)
+            for i, p in enumerate(params)
+        }
+    )
     for i, p in enumerate(params):
         p.grad = got[str(i)] if got["has"][i] > 0 else None
 
@@ -102,9 +117,15 @@ def init_from_env(backend: str | None = None) -> bool:
     """Join the process group torchrun describes in the environment (``WORLD_SIZE`` > 1): gloo
     on CPU-only machines, NCCL where CUDA is available (``PLUGINEDIT_DIST_BACKEND`` overrides).
     Returns True if this call created the group (then ``finish()`` it)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) < 2 or not dist.is_available() or dist.is_initialized():
+    if (
+        int(os.environ.get("WORLD_SIZE", "1")) < 2
+        or not dist.is_available()
+        or dist.is_initialized()
+    ):
         return False
-    backend = backend or os.environ.get(BACKEND_ENV) or ("nccl" if torch.cuda.is_available() else "gloo")
+    backend = (
+        backend or os.environ.get(BACKEND_ENV) or ("nccl" if torch.cuda.is_available() else "gloo")
+    )
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend)

@@ -3,6 +3,7 @@
 Kept as (count, mean [D], scatter [D, D] = sum (p - mean)(p - mean)^T) in float64 and merged with
 Chan's formula, so the centred covariance does not cancel catastrophically when means are large.
 The hot loop is the ``gram`` kernel op (implicit im2col, chunked over samples)."""
+
 from __future__ import annotations
 
 import torch
@@ -22,12 +23,27 @@ class Gram(Statistic):
     unfolded in conv-weight order (c, kh, kw) when ``kernel_size`` is given. ``update``
     accumulates in place: ``state_dict()`` holds the live tensors (clone them for a snapshot)."""
 
-    def __init__(self, dim: int, kernel_size=None, stride=1, padding=0, dilation=1,
-                 chunk: int = 64, backend: str | None = None):
+    def __init__(
+        self,
+        dim: int,
+        kernel_size=None,
+        stride=1,
+        padding=0,
+        dilation=1,
+        chunk: int = 64,
+        backend: str | None = None,
+    ):
         self.dim, self.chunk, self._backend = int(dim), int(chunk), backend
-        self.conv = None if kernel_size is None else dict(
-            kernel_size=_pair(kernel_size), stride=_pair(stride), padding=_pair(padding),
-            dilation=_pair(dilation))
+        self.conv = (
+            None
+            if kernel_size is None
+            else dict(
+                kernel_size=_pair(kernel_size),
+                stride=_pair(stride),
+                padding=_pair(padding),
+                dilation=_pair(dilation),
+            )
+        )
         self.count = torch.zeros((), dtype=torch.float64)
         self.mean = torch.zeros(self.dim, dtype=torch.float64)
         self.scatter = torch.zeros(self.dim, self.dim, dtype=torch.float64)
@@ -38,18 +54,33 @@ class Gram(Statistic):
         if isinstance(module, nn.Linear):
             return cls(module.in_features, **kw)
         if isinstance(module, nn.Conv2d):
-            if module.groups != 1 or isinstance(module.padding, str) or module.padding_mode != "zeros":
-                raise InputError("Gram supports Conv2d with groups=1 and numeric zero padding only, "
-                                 f"got groups={module.groups}, padding={module.padding!r}")
+            if (
+                module.groups != 1
+                or isinstance(module.padding, str)
+                or module.padding_mode != "zeros"
+            ):
+                raise InputError(
+                    "Gram supports Conv2d with groups=1 and numeric zero padding only, "
+                    f"got groups={module.groups}, padding={module.padding!r}"
+                )
             kernel_h, kernel_w = module.kernel_size
-            return cls(module.in_channels * kernel_h * kernel_w, module.kernel_size, module.stride,
-                       module.padding, module.dilation, **kw)
+            return cls(
+                module.in_channels * kernel_h * kernel_w,
+                module.kernel_size,
+                module.stride,
+                module.padding,
+                module.dilation,
+                **kw,
+            )
         raise InputError(f"Gram needs a Linear or Conv2d module, got {type(module).__name__}")
 
     def update(self, x: torch.Tensor, labels=None) -> None:
         check_activations(x, "Gram inputs")
-        width = x.shape[1] * self.conv["kernel_size"][0] * self.conv["kernel_size"][1] \
-            if self.conv else x.shape[-1]
+        width = (
+            x.shape[1] * self.conv["kernel_size"][0] * self.conv["kernel_size"][1]
+            if self.conv
+            else x.shape[-1]
+        )
         if (self.conv and x.ndim != 4) or width != self.dim:
             raise InputError(f"Gram of width {self.dim} got inputs of shape {tuple(x.shape)}")
         self.backend, fn = ops.resolve("gram", x, self._backend)
@@ -67,8 +98,8 @@ class Gram(Statistic):
         n_a = float(self.count)
         n = n_a + n_b
         delta = mean_b - self.mean
-        u = torch.stack([mean_b, delta], 1)                                   # [D, 2]
-        v = torch.stack([mean_b * -n_b, delta * (n_a * n_b / n)])             # [2, D]
+        u = torch.stack([mean_b, delta], 1)  # [D, 2]
+        v = torch.stack([mean_b * -n_b, delta * (n_a * n_b / n)])  # [2, D]
         self.scatter.add_(g).addmm_(u, v)
         self.mean = self.mean + delta * (n_b / n)
         self.count = torch.tensor(n, dtype=torch.float64)

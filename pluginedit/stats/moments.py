@@ -1,5 +1,6 @@
 """Per-channel activation moments (count, mean, M2), overall and per class, merged with
 Chan et al.'s pairwise formula so that large means do not cancel catastrophically."""
+
 from __future__ import annotations
 
 import torch
@@ -40,7 +41,8 @@ class ChannelMoments(Statistic):
     def merge(self, other: ChannelMoments) -> ChannelMoments:
         self._check_merge(other)
         self.count, self.mean, self.m2 = chan_merge(
-            self.count, self.mean, self.m2, other.count, other.mean, other.m2)
+            self.count, self.mean, self.m2, other.count, other.mean, other.m2
+        )
         return self
 
     def all_reduce(self, comm) -> None:
@@ -63,5 +65,7 @@ class ChannelMoments(Statistic):
         """(count, mean [C], m2 [C]) of all classes together."""
         c, m, s = self.count[:1] * 0, self.mean[:1] * 0, self.m2[:1] * 0
         for k in range(self.num_classes):
-            c, m, s = chan_merge(c, m, s, self.count[k:k + 1], self.mean[k:k + 1], self.m2[k:k + 1])
+            c, m, s = chan_merge(
+                c, m, s, self.count[k : k + 1], self.mean[k : k + 1], self.m2[k : k + 1]
+            )
         return c[0], m[0], s[0]

@@ -1,5 +1,6 @@
 """Shared by the bad-input tests: a tiny model, its data, and the check that a model came out of
 a failed (or read-only) call exactly as it went in."""
+
 from __future__ import annotations
 
 import torch
@@ -12,12 +13,18 @@ Y = torch.arange(16) % 4
 def tiny(classes: int = 4) -> nn.Module:
     """conv(3->8) - BN - ReLU - pool - linear(8->classes), in eval mode."""
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, classes)).eval()
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, classes),
+    ).eval()
 
 
 def _bytes(t: torch.Tensor) -> torch.Tensor:
-    return t.detach().reshape(-1).contiguous().view(torch.uint8)   # NaN-proof, -0.0-proof
+    return t.detach().reshape(-1).contiguous().view(torch.uint8)  # NaN-proof, -0.0-proof
 
 
 class Untouched:
@@ -43,10 +50,14 @@ class Untouched:
             if a.dtype != b.dtype or a.shape != b.shape or not torch.equal(_bytes(a), _bytes(b)):
                 out.append(f"tensor {k!r} changed")
         params = dict(model.named_parameters(remove_duplicate=False))
-        if params.keys() != self.params.keys() or any(params[k] is not p for k, p in self.params.items()):
+        if params.keys() != self.params.keys() or any(
+            params[k] is not p for k, p in self.params.items()
+        ):
             out.append("parameter objects replaced")
         modules = dict(model.named_modules(remove_duplicate=False))
-        if modules.keys() != self.modules.keys() or any(modules[k] is not m for k, m in self.modules.items()):
+        if modules.keys() != self.modules.keys() or any(
+            modules[k] is not m for k, m in self.modules.items()
+        ):
             out.append("module objects replaced")
         if repr(model) != self.structure:
             out.append("structure changed")
@@ -57,4 +68,3 @@ class Untouched:
     def check(self) -> None:
         problems = self.problems()
         assert not problems, problems
-

@@ -1,6 +1,7 @@
 """Bad data directories and files: each a clear InputError naming the file, exit status 2 from
 the CLI, never a raw traceback; and a training cache that never serves a model trained on other
 data."""
+
 from __future__ import annotations
 
 import gzip
@@ -17,13 +18,18 @@ from pluginedit import cli
 from pluginedit.contrib import data, train
 from pluginedit.core.errors import InputError
 
-NAMES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-         "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+NAMES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
 
 
 def _idx(array: np.ndarray) -> bytes:
-    return bytes([0, 0, 8, array.ndim]) + struct.pack(">" + "I" * array.ndim, *array.shape) + \
-        array.astype(np.uint8).tobytes()
+    return (
+        bytes([0, 0, 8, array.ndim])
+        + struct.pack(">" + "I" * array.ndim, *array.shape)
+        + array.astype(np.uint8).tobytes()
+    )
 
 
 def _write(folder: Path, n=(40, 20), size=28, labels=None, images=None) -> Path:
@@ -71,8 +77,16 @@ def _damage(folder: Path, case: str) -> str:
     raise AssertionError(case)
 
 
-CASES = ["truncated_gzip", "not_gzip", "one_dim_images", "train_labels_out_of_range", "swapped",
-         "zero_items", "pixel_range", "bad_magic"]
+CASES = [
+    "truncated_gzip",
+    "not_gzip",
+    "one_dim_images",
+    "train_labels_out_of_range",
+    "swapped",
+    "zero_items",
+    "pixel_range",
+    "bad_magic",
+]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -97,12 +111,15 @@ def test_valid_small_folder_loads(tmp_path):
     assert bundle.train.x.shape == (40, 1, 28, 28) and len(bundle.test) == 20
 
 
-@pytest.mark.parametrize("content,match", [
-    ({"x": torch.randn(10, 1, 8, 8)}, r"missing array\(s\) \['y'\]"),
-    ({"x": torch.randn(10, 1, 8, 8), "y": torch.rand(10)}, "1-D integer"),
-    ({"x": torch.randn(10, 1, 8, 8), "y": torch.arange(9)}, "do not match 9 labels"),
-    ({"x": torch.full((10, 1, 8, 8), float("nan")), "y": torch.arange(10)}, "NaN"),
-])
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        ({"x": torch.randn(10, 1, 8, 8)}, r"missing array\(s\) \['y'\]"),
+        ({"x": torch.randn(10, 1, 8, 8), "y": torch.rand(10)}, "1-D integer"),
+        ({"x": torch.randn(10, 1, 8, 8), "y": torch.arange(9)}, "do not match 9 labels"),
+        ({"x": torch.full((10, 1, 8, 8), float("nan")), "y": torch.arange(10)}, "NaN"),
+    ],
+)
 def test_tensor_files_are_checked(tmp_path, content, match):
     f = tmp_path / "d.safetensors"
     save_file(content, str(f))
@@ -135,4 +152,6 @@ def test_cache_never_serves_a_model_trained_on_other_data(tmp_path, monkeypatch)
     ma = train.pretrained("vgg", a, epochs=1, config=cfg)
     mb = train.pretrained("vgg", b, epochs=1, config=cfg)
     assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2
-    assert any(not torch.equal(p, q) for p, q in zip(ma.state_dict().values(), mb.state_dict().values()))
+    assert any(
+        not torch.equal(p, q) for p, q in zip(ma.state_dict().values(), mb.state_dict().values())
+    )

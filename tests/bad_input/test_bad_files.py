@@ -1,6 +1,7 @@
 """Interrupted runs and damaged files: SIGINT leaves no partial output and a clean cache, every
 write is whole or absent, and a corrupted cache checkpoint, saved model or Scores file is an
 ``InputError`` naming the file (exit status 2 from the CLI), never a raw traceback."""
+
 from __future__ import annotations
 
 import hashlib
@@ -26,7 +27,7 @@ from pluginedit.core import scores as scores_module
 from pluginedit.core.errors import InputError
 from pluginedit.io import persist
 
-TINY = {"widths": (4,), "hidden": 8}          # a digits VGG that trains in about a second
+TINY = {"widths": (4,), "hidden": 8}  # a digits VGG that trains in about a second
 
 
 def _leftovers(folder: Path) -> list[str]:
@@ -35,6 +36,7 @@ def _leftovers(folder: Path) -> list[str]:
 
 # -- SIGINT ---------------------------------------------------------------------------------------
 
+
 def test_sigint_leaves_no_partial_output_and_a_clean_cache(tmp_path):
     """`pluginedit score` interrupted while it trains the model it scores: exit status 130, one
     line on stderr, no traceback, no output file, no checkpoint (whole or partial) in the cache."""
@@ -42,12 +44,25 @@ def test_sigint_leaves_no_partial_output_and_a_clean_cache(tmp_path):
     out.mkdir()
     env = {**os.environ, "PLUGINEDIT_CACHE": str(cache), "PLUGINEDIT_DISABLE_PLUGIN_AUTOLOAD": "1"}
     with open(err, "wb") as stderr:
-        proc = subprocess.Popen([sys.executable, "-m", "pluginedit.cli", "score", "--data", "digits",
-                                 "--out", str(out / "scores"), "--progress"],
-                                env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pluginedit.cli",
+                "score",
+                "--data",
+                "digits",
+                "--out",
+                str(out / "scores"),
+                "--progress",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
         try:
             deadline = time.monotonic() + 60
-            while b"train" not in err.read_bytes():          # the training bar: it is working
+            while b"train" not in err.read_bytes():  # the training bar: it is working
                 assert proc.poll() is None and time.monotonic() < deadline, err.read_text()
                 time.sleep(0.05)
             time.sleep(0.3)
@@ -65,10 +80,12 @@ def test_sigint_leaves_no_partial_output_and_a_clean_cache(tmp_path):
 
 def _interrupting_writer(real, after: int = 64):
     """A save_file that writes ``after`` bytes of the real file, then is interrupted."""
+
     def write(tensors, filename, *args, **kw):
         real(tensors, filename, *args, **kw)
         Path(filename).write_bytes(Path(filename).read_bytes()[:after])
         raise KeyboardInterrupt
+
     return write
 
 
@@ -101,7 +118,9 @@ def test_interrupted_model_save_keeps_the_previous_save(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_interrupted_checkpoint_write_leaves_a_clean_cache(tmp_path, monkeypatch, digits):
     monkeypatch.setenv("PLUGINEDIT_CACHE", str(tmp_path))
-    small = data.DataBundle(digits.name, digits.train.subset(120), digits.test, 10, digits.class_names)
+    small = data.DataBundle(
+        digits.name, digits.train.subset(120), digits.test, 10, digits.class_names
+    )
     monkeypatch.setattr(train, "save_file", _interrupting_writer(train.save_file))
     with pytest.raises(KeyboardInterrupt):
         train.pretrained("vgg", small, epochs=1, config=TINY)
@@ -112,6 +131,7 @@ def test_interrupted_report_write_leaves_no_file(tmp_path, monkeypatch):
     def interrupted(self, text, *a, **k):
         Path.write_bytes(self, text.encode()[:10])
         raise KeyboardInterrupt
+
     monkeypatch.setattr(Path, "write_text", interrupted)
     with pytest.raises(KeyboardInterrupt):
         report.write({"accuracy": 0.5}, tmp_path / "report.json")
@@ -120,11 +140,14 @@ def test_interrupted_report_write_leaves_no_file(tmp_path, monkeypatch):
 
 # -- the model cache -----------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def cached(tmp_path_factory, digits):
     """A cache folder holding one good checkpoint of a tiny digits VGG, and its data."""
     folder = tmp_path_factory.mktemp("cache")
-    small = data.DataBundle(digits.name, digits.train.subset(120), digits.test, 10, digits.class_names)
+    small = data.DataBundle(
+        digits.name, digits.train.subset(120), digits.test, 10, digits.class_names
+    )
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(train.CACHE_ENV, str(folder))
         train.pretrained("vgg", small, epochs=1, config=TINY)
@@ -143,10 +166,18 @@ def _corrupt_checkpoint(path: Path, how: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("how,detail", [
-    ("truncated", "not a readable safetensors file"), ("empty", "not a readable safetensors file"),
-    ("garbage", "not a readable safetensors file"), ("other-model", "the weights do not fit the model")])
-def test_corrupted_cache_checkpoint_is_named_and_retrain_repairs_it(cached, tmp_path, monkeypatch, how, detail):
+@pytest.mark.parametrize(
+    "how,detail",
+    [
+        ("truncated", "not a readable safetensors file"),
+        ("empty", "not a readable safetensors file"),
+        ("garbage", "not a readable safetensors file"),
+        ("other-model", "the weights do not fit the model"),
+    ],
+)
+def test_corrupted_cache_checkpoint_is_named_and_retrain_repairs_it(
+    cached, tmp_path, monkeypatch, how, detail
+):
     folder, small = cached
     cache = tmp_path / "cache"
     shutil.copytree(folder, cache)
@@ -154,18 +185,22 @@ def test_corrupted_cache_checkpoint_is_named_and_retrain_repairs_it(cached, tmp_
     (ckpt,) = cache.glob("*.safetensors")
     good = train.pretrained("vgg", small, epochs=1, config=TINY).state_dict()
     _corrupt_checkpoint(ckpt, how)
-    with pytest.raises(InputError, match=f"corrupted cache checkpoint: {ckpt}: {detail}.*--retrain"):
+    with pytest.raises(
+        InputError, match=f"corrupted cache checkpoint: {ckpt}: {detail}.*--retrain"
+    ):
         train.pretrained("vgg", small, epochs=1, config=TINY)
     train.pretrained("vgg", small, epochs=1, config=TINY, retrain=True)
-    again = train.pretrained("vgg", small, epochs=1, config=TINY).state_dict()   # loads the new file
-    assert all(torch.equal(good[k], again[k]) for k in good)                     # training is seeded
+    again = train.pretrained("vgg", small, epochs=1, config=TINY).state_dict()  # loads the new file
+    assert all(torch.equal(good[k], again[k]) for k in good)  # training is seeded
     assert _leftovers(cache) == [ckpt.name]
 
 
 @pytest.mark.slow
 def test_cli_with_a_corrupted_cache_checkpoint_exits_2(tmp_path, monkeypatch, digits, capsys):
     monkeypatch.setenv(train.CACHE_ENV, str(tmp_path))
-    key = train._key("vgg", digits, zoo.default_config("vgg", "digits"), train.DEFAULT_EPOCHS["digits"], 0)
+    key = train._key(
+        "vgg", digits, zoo.default_config("vgg", "digits"), train.DEFAULT_EPOCHS["digits"], 0
+    )
     (tmp_path / f"{key}.safetensors").write_bytes(b"\x00" * 100)
     assert cli.main(["score", "--data", "digits"]) == 2
     err = capsys.readouterr().err
@@ -173,6 +208,7 @@ def test_cli_with_a_corrupted_cache_checkpoint_exits_2(tmp_path, monkeypatch, di
 
 
 # -- saved models ---------------------------------------------------------------------------------
+
 
 def _saved(tmp_path: Path) -> Path:
     model = pe.load_model("torch.nn:Linear", {"in_features": 4, "out_features": 3})
@@ -187,14 +223,17 @@ def _rehash(folder: Path) -> None:
     (folder / "manifest.json").write_text(json.dumps(man))
 
 
-@pytest.mark.parametrize("how,match", [
-    ("garbage-weights", "model.safetensors: not a readable safetensors file"),
-    ("other-weights", "model.safetensors: the weights do not fit the model"),
-    ("no-manifest", "is not a saved pluginedit model: manifest.json is missing"),
-    ("steps-not-a-list", "manifest.json: field 'steps' missing or not a list"),
-    ("no-weights", "model.safetensors is missing"),
-    ("unknown-factory", "manifest.json: model factory .no_such_pkg.mod:make. is not trusted"),
-])
+@pytest.mark.parametrize(
+    "how,match",
+    [
+        ("garbage-weights", "model.safetensors: not a readable safetensors file"),
+        ("other-weights", "model.safetensors: the weights do not fit the model"),
+        ("no-manifest", "is not a saved pluginedit model: manifest.json is missing"),
+        ("steps-not-a-list", "manifest.json: field 'steps' missing or not a list"),
+        ("no-weights", "model.safetensors is missing"),
+        ("unknown-factory", "manifest.json: model factory .no_such_pkg.mod:make. is not trusted"),
+    ],
+)
 def test_corrupted_saved_model_is_named(tmp_path, how, match):
     folder = _saved(tmp_path)
     w, m = folder / "model.safetensors", folder / "manifest.json"
@@ -232,13 +271,16 @@ def test_loading_weights_that_do_not_fit_leaves_the_model_untouched(tmp_path):
     model = tiny()
     guard = Untouched(model)
     f = tmp_path / "w.safetensors"
-    save_file({k: v.clone() for k, v in list(tiny().state_dict().items())[:-1]}, str(f))   # one missing
+    save_file(
+        {k: v.clone() for k, v in list(tiny().state_dict().items())[:-1]}, str(f)
+    )  # one missing
     with pytest.raises(InputError, match="the weights do not fit the model.*Missing key"):
         pe.api.load_weights_into(model, f)
     guard.check()
 
 
 # -- Scores files ---------------------------------------------------------------------------------
+
 
 def _damage_scores(stem: Path, how: str) -> None:
     tensors, head = Path(f"{stem}.safetensors"), Path(f"{stem}.json")
@@ -260,16 +302,19 @@ def _damage_scores(stem: Path, how: str) -> None:
         head.unlink()
 
 
-@pytest.mark.parametrize("how,match", [
-    ("truncated", r"run.safetensors: not a readable safetensors file"),
-    ("not-json", r"run.json: not valid JSON"),
-    ("json-list", r"run.json: expected a JSON object"),
-    ("unknown-key", r"run.json: expected a JSON object .*'bogus': 1"),
-    ("options-not-object", r"run.json: expected a JSON object"),
-    ("two-dim", r"run.safetensors: scores of '0' must be 1-D, got shape \(2, 4\)"),
-    ("nan", r"run.safetensors: scores of '0' from scorer 'l1' contain NaN or Inf"),
-    ("no-json", r"scores file .*run.json does not exist"),
-])
+@pytest.mark.parametrize(
+    "how,match",
+    [
+        ("truncated", r"run.safetensors: not a readable safetensors file"),
+        ("not-json", r"run.json: not valid JSON"),
+        ("json-list", r"run.json: expected a JSON object"),
+        ("unknown-key", r"run.json: expected a JSON object .*'bogus': 1"),
+        ("options-not-object", r"run.json: expected a JSON object"),
+        ("two-dim", r"run.safetensors: scores of '0' must be 1-D, got shape \(2, 4\)"),
+        ("nan", r"run.safetensors: scores of '0' from scorer 'l1' contain NaN or Inf"),
+        ("no-json", r"scores file .*run.json does not exist"),
+    ],
+)
 def test_corrupted_scores_file_is_named(tmp_path, how, match):
     pe.score(tiny(), "l1", example_inputs=X[:1]).save(tmp_path / "run")
     _damage_scores(tmp_path / "run", how)

@@ -1,6 +1,7 @@
 """Bad or unusual models, data and plugins through the API (and the CLI where it has a say): each
 case is a clear pluginedit error naming the problem, or a defined result, and the model comes out
 of every failure exactly as it went in (bytes, object identities, structure, modes)."""
+
 from __future__ import annotations
 
 import pytest
@@ -20,9 +21,11 @@ BUILTIN_SCORERS = sorted(n for n, p in registry.plugins("scorer").items() if p.d
 
 def test_the_guard_sees_every_kind_of_change():
     """The byte-identity check used below must be able to fail."""
-    for change in (lambda m: m[1].running_mean.add_(1e-3),
-                   lambda m: setattr(m[0], "weight", nn.Parameter(m[0].weight.detach().clone())),
-                   lambda m: m.train()):
+    for change in (
+        lambda m: m[1].running_mean.add_(1e-3),
+        lambda m: setattr(m[0], "weight", nn.Parameter(m[0].weight.detach().clone())),
+        lambda m: m.train(),
+    ):
         model = tiny()
         guard = Untouched(model)
         with torch.no_grad():
@@ -32,14 +35,23 @@ def test_the_guard_sees_every_kind_of_change():
 
 # -- data of the wrong shape, dtype, range or size ---------------------------------------------
 
-@pytest.mark.parametrize("x,y,match", [
-    (X.half(), Y, r"cannot run on the data's inputs of shape \(1, 3, 8, 8\).*Half"),   # float64 is converted
-    (X.to(torch.uint8), Y, r"cannot run on the data's inputs.*unsigned char"),
-    (X[:, :1], Y, r"cannot run on the data's inputs of shape \(1, 1, 8, 8\)"),
-    (X, Y.float(), "labels must be integers"),
-    (X, Y[:, None], r"labels must have shape \(16,\)"),
-    (X, Y[:15], "16 inputs but 15 labels"),
-], ids=["float16-x", "uint8-x", "one-channel-x", "float-y", "2d-y", "count-mismatch"])
+
+@pytest.mark.parametrize(
+    "x,y,match",
+    [
+        (
+            X.half(),
+            Y,
+            r"cannot run on the data's inputs of shape \(1, 3, 8, 8\).*Half",
+        ),  # float64 is converted
+        (X.to(torch.uint8), Y, r"cannot run on the data's inputs.*unsigned char"),
+        (X[:, :1], Y, r"cannot run on the data's inputs of shape \(1, 1, 8, 8\)"),
+        (X, Y.float(), "labels must be integers"),
+        (X, Y[:, None], r"labels must have shape \(16,\)"),
+        (X, Y[:15], "16 inputs but 15 labels"),
+    ],
+    ids=["float16-x", "uint8-x", "one-channel-x", "float-y", "2d-y", "count-mismatch"],
+)
 def test_wrong_shapes_and_dtypes_are_named(x, y, match):
     model = tiny()
     guard = Untouched(model)
@@ -49,7 +61,9 @@ def test_wrong_shapes_and_dtypes_are_named(x, y, match):
 
 
 @pytest.mark.parametrize("call", ["witness", "taylor", "forget", "discedit-sp"])
-@pytest.mark.parametrize("shift,found", [(1, r"\[1, 4\]"), (-1, r"\[-1, 2\]")], ids=["above", "below"])
+@pytest.mark.parametrize(
+    "shift,found", [(1, r"\[1, 4\]"), (-1, r"\[-1, 2\]")], ids=["above", "below"]
+)
 def test_labels_out_of_range_are_refused(call, shift, found):
     model = tiny()
     guard = Untouched(model)
@@ -73,7 +87,12 @@ def test_empty_data_is_refused(call, kind):
     empty = (X[:0], Y[:0]) if kind == "pair" else Split(X[:0], Y[:0])
     with pytest.raises(InputError, match="the data is empty"):
         if call.startswith("score"):
-            pe.score(model, "witness", data=empty, example_inputs=X[:1] if call.endswith("example") else None)
+            pe.score(
+                model,
+                "witness",
+                data=empty,
+                example_inputs=X[:1] if call.endswith("example") else None,
+            )
         elif call == "edit":
             pe.edit(model, "modhifi-p", data=empty, ratio=0.5)
         else:
@@ -96,6 +115,7 @@ def test_single_class_data_is_refused(call, kind):
 
 # -- activations: NaN / Inf, zero variance ------------------------------------------------------
 
+
 class _Blowup(nn.Module):
     def forward(self, x):
         return x * 1e30
@@ -104,17 +124,32 @@ class _Blowup(nn.Module):
 def _overflowing() -> nn.Module:
     """Finite weights and inputs, but the activations overflow to Inf after the first conv."""
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), _Blowup(), _Blowup(), nn.ReLU(),
-                         nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                         nn.Flatten(), nn.Linear(8, 4)).eval()
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        _Blowup(),
+        _Blowup(),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+    ).eval()
 
 
-@pytest.mark.parametrize("call,match", [
-    ("witness", "NaN or Inf in activations"), ("tvs", "NaN or Inf in activations"),
-    ("fidelity", "NaN or Inf in Gram inputs"),
-    ("coar", "NaN or Inf in the masked outputs"), ("taylor", "scores of '0' from scorer 'taylor' contain NaN or Inf"),
-    ("modhifi-p", "NaN or Inf in Gram inputs"), ("discedit-sp", "NaN or Inf in activations"),
-    ("forget", "NaN or Inf in activations")])
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        ("witness", "NaN or Inf in activations"),
+        ("tvs", "NaN or Inf in activations"),
+        ("fidelity", "NaN or Inf in Gram inputs"),
+        ("coar", "NaN or Inf in the masked outputs"),
+        ("taylor", "scores of '0' from scorer 'taylor' contain NaN or Inf"),
+        ("modhifi-p", "NaN or Inf in Gram inputs"),
+        ("discedit-sp", "NaN or Inf in activations"),
+        ("forget", "NaN or Inf in activations"),
+    ],
+)
 def test_nan_or_inf_activations_are_named(call, match):
     model = _overflowing()
     guard = Untouched(model)
@@ -144,8 +179,8 @@ def test_zero_variance_channels_get_finite_scores(scorer):
     guard = Untouched(model)
     s = pe.score(model, scorer, data=(X, Y))["0"]
     assert s.shape == (8,) and torch.isfinite(s).all()
-    if scorer not in ("random", "bn-gamma", "taylor"):     # these do not read the activations' spread
-        assert set(torch.argsort(s)[:2].tolist()) == {1, 5}, s   # a constant channel carries nothing
+    if scorer not in ("random", "bn-gamma", "taylor"):  # these do not read the activations' spread
+        assert set(torch.argsort(s)[:2].tolist()) == {1, 5}, s  # a constant channel carries nothing
     guard.check()
 
 
@@ -161,22 +196,32 @@ def test_zero_variance_channels_are_pruned_first_with_finite_weights(editor):
     model = _constant_channels()
     rec = pe.edit(model, editor, data=(X, Y), ratio=0.5)
     assert {1, 5} <= set(rec.changes["0"])
-    assert all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point())
+    assert all(
+        torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()
+    )
     assert torch.isfinite(model(X)).all()
 
 
 # -- models the editors cannot edit ----------------------------------------------------------
 
+
 @pytest.mark.parametrize("editor", ["prune", "mask", "modhifi-p", "discedit-sp", "forget"])
 def test_model_without_component_layers_cannot_be_edited(editor):
     model = nn.Sequential(nn.Flatten(), nn.ReLU(), nn.BatchNorm1d(192)).eval()
     guard = Untouched(model)
-    with pytest.raises(InputError, match=r"the model \(Sequential\) has no conv/linear layers to edit"):
+    with pytest.raises(
+        InputError, match=r"the model \(Sequential\) has no conv/linear layers to edit"
+    ):
         if editor == "forget":
             pe.forget(model, 1, (X, Y))
         else:
-            pe.edit(model, editor, pe.Scores({}, "l1") if editor in ("prune", "mask") else None,
-                    data=(X, Y), ratio=0.5)
+            pe.edit(
+                model,
+                editor,
+                pe.Scores({}, "l1") if editor in ("prune", "mask") else None,
+                data=(X, Y),
+                ratio=0.5,
+            )
     guard.check()
 
 
@@ -209,7 +254,13 @@ def test_untraceable_model_is_named_and_untouched(call):
     guard = Untouched(model)
     with pytest.raises(EditError, match="torch-pruning"):
         if call == "prune":
-            pe.edit(model, "prune", pe.Scores({"conv": torch.rand(8)}, "l1"), example_inputs=X[:1], ratio=0.5)
+            pe.edit(
+                model,
+                "prune",
+                pe.Scores({"conv": torch.rand(8)}, "l1"),
+                example_inputs=X[:1],
+                ratio=0.5,
+            )
         elif call in ("modhifi-p", "discedit-sp"):
             pe.edit(model, call, data=(X, Y), ratio=0.5)
         else:
@@ -241,8 +292,16 @@ class _Grouped(nn.Module):
 def test_grouped_and_depthwise_convs_prune_consistently(groups):
     model = _Grouped(groups).eval()
     pe.prune(model, "l1", 0.5, data=(X, Y))
-    assert model.a.out_channels == model.g.in_channels == 4 and model.g.out_channels == model.fc.in_features == 4
-    assert model.g.groups == min(groups, 4) and model.g.weight.shape == (4, 4 // model.g.groups, 3, 3)
+    assert (
+        model.a.out_channels == model.g.in_channels == 4
+        and model.g.out_channels == model.fc.in_features == 4
+    )
+    assert model.g.groups == min(groups, 4) and model.g.weight.shape == (
+        4,
+        4 // model.g.groups,
+        3,
+        3,
+    )
     assert model(X).shape == (16, 4)
 
 
@@ -258,15 +317,25 @@ def test_discedit_sp_leaves_layers_coupled_to_a_grouped_conv():
 def test_fidelity_names_a_grouped_consumer():
     model = _Grouped(2).eval()
     guard = Untouched(model)
-    with pytest.raises(InputError, match=r"layer 'a' .*\(its consumers \['g'\] are grouped convolutions"):
+    with pytest.raises(
+        InputError, match=r"layer 'a' .*\(its consumers \['g'\] are grouped convolutions"
+    ):
         pe.edit(model, "modhifi-p", data=(X, Y), ratio=0.5)
     guard.check()
 
 
 def _tied() -> nn.Module:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(192, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),
-                          nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    model = nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(192, 16),
+        nn.ReLU(),
+        nn.Linear(16, 16),
+        nn.ReLU(),
+        nn.Linear(16, 16),
+        nn.ReLU(),
+        nn.Linear(16, 4),
+    ).eval()
     model[5].weight = model[3].weight
     return model
 
@@ -283,13 +352,19 @@ def test_tied_weights_are_refused_by_physical_editors_and_stay_tied(editor):
 
 # -- half precision ----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("scorer", ["l1", "witness", "fidelity", "taylor"])
 def test_half_precision_models_score_read_only(dtype, scorer):
     model = tiny().to(dtype)
     guard = Untouched(model)
     s = pe.score(model, scorer, data=(X.to(dtype), Y))["0"]
-    assert s.dtype == torch.float32 and s.shape == (8,) and torch.isfinite(s).all() and s.abs().max() > 0
+    assert (
+        s.dtype == torch.float32
+        and s.shape == (8,)
+        and torch.isfinite(s).all()
+        and s.abs().max() > 0
+    )
     guard.check()
 
 
@@ -315,6 +390,7 @@ def test_half_precision_model_with_float32_data_or_a_bad_edit_is_untouched(dtype
 
 # -- models whose forward returns a tuple or a dict --------------------------------------------
 
+
 class _Structured(nn.Module):
     def __init__(self, kind: str):
         super().__init__()
@@ -339,16 +415,25 @@ def test_structured_outputs_edit_and_keep_their_structure(kind, editor):
     out = model(X)
     logits = out["logits"] if kind == "dict" else out[0]
     assert type(out) is (dict if kind == "dict" else tuple) and logits.shape == (16, 4)
-    assert model.net[5].out_features == 4          # the head found through the structured output
+    assert model.net[5].out_features == 4  # the head found through the structured output
 
 
 # -- ratios, plugin names and options ------------------------------------------------------------
 
+
 @pytest.mark.parametrize("editor", ["prune", "mask", "modhifi-p"])
-@pytest.mark.parametrize("ratio,match", [
-    (float("nan"), r"ratio must lie in \(0, 1\), got nan"), (float("inf"), r"got inf"),
-    (-0.25, r"got -0.25"), (1.0, r"got 1.0"), ("0.5", "option 'ratio' of .* must be float, got '0.5'"),
-    (None, "must be float, got None")], ids=["nan", "inf", "negative", "one", "string", "none"])
+@pytest.mark.parametrize(
+    "ratio,match",
+    [
+        (float("nan"), r"ratio must lie in \(0, 1\), got nan"),
+        (float("inf"), r"got inf"),
+        (-0.25, r"got -0.25"),
+        (1.0, r"got 1.0"),
+        ("0.5", "option 'ratio' of .* must be float, got '0.5'"),
+        (None, "must be float, got None"),
+    ],
+    ids=["nan", "inf", "negative", "one", "string", "none"],
+)
 def test_ratio_out_of_range_or_nan_is_refused(editor, ratio, match):
     model = tiny()
     guard = Untouched(model)
@@ -364,13 +449,26 @@ def test_cli_ratio_nan_exits_2(capsys):
     assert "ratio must lie in (0, 1), got nan" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("call,match", [
-    (lambda m: pe.score(m, "magic"), "unknown scorer 'magic'; known: .*l1"),
-    (lambda m: pe.edit(m, "magic"), "unknown editor 'magic'; known: .*prune"),
-    (lambda m: pe.score(m, "witness", data=(X, Y), gama=2.0), r"unknown option\(s\) \['gama'\] for 'witness'; known: .*'gamma'"),
-    (lambda m: pe.edit(m, "mask", indices={"0": [1]}, with_nb=False), r"unknown option\(s\) \['with_nb'\]"),
-    (lambda m: pe.score(m, "witness", data=(X, Y), method="magic"), "option 'method' of 'witness' must be one of"),
-], ids=["scorer", "editor", "scorer-option", "editor-option", "option-choice"])
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda m: pe.score(m, "magic"), "unknown scorer 'magic'; known: .*l1"),
+        (lambda m: pe.edit(m, "magic"), "unknown editor 'magic'; known: .*prune"),
+        (
+            lambda m: pe.score(m, "witness", data=(X, Y), gama=2.0),
+            r"unknown option\(s\) \['gama'\] for 'witness'; known: .*'gamma'",
+        ),
+        (
+            lambda m: pe.edit(m, "mask", indices={"0": [1]}, with_nb=False),
+            r"unknown option\(s\) \['with_nb'\]",
+        ),
+        (
+            lambda m: pe.score(m, "witness", data=(X, Y), method="magic"),
+            "option 'method' of 'witness' must be one of",
+        ),
+    ],
+    ids=["scorer", "editor", "scorer-option", "editor-option", "option-choice"],
+)
 def test_unknown_plugin_names_and_options_are_named(call, match):
     model = tiny()
     guard = Untouched(model)
@@ -379,12 +477,16 @@ def test_unknown_plugin_names_and_options_are_named(call, match):
     guard.check()
 
 
-@pytest.mark.parametrize("argv,match", [
-    (["score", "--scorer", "magic"], "unknown scorer 'magic'"),
-    (["prune", "--editor", "magic"], "unknown editor 'magic'"),
-    (["plugins", "--describe", "magic"], "unknown plugin 'magic'"),
-    (["score", "-o", "bogus=1"], r"unknown option(s) ['bogus'] for 'l1'"),
-], ids=["scorer", "editor", "describe", "option"])
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["score", "--scorer", "magic"], "unknown scorer 'magic'"),
+        (["prune", "--editor", "magic"], "unknown editor 'magic'"),
+        (["plugins", "--describe", "magic"], "unknown plugin 'magic'"),
+        (["score", "-o", "bogus=1"], r"unknown option(s) ['bogus'] for 'l1'"),
+    ],
+    ids=["scorer", "editor", "describe", "option"],
+)
 @pytest.mark.slow
 def test_cli_unknown_plugin_names_and_options_exit_2(argv, match, capsys):
     assert cli.main(argv + (["--calib-samples", "64"] if argv[0] != "plugins" else [])) == 2
@@ -393,6 +495,7 @@ def test_cli_unknown_plugin_names_and_options_exit_2(argv, match, capsys):
 
 
 # -- plugins that misbehave ------------------------------------------------------------------------
+
 
 class _Raises(pe.Scorer):
     name = "raises"
@@ -409,20 +512,43 @@ class _RequestsRaise(pe.Scorer):
 
 
 def _returning(name, fn):
-    return type(name, (pe.Scorer,), {"name": name, "score": lambda self, model, stats, inputs: fn(inputs)})
+    return type(
+        name, (pe.Scorer,), {"name": name, "score": lambda self, model, stats, inputs: fn(inputs)}
+    )
 
 
-@pytest.mark.parametrize("scorer,error,match", [
-    (_Raises, PluginRunError, "scorer 'raises' failed: ValueError: kaput"),
-    (_RequestsRaise, PluginRunError, "scorer 'requests-raise' failed: KeyError: 'no such statistic'"),
-    (_returning("nan", lambda i: {"0": torch.full((8,), float("nan"))}), InputError,
-     "scores of '0' from scorer 'nan' contain NaN or Inf"),
-    (_returning("short", lambda i: {"0": torch.ones(3)}), PluginRunError,
-     "scorer 'short' returned scores that do not fit the model: .*have 3 entries but the layer has 8"),
-    (_returning("foreign", lambda i: {"features.0": torch.ones(8)}), PluginRunError,
-     r"scorer 'foreign' returned scores .*name layers the model does not have: \['features.0'\]"),
-    (_returning("listy", lambda i: [torch.ones(8)]), PluginRunError, "scorer 'listy' returned list, not a dict"),
-], ids=["raises", "requests-raise", "nan", "wrong-length", "unknown-layer", "not-a-dict"])
+@pytest.mark.parametrize(
+    "scorer,error,match",
+    [
+        (_Raises, PluginRunError, "scorer 'raises' failed: ValueError: kaput"),
+        (
+            _RequestsRaise,
+            PluginRunError,
+            "scorer 'requests-raise' failed: KeyError: 'no such statistic'",
+        ),
+        (
+            _returning("nan", lambda i: {"0": torch.full((8,), float("nan"))}),
+            InputError,
+            "scores of '0' from scorer 'nan' contain NaN or Inf",
+        ),
+        (
+            _returning("short", lambda i: {"0": torch.ones(3)}),
+            PluginRunError,
+            "scorer 'short' returned scores that do not fit the model: .*have 3 entries but the layer has 8",
+        ),
+        (
+            _returning("foreign", lambda i: {"features.0": torch.ones(8)}),
+            PluginRunError,
+            r"scorer 'foreign' returned scores .*name layers the model does not have: \['features.0'\]",
+        ),
+        (
+            _returning("listy", lambda i: [torch.ones(8)]),
+            PluginRunError,
+            "scorer 'listy' returned list, not a dict",
+        ),
+    ],
+    ids=["raises", "requests-raise", "nan", "wrong-length", "unknown-layer", "not-a-dict"],
+)
 def test_misbehaving_scorer_is_named(scorer, error, match):
     model = tiny()
     guard = Untouched(model)
@@ -462,11 +588,18 @@ class _EditorNoRecord(pe.Editor):
         return {"changed": True}
 
 
-@pytest.mark.parametrize("editor,match", [
-    (_EditorRaises, "editor 'raises' failed: ZeroDivisionError: oops"),
-    (_EditorNaN, r"editor 'writes-nan' left NaN or Inf in \['0.weight'\]; the model was restored"),
-    (_EditorNoRecord, "editor 'no-record' returned dict, not an EditRecord"),
-], ids=["raises", "writes-nan", "no-record"])
+@pytest.mark.parametrize(
+    "editor,match",
+    [
+        (_EditorRaises, "editor 'raises' failed: ZeroDivisionError: oops"),
+        (
+            _EditorNaN,
+            r"editor 'writes-nan' left NaN or Inf in \['0.weight'\]; the model was restored",
+        ),
+        (_EditorNoRecord, "editor 'no-record' returned dict, not an EditRecord"),
+    ],
+    ids=["raises", "writes-nan", "no-record"],
+)
 def test_misbehaving_editor_is_named_and_rolled_back(editor, match):
     model = tiny()
     guard = Untouched(model)
@@ -480,5 +613,6 @@ def test_cli_scorer_that_raises_exits_2(monkeypatch, capsys):
     monkeypatch.setattr(L1Scorer, "score", lambda self, model, stats, inputs: 1 / 0)
     assert cli.main(["score", "--calib-samples", "64"]) == 2
     err = capsys.readouterr().err
-    assert "pluginedit: error: scorer 'l1' failed: ZeroDivisionError" in err and "Traceback" not in err
-
+    assert (
+        "pluginedit: error: scorer 'l1' failed: ZeroDivisionError" in err and "Traceback" not in err
+    )

@@ -1,6 +1,7 @@
 """Issue 22, what scoring and editing do not own stays as it was: the gradients a user has
 accumulated, buffers a forward updates, every module's training flag after a successful edit;
 and targets an editor is given are checked, not silently replaced by the default layers."""
+
 from __future__ import annotations
 
 import pytest
@@ -16,6 +17,7 @@ SCORERS = ["l1", "witness", "fidelity", "taylor", "tvs"]
 
 
 # --- gradients ---------------------------------------------------------------------------
+
 
 def _with_grads(model: nn.Module) -> dict:
     """Give every parameter but one a gradient; returns {name: its values, or None}."""
@@ -36,7 +38,9 @@ def test_taylor_leaves_the_users_gradients_as_they_were(several):
         if grads[name] is None:
             assert p.grad is None, f"{name}: None became a gradient"
         else:
-            assert p.grad is not None and torch.equal(p.grad, grads[name]), f"{name}: gradient changed"
+            assert p.grad is not None and torch.equal(p.grad, grads[name]), (
+                f"{name}: gradient changed"
+            )
 
 
 def test_taylor_without_gradients_leaves_none():
@@ -46,6 +50,7 @@ def test_taylor_without_gradients_leaves_none():
 
 
 # --- buffers a forward updates ----------------------------------------------------------
+
 
 class Counting(nn.Module):
     """tiny() with two call counters: one updated in place, one replaced by a new tensor."""
@@ -69,7 +74,7 @@ def test_scoring_puts_back_buffers_a_forward_updates(scorer):
     untouched = Untouched(model)
     pe.score(model, scorer, data=(X, Y))
     untouched.check()
-    assert model.calls is calls and model.seen is seen     # the same objects, not copies
+    assert model.calls is calls and model.seen is seen  # the same objects, not copies
     assert int(model.calls) == 0 and float(model.seen) == 0
 
 
@@ -82,9 +87,10 @@ def test_score_many_puts_back_buffers_and_train_mode_batchnorm():
 
 # --- training flags after a successful edit ---------------------------------------------
 
+
 def _mixed_modes() -> nn.Module:
     model = tiny().train()
-    model[1].eval()           # BN frozen, the rest training: each flag must come back
+    model[1].eval()  # BN frozen, the rest training: each flag must come back
     return model
 
 
@@ -92,19 +98,29 @@ def _modes(model: nn.Module) -> dict[str, bool]:
     return {path: m.training for path, m in model.named_modules()}
 
 
-@pytest.mark.parametrize("call", [
-    lambda m: pe.edit(m, "prune", pe.score(m, "l1", example_inputs=X[:2]), example_inputs=X[:2], ratio=0.5),
-    lambda m: pe.edit(m, "mask", pe.score(m, "l1", example_inputs=X[:2]), example_inputs=X[:2], ratio=0.5),
-    lambda m: pe.edit(m, "modhifi-p", data=(X, Y), ratio=0.5),
-    lambda m: pe.prune(m, "l1", ratio=0.5, example_inputs=X[:2]),
-    lambda m: pe.forget(m, 1, (X, Y)),
-], ids=["edit-prune", "edit-mask", "edit-modhifi-p", "prune", "forget"])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda m: pe.edit(
+            m, "prune", pe.score(m, "l1", example_inputs=X[:2]), example_inputs=X[:2], ratio=0.5
+        ),
+        lambda m: pe.edit(
+            m, "mask", pe.score(m, "l1", example_inputs=X[:2]), example_inputs=X[:2], ratio=0.5
+        ),
+        lambda m: pe.edit(m, "modhifi-p", data=(X, Y), ratio=0.5),
+        lambda m: pe.prune(m, "l1", ratio=0.5, example_inputs=X[:2]),
+        lambda m: pe.forget(m, 1, (X, Y)),
+    ],
+    ids=["edit-prune", "edit-mask", "edit-modhifi-p", "prune", "forget"],
+)
 def test_a_successful_edit_keeps_every_training_flag(call):
     model = _mixed_modes()
     before = _modes(model)
     call(model)
     after = _modes(model)
-    assert {p: after[p] for p in before if p in after} == {p: before[p] for p in before if p in after}
+    assert {p: after[p] for p in before if p in after} == {
+        p: before[p] for p in before if p in after
+    }
 
 
 def test_modules_an_edit_adds_take_their_parents_mode():
@@ -112,19 +128,22 @@ def test_modules_an_edit_adds_take_their_parents_mode():
     with modes_kept(model):
         model.eval()
         model.add_module("extra", nn.Sequential(nn.Linear(2, 2)).eval())
-        model._modules.pop("2")        # a removed module is simply gone
+        model._modules.pop("2")  # a removed module is simply gone
     assert model.training and model.extra.training and model.extra[0].training
-    assert not model.get_submodule("1").training      # the frozen BN stays frozen
+    assert not model.get_submodule("1").training  # the frozen BN stays frozen
 
 
 # --- targets given to an editor ---------------------------------------------------------
+
 
 @pytest.mark.parametrize("editor", ["mask", "prune"])
 def test_unknown_editor_targets_are_named_and_the_model_untouched(editor):
     model = tiny()
     scores = pe.score(model, "l1", example_inputs=X[:2])
     untouched = Untouched(model)
-    with pytest.raises(InputError, match=r"targets \['nope'\] are not conv/linear layers .* known: \['0', '5'\]"):
+    with pytest.raises(
+        InputError, match=r"targets \['nope'\] are not conv/linear layers .* known: \['0', '5'\]"
+    ):
         pe.edit(model, editor, scores, example_inputs=X[:2], targets=["nope"], ratio=0.5)
     untouched.check()
 
@@ -140,7 +159,9 @@ def test_mask_targets_without_scores_and_unknown_indices_are_named():
     model = tiny()
     untouched = Untouched(model)
     with pytest.raises(InputError, match=r"mask: targets \['5'\] have no scores"):
-        pe.edit(model, "mask", pe.score(model, "l1", example_inputs=X[:2]), targets=["5"], ratio=0.5)
+        pe.edit(
+            model, "mask", pe.score(model, "l1", example_inputs=X[:2]), targets=["5"], ratio=0.5
+        )
     with pytest.raises(InputError, match=r"mask indices \['nope'\] are not conv/linear layers"):
         pe.edit(model, "mask", None, indices={"nope": [1]})
     with pytest.raises(InputError, match="with indices, name the layers there"):
@@ -154,15 +175,20 @@ def test_an_edit_keeps_the_users_gradients():
     model = tiny()
     model(X).sum().backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-    pe.edit(model, "mask", pe.score(model, "l1", example_inputs=X[:1]), example_inputs=X[:1], ratio=0.5)
+    pe.edit(
+        model, "mask", pe.score(model, "l1", example_inputs=X[:1]), example_inputs=X[:1], ratio=0.5
+    )
     assert all(torch.equal(p.grad, grads[n]) for n, p in model.named_parameters())
-    pe.edit(model, "prune", pe.score(model, "l1", example_inputs=X[:1]), example_inputs=X[:1], ratio=0.5)
+    pe.edit(
+        model, "prune", pe.score(model, "l1", example_inputs=X[:1]), example_inputs=X[:1], ratio=0.5
+    )
     for n, p in model.named_parameters():
         assert p.grad is None or (p.grad.shape == p.shape and torch.equal(p.grad, grads[n]))
-    assert model[5].weight.grad is None            # the head lost input columns: no stale gradient
+    assert model[5].weight.grad is None  # the head lost input columns: no stale gradient
 
 
 def test_an_options_object_given_as_the_editor_says_what_to_do():
     from pluginedit.editors.prune import PruneEditor
+
     with pytest.raises(InputError, match="an options object is not an editor"):
         pe.edit(tiny(), PruneEditor.Options(), example_inputs=X[:1])

@@ -1,5 +1,6 @@
 """Model inputs: the classifier head is always found (or the call refuses), any Dataset gives a
 proper example batch, and scoring reads the model without changing it."""
+
 from __future__ import annotations
 
 import pytest
@@ -16,9 +17,18 @@ from pluginedit.stats import Gram
 
 def _net(in_ch: int = 3, classes: int = 5) -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(in_ch, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                         nn.Flatten(), nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, classes)).eval()
+    return nn.Sequential(
+        nn.Conv2d(in_ch, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 6),
+        nn.ReLU(),
+        nn.Linear(6, classes),
+    ).eval()
 
 
 def _data(n: int = 20, in_ch: int = 3, classes: int = 5):
@@ -34,8 +44,11 @@ def test_score_without_inputs_refuses_rather_than_include_the_head():
 @pytest.mark.parametrize("how", ["example", "num_classes", "data"])
 def test_score_never_includes_the_head(how):
     model, (x, y) = _net(), _data()
-    kw = {"example": dict(example_inputs=x[:1]), "num_classes": dict(num_classes=5),
-          "data": dict(data=(x, y))}[how]
+    kw = {
+        "example": dict(example_inputs=x[:1]),
+        "num_classes": dict(num_classes=5),
+        "data": dict(data=(x, y)),
+    }[how]
     scores = pe.score(model, "l1", **kw)
     assert "9" not in scores and set(scores) == {"0", "3", "7"}
 
@@ -60,7 +73,7 @@ def test_plain_dataset_gives_a_batched_example():
 def test_collect_returns_statistics_by_handle():
     model, (x, y) = _net(), _data()
     a = Request("3", Gram.for_module(model[3]), "input")
-    b = Request("3", Gram.for_module(model[3]), "input")      # same place, distinct handle
+    b = Request("3", Gram.for_module(model[3]), "input")  # same place, distinct handle
     got = collect(model, (x, y), [a, b])
     assert got[a] is a.statistic and got[b] is b.statistic and len(got) == 2
     torch.testing.assert_close(got[a].second_moment(), got[b].second_moment())

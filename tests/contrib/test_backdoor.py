@@ -1,5 +1,6 @@
 """Backdoor and spurious-feature benchmarks: the trigger, the poisoned / spurious data sets, the
 editing pairs, bad inputs, and one tiny trojaned digits model."""
+
 import pytest
 import torch
 
@@ -18,13 +19,13 @@ def test_trigger_writes_exactly_the_patch(digits):
     before = x.clone()
     t = bd.calibrated(digits, T2)
     out = t.apply(x)
-    assert torch.equal(x, before)                                  # input untouched
-    assert t.corner(8, 8) == (5, 5)                                # bottom-right, 1 px margin
+    assert torch.equal(x, before)  # input untouched
+    assert t.corner(8, 8) == (5, 5)  # bottom-right, 1 px margin
     assert torch.equal(out[..., 5:7, 5:7], t.pattern().expand(16, 1, 2, 2))
     outside = _outside(x, t)
     assert out[outside].numpy().tobytes() == x[outside].numpy().tobytes()
     assert t.hi == float(digits.train.x.max()) and t.lo == float(digits.train.x.min())
-    assert t.pattern()[0, 0] == t.hi and t.pattern()[0, 1] == t.lo   # a checkerboard
+    assert t.pattern()[0, 0] == t.hi and t.pattern()[0, 1] == t.lo  # a checkerboard
 
 
 def test_opacity_blends_and_zero_is_identity(digits):
@@ -34,18 +35,26 @@ def test_opacity_blends_and_zero_is_identity(digits):
     half = t.at(opacity=0.5).apply(x)
     assert torch.allclose(half[..., 5:7, 5:7], 0.5 * x[..., 5:7, 5:7] + 0.5 * t.pattern())
     assert torch.equal(half[_outside(x, t)], x[_outside(x, t)])
-    assert t.at(opacity=0.5).position == t.position and t.opacity == 1.0   # a copy
+    assert t.at(opacity=0.5).position == t.position and t.opacity == 1.0  # a copy
 
 
-@pytest.mark.parametrize("position, corner", [("top_left", (1, 1)), ("top_right", (1, 5)),
-                                              ("centre", (3, 3)), ("bottom_left", (5, 1)),
-                                              ("bottom_right", (5, 5)), ((0, 2), (0, 2))])
+@pytest.mark.parametrize(
+    "position, corner",
+    [
+        ("top_left", (1, 1)),
+        ("top_right", (1, 5)),
+        ("centre", (3, 3)),
+        ("bottom_left", (5, 1)),
+        ("bottom_right", (5, 5)),
+        ((0, 2), (0, 2)),
+    ],
+)
 def test_positions(digits, position, corner):
     t = bd.calibrated(digits, T2).at(position=position)
     assert t.corner(8, 8) == corner
     r, c = corner
     out = t.apply(digits.test.x[:4])
-    assert torch.equal(out[..., r:r + 2, c:c + 2], t.pattern().expand(4, 1, 2, 2))
+    assert torch.equal(out[..., r : r + 2, c : c + 2], t.pattern().expand(4, 1, 2, 2))
     assert int(t.mask(8, 8).sum()) == 4
 
 
@@ -65,11 +74,15 @@ def test_poisoned_relabels_rate_of_non_target(digits):
     # the test split is clean, and nothing of the original bundle is changed or shared
     assert torch.equal(p.test.x, digits.test.x) and torch.equal(p.test.y, digits.test.y)
     assert torch.equal(digits.train.y, y0) and torch.equal(digits.train.x, x0)
-    for a, b in ((p.train.x, digits.train.x), (p.train.y, digits.train.y),
-                 (p.test.x, digits.test.x), (p.test.y, digits.test.y)):
+    for a, b in (
+        (p.train.x, digits.train.x),
+        (p.train.y, digits.train.y),
+        (p.test.x, digits.test.x),
+        (p.test.y, digits.test.y),
+    ):
         assert a.data_ptr() != b.data_ptr()
     assert p.name == "digits-trojan-t3-r0.1"
-    assert torch.equal(bd.poisoned(digits, 3, 0.1, T2, seed=1).train.x, p.train.x)   # seeded
+    assert torch.equal(bd.poisoned(digits, 3, 0.1, T2, seed=1).train.x, p.train.x)  # seeded
 
 
 def test_poison_rate_extremes(digits):
@@ -111,21 +124,30 @@ def test_spurious_marks_only_the_class(digits):
     assert torch.equal(a.x, bd.calibrated(digits, T2).apply(digits.test.x))
 
 
-@pytest.mark.parametrize("call, match", [
-    (lambda d: bd.poisoned(d, rate=1.5, trigger=T2), r"rate must be a fraction in \[0, 1\], got 1.5"),
-    (lambda d: bd.poisoned(d, rate=-0.1, trigger=T2), r"rate must be a fraction"),
-    (lambda d: bd.poisoned(d, target=10, trigger=T2), r"target class 10 out of range.*0\.\.9"),
-    (lambda d: bd.triggered_test(d, target=-1, trigger=T2), r"target class -1 out of range"),
-    (lambda d: bd.spurious(d, cls=12, trigger=T2), r"spurious class 12 out of range"),
-    (lambda d: bd.spurious(d, rate=2, trigger=T2), r"rate must be a fraction"),
-    (lambda d: bd.poisoned(d, trigger=bd.Trigger(size=8)), r"8x8 trigger .* does not fit a 8x8 image"),
-    (lambda d: bd.Trigger(size=9, position="centre").apply(d.test.x), r"does not fit"),
-    (lambda d: bd.Trigger(size=2, position=(7, 0)).apply(d.test.x), r"runs off a 8x8 image"),
-    (lambda d: bd.Trigger(opacity=1.2), r"opacity must be in \[0, 1\]"),
-    (lambda d: bd.Trigger(size=0), r"positive number of pixels"),
-    (lambda d: bd.Trigger(position="middle"), r"unknown trigger position 'middle'"),
-    (lambda d: bd.Trigger(size=2).apply(d.test.x[0]), r"\[N, C, H, W\]"),
-])
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (
+            lambda d: bd.poisoned(d, rate=1.5, trigger=T2),
+            r"rate must be a fraction in \[0, 1\], got 1.5",
+        ),
+        (lambda d: bd.poisoned(d, rate=-0.1, trigger=T2), r"rate must be a fraction"),
+        (lambda d: bd.poisoned(d, target=10, trigger=T2), r"target class 10 out of range.*0\.\.9"),
+        (lambda d: bd.triggered_test(d, target=-1, trigger=T2), r"target class -1 out of range"),
+        (lambda d: bd.spurious(d, cls=12, trigger=T2), r"spurious class 12 out of range"),
+        (lambda d: bd.spurious(d, rate=2, trigger=T2), r"rate must be a fraction"),
+        (
+            lambda d: bd.poisoned(d, trigger=bd.Trigger(size=8)),
+            r"8x8 trigger .* does not fit a 8x8 image",
+        ),
+        (lambda d: bd.Trigger(size=9, position="centre").apply(d.test.x), r"does not fit"),
+        (lambda d: bd.Trigger(size=2, position=(7, 0)).apply(d.test.x), r"runs off a 8x8 image"),
+        (lambda d: bd.Trigger(opacity=1.2), r"opacity must be in \[0, 1\]"),
+        (lambda d: bd.Trigger(size=0), r"positive number of pixels"),
+        (lambda d: bd.Trigger(position="middle"), r"unknown trigger position 'middle'"),
+        (lambda d: bd.Trigger(size=2).apply(d.test.x[0]), r"\[N, C, H, W\]"),
+    ],
+)
 def test_bad_inputs_are_named(digits, call, match):
     with pytest.raises(InputError, match=match):
         call(digits)
@@ -137,8 +159,11 @@ def test_trojaned_digits_learns_the_backdoor_and_caches(digits, tmp_path, monkey
     model = bd.trojaned("vgg", digits, target=0, rate=0.1, epochs=5, trigger=T2)
     assert bd.attack_success_rate(model, bd.triggered_test(digits, 0, T2), 0) > 0.8
     from pluginedit.evaluate import accuracy
+
     assert accuracy(model, digits.test, 10)[0] > 0.8
     (ckpt,) = tmp_path.glob("*.safetensors")
     assert ckpt.name.startswith("vgg-digits-trojan-t0-r0.1-")
-    again = bd.trojaned("vgg", digits, target=0, rate=0.1, epochs=5, trigger=T2)   # from the cache
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    again = bd.trojaned("vgg", digits, target=0, rate=0.1, epochs=5, trigger=T2)  # from the cache
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values())
+    )

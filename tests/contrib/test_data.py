@@ -1,4 +1,5 @@
 """Data loaders (real files, both layouts, bad files) and deterministic training."""
+
 import gzip
 
 import pytest
@@ -20,7 +21,18 @@ def test_mnist_in_torchvision_raw_layout(shared_data, tmp_path):
     for f in (shared_data / "mnist").iterdir():
         (raw / f.name).symlink_to(f)
     bundle = data.load_dataset("mnist", tmp_path)
-    assert torch.bincount(bundle.test.y).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    assert torch.bincount(bundle.test.y).tolist() == [
+        980,
+        1135,
+        1032,
+        1010,
+        982,
+        892,
+        958,
+        1028,
+        974,
+        1009,
+    ]
 
 
 def test_bad_idx_files_are_named(tmp_path):

@@ -65,13 +65,15 @@ def test_head_pruning_through_torch_pruning(minilm):
         att = pruned.encoder.layer[0].attention.self
         assert att.num_attention_heads == 12 - n and att.all_head_size == 32 * (12 - n)
         assert pruned.encoder.layer[0].attention.output.dense.in_features == 32 * (12 - n)
-        assert pruned.encoder.layer[0].intermediate.dense.out_features == 1536   # FFN untouched
+        assert pruned.encoder.layer[0].intermediate.dense.out_features == 1536  # FFN untouched
         assert n_params - sum(p.numel() for p in pruned.parameters()) == 6 * n * per_head
         cos[n] = hf.cosine_to_dense(dense, pruned, tok, held)
         rand = []
         for seed in range(3):
             g = torch.Generator().manual_seed(seed)
-            m, _ = hf.prune_heads(model, example, n, [torch.rand(12, generator=g) for _ in range(6)])
+            m, _ = hf.prune_heads(
+                model, example, n, [torch.rand(12, generator=g) for _ in range(6)]
+            )
             rand.append(hf.cosine_to_dense(dense, m, tok, held))
         # measured: 0.982 (1 head) and 0.936 (3 heads); random heads 0.949-0.976 and 0.868-0.903
         assert cos[n] > sum(rand) / len(rand), (n, cos[n], rand)

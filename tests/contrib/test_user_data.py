@@ -1,5 +1,6 @@
 """The user's own data: tensor files, a Hugging Face image folder and a save_to_disk data set
 (offline), and text files for transformers."""
+
 from __future__ import annotations
 
 import json
@@ -22,7 +23,9 @@ def test_tensor_file_with_and_without_test_arrays(tmp_path):
     b = data.load_dataset(str(tmp_path / "a.safetensors"))
     assert (len(b.train), len(b.test), b.num_classes) == (40, 10, 5)
     assert torch.equal(torch.cat([b.train.x, b.test.x]).sort(0).values, x.sort(0).values)
-    np.savez(tmp_path / "b.npz", x=x.numpy(), y=y.numpy(), x_test=x[:7].numpy(), y_test=y[:7].numpy())
+    np.savez(
+        tmp_path / "b.npz", x=x.numpy(), y=y.numpy(), x_test=x[:7].numpy(), y_test=y[:7].numpy()
+    )
     b = data.load_dataset(str(tmp_path / "b.npz"))
     assert (len(b.train), len(b.test)) == (50, 7) and torch.equal(b.test.x, x[:7])
 
@@ -32,7 +35,9 @@ def _image_folder(root, n=6, size=10):
     for label in ("cat", "dog"):
         (root / label).mkdir(parents=True)
         for i in range(n):
-            PIL.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(root / label / f"{i}.png")
+            PIL.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(
+                root / label / f"{i}.png"
+            )
 
 
 def test_image_folder_and_save_to_disk(tmp_path):
@@ -47,14 +52,19 @@ def test_image_folder_and_save_to_disk(tmp_path):
 
 
 def test_text_file_tokenised_for_a_transformer(tmp_path):
-    class Tok:     # the shape of a transformers tokenizer's call
+    class Tok:  # the shape of a transformers tokenizer's call
         def __call__(self, texts, **kw):
             ids = torch.tensor([[1 + len(t) % 7, 2, 0] for t in texts])
             return {"input_ids": ids, "attention_mask": (ids > 0).long()}
+
     f = tmp_path / "t.jsonl"
-    f.write_text("".join(json.dumps({"text": f"sentence {i}", "label": i % 3}) + "\n" for i in range(10)))
+    f.write_text(
+        "".join(json.dumps({"text": f"sentence {i}", "label": i % 3}) + "\n" for i in range(10))
+    )
     train, test, k = files.load_text_dataset(f, Tok())
-    assert k == 3 and set(train.x) == {"input_ids", "attention_mask"} and len(train) + len(test) == 10
+    assert (
+        k == 3 and set(train.x) == {"input_ids", "attention_mask"} and len(train) + len(test) == 10
+    )
     (tmp_path / "bad.jsonl").write_text(json.dumps({"body": "x"}) + "\n")
     with pytest.raises(InputError, match="'text' column"):
         files.load_text_dataset(tmp_path / "bad.jsonl", Tok())

@@ -1,4 +1,5 @@
 """Typed plugin options, editor flags and the in-place atomic edit."""
+
 from __future__ import annotations
 
 import threading
@@ -36,7 +37,10 @@ class _Toy(pe.Scorer):
 def test_options_are_validated_once_with_clear_errors():
     assert _Toy(ratio=0.25).options == _Opts(ratio=0.25)
     assert _Toy().options == _Opts()
-    with pytest.raises(InputError, match=r"unknown option\(s\) \['ratoi'\].*known: \['layers', 'mode', 'ratio', 'steps'\]"):
+    with pytest.raises(
+        InputError,
+        match=r"unknown option\(s\) \['ratoi'\].*known: \['layers', 'mode', 'ratio', 'steps'\]",
+    ):
         _Toy(ratoi=0.3)
     with pytest.raises(InputError, match="'mode' of 'toy' must be one of \\['a', 'b'\\]"):
         _Toy(mode="c")
@@ -58,14 +62,14 @@ def test_every_builtin_declares_typed_options_with_help(kind):
             assert help_, f"{kind} {name}: option {opt!r} has no help"
         if kind == "editor":
             assert info.obj.kind in EDITOR_KINDS, name
-        info.obj()   # the defaults themselves validate
+        info.obj()  # the defaults themselves validate
 
 
 class _Net(nn.Module):
     def __init__(self):
         super().__init__()
         self.a, self.bn, self.b = nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Linear(8, 4)
-        self.lock = threading.Lock()   # not picklable, not deep-copyable
+        self.lock = threading.Lock()  # not picklable, not deep-copyable
 
     def forward(self, x):
         return self.b(self.bn(self.a(x)).mean((2, 3)))
@@ -81,6 +85,7 @@ def test_typo_in_a_builtin_option_is_an_error():
 
 class _Breaks(pe.Editor):
     """Mutates in every way an editor can, then fails."""
+
     name = "breaks"
     uses_scores = False
 
@@ -88,7 +93,7 @@ class _Breaks(pe.Editor):
         with torch.no_grad():
             model.a.weight.zero_()
             model.bn.running_mean.add_(3)
-        model.a = nn.Conv2d(3, 4, 3)            # structure
+        model.a = nn.Conv2d(3, 4, 3)  # structure
         model.b.weight = nn.Parameter(torch.ones(4, 4))
         model.train()
         raise RuntimeError("midway")
@@ -107,7 +112,7 @@ def test_failed_edit_restores_in_place_keeping_identities():
     assert before.keys() == after.keys()
     for k in before:
         assert torch.equal(before[k], after[k]), k
-    held_conv.weight.data.fill_(7)               # the user's reference is still the model's
+    held_conv.weight.data.fill_(7)  # the user's reference is still the model's
     assert float(model.a.weight[0, 0, 0, 0]) == 7
 
 

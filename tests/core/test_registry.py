@@ -1,5 +1,6 @@
 """Plugin discovery through entry points: built-ins, broken, duplicate and incompatible plugins,
 the autoload switch, and a real third-party package installed with pip (into a temporary folder)."""
+
 import importlib
 import json
 import os
@@ -24,7 +25,8 @@ def fake_dist(root: Path, name: str, entries: dict[str, str], modules: dict[str,
     info.mkdir(parents=True)
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
     (info / "entry_points.txt").write_text(
-        "[pluginedit.scorers]\n" + "".join(f"{k} = {v}\n" for k, v in entries.items()))
+        "[pluginedit.scorers]\n" + "".join(f"{k} = {v}\n" for k, v in entries.items())
+    )
     for mod, src in modules.items():
         (root / f"{mod}.py").write_text(src)
 
@@ -49,12 +51,16 @@ def test_builtins_come_through_entry_points():
 
 
 def test_broken_plugin_is_reported_not_fatal(plugin_path, capsys):
-    fake_dist(plugin_path, "broken-plugin", {"broken": "broken_mod:S"},
-              {"broken_mod": "raise ImportError('missing dependency foo')\n"})
+    fake_dist(
+        plugin_path,
+        "broken-plugin",
+        {"broken": "broken_mod:S"},
+        {"broken_mod": "raise ImportError('missing dependency foo')\n"},
+    )
     registry.refresh()
     info = registry.plugins("scorer")["broken"]
     assert info.obj is None and "missing dependency foo" in info.error
-    assert registry.get_scorer("l1").name == "l1"                  # the rest still works
+    assert registry.get_scorer("l1").name == "l1"  # the rest still works
     with pytest.raises(PluginError, match=r"broken-plugin\[broken\].*missing dependency foo"):
         registry.get_scorer("broken")
     assert cli.main(["plugins"]) == 0
@@ -70,8 +76,12 @@ def test_duplicate_name_names_both_distributions(plugin_path):
 
 
 def test_incompatible_api_version(plugin_path):
-    fake_dist(plugin_path, "future-plugin", {"future": "future_mod:S"},
-              {"future_mod": GOOD + "    api_version = 99\n"})
+    fake_dist(
+        plugin_path,
+        "future-plugin",
+        {"future": "future_mod:S"},
+        {"future_mod": GOOD + "    api_version = 99\n"},
+    )
     registry.refresh()
     with pytest.raises(PluginError, match=r"future-plugin\[future\].*api_version 99"):
         registry.get_scorer("future")
@@ -93,7 +103,9 @@ def test_unknown_name_lists_the_known_ones():
 
 
 def _forget_example_modules() -> None:
-    for name in [m for m in sys.modules if m == "pluginedit_example" or m.startswith("pluginedit_example.")]:
+    for name in [
+        m for m in sys.modules if m == "pluginedit_example" or m.startswith("pluginedit_example.")
+    ]:
         del sys.modules[name]
 
 
@@ -105,12 +117,31 @@ def example_installed(tmp_path_factory):
     are in examples/pluginedit-example-scorer/tests."""
     tmp = tmp_path_factory.mktemp("example-plugin")
     src, target = tmp / "src", tmp / "site"
-    shutil.copytree(EXAMPLE, src, ignore=shutil.ignore_patterns("tests", "build", "*.egg-info", "__pycache__"))
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--disable-pip-version-check", "--target", str(target), str(src)], check=True)
+    shutil.copytree(
+        EXAMPLE, src, ignore=shutil.ignore_patterns("tests", "build", "*.egg-info", "__pycache__")
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--disable-pip-version-check",
+            "--target",
+            str(target),
+            str(src),
+        ],
+        check=True,
+    )
     with pytest.MonkeyPatch.context() as mp:
         mp.syspath_prepend(str(target))
-        mp.setenv("PYTHONPATH", os.pathsep.join([str(target), *filter(None, [os.environ.get("PYTHONPATH")])]))
+        mp.setenv(
+            "PYTHONPATH",
+            os.pathsep.join([str(target), *filter(None, [os.environ.get("PYTHONPATH")])]),
+        )
         mp.delenv(registry.AUTOLOAD_ENV, raising=False)
         _forget_example_modules()
         importlib.invalidate_caches()
@@ -123,8 +154,12 @@ def example_installed(tmp_path_factory):
 
 @pytest.mark.slow
 def test_example_plugin_is_discovered_and_prunes(example_installed, tmp_path):
-    listing = subprocess.run([sys.executable, "-m", "pluginedit.cli", "plugins"], capture_output=True, text=True,
-                             check=True).stdout
+    listing = subprocess.run(
+        [sys.executable, "-m", "pluginedit.cli", "plugins"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     row = next(line for line in listing.splitlines() if line.startswith("bn-gamma"))
     assert "pluginedit-example-scorer" in row and "0.1.0" in row and row.endswith("ok")
     out = tmp_path / "report.json"
@@ -142,6 +177,7 @@ def test_example_scorer_shares_the_pass_and_editor_undoes(example_installed, dig
     import torch
 
     import pluginedit as pe
+
     calib = digits.train.subset(256)
     both = pe.score_many(digits_vgg, ["act-rms", "fidelity"], data=calib)
     alone = pe.score(digits_vgg, "act-rms", data=calib)

@@ -1,5 +1,6 @@
 """Scores is a read-only mapping {layer path: 1-D tensor} (issue 23): dict-like reading, no
 mutation, the constructor as before (positional or ``values=``), save / load unchanged."""
+
 import collections.abc
 import copy
 import pickle
@@ -13,8 +14,12 @@ from pluginedit.core.errors import InputError
 
 @pytest.fixture
 def scores():
-    return pe.Scores({"features.0": torch.tensor([0.3, 0.1, 0.2]), "features.3": torch.arange(4.0)},
-                     "mine", {"p": 1}, meta={"samples": 8})
+    return pe.Scores(
+        {"features.0": torch.tensor([0.3, 0.1, 0.2]), "features.3": torch.arange(4.0)},
+        "mine",
+        {"p": 1},
+        meta={"samples": 8},
+    )
 
 
 def test_reads_like_a_dict(scores):
@@ -62,8 +67,12 @@ def test_bad_values_are_input_errors():
 
 def test_equality_copy_pickle_and_files(scores, tmp_path):
     assert scores == copy.deepcopy(scores) == pickle.loads(pickle.dumps(scores))
-    other = pe.Scores({"features.0": torch.tensor([0.3, 0.1, 0.25]), "features.3": torch.arange(4.0)},
-                      "mine", {"p": 1}, meta={"samples": 8})
+    other = pe.Scores(
+        {"features.0": torch.tensor([0.3, 0.1, 0.25]), "features.3": torch.arange(4.0)},
+        "mine",
+        {"p": 1},
+        meta={"samples": 8},
+    )
     assert scores != other
     scores.save(tmp_path / "run")
     assert pe.Scores.load(tmp_path / "run") == scores

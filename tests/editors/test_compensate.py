@@ -24,7 +24,7 @@ def _rel(a, b):
 
 def _ridge_lstsq(a, b, lam):
     """argmin ||a x - b||^2 + lam ||x||^2 by an augmented least-squares problem (brute force)."""
-    aug_a = torch.cat([a, lam ** 0.5 * torch.eye(a.shape[1], dtype=a.dtype)])
+    aug_a = torch.cat([a, lam**0.5 * torch.eye(a.shape[1], dtype=a.dtype)])
     aug_b = torch.cat([b, torch.zeros(a.shape[1], b.shape[1], dtype=b.dtype)])
     return torch.linalg.lstsq(aug_a, aug_b, driver="gelsd").solution
 
@@ -42,11 +42,11 @@ def _assert_linear_refit(x, w, keep, centred):
     new, shift, lam = refit_linear(w, gram, keep, mean=mean)
     xc = x[:, keep] - x[:, keep].mean(0) if centred else x[:, keep]
     xr = x[:, ~keep] - x[:, ~keep].mean(0) if centred else x[:, ~keep]
-    delta = _ridge_lstsq(xc / n ** 0.5, xr @ w[:, ~keep].T / n ** 0.5, lam)
+    delta = _ridge_lstsq(xc / n**0.5, xr @ w[:, ~keep].T / n**0.5, lam)
     ref = w[:, keep] + delta.T
     assert _rel(new[:, keep], ref) < 1e-6
     assert torch.all(new[:, ~keep] == 0)
-    if centred:   # the refit is the best affine one: the output mean is preserved
+    if centred:  # the refit is the best affine one: the output mean is preserved
         torch.testing.assert_close((x @ new.T + shift).mean(0), (x @ w.T).mean(0))
     return lam
 
@@ -60,9 +60,11 @@ def test_linear_refit_equals_least_squares_random(centred):
     # with a vanishing ridge it is plain least squares on the kept inputs (with intercept if centred)
     gram = torch.cov(x.T, correction=0) if centred else x.T @ x / 400
     new, shift, _ = refit_linear(w, gram, keep, ridge=0.0, mean=x.mean(0) if centred else None)
-    design = torch.cat([x[:, keep], torch.ones(400, 1, dtype=x.dtype)], 1) if centred else x[:, keep]
+    design = (
+        torch.cat([x[:, keep], torch.ones(400, 1, dtype=x.dtype)], 1) if centred else x[:, keep]
+    )
     sol = torch.linalg.lstsq(design, x @ w.T).solution
-    assert _rel(new[:, keep], sol[:keep.sum()].T) < 1e-6
+    assert _rel(new[:, keep], sol[: keep.sum()].T) < 1e-6
     if centred:
         assert _rel(shift, sol[-1]) < 1e-6
 
@@ -77,11 +79,11 @@ def _vgg_inputs(model, data, path, n=512):
 
 
 def test_linear_refit_equals_least_squares_real_activations(fmnist_vgg, fmnist):
-    x = _vgg_inputs(fmnist_vgg, fmnist.train, "classifier.1")          # post-ReLU pooled features
+    x = _vgg_inputs(fmnist_vgg, fmnist.train, "classifier.1")  # post-ReLU pooled features
     w = fmnist_vgg.classifier[1].weight.detach().double()
     keep = _keep(x.shape[1], x.shape[1] // 2)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", IllConditionedWarning)            # real data may need it
+        warnings.simplefilter("ignore", IllConditionedWarning)  # real data may need it
         for centred in (False, True):
             _assert_linear_refit(x, w, keep, centred)
 
@@ -103,7 +105,7 @@ def test_conv_refit_equals_per_channel_least_squares_real_activations(fmnist_vgg
         a = a.permute(0, 2, 3, 1).reshape(-1, conv.in_channels)
         lam = float(ridge_for(q[c][keep][:, keep], 1e-8)[0])
         n = a.shape[0]
-        d = _ridge_lstsq(a[:, keep] / n ** 0.5, a[:, ~keep].sum(1, keepdim=True) / n ** 0.5, lam)
+        d = _ridge_lstsq(a[:, keep] / n**0.5, a[:, ~keep].sum(1, keepdim=True) / n**0.5, lam)
         scale = torch.zeros(conv.in_channels, dtype=torch.float64)
         scale[keep] = 1 + d[:, 0]
         assert _rel(new[c], w[c] * scale[:, None, None]) < 1e-6
@@ -111,8 +113,10 @@ def test_conv_refit_equals_per_channel_least_squares_real_activations(fmnist_vgg
 
 def test_keep_all_changes_nothing(fmnist_vgg, fmnist):
     model = copy.deepcopy(fmnist_vgg)
-    reqs = [Request(p, Gram.for_module(model.get_submodule(p)), "input")
-            for p in ("features.3", "classifier.1")]
+    reqs = [
+        Request(p, Gram.for_module(model.get_submodule(p)), "input")
+        for p in ("features.3", "classifier.1")
+    ]
     stats = collect(model, fmnist.train.subset(256), reqs)
     before = copy.deepcopy(model.state_dict())
     for r in reqs:
@@ -125,7 +129,7 @@ def test_keep_all_changes_nothing(fmnist_vgg, fmnist):
 
 def test_compensation_beats_plain_removal_on_held_out_rows():
     torch.manual_seed(1)
-    mix = torch.randn(8, 16)                           # inputs near an 8-dim subspace: redundant
+    mix = torch.randn(8, 16)  # inputs near an 8-dim subspace: redundant
     x_cal, x_val = [torch.randn(n, 8) @ mix + 0.05 * torch.randn(n, 16) for n in (2000, 500)]
     layer = nn.Linear(16, 8)
     g = Gram(16)
@@ -179,5 +183,5 @@ def test_full_conv_refit_equals_least_squares_on_patches(fmnist_vgg, fmnist):
     kp = keep.repeat_interleave(9)
     wf = w.reshape(w.shape[0], -1)
     n = p.shape[0]
-    delta = _ridge_lstsq(p[:, kp] / n ** 0.5, p[:, ~kp] @ wf[:, ~kp].T / n ** 0.5, lam)
+    delta = _ridge_lstsq(p[:, kp] / n**0.5, p[:, ~kp] @ wf[:, ~kp].T / n**0.5, lam)
     assert _rel(new.reshape(w.shape[0], -1)[:, kp], wf[:, kp] + delta.T) < 1e-6

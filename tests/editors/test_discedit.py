@@ -1,4 +1,5 @@
 """DisCEdit editors on the small Fashion-MNIST CNNs: forgetting, pruning, masking == removal."""
+
 import copy
 
 import pytest
@@ -17,7 +18,9 @@ def fm_test(fmnist):
 
 
 @pytest.mark.parametrize("arch", ["vgg", "resnet"])
-def test_forgetting_drops_one_class_and_keeps_the_rest(arch, fmnist, fm_test, fmnist_vgg, fmnist_resnet):
+def test_forgetting_drops_one_class_and_keeps_the_rest(
+    arch, fmnist, fm_test, fmnist_vgg, fmnist_resnet
+):
     model = {"vgg": fmnist_vgg, "resnet": fmnist_resnet}[arch]
     _, dense = report.accuracy(model, fm_test, 10)
     k = {"vgg": 7, "resnet": 0}[arch]
@@ -26,11 +29,11 @@ def test_forgetting_drops_one_class_and_keeps_the_rest(arch, fmnist, fm_test, fm
     _, pc = report.accuracy(edited, fm_test, 10)
     f = report.forgetting(pc, k)
     kept = (sum(dense) - dense[k]) / 9
-    assert dense[k] > 0.5, (arch, k, dense[k])   # there was something to forget
+    assert dense[k] > 0.5, (arch, k, dense[k])  # there was something to forget
     assert f["forgotten_accuracy"] <= 0.05, (arch, k, f)
     assert f["retained_accuracy"] >= kept - 0.03, (arch, k, f, kept)
     assert rec.num_changed() > 0
-    rec.undo(edited)   # masking is reversible: every tensor back bit for bit
+    rec.undo(edited)  # masking is reversible: every tensor back bit for bit
     want = model.state_dict()
     assert all(torch.equal(want[n], v) for n, v in edited.state_dict().items())
 
@@ -45,7 +48,7 @@ def test_forgetting_top_m_guard_and_bad_input(fmnist, fmnist_vgg):
     no_class_3 = data.subset(exclude=[3])
     with pytest.raises(InputError, match=r"\[3\] have no samples"):
         api.forget(edited, 3, no_class_3, num_classes=10, max_samples=600)
-    assert all(torch.equal(before[k], v) for k, v in edited.state_dict().items())   # untouched
+    assert all(torch.equal(before[k], v) for k, v in edited.state_dict().items())  # untouched
     with pytest.raises(InputError, match="unknown option"):
         api.forget(edited, 3, data, num_classes=10, mm=3)
 
@@ -54,19 +57,34 @@ def test_pruning_mask_equals_removal_and_beats_random(fmnist, fm_test, fmnist_vg
     stats = fmnist.train.subset(1000, seed=2)
     example = fm_test.x[:8]
     removed = copy.deepcopy(fmnist_vgg)
-    rec = api.edit(removed, "discedit-sp", example_inputs=example, data=stats, num_classes=10,
-                   ratio=0.1, max_samples=1000)
+    rec = api.edit(
+        removed,
+        "discedit-sp",
+        example_inputs=example,
+        data=stats,
+        num_classes=10,
+        ratio=0.1,
+        max_samples=1000,
+    )
     assert 0.1 < rec.info["fraction_removed"] < 0.3
     # what physical=False leaves: the same channels zeroed (weight, bias, BN affine) in place
     masked = copy.deepcopy(fmnist_vgg)
     zero_components(masked, rec.changes, True, EditRecord("mask"))
-    assert sum(p.numel() for p in masked.parameters()) > sum(p.numel() for p in removed.parameters())
+    assert sum(p.numel() for p in masked.parameters()) > sum(
+        p.numel() for p in removed.parameters()
+    )
     with torch.no_grad():
         assert torch.allclose(masked.eval()(example), removed.eval()(example), atol=1e-4)
     acc = report.accuracy(removed, fm_test, 10)[0]
     rand = copy.deepcopy(fmnist_vgg)
-    api.edit(rand, "prune", api.score(rand, "random", example_inputs=example), ratio=0.1,
-             example_inputs=example, ignored=[])
+    api.edit(
+        rand,
+        "prune",
+        api.score(rand, "random", example_inputs=example),
+        ratio=0.1,
+        example_inputs=example,
+        ignored=[],
+    )
     # at 10% of channels per layer (~17% of parameters) and no fine-tuning the witness keeps
     # about 0.5 accuracy where random channels leave about chance (0.13); a margin, not a tie
     assert acc > report.accuracy(rand, fm_test, 10)[0] + 0.15
@@ -76,8 +94,19 @@ def test_threshold_loop_respects_floor_and_stops(fmnist, fmnist_vgg, fmnist_resn
     stats, held = fmnist.train.subset(500, seed=3), fmnist.test.subset(500)
     model = copy.deepcopy(fmnist_vgg)
     dense = report.accuracy(model, held, 10)[0]
-    rec = api.edit(model, "discedit-sp", data=stats, num_classes=10, allocation="threshold", rho=0.3,
-                   rho_step=0.1, acc_floor=dense - 0.1, eval_data=held, max_iter=2, max_samples=500)
+    rec = api.edit(
+        model,
+        "discedit-sp",
+        data=stats,
+        num_classes=10,
+        allocation="threshold",
+        rho=0.3,
+        rho_step=0.1,
+        acc_floor=dense - 0.1,
+        eval_data=held,
+        max_iter=2,
+        max_samples=500,
+    )
     rounds = rec.info["rounds"]
     assert 1 <= len(rounds) <= 2
     acc = report.accuracy(model, held, 10)[0]
@@ -85,18 +114,32 @@ def test_threshold_loop_respects_floor_and_stops(fmnist, fmnist_vgg, fmnist_resn
     accepted = [r for r in rounds if r["accuracy"] >= dense - 0.1]
     assert (rec.info["fraction_removed"] > 0) == bool(accepted)
     model = copy.deepcopy(fmnist_resnet)
-    rec = api.edit(model, "discedit-sp", data=stats, num_classes=10, ratio=0.2, max_samples=300,
-                   example_inputs=held.x[:2])
+    rec = api.edit(
+        model,
+        "discedit-sp",
+        data=stats,
+        num_classes=10,
+        ratio=0.2,
+        max_samples=300,
+        example_inputs=held.x[:2],
+    )
     # residual-coupled layers are left alone, so masking and removal agree
     assert all("conv2" not in p and "downsample" not in p for p in rec.info["layers"])
     assert rec.info["fraction_removed"] > 0
     with pytest.raises(InputError, match="eval_data"):
-        api.edit(copy.deepcopy(fmnist_resnet), "discedit-sp", data=stats, num_classes=10,
-                 allocation="threshold", acc_floor=0.5)
+        api.edit(
+            copy.deepcopy(fmnist_resnet),
+            "discedit-sp",
+            data=stats,
+            num_classes=10,
+            allocation="threshold",
+            acc_floor=0.5,
+        )
 
 
 def test_held_out_check_scores_one_half_and_checks_the_other(fmnist, fm_test, fmnist_vgg):
     from pluginedit.editors.discedit_u import halves
+
     data = fmnist.train.subset(1000, seed=1)
     scored, check = halves(data)
     assert len(scored) == len(check) == 500

@@ -1,4 +1,5 @@
 """Editors: physical pruning through torch-pruning, reversible masking, atomic failure, bad input."""
+
 import copy
 
 import pytest
@@ -33,11 +34,15 @@ def assert_identical(model, snap):
 def test_prune_half_of_the_channels_with_every_builtin_scorer(digits_vgg, digits, scorer):
     model = copy.deepcopy(digits_vgg)
     scores = pe.score(model, scorer, data=digits.train)
-    assert set(scores) == {p for p, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))} - {"classifier.3"}
+    assert set(scores) == {
+        p for p, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))
+    } - {"classifier.3"}
     record = pe.edit(model, "prune", scores, ratio=0.5, example_inputs=digits.test.x[:1])
     assert params(digits_vgg) >= 3 * params(model)
     assert model(digits.test.x[:5]).shape == (5, 10)
-    assert sum(map(len, record.changes.values())) == sum(record.info["channels_before"].values()) // 2
+    assert (
+        sum(map(len, record.changes.values())) == sum(record.info["channels_before"].values()) // 2
+    )
 
 
 def test_prune_removes_exactly_the_lowest_scored_channels(digits_vgg, digits):
@@ -53,7 +58,9 @@ def test_residual_network_prunes_coupled_channels(digits):
     model = zoo.build("resnet", 1, 10, **zoo.default_config("resnet", "digits"))
     pe.prune(model, "l1", 0.5, example_inputs=digits.test.x[:1])
     block = model.layers[1][0]
-    assert block.conv2.out_channels == block.downsample[0].out_channels == model.fc.in_features == 16
+    assert (
+        block.conv2.out_channels == block.downsample[0].out_channels == model.fc.in_features == 16
+    )
     assert model(digits.test.x[:3]).shape == (3, 10)
 
 
@@ -93,6 +100,7 @@ def test_prune_failing_after_some_groups_is_rolled_back(digits_vgg, digits, monk
     model = copy.deepcopy(digits_vgg)
     snap = snapshot(model)
     import torch_pruning as tp
+
     calls = {"n": 0}
     real = tp.dependency.Group.prune
 
@@ -101,6 +109,7 @@ def test_prune_failing_after_some_groups_is_rolled_back(digits_vgg, digits, monk
         if calls["n"] == 3:
             raise RuntimeError("disk full")
         return real(self, *a, **k)
+
     monkeypatch.setattr(tp.dependency.Group, "prune", flaky)
     with pytest.raises(RuntimeError, match="disk full"):
         pe.prune(model, "l1", 0.5, example_inputs=digits.test.x[:1])
@@ -120,6 +129,7 @@ def test_ratio_outside_open_unit_interval(digits_vgg, digits, ratio):
 
 class ListOutput(nn.Module):
     """Returns Python floats: torch-pruning cannot trace through it."""
+
     def __init__(self):
         super().__init__()
         self.conv, self.fc = nn.Conv2d(1, 8, 3), nn.Linear(8, 2)
@@ -130,6 +140,7 @@ class ListOutput(nn.Module):
 
 class NumpyDetour(nn.Module):
     """Leaves torch through numpy: the graph torch-pruning sees is cut."""
+
     def __init__(self):
         super().__init__()
         self.conv, self.fc = nn.Conv2d(1, 8, 3), nn.Linear(8, 2)
@@ -138,8 +149,10 @@ class NumpyDetour(nn.Module):
         return self.fc(torch.from_numpy(self.conv(x).mean((2, 3)).detach().numpy()))
 
 
-@pytest.mark.parametrize("cls,error,match", [(ListOutput, InputError, "no tensor in it"),
-                                             (NumpyDetour, EditError, "torch-pruning")])
+@pytest.mark.parametrize(
+    "cls,error,match",
+    [(ListOutput, InputError, "no tensor in it"), (NumpyDetour, EditError, "torch-pruning")],
+)
 def test_untraceable_model_is_a_clear_error_and_untouched(cls, error, match):
     model = cls()
     snap = snapshot(model)

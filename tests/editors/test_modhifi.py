@@ -20,15 +20,21 @@ def split(fmnist):
 def _acc(model, test, classes=None):
     with torch.no_grad():
         pred = model.eval()(test.x).argmax(1)
-    sel = torch.ones_like(test.y, dtype=torch.bool) if classes is None else torch.isin(test.y, classes)
+    sel = (
+        torch.ones_like(test.y, dtype=torch.bool)
+        if classes is None
+        else torch.isin(test.y, classes)
+    )
     return float((pred[sel] == test.y[sel]).float().mean())
 
 
 def _modhifi(model, calib, **kw):
     m = copy.deepcopy(model)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", IllConditionedWarning)   # dead ReLU channels are normal
-        rec = api.edit(m, "modhifi-p", None, data=calib, ratio=0.5, steps=1, calib_samples=1024, **kw)
+        warnings.simplefilter("ignore", IllConditionedWarning)  # dead ReLU channels are normal
+        rec = api.edit(
+            m, "modhifi-p", None, data=calib, ratio=0.5, steps=1, calib_samples=1024, **kw
+        )
     return m, rec
 
 
@@ -45,26 +51,46 @@ def test_pair_scores_match_materialised_contributions(fmnist_vgg, split, monkeyp
         fmnist_vgg(calib.x[:64])
     h.remove()
     x, w = store["x"], conv.weight.double()
-    a = torch.stack([nn.functional.conv2d(x, w[c][:, None], padding=1, groups=w.shape[1])
-                     for c in range(w.shape[0])], 1)                 # A [N, c_out, c_in, H, W]
-    a = a.permute(1, 2, 0, 3, 4).flatten(2)                           # [c_out, c_in, rows]
+    a = torch.stack(
+        [
+            nn.functional.conv2d(x, w[c][:, None], padding=1, groups=w.shape[1])
+            for c in range(w.shape[0])
+        ],
+        1,
+    )  # A [N, c_out, c_in, H, W]
+    a = a.permute(1, 2, 0, 3, 4).flatten(2)  # [c_out, c_in, rows]
     y = a.sum(1, keepdim=True)
     r, e_a, e_y = (y * a).mean(2), a.square().mean(2), y.square().mean(2)
     tol = dict(rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(pair_scores(conv.weight, grams["features.7"], "uncentred"), r / e_y, **tol)
-    torch.testing.assert_close(pair_scores(conv.weight, grams["features.7"], "fidelity"),
-                               r.square() / (e_a * e_y), **tol)
-    torch.testing.assert_close(pair_scores(conv.weight, grams["features.7"], "alpha"), r / e_a, **tol)
+    torch.testing.assert_close(
+        pair_scores(conv.weight, grams["features.7"], "uncentred"), r / e_y, **tol
+    )
+    torch.testing.assert_close(
+        pair_scores(conv.weight, grams["features.7"], "fidelity"), r.square() / (e_a * e_y), **tol
+    )
+    torch.testing.assert_close(
+        pair_scores(conv.weight, grams["features.7"], "alpha"), r / e_a, **tol
+    )
     ac = a - a.mean(2, keepdim=True)
     yc = ac.sum(1, keepdim=True)
-    torch.testing.assert_close(pair_scores(conv.weight, grams["features.7"], "centred"),
-                               (yc * ac).mean(2) / yc.square().mean(2), **tol)
+    torch.testing.assert_close(
+        pair_scores(conv.weight, grams["features.7"], "centred"),
+        (yc * ac).mean(2) / yc.square().mean(2),
+        **tol,
+    )
 
 
 def test_fidelity_scorer_is_registered_and_scores_every_channel(fmnist_vgg, split):
     s = api.score(fmnist_vgg, "fidelity", data=split[0].subset(256))
-    assert set(s) == {"features.0", "features.3", "features.7", "features.10", "features.14",
-                      "features.17", "classifier.1"}
+    assert set(s) == {
+        "features.0",
+        "features.3",
+        "features.7",
+        "features.10",
+        "features.14",
+        "features.17",
+        "classifier.1",
+    }
     assert all(torch.isfinite(v).all() and v.std() > 0 for v in s.values())
 
 
@@ -112,19 +138,23 @@ def test_bn_recalibration_matches_the_data_statistics():
 def test_modhifi_u_forgets_a_class_from_its_samples_only(fmnist_vgg, fmnist):
     calib, test = fmnist.train.subset(4000, seed=2), fmnist.test.subset(3000, seed=2)
     # two classes here (the benchmark averages all ten on the fully trained models)
-    dense = {k: _acc(fmnist_vgg, test, torch.tensor([j for j in range(10) if j != k])) for k in (1, 8)}
+    dense = {
+        k: _acc(fmnist_vgg, test, torch.tensor([j for j in range(10) if j != k])) for k in (1, 8)
+    }
     retained = {}
     for k in (1, 8):
         poisoned = copy.deepcopy(calib)
-        poisoned.x[poisoned.y != k] = float("nan")         # retained-class samples must not be read
+        poisoned.x[poisoned.y != k] = float("nan")  # retained-class samples must not be read
         m = copy.deepcopy(fmnist_vgg)
         record = api.forget(m, k, poisoned, editor="modhifi-u", num_classes=10)
         assert _acc(m, test, torch.tensor([k])) <= 0.02
         retained[k] = _acc(m, test, torch.tensor([j for j in range(10) if j != k]))
         assert record.info["slices_edited"] > 0
         record.undo(m)
-        assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(),
-                                                      fmnist_vgg.state_dict().values()))
+        assert all(
+            torch.equal(a, b)
+            for a, b in zip(m.state_dict().values(), fmnist_vgg.state_dict().values())
+        )
     # the acceptance is on the class average: retained accuracy within 3 points of dense
     assert sum(retained.values()) / 2 >= sum(dense.values()) / 2 - 0.03
 
@@ -134,8 +164,9 @@ def test_modhifi_u_negates_hifi_slices_without_batchnorm():
     model = nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.ReLU(), nn.Linear(8, 3))
     x, y = torch.randn(90, 6), torch.arange(90) % 3
     before = model[3].weight.detach().clone()
-    record = api.forget(model, 1, (x, y), editor="modhifi-u", num_classes=3, fraction=0.2,
-                        layers=["3"], rows="all")
+    record = api.forget(
+        model, 1, (x, y), editor="modhifi-u", num_classes=3, fraction=0.2, layers=["3"], rows="all"
+    )
     assert record.options["mode"] == "auto" and record.info["mode"] == "negate"
     flat = record.changes["3"]
     edited = torch.zeros(before.numel(), dtype=torch.bool)
@@ -150,19 +181,25 @@ def test_modhifi_u_held_out_check_fits_grams_on_half_the_samples(fmnist_vgg, fmn
     calib = fmnist.train.subset(3000, seed=2)
     m = copy.deepcopy(fmnist_vgg)
     record = api.forget(m, 1, calib, editor="modhifi-u", num_classes=10, check="held-out")
-    assert record.info["forget_samples"] == 128          # Grams from half of the 256 samples read
+    assert record.info["forget_samples"] == 128  # Grams from half of the 256 samples read
     test = fmnist.test.subset(2000, seed=2)
     assert _acc(m, test, torch.tensor([1])) <= 0.05
 
 
 def test_modhifi_u_head_only_and_its_fraction_cap():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    model = nn.Sequential(
+        nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)
+    ).eval()
     x, y = torch.randn(90, 6), torch.arange(90) % 3
-    rec = api.forget(model, 1, (x, y), editor="modhifi-u", num_classes=3, hidden=False, max_fraction=0.25)
+    rec = api.forget(
+        model, 1, (x, y), editor="modhifi-u", num_classes=3, hidden=False, max_fraction=0.25
+    )
     assert set(rec.changes) == {"4"} and rec.info["fraction"] <= 0.25
     rec.undo(model)
-    both = api.forget(model, 1, (x, y), editor="modhifi-u", num_classes=3, fraction=0.1, hidden=True)
+    both = api.forget(
+        model, 1, (x, y), editor="modhifi-u", num_classes=3, fraction=0.1, hidden=True
+    )
     assert set(both.changes) == {"0", "2", "4"}
     with pytest.raises(InputError, match="max_fraction"):
         api.forget(model, 1, (x, y), editor="modhifi-u", num_classes=3, max_fraction=1.5)
@@ -177,19 +214,32 @@ def test_modhifi_u_forget_row_only_lowers_the_forget_logit():
     x, y = torch.randn(300, 6), torch.arange(300) % 3
     with torch.no_grad():
         before_w, before = model[2].weight.clone(), model(x)
-    rec = api.forget(model, 1, (x, y), editor="modhifi-u", num_classes=3, hidden=False, rows="forget",
-                     max_fraction=1.0, target=0.0)
+    rec = api.forget(
+        model,
+        1,
+        (x, y),
+        editor="modhifi-u",
+        num_classes=3,
+        hidden=False,
+        rows="forget",
+        max_fraction=1.0,
+        target=0.0,
+    )
     w = model[2].weight.detach()
     changed = (w != before_w).nonzero()
     assert len(changed) and set(changed[:, 0].tolist()) == {1} and set(rec.changes) == {"2"}
-    assert (before_w[changed[:, 0], changed[:, 1]] > 0).all() and (w[changed[:, 0], changed[:, 1]] < 0).all()
+    assert (before_w[changed[:, 0], changed[:, 1]] > 0).all() and (
+        w[changed[:, 0], changed[:, 1]] < 0
+    ).all()
     with torch.no_grad():
         after = model(x)
     assert (after[:, 1] <= before[:, 1] + 1e-6).all()
     torch.testing.assert_close(after[:, [0, 2]], before[:, [0, 2]])
     kept = before.argmax(1) != 1
     assert torch.equal(after.argmax(1)[kept], before.argmax(1)[kept])
-    assert (after.argmax(1)[y == 1] == 1).float().mean() < (before.argmax(1)[y == 1] == 1).float().mean()
+    assert (after.argmax(1)[y == 1] == 1).float().mean() < (
+        before.argmax(1)[y == 1] == 1
+    ).float().mean()
     with pytest.raises(InputError, match="rows"):
         api.forget(model, 1, (x, y), editor="modhifi-u", num_classes=3, rows="some")
 
@@ -209,11 +259,18 @@ def test_modhifi_u_forget_row_on_fmnist_keeps_retained_accuracy(fmnist_vgg, fmni
 
 def test_modhifi_u_auto_mode_negates_the_forget_row_and_zeroes_elsewhere_in_bn_nets():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(64, 8),
+        nn.ReLU(),
+        nn.Linear(8, 3),
+    ).eval()
     x, y = torch.randn(90, 1, 6, 6), torch.arange(90) % 3
     with torch.no_grad():
-        model[6].weight[2].abs_()             # class 2's logit is pushed up by the ReLU features
+        model[6].weight[2].abs_()  # class 2's logit is pushed up by the ReLU features
     hidden_w, head_w = model[4].weight.detach().clone(), model[6].weight.detach().clone()
     rec = api.forget(model, 2, (x, y), editor="modhifi-u", num_classes=3, hidden=True, fraction=0.5)
     assert rec.info["mode"] == "negate/zero" and set(rec.changes) == {"4", "6"}

@@ -1,5 +1,6 @@
 """Models in and out: a model defined outside the package is pruned from the CLI, saved without
 pickle and reloaded in a fresh process; damaged or foreign files are clear errors."""
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,7 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 sys.path.insert(0, str(FIXTURES))
 import custom_models  # noqa: E402
 
-TRUST = ["custom_models:make"]     # a factory outside the allow-list: the tests trust it by name
+TRUST = ["custom_models:make"]  # a factory outside the allow-list: the tests trust it by name
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,9 @@ def files(tmp_path_factory):
     """Weights and a small data file of 3-channel 32x32 images."""
     root = tmp_path_factory.mktemp("io")
     model = custom_models.make()
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(root / "w.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()}, str(root / "w.safetensors")
+    )
     torch.save(model.state_dict(), root / "w.pt")
     g = torch.Generator().manual_seed(0)
     x = torch.randn(240, 3, 32, 32, generator=g)
@@ -39,12 +42,19 @@ def files(tmp_path_factory):
 
 def _fresh_logits(folder: Path, x_file: Path) -> torch.Tensor:
     """Logits of pe.load(folder) computed in a new Python process."""
-    code = ("import sys, torch, pluginedit as pe; from safetensors.torch import load_file, save_file;"
-            f"m = pe.load({str(folder)!r}, trusted=['custom_models:make']); x = load_file({str(x_file)!r})['x'][:16];"
-            f"save_file({{'y': m(x).detach()}}, {str(folder / 'out.safetensors')!r})")
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=300,
-                   env={**__import__("os").environ, "PYTHONPATH": str(FIXTURES)})
+    code = (
+        "import sys, torch, pluginedit as pe; from safetensors.torch import load_file, save_file;"
+        f"m = pe.load({str(folder)!r}, trusted=['custom_models:make']); x = load_file({str(x_file)!r})['x'][:16];"
+        f"save_file({{'y': m(x).detach()}}, {str(folder / 'out.safetensors')!r})"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        timeout=300,
+        env={**__import__("os").environ, "PYTHONPATH": str(FIXTURES)},
+    )
     from safetensors.torch import load_file
+
     return load_file(str(folder / "out.safetensors"))["y"]
 
 
@@ -52,18 +62,39 @@ def _fresh_logits(folder: Path, x_file: Path) -> torch.Tensor:
 def test_cli_prunes_saves_and_a_fresh_process_reloads(files, tmp_path, weights, monkeypatch):
     monkeypatch.syspath_prepend(str(FIXTURES))
     out = tmp_path / "pruned"
-    rc = cli.main(["prune", "--model", "custom_models:make", "--model-args", '{"width": 16}',
-                   "--weights", str(files / weights), "--data", str(files / "data.safetensors"),
-                   "--scorer", "l1", "--ratio", "0.5", "--save", str(out), "--calib-samples", "64"])
+    rc = cli.main(
+        [
+            "prune",
+            "--model",
+            "custom_models:make",
+            "--model-args",
+            '{"width": 16}',
+            "--weights",
+            str(files / weights),
+            "--data",
+            str(files / "data.safetensors"),
+            "--scorer",
+            "l1",
+            "--ratio",
+            "0.5",
+            "--save",
+            str(out),
+            "--calib-samples",
+            "64",
+        ]
+    )
     assert rc == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["source"]["factory"] == "custom_models:make" and manifest["steps"]
     assert manifest["history"][0]["editor"] == "prune"
     reloaded = pe.load(out, trusted=TRUST)
     dense = pe.load_model("custom_models:make", {"width": 16})
-    assert sum(p.numel() for p in reloaded.parameters()) < 0.6 * sum(p.numel() for p in dense.parameters())
+    assert sum(p.numel() for p in reloaded.parameters()) < 0.6 * sum(
+        p.numel() for p in dense.parameters()
+    )
     fresh = _fresh_logits(out, files / "data.safetensors")
     from safetensors.torch import load_file
+
     xs = load_file(str(files / "data.safetensors"))["x"][:16]
     with torch.no_grad():
         torch.testing.assert_close(fresh, reloaded(xs), atol=1e-6, rtol=0)
@@ -91,6 +122,7 @@ def test_load_never_unpickles(saved, monkeypatch):
 
     def refuse(*a, **k):
         raise AssertionError("pickle used on the load path")
+
     monkeypatch.setattr(pickle, "load", refuse)
     monkeypatch.setattr(pickle, "loads", refuse)
     monkeypatch.setattr(pickle, "Unpickler", refuse)
@@ -102,6 +134,7 @@ def test_malicious_pickle_weights_are_refused(tmp_path):
     class Boom:
         def __reduce__(self):
             return (exec, ("open('/tmp/pluginedit_pwned', 'w').write('x')",))
+
     bad = tmp_path / "evil.pt"
     with open(bad, "wb") as f:
         pickle.dump({"w": Boom()}, f)
@@ -130,9 +163,16 @@ def _damage(folder: Path, how: str) -> None:
         m.write_text(json.dumps(man))
 
 
-@pytest.mark.parametrize("how,match", [
-    ("truncated", "bytes, the manifest says"), ("hash", "SHA-256"), ("tampered", "not valid JSON"),
-    ("foreign", "another architecture|do not fit"), ("bad_step", "step 0 is malformed")])
+@pytest.mark.parametrize(
+    "how,match",
+    [
+        ("truncated", "bytes, the manifest says"),
+        ("hash", "SHA-256"),
+        ("tampered", "not valid JSON"),
+        ("foreign", "another architecture|do not fit"),
+        ("bad_step", "step 0 is malformed"),
+    ],
+)
 def test_damaged_saves_are_clear_errors(saved, how, match):
     _, folder, _ = saved
     _damage(folder, how)

@@ -1,6 +1,7 @@
 """Loading a saved folder runs no code it was not told to trust: real payloads in the manifest
 (each would create a canary file or import a module if it ran), symbolic links, oversized and
 hostile JSON, tampered replay steps, pinned saves, dtype and history through save and load."""
+
 from __future__ import annotations
 
 import hashlib
@@ -58,6 +59,7 @@ def _payloads(canary: Path) -> dict[str, tuple[str, dict]]:
     class Boom:
         def __reduce__(self):
             return (exec, (f"open({str(canary)!r}, 'w').write('ran')",))
+
     pickled = outside / "evil.pt"
     pickled.write_bytes(pickle.dumps({"w": Boom()}))
     secret = outside / "secret.txt"
@@ -75,13 +77,26 @@ def _payloads(canary: Path) -> dict[str, tuple[str, dict]]:
     }
 
 
-@pytest.mark.parametrize("name", ["os-system", "subprocess-run", "runpy", "torch-load", "numpy-loadtxt",
-                                  "builtins-exec", "pluginedit-internal", "torch-nn-function",
-                                  "torch-nn-not-a-module"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "os-system",
+        "subprocess-run",
+        "runpy",
+        "torch-load",
+        "numpy-loadtxt",
+        "builtins-exec",
+        "pluginedit-internal",
+        "torch-nn-function",
+        "torch-nn-not-a-module",
+    ],
+)
 def test_manifest_payloads_are_refused_and_never_run(tmp_path, canary, name):
     folder = _saved(tmp_path / "m")
     spec, args = _payloads(canary)[name]
-    _edit_manifest(folder, lambda m: m.update(source={"kind": "factory", "factory": spec, "args": args}))
+    _edit_manifest(
+        folder, lambda m: m.update(source={"kind": "factory", "factory": spec, "args": args})
+    )
     with pytest.raises(InputError, match=f"model factory '{spec}' is not trusted.*trusted=") as e:
         pe.load(folder)
     assert "SECRET" not in str(e.value)
@@ -90,16 +105,22 @@ def test_manifest_payloads_are_refused_and_never_run(tmp_path, canary, name):
 def test_a_factory_module_outside_the_allow_list_is_never_imported(tmp_path, canary, monkeypatch):
     """A module whose import alone would run code is not imported unless the caller trusts it."""
     mod = tmp_path / "pe_canary_mod.py"
-    mod.write_text(f"open({str(canary)!r}, 'w').write('imported')\n"
-                   "import torch\ndef make():\n    return torch.nn.Linear(2, 2)\n")
+    mod.write_text(
+        f"open({str(canary)!r}, 'w').write('imported')\n"
+        "import torch\ndef make():\n    return torch.nn.Linear(2, 2)\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     folder = tmp_path / "m"
-    pe.save(nn.Linear(2, 2), folder, source={"kind": "factory", "factory": "pe_canary_mod:make", "args": {}})
+    pe.save(
+        nn.Linear(2, 2),
+        folder,
+        source={"kind": "factory", "factory": "pe_canary_mod:make", "args": {}},
+    )
     with pytest.raises(InputError, match="'pe_canary_mod:make' is not trusted"):
         pe.load(folder)
     assert "pe_canary_mod" not in sys.modules
     assert not canary.exists()
-    back = pe.load(folder, trusted=["pe_canary_mod:make"])      # trusting it is the caller's call
+    back = pe.load(folder, trusted=["pe_canary_mod:make"])  # trusting it is the caller's call
     assert isinstance(back, nn.Linear) and canary.exists()
     canary.unlink()
     sys.modules.pop("pe_canary_mod", None)
@@ -116,22 +137,33 @@ def test_trusted_must_be_a_list_of_specs(tmp_path):
 def test_allow_listed_constructors_load_without_trust(tmp_path):
     folder = _saved(tmp_path / "zoo")
     assert pe.load(folder) is not None
-    pe.save(pe.load_model("torch.nn:Linear", {"in_features": 3, "out_features": 2}), tmp_path / "nn")
+    pe.save(
+        pe.load_model("torch.nn:Linear", {"in_features": 3, "out_features": 2}), tmp_path / "nn"
+    )
     assert pe.load(tmp_path / "nn").weight.shape == (2, 3)
 
 
-@pytest.mark.parametrize("cls,config,match", [
-    ("AutoTokenizer", {}, "'AutoTokenizer' is not a transformers model class"),
-    ("pipeline", {}, "'pipeline' is not a transformers model class"),
-    ("os.system", {}, "is not a transformers model class"),
-    ("BertModel", {"attn_implementation": "kernels-community/flash-attn"}, "attn_implementation"),
-    ("BertModel", {"_attn_implementation": "kernels-community/x"}, "_attn_implementation"),
-    ("BertModel", ["not", "a", "dict"], "needs a config object"),
-])
+@pytest.mark.parametrize(
+    "cls,config,match",
+    [
+        ("AutoTokenizer", {}, "'AutoTokenizer' is not a transformers model class"),
+        ("pipeline", {}, "'pipeline' is not a transformers model class"),
+        ("os.system", {}, "is not a transformers model class"),
+        (
+            "BertModel",
+            {"attn_implementation": "kernels-community/flash-attn"},
+            "attn_implementation",
+        ),
+        ("BertModel", {"_attn_implementation": "kernels-community/x"}, "_attn_implementation"),
+        ("BertModel", ["not", "a", "dict"], "needs a config object"),
+    ],
+)
 def test_transformers_sources_build_only_model_classes_from_config(tmp_path, cls, config, match):
     pytest.importorskip("transformers")
     folder = _saved(tmp_path / "m")
-    _edit_manifest(folder, lambda m: m.update(source={"kind": "transformers", "class": cls, "config": config}))
+    _edit_manifest(
+        folder, lambda m: m.update(source={"kind": "transformers", "class": cls, "config": config})
+    )
     with pytest.raises(InputError, match=match):
         pe.load(folder)
 
@@ -141,16 +173,26 @@ def test_transformers_remote_code_map_is_ignored(tmp_path, canary, monkeypatch):
     transformers = pytest.importorskip("transformers")
     (tmp_path / "pe_remote.py").write_text(f"open({str(canary)!r}, 'w').write('imported')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    config = transformers.BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-                                     intermediate_size=8, vocab_size=16).to_dict()
+    config = transformers.BertConfig(
+        hidden_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=8,
+        vocab_size=16,
+    ).to_dict()
     config["auto_map"] = {"AutoModel": "pe_remote.Evil"}
     model = transformers.BertModel(transformers.BertConfig.from_dict(config))
-    pe.save(model, tmp_path / "m", source={"kind": "transformers", "class": "BertModel", "config": config})
+    pe.save(
+        model,
+        tmp_path / "m",
+        source={"kind": "transformers", "class": "BertModel", "config": config},
+    )
     back = pe.load(tmp_path / "m")
     assert isinstance(back, transformers.BertModel) and "pe_remote" not in sys.modules
 
 
 # -- files: only regular files inside the folder ---------------------------------------------------
+
 
 @pytest.mark.parametrize("name", ["model.safetensors", "manifest.json"])
 def test_symlinked_files_are_never_followed(tmp_path, name):
@@ -158,7 +200,7 @@ def test_symlinked_files_are_never_followed(tmp_path, name):
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     target = outside / name
-    target.write_bytes((folder / name).read_bytes())       # identical content, hash still matches
+    target.write_bytes((folder / name).read_bytes())  # identical content, hash still matches
     (folder / name).unlink()
     (folder / name).symlink_to(target)
     with pytest.raises(InputError, match=f"{name} is a symbolic link"):
@@ -189,13 +231,16 @@ def test_weights_larger_than_the_manifest_says_are_refused(tmp_path):
         pe.load(folder)
 
 
-@pytest.mark.parametrize("text,match", [
-    ('{"format": ' + "9" * 5000 + "}", "not valid JSON.*5000 digits"),
-    ("[" * 200_000 + "]" * 200_000, "not valid JSON"),
-    ('{"format": NaN}', "not valid JSON.*NaN"),
-    (b'{"format": "\xff\xfe"}', "not valid JSON"),
-    ("[]", "expected a JSON object"),
-])
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ('{"format": ' + "9" * 5000 + "}", "not valid JSON.*5000 digits"),
+        ("[" * 200_000 + "]" * 200_000, "not valid JSON"),
+        ('{"format": NaN}', "not valid JSON.*NaN"),
+        (b'{"format": "\xff\xfe"}', "not valid JSON"),
+        ("[]", "expected a JSON object"),
+    ],
+)
 def test_hostile_json_is_a_clear_error(tmp_path, text, match):
     folder = _saved(tmp_path / "m")
     path = folder / "manifest.json"
@@ -206,6 +251,7 @@ def test_hostile_json_is_a_clear_error(tmp_path, text, match):
 
 # -- replay steps: each validated against the module it names -------------------------------------
 
+
 def _steps(folder: Path) -> list[dict]:
     return json.loads((folder / "manifest.json").read_text())["steps"]
 
@@ -214,25 +260,31 @@ def _bn_step(steps: list[dict]) -> int:
     return next(i for i, s in enumerate(steps) if s.get("fn") == "prune_batchnorm_out_channels")
 
 
-@pytest.mark.parametrize("how,match", [
-    ("bn-index", r"step \d+ \(prune_batchnorm_out_channels on 'features\.\d+'\) removes index 99"),
-    ("root", r"step 0 names module '', .*the model itself"),
-    ("relu", r"step 0 applies prune_conv_out_channels to 'features.2', a ReLU"),
-    ("kind", r"step 0 applies prune_linear_out_channels to 'features.0', a Conv2d"),
-    ("duplicate", r"step 0 \(prune_conv_out_channels on 'features.0'\) lists an index twice"),
-    ("all", r"step 0 \(prune_conv_out_channels on 'features.0'\) removes all 4 channels"),
-    ("after-earlier", r"removes index 2, but the layer has 2 at that point"),
-    ("unknown-fn", r"unknown pruning function 'prune_parameter_out_channels'"),
-    ("not-tp", r"unknown pruning function 'prune_conv_out_channels_evil'"),
-    ("attr", r"sets num_attention_heads=4 on 'features.0', which has no such attribute"),
-    ("attr-name", r"sets attributes \['forward'\] that are not replayable"),
-])
+@pytest.mark.parametrize(
+    "how,match",
+    [
+        (
+            "bn-index",
+            r"step \d+ \(prune_batchnorm_out_channels on 'features\.\d+'\) removes index 99",
+        ),
+        ("root", r"step 0 names module '', .*the model itself"),
+        ("relu", r"step 0 applies prune_conv_out_channels to 'features.2', a ReLU"),
+        ("kind", r"step 0 applies prune_linear_out_channels to 'features.0', a Conv2d"),
+        ("duplicate", r"step 0 \(prune_conv_out_channels on 'features.0'\) lists an index twice"),
+        ("all", r"step 0 \(prune_conv_out_channels on 'features.0'\) removes all 4 channels"),
+        ("after-earlier", r"removes index 2, but the layer has 2 at that point"),
+        ("unknown-fn", r"unknown pruning function 'prune_parameter_out_channels'"),
+        ("not-tp", r"unknown pruning function 'prune_conv_out_channels_evil'"),
+        ("attr", r"sets num_attention_heads=4 on 'features.0', which has no such attribute"),
+        ("attr-name", r"sets attributes \['forward'\] that are not replayable"),
+    ],
+)
 def test_tampered_steps_are_a_bad_manifest_naming_the_step(tmp_path, how, match):
     folder = _saved(tmp_path / "m")
     steps = _steps(folder)
     first = {"module": "features.0", "fn": "prune_conv_out_channels"}
     tampered = {
-        "bn-index": lambda: steps[:_bn_step(steps)] + [{**steps[_bn_step(steps)], "idxs": [99]}],
+        "bn-index": lambda: steps[: _bn_step(steps)] + [{**steps[_bn_step(steps)], "idxs": [99]}],
         "root": lambda: [{**first, "module": "", "idxs": [0]}],
         "relu": lambda: [{**first, "module": "features.2", "idxs": [0]}],
         "kind": lambda: [{**first, "fn": "prune_linear_out_channels", "idxs": [0]}],
@@ -253,8 +305,10 @@ def test_tampered_steps_are_a_bad_manifest_naming_the_step(tmp_path, how, match)
 def test_a_bad_step_changes_nothing_before_it_is_reported():
     model = zoo.build("vgg", 1, 4, widths=(4, 8), hidden=8)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    steps = [{"module": "features.0", "fn": "prune_conv_out_channels", "idxs": [0]},
-             {"module": "features.1", "fn": "prune_batchnorm_out_channels", "idxs": [7]}]
+    steps = [
+        {"module": "features.0", "fn": "prune_conv_out_channels", "idxs": [0]},
+        {"module": "features.1", "fn": "prune_batchnorm_out_channels", "idxs": [7]},
+    ]
     with pytest.raises(InputError, match="step 1 .* removes index 7, but the layer has 4"):
         replay_steps(model, steps)
     after = model.state_dict()
@@ -262,6 +316,7 @@ def test_a_bad_step_changes_nothing_before_it_is_reported():
 
 
 # -- pinning, dtype, history ----------------------------------------------------------------------
+
 
 def test_a_pinned_save_loads_only_with_its_manifest(tmp_path):
     folder = _saved(tmp_path / "m")
@@ -282,8 +337,11 @@ def test_swapping_weights_and_rehashing_is_caught_by_the_pin(tmp_path):
     state = {k: torch.zeros_like(v) for k, v in pe.load(folder).state_dict().items()}
     save_file(state, str(folder / "model.safetensors"))
     data = (folder / "model.safetensors").read_bytes()
-    _edit_manifest(folder, lambda m: m["weights"].update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest()))
-    assert pe.load(folder) is not None                     # unpinned: a consistent save
+    _edit_manifest(
+        folder,
+        lambda m: m["weights"].update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest()),
+    )
+    assert pe.load(folder) is not None  # unpinned: a consistent save
     with pytest.raises(InputError, match="is not the pinned"):
         pe.load(folder, sha256=pin)
 
@@ -294,8 +352,10 @@ def test_dtype_survives_save_and_load(tmp_path, dtype):
     pe.save(model, tmp_path / "m")
     back = pe.load(tmp_path / "m")
     assert json.loads((tmp_path / "m" / "manifest.json").read_text())["dtype"] == str(dtype)[6:]
-    assert all(a.dtype == b.dtype and torch.equal(a, b)
-               for a, b in zip(model.state_dict().values(), back.state_dict().values()))
+    assert all(
+        a.dtype == b.dtype and torch.equal(a, b)
+        for a, b in zip(model.state_dict().values(), back.state_dict().values())
+    )
 
 
 def test_module_state_versions_survive_save_and_load(tmp_path):
@@ -311,14 +371,18 @@ def test_records_of_another_model_are_refused_and_history_is_the_models_own(tmp_
     x = torch.randn(2, 1, 8, 8)
     a, b = (zoo.build("vgg", 1, 4, widths=(4, 8), hidden=8) for _ in range(2))
     rec = pe.edit(a, "prune", pe.score(a, "l1", example_inputs=x), example_inputs=x, ratio=0.5)
-    with pytest.raises(InputError, match=r"records\[0\] \(editor 'prune'\) was not made on this model"):
+    with pytest.raises(
+        InputError, match=r"records\[0\] \(editor 'prune'\) was not made on this model"
+    ):
         pe.save(b, tmp_path / "b", rec)
     assert not (tmp_path / "b").exists()
     with pytest.raises(InputError, match="not made on this model"):
         pe.save(a, tmp_path / "a", EditRecord("prune"))
     pe.save(a, tmp_path / "a", rec)
     back = pe.load(tmp_path / "a")
-    rec2 = pe.edit(back, "mask", pe.score(back, "l1", example_inputs=x), example_inputs=x, ratio=0.25)
+    rec2 = pe.edit(
+        back, "mask", pe.score(back, "l1", example_inputs=x), example_inputs=x, ratio=0.25
+    )
     pe.save(back, tmp_path / "again", rec2)
     history = json.loads((tmp_path / "again" / "manifest.json").read_text())["history"]
     assert [h["editor"] for h in history] == ["prune", "mask"]
@@ -332,7 +396,9 @@ def test_save_onto_a_file_is_refused(tmp_path):
     assert target.read_text() == "keep me"
 
 
-@pytest.mark.parametrize("text", ['{"scorer": "l1", "meta": {"n": ' + "9" * 5000 + "}}", "[" * 100_000])
+@pytest.mark.parametrize(
+    "text", ['{"scorer": "l1", "meta": {"n": ' + "9" * 5000 + "}}", "[" * 100_000]
+)
 def test_hostile_scores_json_is_a_clear_error(tmp_path, text):
     pe.Scores({"0": torch.ones(4)}, "l1").save(tmp_path / "run")
     (tmp_path / "run.json").write_text(text)
@@ -344,17 +410,31 @@ def test_cli_load_trusts_only_what_it_is_told(tmp_path, monkeypatch, capsys):
     """`--load DIR` refuses a factory outside the allow-list (exit 2, nothing imported) until
     `--trust` names it; `--sha256` pins the save."""
     from pluginedit import cli
+
     canary = tmp_path / "CANARY"
     (tmp_path / "pe_cli_mod.py").write_text(
         f"open({str(canary)!r}, 'w').write('imported')\n"
         "from pluginedit.contrib import zoo\n"
-        "def make(**kw):\n    return zoo.build('vgg', 1, 10, widths=(4, 8), hidden=8)\n")
+        "def make(**kw):\n    return zoo.build('vgg', 1, 10, widths=(4, 8), hidden=8)\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     folder = tmp_path / "m"
-    pe.save(zoo.build("vgg", 1, 10, widths=(4, 8), hidden=8), folder,
-            source={"kind": "factory", "factory": "pe_cli_mod:make", "args": {}})
-    common = ["score", "--load", str(folder), "--data", "digits", "--calib-samples", "32", "--out",
-              str(tmp_path / "s")]
+    pe.save(
+        zoo.build("vgg", 1, 10, widths=(4, 8), hidden=8),
+        folder,
+        source={"kind": "factory", "factory": "pe_cli_mod:make", "args": {}},
+    )
+    common = [
+        "score",
+        "--load",
+        str(folder),
+        "--data",
+        "digits",
+        "--calib-samples",
+        "32",
+        "--out",
+        str(tmp_path / "s"),
+    ]
     assert cli.main(common) == 2
     assert "--trust pe_cli_mod:make" in capsys.readouterr().err
     assert not canary.exists() and "pe_cli_mod" not in sys.modules
@@ -369,15 +449,29 @@ def test_cli_load_trusts_only_what_it_is_told(tmp_path, monkeypatch, capsys):
 def test_cli_model_from_the_current_folder(tmp_path, monkeypatch, capsys):
     """`--model mypkg.nets:make` finds `mypkg/` in the current folder, as a user expects."""
     from pluginedit import cli
+
     pkg = tmp_path / "mypkg_cwd"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
-    (pkg / "nets.py").write_text("from pluginedit.contrib import zoo\n"
-                                 "def make():\n    return zoo.build('vgg', 1, 10, widths=(4, 8), hidden=8)\n")
+    (pkg / "nets.py").write_text(
+        "from pluginedit.contrib import zoo\n"
+        "def make():\n    return zoo.build('vgg', 1, 10, widths=(4, 8), hidden=8)\n"
+    )
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
-    rc = cli.main(["score", "--model", "mypkg_cwd.nets:make", "--data", "digits", "--calib-samples", "32",
-                   "--out", str(tmp_path / "s")])
+    rc = cli.main(
+        [
+            "score",
+            "--model",
+            "mypkg_cwd.nets:make",
+            "--data",
+            "digits",
+            "--calib-samples",
+            "32",
+            "--out",
+            str(tmp_path / "s"),
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     sys.modules.pop("mypkg_cwd.nets", None)
     sys.modules.pop("mypkg_cwd", None)

@@ -1,5 +1,6 @@
 """Kernel dispatch: auto picks Triton on CUDA, else csrc if loaded, else torch; the environment
 variable and the keyword force one; a forced backend that cannot run is an error."""
+
 import subprocess
 import sys
 
@@ -71,8 +72,14 @@ def test_import_without_extension_warns_once_and_falls_back():
         "    ops.resolve('gram', torch.zeros(2, 3))\n"
         "n = sum('C++ extension (pluginedit._C) is not built' in str(x.message) for x in w)\n"
         "assert not any('circular' in str(x.message) for x in w), [str(x.message) for x in w]\n"
-        "print(a, n, 'csrc' in ops.available('class_moments'))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env={**__import__("os").environ, "PLUGINEDIT_BACKEND": "auto"})
+        "print(a, n, 'csrc' in ops.available('class_moments'))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**__import__("os").environ, "PLUGINEDIT_BACKEND": "auto"},
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["torch", "1", "False"]

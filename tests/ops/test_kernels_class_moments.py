@@ -2,6 +2,7 @@
 
 Triton runs on the CPU through the interpreter (TRITON_INTERPRET=1 from conftest), so shapes stay
 small; the same kernels run on CUDA in the gpu-marked tests (skipped without a GPU)."""
+
 import math
 
 import pytest
@@ -53,11 +54,21 @@ def _labels(n, k, labels, seed=1):
 
 def _backends():
     out = [pytest.param("torch", {}, id="torch")]
-    out.append(pytest.param("csrc", {}, id="csrc", marks=pytest.mark.skipif(
-        "csrc" not in ops.available("class_moments"), reason="csrc extension not built")))
+    out.append(
+        pytest.param(
+            "csrc",
+            {},
+            id="csrc",
+            marks=pytest.mark.skipif(
+                "csrc" not in ops.available("class_moments"), reason="csrc extension not built"
+            ),
+        )
+    )
     no_triton = pytest.mark.skipif(k2 is None, reason="triton not installed")
     out.append(pytest.param("triton", {}, id="triton", marks=no_triton))
-    out.append(pytest.param("triton", {"deterministic": False}, id="triton-atomic", marks=no_triton))
+    out.append(
+        pytest.param("triton", {"deterministic": False}, id="triton-atomic", marks=no_triton)
+    )
     return out
 
 
@@ -76,9 +87,11 @@ def _same_dtype_ref(x, labels, k, gamma, shift):
     v = x.reshape(x.shape[0], x.shape[1], math.prod(x.shape[2:]))
     s = v.sum(2).double() - (shift.double() if shift is not None else 0)
     e = torch.exp(-gamma * v.square().sum(2).sqrt()).double()
-    f = torch.stack([s, s ** 2, s ** 3, s ** 4, e, e ** 2], 2)
-    return (torch.bincount(labels, minlength=k).double(),
-            torch.zeros(k, x.shape[1], 6, dtype=torch.float64).index_add_(0, labels, f))
+    f = torch.stack([s, s**2, s**3, s**4, e, e**2], 2)
+    return (
+        torch.bincount(labels, minlength=k).double(),
+        torch.zeros(k, x.shape[1], 6, dtype=torch.float64).index_add_(0, labels, f),
+    )
 
 
 @pytest.mark.parametrize("backend,opts", _backends())
@@ -137,8 +150,12 @@ def test_csrc_op_fake_impl_and_compile():
     x = _input((3, 5, 7, 7), "nchw", torch.float32)
     lab = _labels(3, 2, None)
     torch.library.opcheck(torch.ops.pluginedit.class_moments.default, (x, lab, 2, 1.0, None))
-    f = torch.compile(lambda a, b: torch.ops.pluginedit.class_moments(a, b, 2, 1.0, None), fullgraph=True)
-    torch.testing.assert_close(f(x, lab)[1], ops.call("class_moments", x, lab, 2, backend="csrc")[1])
+    f = torch.compile(
+        lambda a, b: torch.ops.pluginedit.class_moments(a, b, 2, 1.0, None), fullgraph=True
+    )
+    torch.testing.assert_close(
+        f(x, lab)[1], ops.call("class_moments", x, lab, 2, backend="csrc")[1]
+    )
 
 
 @pytest.mark.skipif("csrc" not in ops.available("class_moments"), reason="csrc extension not built")
@@ -157,7 +174,9 @@ def test_triton_cuda(name, shape, layout, k, labels, dtype, deterministic):
     x = _input(shape, layout, dtype).cuda()
     lab = _labels(x.shape[0], k, labels).cuda()
     got = ops.call("class_moments", x, lab, k, 0.05, deterministic=deterministic)  # auto = triton
-    _assert_matches_reference([t.cpu() for t in got], x.cpu(), lab.cpu(), k, 0.05, None, f"cuda/{name}/{dtype}")
+    _assert_matches_reference(
+        [t.cpu() for t in got], x.cpu(), lab.cpu(), k, 0.05, None, f"cuda/{name}/{dtype}"
+    )
 
 
 test_triton_cuda = pytest.mark.gpu(test_triton_cuda)

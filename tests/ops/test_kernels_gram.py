@@ -2,6 +2,7 @@
 
 Backends may return fp32 (G, s); the tolerance rule (tests/ops/_kernel_tol.py) compares them with the
 float64 truth using plain PyTorch in the input dtype (unfold + matmul) as the yardstick."""
+
 import pytest
 import torch
 
@@ -21,7 +22,12 @@ CASES = [
     ("linear_noncontig", (23, 40), "t", None),
     ("conv3x3_7x7", (2, 3, 7, 7), "c", dict(kernel_size=3, padding=1)),
     ("conv_n1_cprime", (1, 7, 7, 7), "c", dict(kernel_size=3, stride=2, padding=1)),
-    ("conv_rect_dil", (2, 5, 9, 8), "c", dict(kernel_size=(3, 2), stride=2, padding=(1, 0), dilation=2)),
+    (
+        "conv_rect_dil",
+        (2, 5, 9, 8),
+        "c",
+        dict(kernel_size=(3, 2), stride=2, padding=(1, 0), dilation=2),
+    ),
     ("conv1x1_channels_last", (3, 11, 7, 7), "cl", dict(kernel_size=1)),
     ("conv_noncontig", (2, 3, 7, 7), "t", dict(kernel_size=3, padding=1)),
     ("conv_wide", (2, 19, 5, 5), "c", dict(kernel_size=3, padding=1)),  # D = 171 > one tile
@@ -46,16 +52,29 @@ def _same_dtype(x, kw):
     else:
         if x.shape[0] == 0:
             return ops.reference.gram(x, **kw)[:2]
-        rows = ops.reference._patches(x, kw["kernel_size"], kw.get("stride", 1), kw.get("padding", 0),
-                                          kw.get("dilation", 1))
+        rows = ops.reference._patches(
+            x, kw["kernel_size"], kw.get("stride", 1), kw.get("padding", 0), kw.get("dilation", 1)
+        )
     return rows.T @ rows, rows.sum(0)
 
 
 def _backends():
     out = [pytest.param("torch", {}, id="torch")]
-    out.append(pytest.param("csrc", {}, id="csrc", marks=pytest.mark.skipif(
-        "csrc" not in ops.available("gram"), reason="csrc extension not built")))
-    out.append(pytest.param("triton", {}, id="triton", marks=pytest.mark.skipif(k3 is None, reason="no triton")))
+    out.append(
+        pytest.param(
+            "csrc",
+            {},
+            id="csrc",
+            marks=pytest.mark.skipif(
+                "csrc" not in ops.available("gram"), reason="csrc extension not built"
+            ),
+        )
+    )
+    out.append(
+        pytest.param(
+            "triton", {}, id="triton", marks=pytest.mark.skipif(k3 is None, reason="no triton")
+        )
+    )
     return out
 
 
@@ -113,7 +132,9 @@ def test_csrc_gram_fake_impl_and_compile():
     args = (x, [3, 3], [1, 1], [1, 1], [1, 1])
     torch.library.opcheck(torch.ops.pluginedit.gram.default, args)
     torch.library.opcheck(torch.ops.pluginedit.gram.default, (torch.randn(5, 4), [], [], [], []))
-    f = torch.compile(lambda a: torch.ops.pluginedit.gram(a, [3, 3], [1, 1], [1, 1], [1, 1]), fullgraph=True)
+    f = torch.compile(
+        lambda a: torch.ops.pluginedit.gram(a, [3, 3], [1, 1], [1, 1], [1, 1]), fullgraph=True
+    )
     torch.testing.assert_close(f(x)[0], torch.ops.pluginedit.gram(*args)[0])
 
 
@@ -125,4 +146,6 @@ def test_csrc_gram_fake_impl_and_compile():
 def test_triton_gram_cuda(name, shape, layout, kw, dtype, precision):
     x = _input(shape, layout, dtype).cuda()
     got = ops.call("gram", x, **(kw or {}), precision=precision)  # auto = triton on CUDA
-    _assert_matches_reference([t.cpu() if torch.is_tensor(t) else t for t in got], x.cpu(), kw, f"cuda/{name}/{dtype}")
+    _assert_matches_reference(
+        [t.cpu() if torch.is_tensor(t) else t for t in got], x.cpu(), kw, f"cuda/{name}/{dtype}"
+    )

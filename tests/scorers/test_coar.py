@@ -1,6 +1,7 @@
 """COAR: the batched masked forward equals zeroing weight slices, the estimators recover exact
 attributions where the model is additive in the masks, LDS is high on a real CNN, and the coar
 scorer prunes like any scorer."""
+
 from __future__ import annotations
 
 import copy
@@ -25,10 +26,19 @@ from pluginedit.stats import AblationSums
 
 def _cnn():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
-                         nn.Conv2d(6, 7, 3, padding=1, bias=False), nn.BatchNorm2d(7), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(7, 5), nn.ReLU(),
-                         nn.Linear(5, 4)).eval()
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.Conv2d(6, 7, 3, padding=1, bias=False),
+        nn.BatchNorm2d(7),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(7, 5),
+        nn.ReLU(),
+        nn.Linear(5, 4),
+    ).eval()
 
 
 def _zeroed(model, slices, mask):
@@ -36,7 +46,7 @@ def _zeroed(model, slices, mask):
     m = copy.deepcopy(model)
     with torch.no_grad():
         for p, s, w in slices:
-            m.get_submodule(p).weight[~mask[s:s + w]] = 0
+            m.get_submodule(p).weight[~mask[s : s + w]] = 0
     return m
 
 
@@ -92,9 +102,23 @@ def test_margin_is_true_minus_best_other():
 def test_lds_correlation_on_the_digits_cnn(digits, digits_vgg):
     x, y = digits.test.x[:24], digits.test.y[:24]
     paths = [p for p in groups(digits_vgg) if p != "classifier.3"]
-    for estimator, prior, n in (("ols", "none", 600), ("ridge", "grad", 600), ("ridge", "chord", 0)):
-        att = estimate(digits_vgg, x, y, paths, n_masks=n, alpha=0.05, seed=0, estimator=estimator, prior=prior,
-                       prior_points=60)
+    for estimator, prior, n in (
+        ("ols", "none", 600),
+        ("ridge", "grad", 600),
+        ("ridge", "chord", 0),
+    ):
+        att = estimate(
+            digits_vgg,
+            x,
+            y,
+            paths,
+            n_masks=n,
+            alpha=0.05,
+            seed=0,
+            estimator=estimator,
+            prior=prior,
+            prior_points=60,
+        )
         corr = lds(digits_vgg, x, y, att, n_masks=120, seed=99)
         assert corr.shape == (24,) and corr.mean() > 0.6, (estimator, corr.mean())
 
@@ -104,18 +128,42 @@ def test_ols_ignores_the_prior_and_ridge_shrinks_towards_it(digits, digits_vgg):
     x, y = digits.test.x[:6], digits.test.y[:6]
     paths = ["features.0", "features.3"]
     a = estimate(digits_vgg, x, y, paths, n_masks=300, estimator="ols", prior="none")
-    b = estimate(digits_vgg, x, y, paths, n_masks=300, estimator="ols", prior="grad", prior_points=1)
+    b = estimate(
+        digits_vgg, x, y, paths, n_masks=300, estimator="ols", prior="grad", prior_points=1
+    )
     torch.testing.assert_close(a.w, b.w, atol=1e-4, rtol=1e-4)
-    c = estimate(digits_vgg, x, y, paths, n_masks=300, estimator="ridge", prior="grad", prior_points=1, ridge=1e9)
-    prior_only = estimate(digits_vgg, x, y, paths, n_masks=5, estimator="ridge", prior="grad",
-                          prior_points=1, ridge=1e9, folds=1)
+    c = estimate(
+        digits_vgg,
+        x,
+        y,
+        paths,
+        n_masks=300,
+        estimator="ridge",
+        prior="grad",
+        prior_points=1,
+        ridge=1e9,
+    )
+    prior_only = estimate(
+        digits_vgg,
+        x,
+        y,
+        paths,
+        n_masks=5,
+        estimator="ridge",
+        prior="grad",
+        prior_points=1,
+        ridge=1e9,
+        folds=1,
+    )
     torch.testing.assert_close(c.w, prior_only.w, atol=1e-5, rtol=1e-4)
 
 
 def test_cross_validated_error_matches_explicit_refits():
     g = torch.Generator().manual_seed(1)
     masks = keep_masks(0, 0, 60, 8, 0.3)
-    y = masks.double() @ torch.randn(8, 2, generator=g, dtype=torch.float64) + 0.3 * torch.randn(60, 2, generator=g, dtype=torch.float64)
+    y = masks.double() @ torch.randn(8, 2, generator=g, dtype=torch.float64) + 0.3 * torch.randn(
+        60, 2, generator=g, dtype=torch.float64
+    )
     s = AblationSums(8, 2, folds=3)
     s.update(masks, y)
     want = torch.zeros(2, dtype=torch.float64)
@@ -138,9 +186,15 @@ def test_keep_gradient_at_ones_is_gradient_times_parameter():
     got = keep_gradients(model, x, y, slices, torch.ones(4, 18))
     for i in range(4):
         model.zero_grad()
-        margins(model(x[i:i + 1]), y[i:i + 1]).sum().backward()
-        want = torch.cat([(model.get_submodule(p).weight.grad * model.get_submodule(p).weight)
-                          .flatten(1).sum(1) for p, _, _ in slices])
+        margins(model(x[i : i + 1]), y[i : i + 1]).sum().backward()
+        want = torch.cat(
+            [
+                (model.get_submodule(p).weight.grad * model.get_submodule(p).weight)
+                .flatten(1)
+                .sum(1)
+                for p, _, _ in slices
+            ]
+        )
         torch.testing.assert_close(got[i], want, atol=1e-5, rtol=1e-4)
 
 
@@ -193,14 +247,22 @@ def test_coar_scorer_prunes_like_any_scorer(digits, digits_vgg):
 
 def _tiny_bert():
     transformers = pytest.importorskip("transformers")
-    cfg = transformers.BertConfig(vocab_size=50, hidden_size=20, num_hidden_layers=2, num_attention_heads=4,
-                                  intermediate_size=24, max_position_embeddings=16, num_labels=3,
-                                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    cfg = transformers.BertConfig(
+        vocab_size=50,
+        hidden_size=20,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=24,
+        max_position_embeddings=16,
+        num_labels=3,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     torch.manual_seed(0)
     model = transformers.BertForSequenceClassification(cfg).eval()
     ids = torch.randint(1, 50, (5, 7))
     attn = torch.ones(5, 7, dtype=torch.long)
-    attn[1, 4:] = 0                       # padded rows: the head mask must not disturb masking
+    attn[1, 4:] = 0  # padded rows: the head mask must not disturb masking
     attn[3, 2:] = 0
     return model, {"input_ids": ids, "attention_mask": attn}
 
@@ -214,18 +276,21 @@ def _heads_zeroed(model, slices, mask):
             module = m.get_submodule(p)
             if p.endswith("attention.self"):
                 d = module.attention_head_size
-                for h in (~mask[s:s + w]).nonzero().flatten().tolist():
-                    module.value.weight[h * d:(h + 1) * d] = 0
-                    module.value.bias[h * d:(h + 1) * d] = 0
+                for h in (~mask[s : s + w]).nonzero().flatten().tolist():
+                    module.value.weight[h * d : (h + 1) * d] = 0
+                    module.value.bias[h * d : (h + 1) * d] = 0
             else:
-                module.weight[~mask[s:s + w]] = 0
+                module.weight[~mask[s : s + w]] = 0
     return m
 
 
 def test_head_masks_equal_zeroing_value_slices_on_a_bert_classifier():
     model, x = _tiny_bert()
-    paths = ["bert.encoder.layer.0.attention.self", "bert.encoder.layer.1.attention.self",
-             "bert.encoder.layer.1.intermediate.dense"]
+    paths = [
+        "bert.encoder.layer.0.attention.self",
+        "bert.encoder.layer.1.attention.self",
+        "bert.encoder.layer.1.intermediate.dense",
+    ]
     slices = component_slices(model, paths)
     assert [w for _, _, w in slices] == [4, 4, 24]
     masks = keep_masks(5, 0, 6, 32, 0.3)
@@ -237,7 +302,7 @@ def test_head_masks_equal_zeroing_value_slices_on_a_bert_classifier():
     y = torch.tensor([0, 2, 1, 1, 0])
     loo = leave_one_out(model, x, y, paths[:2])
     one = torch.ones(8, dtype=torch.bool)
-    one[5] = False                          # layer 1, head 1
+    one[5] = False  # layer 1, head 1
     with torch.no_grad():
         ablated = margins(_heads_zeroed(model, loo.slices, one)(**x).logits, y)
         full = margins(model(**x).logits, y)
@@ -251,7 +316,9 @@ def test_head_attributions_from_dict_batches_through_the_scorer():
     att = estimate(model, x, y, paths, n_masks=200, alpha=0.1, prior="chord", prior_points=8)
     assert att.w.shape == (8, 5) and torch.isfinite(att.w).all()
     assert lds(model, x, y, att, n_masks=100, alpha=0.1).mean() > 0.6
-    scores = pe.score(model, "coar", data=(x, y), targets=paths, masks=40, examples=5, prior_points=4)
+    scores = pe.score(
+        model, "coar", data=(x, y), targets=paths, masks=40, examples=5, prior_points=4
+    )
     assert {p: scores[p].shape for p in scores} == {p: (4,) for p in paths}
     with pytest.raises(InputError, match="attention heads"):
         component_slices(model, ["bert.embeddings.LayerNorm"])

@@ -1,4 +1,5 @@
 """ClassMoments / ClassMaps: streamed = one batch, plain-loop references, bad input."""
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -14,7 +15,7 @@ K, C = 3, 4
 
 def data(n, seed=0, scale=10.0, offset=50.0):
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, C, 3, 5, generator=g) * scale + offset   # large mean: fourth powers need care
+    x = torch.randn(n, C, 3, 5, generator=g) * scale + offset  # large mean: fourth powers need care
     y = torch.arange(n) % K
     return x, y
 
@@ -24,7 +25,7 @@ def loop_reference(x, y, gamma):
     sums = torch.zeros(K, C, 6, dtype=torch.float64)
     for xi, yi in zip(x.double(), y):
         s, e = xi.sum((1, 2)), torch.exp(-gamma * xi.square().sum((1, 2)).sqrt())
-        sums[yi] += torch.stack([s, s ** 2, s ** 3, s ** 4, e, e ** 2], 1)
+        sums[yi] += torch.stack([s, s**2, s**3, s**4, e, e**2], 1)
     return torch.bincount(y, minlength=K).double(), sums
 
 
@@ -42,8 +43,11 @@ def test_matches_loop_reference_with_true_counts():
 
 
 @settings(max_examples=25, deadline=None)
-@given(cuts=st.lists(st.integers(1, 39), max_size=5, unique=True), seed=st.integers(0, 3),
-       merge=st.booleans())
+@given(
+    cuts=st.lists(st.integers(1, 39), max_size=5, unique=True),
+    seed=st.integers(0, 3),
+    merge=st.booleans(),
+)
 def test_streamed_in_any_split_equals_one_batch(cuts, seed, merge):
     x, y = data(40, seed)
     ref = ClassMoments(C, K)
@@ -54,11 +58,11 @@ def test_streamed_in_any_split_equals_one_batch(cuts, seed, merge):
         s = ClassMoments(C, K)
         s.update(x[a:b], y[a:b])
         parts.append(s)
-    if merge:   # independent workers, merged
+    if merge:  # independent workers, merged
         got = parts[0]
         for p in parts[1:]:
             got.merge(p)
-    else:       # one statistic fed batch by batch
+    else:  # one statistic fed batch by batch
         got = ClassMoments(C, K)
         for a, b in zip(bounds_[:-1], bounds_[1:]):
             got.update(x[a:b], y[a:b])
@@ -66,7 +70,7 @@ def test_streamed_in_any_split_equals_one_batch(cuts, seed, merge):
     for feats in ("linear", "poly", "exp"):
         (m1, c1), (m2, c2) = got.moments(feats), ref.moments(feats)
         shift = (got.shift - ref.shift).reshape(1, C, 1)
-        if feats != "exp":   # means of s' differ by the shift; covariances of s do not
+        if feats != "exp":  # means of s' differ by the shift; covariances of s do not
             m1 = m1.clone()
             m1[..., 0:1] += shift
         if feats == "linear":
@@ -81,8 +85,10 @@ def test_class_maps_streamed_and_moments():
     whole, parts = ClassMaps(C, K, full=True), ClassMaps(C, K, full=True)
     whole.update(x, y)
     for a in range(0, 30, 7):
-        parts.update(x[a:a + 7], y[a:a + 7])
-    assert torch.allclose(whole.means(), parts.means()) and torch.allclose(whole.covariances(), parts.covariances())
+        parts.update(x[a : a + 7], y[a : a + 7])
+    assert torch.allclose(whole.means(), parts.means()) and torch.allclose(
+        whole.covariances(), parts.covariances()
+    )
     flat = x.reshape(30, C, -1).double()
     for k in range(K):
         xs = flat[y == k]
@@ -98,18 +104,23 @@ def test_bad_input_is_rejected_or_defined():
         stat.update(torch.full_like(x, float("nan")), y)
     with pytest.raises(InputError, match="out of range"):
         stat.update(x, y + 5)
-    stat.update(x, torch.where(y == 2, 0, y))              # class 2 absent
+    stat.update(x, torch.where(y == 2, 0, y))  # class 2 absent
     with pytest.raises(InputError, match=r"class\(es\) \[2\] have no samples"):
         witness_scores(stat)
     one = ClassMoments(C, K)
-    one.update(x[:3], y[:3])                                # one sample per class
+    one.update(x[:3], y[:3])  # one sample per class
     with pytest.raises(InputError, match="fewer than 2"):
         witness_scores(one)
     const = x.clone()
-    const[:, 1] = 3.0                                       # a constant channel scores exactly 0
+    const[:, 1] = 3.0  # a constant channel scores exactly 0
     stat = ClassMoments(C, K)
     stat.update(const, y)
-    for method, feats in [("fisher", "poly"), ("mpm", "poly"), ("robust", "linear"), ("raw", "exp")]:
+    for method, feats in [
+        ("fisher", "poly"),
+        ("mpm", "poly"),
+        ("robust", "linear"),
+        ("raw", "exp"),
+    ]:
         s = witness_scores(stat, method, feats)
         assert torch.isfinite(s).all() and s[1] == 0 and (s[[0, 2, 3]] >= 0).all()
 
@@ -126,6 +137,7 @@ def test_scorer_rejects_nan_activations_and_unknown_options(digits_vgg, digits):
 
 def test_collect_stop_early_gives_the_same_statistics_without_the_rest_of_the_net():
     from pluginedit.capture import Request, collect
+
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(1, C, 3), torch.nn.ReLU(), torch.nn.Conv2d(C, 2, 3))
     calls = []
@@ -137,4 +149,4 @@ def test_collect_stop_early_gives_the_same_statistics_without_the_rest_of_the_ne
         got[stop] = collect(net, (x, y), [req], K, batch_size=8, stop_early=stop)[req]
     assert torch.equal(got[True].count, got[False].count)
     assert torch.equal(got[True].sums, got[False].sums)
-    assert len(calls) == 3   # three batches ran the last conv without stopping, none with
+    assert len(calls) == 3  # three batches ran the last conv without stopping, none with

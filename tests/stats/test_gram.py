@@ -8,15 +8,20 @@ from pluginedit.stats import Gram
 
 
 def _explicit_patches(x, conv):
-    cols = nn.functional.unfold(x.double(), conv.kernel_size, dilation=conv.dilation,
-                                padding=conv.padding, stride=conv.stride)
+    cols = nn.functional.unfold(
+        x.double(),
+        conv.kernel_size,
+        dilation=conv.dilation,
+        padding=conv.padding,
+        stride=conv.stride,
+    )
     return cols.transpose(1, 2).reshape(-1, cols.shape[1])
 
 
 @pytest.mark.parametrize("stride,padding,dilation", [(1, 1, 1), (2, 0, 1), (1, 2, 2)])
 def test_conv_gram_matches_explicit_unfold(stride, padding, dilation):
     conv = nn.Conv2d(3, 4, 3, stride, padding, dilation)
-    x = torch.randn(10, 3, 9, 7) + 5.0                # a large mean: centring must not cancel
+    x = torch.randn(10, 3, 9, 7) + 5.0  # a large mean: centring must not cancel
     g = Gram.for_module(conv, chunk=3, backend="torch")  # several chunks per batch, fp64
     for part in x.split(4):
         g.update(part)
@@ -29,7 +34,7 @@ def test_conv_gram_matches_explicit_unfold(stride, padding, dilation):
 
 
 def test_linear_gram_merge_equals_one_pass():
-    x = torch.randn(7, 5, 6) * 3 + 100.0               # tokens [..., D]
+    x = torch.randn(7, 5, 6) * 3 + 100.0  # tokens [..., D]
     a, b, whole = (Gram(6, backend="torch") for _ in range(3))
     a.update(x[:3])
     b.update(x[3:])
@@ -40,7 +45,7 @@ def test_linear_gram_merge_equals_one_pass():
     ref = torch.cov(rows.T, correction=0)
     torch.testing.assert_close(a.covariance(), ref, rtol=1e-9, atol=1e-9)
     empty = Gram(6, backend="torch")
-    a.merge(empty)                                     # merging nothing is a no-op
+    a.merge(empty)  # merging nothing is a no-op
     torch.testing.assert_close(a.covariance(), ref, rtol=1e-9, atol=1e-9)
 
 
@@ -70,6 +75,7 @@ def test_gram_rejects_bad_input():
 @pytest.mark.parametrize("backend", ["csrc", "triton"])
 def test_every_gram_backend_agrees_with_the_fp64_reference(backend):
     from pluginedit import ops
+
     if backend not in ops.available("gram"):
         pytest.skip(f"{backend} gram backend not available")
     conv = nn.Conv2d(5, 2, 3, padding=1)
@@ -77,7 +83,7 @@ def test_every_gram_backend_agrees_with_the_fp64_reference(backend):
     ref, other = Gram.for_module(conv, backend="torch"), Gram.for_module(conv, backend=backend)
     try:
         other.update(x)
-    except RuntimeError as e:   # e.g. triton on a machine without a GPU or interpreter
+    except RuntimeError as e:  # e.g. triton on a machine without a GPU or interpreter
         pytest.skip(f"{backend} cannot run here: {e}")
     ref.update(x)
     torch.testing.assert_close(other.second_moment(), ref.second_moment(), rtol=1e-5, atol=1e-5)

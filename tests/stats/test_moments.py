@@ -1,4 +1,5 @@
 """ChannelMoments: streaming, merge-invariant, float64-exact against a one-batch reference."""
+
 import numpy as np
 import pytest
 import torch
@@ -23,8 +24,15 @@ def reference(x: np.ndarray, y: np.ndarray, k: int):
 
 
 @settings(max_examples=40, deadline=None)
-@given(n=st.integers(1, 40), c=st.integers(1, 7), length=st.sampled_from([1, 4, 49]), k=st.integers(1, 4),
-       offset=st.floats(-1e3, 1e3), seed=st.integers(0, 2**31 - 1), data=st.data())
+@given(
+    n=st.integers(1, 40),
+    c=st.integers(1, 7),
+    length=st.sampled_from([1, 4, 49]),
+    k=st.integers(1, 4),
+    offset=st.floats(-1e3, 1e3),
+    seed=st.integers(0, 2**31 - 1),
+    data=st.data(),
+)
 def test_any_batch_split_in_any_order_matches_one_batch(n, c, length, k, offset, seed, data):
     rng = np.random.default_rng(seed)
     x = rng.normal(offset, 1.0 + abs(offset) / 10, size=(n, c, length)).astype(np.float32)

@@ -10,9 +10,18 @@
 
 They are registered through the entry points of ``pyproject.toml``.
 """
+
 from .editors import ScaleLowestEditor, ScaleLowestOptions, ZeroLowestEditor, ZeroLowestOptions
 from .scorers import ActRMSScorer, BNGammaScorer, WandaScorer
 from .stats import InputSquares
 
-__all__ = ["ActRMSScorer", "BNGammaScorer", "WandaScorer", "InputSquares", "ScaleLowestEditor",
-           "ScaleLowestOptions", "ZeroLowestEditor", "ZeroLowestOptions"]
+__all__ = [
+    "ActRMSScorer",
+    "BNGammaScorer",
+    "WandaScorer",
+    "InputSquares",
+    "ScaleLowestEditor",
+    "ScaleLowestOptions",
+    "ZeroLowestEditor",
+    "ZeroLowestOptions",
+]

@@ -1,5 +1,6 @@
 """Two reversible editors: each saves the original tensors in its EditRecord, so
 ``record.undo(model)`` restores the model exactly."""
+
 from dataclasses import dataclass
 from typing import Literal
 
@@ -36,13 +37,16 @@ class ScaleLowestOptions:
 
     def __post_init__(self):
         if self.factor == 1.0:
-            raise pe.InputError("option 'factor' of 'scale-lowest' is 1.0: the edit would change nothing")
+            raise pe.InputError(
+                "option 'factor' of 'scale-lowest' is 1.0: the edit would change nothing"
+            )
 
 
 class ScaleLowestEditor(pe.Editor):
     """Multiply the weights (and bias) of the lowest-scored ``fraction`` of each layer's
     components by ``factor``. Given no Scores, it scores the weights with ``fallback`` itself
     (pluginedit never scores for an editor). ``targets=`` restricts the layers."""
+
     name = "scale-lowest"
     kind = "mask"
     Options = ScaleLowestOptions
@@ -50,8 +54,13 @@ class ScaleLowestEditor(pe.Editor):
     def apply(self, model, scores, inputs):
         o = self.options
         if scores is None:
-            scores = pe.score(model, o.fallback, data=inputs.data, example_inputs=inputs.example,
-                              num_classes=inputs.num_classes)
+            scores = pe.score(
+                model,
+                o.fallback,
+                data=inputs.data,
+                example_inputs=inputs.example,
+                num_classes=inputs.num_classes,
+            )
         record = self.record(f"scaled weight+bias by {o.factor}", scores)
         _scale_rows(model, scores, inputs.targets or scores, o.fraction, o.factor, record)
         record.info["scaled"] = record.num_changed()
@@ -60,12 +69,15 @@ class ScaleLowestEditor(pe.Editor):
 
 @dataclass(frozen=True)
 class ZeroLowestOptions:
-    fraction: float = pe.option(0.25, "fraction of each scored layer's channels to zero", above=0, below=1)
+    fraction: float = pe.option(
+        0.25, "fraction of each scored layer's channels to zero", above=0, below=1
+    )
 
 
 class ZeroLowestEditor(pe.Editor):
     """Zero the lowest-scored ``fraction`` of each scored layer's output channels. Needs
     Scores: given none, it refuses with an InputError saying what to pass."""
+
     name = "zero-lowest"
     kind = "mask"
     Options = ZeroLowestOptions

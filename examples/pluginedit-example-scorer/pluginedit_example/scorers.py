@@ -1,5 +1,6 @@
 """Three scorers: one with a mergeable statistic of its own (``wanda``), one with a built-in
 statistic (``act-rms``), one that reads weights only (``bn-gamma``)."""
+
 from torch import nn
 
 import pluginedit as pe
@@ -14,6 +15,7 @@ class WandaScorer(pe.Scorer):
     layer scores sum_j |W_ij| * ||X_j||, X_j being input channel j over the calibration data
     (root-mean-square over samples and positions). Grouped convs and attention blocks among the
     targets are left unscored."""
+
     name = "wanda"
     needs_data = True
 
@@ -39,12 +41,15 @@ class WandaScorer(pe.Scorer):
 class ActRMSScorer(pe.Scorer):
     """The root-mean-square activation of each output unit. It declares a built-in
     ``ChannelMoments`` statistic per layer, so it shares the pass with every other scorer."""
+
     name = "act-rms"
     needs_data = True
 
     def requests(self, model, inputs):
-        return {path: pe.Request(path, ChannelMoments(size_of(get_module(model, path))), "output")
-                for path in inputs.targets}
+        return {
+            path: pe.Request(path, ChannelMoments(size_of(get_module(model, path))), "output")
+            for path in inputs.targets
+        }
 
     def score(self, model, stats, inputs):
         out = {}
@@ -59,6 +64,7 @@ class BNGammaScorer(pe.Scorer):
     without one fall back to the L1 norm of their weights. Needs no data, but like every scorer
     it needs ``example_inputs=``, ``num_classes=`` or ``data=`` to leave out the classifier head
     (or the ``targets=`` themselves)."""
+
     name = "bn-gamma"
 
     def score(self, model, stats, inputs):

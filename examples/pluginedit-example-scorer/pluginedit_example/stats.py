@@ -1,5 +1,6 @@
 """A mergeable statistic: the sum of squares of each input channel of a layer (Wanda's
 ||X_j||^2), kept as sums so that shards, workers and processes combine exactly."""
+
 import torch
 
 import pluginedit as pe
@@ -20,14 +21,16 @@ class InputSquares(pe.Statistic):
         self.count = torch.zeros((), dtype=torch.float64)
 
     def update(self, x, labels=None):
-        self.to(x.device)                        # the accumulators follow the activations
+        self.to(x.device)  # the accumulators follow the activations
         rows = x.movedim(self.channel_dim, -1).reshape(-1, self.sumsq.numel()).double()
         self.sumsq = self.sumsq + rows.square().sum(0)
         self.count = self.count + rows.shape[0]
 
     def merge(self, other):
         if type(other) is not type(self) or other.sumsq.shape != self.sumsq.shape:
-            raise pe.InputError(f"cannot merge {type(other).__name__} into InputSquares({self.sumsq.numel()})")
+            raise pe.InputError(
+                f"cannot merge {type(other).__name__} into InputSquares({self.sumsq.numel()})"
+            )
         other.to(self.device)
         self.sumsq = self.sumsq + other.sumsq
         self.count = self.count + other.count

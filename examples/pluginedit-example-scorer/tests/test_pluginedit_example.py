@@ -3,6 +3,7 @@ environment: nothing stays after the session), found through its entry points an
 the Wanda scorer against its definition, the shared pass, the statistic's merge and its
 all-reduce in two gloo processes against one process, the editors' options, undo and
 fallback, and the data-free scorer's need for example inputs."""
+
 from __future__ import annotations
 
 import copy
@@ -30,7 +31,9 @@ RTOL = 1e-6
 
 
 def _forget_modules() -> None:
-    for name in [m for m in sys.modules if m == "pluginedit_example" or m.startswith("pluginedit_example.")]:
+    for name in [
+        m for m in sys.modules if m == "pluginedit_example" or m.startswith("pluginedit_example.")
+    ]:
         del sys.modules[name]
 
 
@@ -41,12 +44,31 @@ def installed(tmp_path_factory):
     for this module's tests only."""
     tmp = tmp_path_factory.mktemp("example-plugin")
     src, target = tmp / "src", tmp / "site"
-    shutil.copytree(PACKAGE, src, ignore=shutil.ignore_patterns("tests", "build", "*.egg-info", "__pycache__"))
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--disable-pip-version-check", "--target", str(target), str(src)], check=True)
+    shutil.copytree(
+        PACKAGE, src, ignore=shutil.ignore_patterns("tests", "build", "*.egg-info", "__pycache__")
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--disable-pip-version-check",
+            "--target",
+            str(target),
+            str(src),
+        ],
+        check=True,
+    )
     with pytest.MonkeyPatch.context() as mp_:
         mp_.syspath_prepend(str(target))
-        mp_.setenv("PYTHONPATH", os.pathsep.join([str(target), *filter(None, [os.environ.get("PYTHONPATH")])]))
+        mp_.setenv(
+            "PYTHONPATH",
+            os.pathsep.join([str(target), *filter(None, [os.environ.get("PYTHONPATH")])]),
+        )
         mp_.delenv(registry.AUTOLOAD_ENV, raising=False)
         _forget_modules()
         importlib.invalidate_caches()
@@ -60,10 +82,17 @@ def installed(tmp_path_factory):
 def _model(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 16),
+        nn.ReLU(),
+        nn.Linear(16, 3),
+    ).eval()
 
 
 def _data(n: int = 240, seed: int = 1):
@@ -78,8 +107,12 @@ def test_found_through_entry_points(installed):
             info = table[name]
             assert info.dist == DIST and info.version == "0.1.0" and info.error is None, info
             assert Path(sys.modules[info.obj.__module__].__file__).is_relative_to(installed)
-    listing = subprocess.run([sys.executable, "-m", "pluginedit.cli", "plugins"], capture_output=True, text=True,
-                             check=True).stdout
+    listing = subprocess.run(
+        [sys.executable, "-m", "pluginedit.cli", "plugins"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     for name in SCORERS + EDITORS:
         row = next(line for line in listing.splitlines() if line.startswith(name + " "))
         assert DIST in row and row.endswith("ok"), row
@@ -89,7 +122,9 @@ def test_found_through_entry_points(installed):
 def test_wanda_is_its_definition(installed):
     model, (x, y) = _model(), _data()
     scores = pe.score(model, "wanda", data=(x, y), batch_size=64)
-    assert list(scores) == ["0", "3", "7"] and scores.scorer == "wanda"      # every conv / linear but the head
+    assert (
+        list(scores) == ["0", "3", "7"] and scores.scorer == "wanda"
+    )  # every conv / linear but the head
     inputs = {"0": x, "3": torch.relu(model[1](model[0](x)))}
     inputs["7"] = model[6](model[5](torch.relu(model[3](inputs["3"]))))
     for path, a in inputs.items():
@@ -111,6 +146,7 @@ def test_scorers_share_one_pass(installed):
 
 def test_statistic_merges_like_one_pass(installed):
     from pluginedit_example import InputSquares
+
     a = torch.randn(50, 8, 4, 4, dtype=torch.float64) * 3 + 2
     whole = InputSquares(8)
     whole.update(a)
@@ -135,20 +171,25 @@ def _shard_scores(rank: int) -> dict[str, torch.Tensor]:
     """On each rank: the wanda scores (sharded pass + all-reduce inside pe.score) and the
     statistic all-reduced both ways, over its own shard of the activations."""
     from pluginedit_example import InputSquares
+
     model, data = _model(), _data()
     out = {f"wanda/{p}": v for p, v in pe.score(model, "wanda", data=data, batch_size=48).items()}
     acts = torch.randn(40, 8, 3, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     own, default = InputSquares(8), InputSquares(8)
-    for i in range(4):                       # chunk i belongs to rank i mod 2
+    for i in range(4):  # chunk i belongs to rank i mod 2
         if distributed.world() is None or distributed.world().mine(i):
-            own.update(acts[10 * i:10 * i + 10])
-            default.update(acts[10 * i:10 * i + 10])
+            own.update(acts[10 * i : 10 * i + 10])
+            default.update(acts[10 * i : 10 * i + 10])
     comm = distributed.world()
     if comm is not None:
-        own.all_reduce(comm)                              # InputSquares' override: one sum
-        pe.Statistic.all_reduce(default, comm)            # the base class: broadcast and merge
-    return out | {"sum/sumsq": own.sumsq, "sum/count": own.count,
-                  "merge/sumsq": default.sumsq, "merge/count": default.count}
+        own.all_reduce(comm)  # InputSquares' override: one sum
+        pe.Statistic.all_reduce(default, comm)  # the base class: broadcast and merge
+    return out | {
+        "sum/sumsq": own.sumsq,
+        "sum/count": own.count,
+        "merge/sumsq": default.sumsq,
+        "merge/count": default.count,
+    }
 
 
 def _worker(rank: int, world: int, init: str, out: str) -> None:
@@ -162,17 +203,24 @@ def _worker(rank: int, world: int, init: str, out: str) -> None:
 
 
 def test_two_gloo_processes_equal_one(installed, tmp_path):
-    want = _shard_scores(0)                   # no process group: the whole data in one process
+    want = _shard_scores(0)  # no process group: the whole data in one process
     mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     for rank in (0, 1):
         got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         assert got.keys() == want.keys()
         for key, w in want.items():
-            torch.testing.assert_close(got[key], w, rtol=RTOL, atol=0, msg=lambda m, where=f"rank {rank} {key}": f"{where}: {m}")
+            torch.testing.assert_close(
+                got[key],
+                w,
+                rtol=RTOL,
+                atol=0,
+                msg=lambda m, where=f"rank {rank} {key}": f"{where}: {m}",
+            )
 
 
 def test_scale_lowest_edits_and_undoes_exactly(installed):
     from pluginedit_example import ScaleLowestEditor
+
     model, data = _model(), _data()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     scores = pe.score(model, "wanda", data=data)
@@ -193,7 +241,7 @@ def test_scale_lowest_edits_and_undoes_exactly(installed):
 
 def test_editors_without_scores(installed):
     model, data = _model(), _data()
-    record = pe.edit(model, "scale-lowest", data=data)          # scores the weights itself
+    record = pe.edit(model, "scale-lowest", data=data)  # scores the weights itself
     assert record.scores == "l1" and record.num_changed() == 2 + 2 + 4
     record.undo(model)
     with pytest.raises(pe.InputError, match="zero-lowest needs Scores"):
@@ -202,9 +250,15 @@ def test_editors_without_scores(installed):
 
 def test_options_are_validated(installed):
     from pluginedit_example import ScaleLowestEditor
+
     assert ScaleLowestEditor().options_dict() == {"fraction": 0.25, "factor": 0.0, "fallback": "l1"}
-    for bad, word in (({"fraction": 1.5}, "fraction"), ({"fraction": "half"}, "fraction"),
-                      ({"factor": 1.0}, "factor"), ({"fallback": "l3"}, "fallback"), ({"fractoin": 0.5}, "fractoin")):
+    for bad, word in (
+        ({"fraction": 1.5}, "fraction"),
+        ({"fraction": "half"}, "fraction"),
+        ({"factor": 1.0}, "factor"),
+        ({"fallback": "l3"}, "fallback"),
+        ({"fractoin": 0.5}, "fractoin"),
+    ):
         with pytest.raises(pe.InputError, match=word):
             ScaleLowestEditor(**bad)
     with pytest.raises(pe.InputError, match="fraction"):
@@ -217,9 +271,11 @@ def test_zero_lowest_and_data_free_bn_gamma(installed):
         pe.score(model, "bn-gamma")
     scores = pe.score(model, "bn-gamma", example_inputs=data[0][:1])
     assert list(scores) == ["0", "3", "7"]
-    assert torch.equal(scores["0"], model[1].weight.detach().abs())        # the BatchNorm's |gamma|
+    assert torch.equal(scores["0"], model[1].weight.detach().abs())  # the BatchNorm's |gamma|
     before = {k: v.clone() for k, v in model.state_dict().items()}
     record = pe.edit(model, "zero-lowest", scores, fraction=0.5)
-    assert record.scores == "bn-gamma" and all(float(model[0].weight.detach()[i].abs().sum()) == 0 for i in record.changes["0"])
+    assert record.scores == "bn-gamma" and all(
+        float(model[0].weight.detach()[i].abs().sum()) == 0 for i in record.changes["0"]
+    )
     record.undo(model)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

@@ -1,5 +1,6 @@
 """BatchNorm recalibration: re-estimate every BN's running mean and variance on calibration data
 after an edit (ModHiFi-P's last step; it also absorbs the mean of removed contributions)."""
+
 from __future__ import annotations
 
 import torch

@@ -12,6 +12,7 @@ following BN's running mean), so the refit is the best affine one.
 Solves add a ridge ``ridge * mean(diag)``; when the Gram is ill-conditioned (dead, duplicated or
 under-sampled channels) the ridge grows until the regularised condition number is at most
 ``max_cond`` and an ``IllConditionedWarning`` says so. No solve ever returns NaN."""
+
 from __future__ import annotations
 
 import torch
@@ -34,8 +35,14 @@ def _keep_mask(keep, n: int) -> torch.Tensor:
     return keep
 
 
-def refit_linear(weight: torch.Tensor, gram: torch.Tensor, keep, ridge: float = DEFAULT_RIDGE,
-                 max_cond: float = DEFAULT_MAX_COND, mean: torch.Tensor | None = None):
+def refit_linear(
+    weight: torch.Tensor,
+    gram: torch.Tensor,
+    keep,
+    ridge: float = DEFAULT_RIDGE,
+    max_cond: float = DEFAULT_MAX_COND,
+    mean: torch.Tensor | None = None,
+):
     """delta* for a Linear weight [out, in] given the input Gram [in, in] (second moment, or the
     covariance together with the input ``mean``). Returns (new weight with removed columns zeroed,
     bias shift [out] that restores the output mean (zeros without ``mean``), ridge used)."""
@@ -47,7 +54,7 @@ def refit_linear(weight: torch.Tensor, gram: torch.Tensor, keep, ridge: float = 
     new[:, keep] = w[:, keep]
     lam = torch.zeros(())
     if drop.any():
-        rhs = g[keep][:, drop] @ w[:, drop].T                  # [C, out]
+        rhs = g[keep][:, drop] @ w[:, drop].T  # [C, out]
         delta, lam = solve_spd(g[keep][:, keep], rhs, ridge, max_cond, "linear compensation")
         new[:, keep] += delta.T
     shift = torch.zeros(w.shape[0], dtype=torch.float64)
@@ -68,8 +75,14 @@ def slice_q(weight: torch.Tensor, sigma: torch.Tensor, chunk: int = 64) -> torch
     return torch.cat(out)
 
 
-def refit_conv(weight: torch.Tensor, sigma: torch.Tensor, keep, ridge: float = DEFAULT_RIDGE,
-               max_cond: float = DEFAULT_MAX_COND, mean: torch.Tensor | None = None):
+def refit_conv(
+    weight: torch.Tensor,
+    sigma: torch.Tensor,
+    keep,
+    ridge: float = DEFAULT_RIDGE,
+    max_cond: float = DEFAULT_MAX_COND,
+    mean: torch.Tensor | None = None,
+):
     """Per-slice rescaling delta* for a Conv2d weight [out, in, kh, kw] given the patch Gram
     Sigma [in*kh*kw, in*kh*kw]. Returns (new weight, output-mean shift [out], max ridge used)."""
     w = weight.detach().double()
@@ -80,7 +93,7 @@ def refit_conv(weight: torch.Tensor, sigma: torch.Tensor, keep, ridge: float = D
     lam = torch.zeros(())
     if drop.any():
         q = slice_q(w, sigma)
-        rhs = q[:, keep][:, :, drop].sum(-1, keepdim=True)      # [out, C, 1]
+        rhs = q[:, keep][:, :, drop].sum(-1, keepdim=True)  # [out, C, 1]
         delta, lam = solve_spd(q[:, keep][:, :, keep], rhs, ridge, max_cond, "conv compensation")
         scale[:, keep] += delta[..., 0]
     new = w * scale[:, :, None, None]
@@ -100,9 +113,16 @@ def refit_conv_full(weight, sigma, keep, ridge=DEFAULT_RIDGE, max_cond=DEFAULT_M
 
 
 @torch.no_grad()
-def compensate(module: nn.Module, gram, keep, bn: nn.BatchNorm2d | None = None,
-               ridge: float = DEFAULT_RIDGE, max_cond: float = DEFAULT_MAX_COND,
-               centred: bool = True, conv: str = "slice") -> float:
+def compensate(
+    module: nn.Module,
+    gram,
+    keep,
+    bn: nn.BatchNorm2d | None = None,
+    ridge: float = DEFAULT_RIDGE,
+    max_cond: float = DEFAULT_MAX_COND,
+    centred: bool = True,
+    conv: str = "slice",
+) -> float:
     """Apply delta* in place to a Linear / Conv2d for the kept inputs ``keep`` using its input
     ``gram`` (a pluginedit.stats.Gram). Convs use the per-slice rescaling (``conv="slice"``, the
     paper's delta*) or the full least-squares refit of the kept slices (``conv="full"``). With ``centred`` the output-mean shift goes into the bias,
@@ -123,5 +143,5 @@ def compensate(module: nn.Module, gram, keep, bn: nn.BatchNorm2d | None = None,
     if module.bias is not None:
         module.bias.add_(shift)
     elif bn is not None:
-        bn.running_mean.sub_(shift)       # BN input lost ``shift`` on average: move the mean with it
+        bn.running_mean.sub_(shift)  # BN input lost ``shift`` on average: move the mean with it
     return lam
