@@ -50,7 +50,8 @@ def _editor(editor: str | Editor, options: dict) -> Editor:
     if not isinstance(editor, str):
         hint = (
             "an options object is not an editor: build the editor with the options as keywords "
-            "(ModHiFiP(ratio=0.5)) or pass its name with them (pe.edit(model, 'modhifi-p', ratio=0.5))"
+            "(ModHiFiP(ratio=0.5)) or pass its name with them "
+            "(pe.edit(model, 'modhifi-p', ratio=0.5))"
             if dataclasses.is_dataclass(editor)
             else "pass a name ('modhifi-p') or an Editor instance"
         )

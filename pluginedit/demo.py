@@ -69,7 +69,10 @@ def _reload_elsewhere(model, record, bundle, folder: Path) -> dict:
 
 
 def _table(rows: list[dict], dense: dict) -> str:
-    head = f"{'method':34s} {'accuracy':>8s} {'params':>9s} {'MACs':>11s} {'latency ms':>10s} {'time s':>7s}"
+    head = (
+        f"{'method':34s} {'accuracy':>8s} {'params':>9s} {'MACs':>11s} "
+        f"{'latency ms':>10s} {'time s':>7s}"
+    )
     lines = [head, "-" * len(head)]
     for r in [dense] + rows:
         lines.append(

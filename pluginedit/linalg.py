@@ -22,7 +22,8 @@ class IllConditionedWarning(RuntimeWarning):
 
 def ridge_for(a: torch.Tensor, ridge: float = DEFAULT_RIDGE, max_cond: float = DEFAULT_MAX_COND):
     """Ridge per matrix of the batch ``a`` [..., n, n]: ``ridge`` times the mean diagonal, grown
-    where needed so that cond(a + lam I) <= max_cond. Returns (lam [...], grown [...] bool, cond [...])."""
+    where needed so that cond(a + lam I) <= max_cond. Returns (lam [...], grown [...] bool,
+    cond [...])."""
     if ridge < 0 or max_cond <= 1:
         raise InputError(f"need ridge >= 0 and max_cond > 1, got {ridge}, {max_cond}")
     ev = torch.linalg.eigvalsh(a)
@@ -61,8 +62,8 @@ def solve_spd(
     if bool(grown.any()):
         warnings.warn(
             f"{what}: ill-conditioned Gram in {int(grown.sum())} of {grown.numel()} solve(s) "
-            f"(condition number up to {float(cond.max()):.2e} > {max_cond:.0e}: dead, duplicated or "
-            f"under-sampled channels); ridge grown to {float(lam.max()):.3e}",
+            f"(condition number up to {float(cond.max()):.2e} > {max_cond:.0e}: dead, duplicated "
+            f"or under-sampled channels); ridge grown to {float(lam.max()):.3e}",
             IllConditionedWarning,
             stacklevel=2,
         )

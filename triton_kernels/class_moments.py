@@ -122,10 +122,8 @@ def class_moments(
     and returned as ``sums`` (a persistent accumulator across batches). ``deterministic=False``
     uses fp64 atomics instead of per-sample partials plus a per-class combine."""
     n, c, k = x.shape[0], x.shape[1], int(num_classes)
-    v = x.reshape(
-        n, c, math.prod(x.shape[2:])
-    )  # a view for NCHW and channels_last; other layouts may copy
-    length = v.shape[2]
+    # a view for NCHW and channels_last; other layouts may copy
+    v = x.reshape(n, c, math.prod(x.shape[2:]))
     dev = x.device
     if state is None:
         state = torch.zeros(k, c, P, dtype=torch.float64, device=dev)
@@ -133,34 +131,26 @@ def class_moments(
     counts = torch.bincount(labels, minlength=k).to(torch.float64)
     if n == 0 or c == 0:
         return counts, state
-    bc, bl = _blocks(c, length)
+    bc, bl = _blocks(c, v.shape[2])
     bc, bl = block_c or bc, block_l or bl
-    shift_t = (
-        shift.to(device=dev, dtype=torch.float64).contiguous() if shift is not None else state
-    )  # dummy pointer when HAS_SHIFT is off
-    grid = (n, triton.cdiv(c, bc))
+    # the state is a dummy pointer when HAS_SHIFT is off
+    shift_t = shift.to(device=dev, dtype=torch.float64).contiguous() if shift is not None else state
     if not deterministic:
-        _moments_kernel[grid](
-            v,
-            state,
-            labels,
-            shift_t,
-            c,
-            length,
-            v.stride(0),
-            v.stride(1),
-            v.stride(2),
-            float(gamma),
-            HAS_SHIFT=shift is not None,
-            ATOMIC=True,
-            BLOCK_C=bc,
-            BLOCK_L=bl,
-        )
+        _moments(v, state, labels, shift_t, gamma, shift is not None, True, bc, bl)
         return counts, state
     part = torch.empty(n, c, P, dtype=torch.float64, device=dev)
-    _moments_kernel[grid](
+    _moments(v, part, labels, shift_t, gamma, shift is not None, False, bc, bl)
+    _combine(part, state, labels, k)
+    return counts, state
+
+
+def _moments(v, out, labels, shift_t, gamma, has_shift: bool, atomic: bool, bc: int, bl: int):
+    """One ``_moments_kernel`` launch over the [N, C, L] view ``v``: per-sample partials into
+    ``out`` [N, C, 6], or with ``atomic`` straight into the state ``out`` [K, C, 6]."""
+    n, c, length = v.shape
+    _moments_kernel[(n, triton.cdiv(c, bc))](
         v,
-        part,
+        out,
         labels,
         shift_t,
         c,
@@ -169,16 +159,21 @@ def class_moments(
         v.stride(1),
         v.stride(2),
         float(gamma),
-        HAS_SHIFT=shift is not None,
-        ATOMIC=False,
+        HAS_SHIFT=has_shift,
+        ATOMIC=atomic,
         BLOCK_C=bc,
         BLOCK_L=bl,
     )
+
+
+def _combine(part, state, labels, k: int) -> None:
+    """Adds the per-sample partials [N, C, 6] into the state [K, C, 6], class by class, each
+    class's samples in a fixed (stable-sorted) order: deterministic."""
+    c = part.shape[1]
     order = torch.argsort(labels, stable=True)
-    offsets = torch.zeros(k + 1, dtype=torch.int64, device=dev)
+    offsets = torch.zeros(k + 1, dtype=torch.int64, device=part.device)
     offsets[1:] = torch.cumsum(torch.bincount(labels, minlength=k), 0)
     bcc = min(next_pow2(c), 1024 if interpreting() else 64)
     _combine_kernel[(k, triton.cdiv(c, bcc))](
         part, state, order, offsets, c, BLOCK_C=bcc, BLOCK_P=8
     )
-    return counts, state

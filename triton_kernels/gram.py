@@ -26,48 +26,65 @@ PRECISIONS = ("tf32", "tf32x3", "ieee")
 
 
 @triton.jit
-def _load_rows(
+def _patch_rows(offs_m, M, Ho, Wo, SH, SW, PH, PW, sx0, IS_CONV: tl.constexpr):
+    """Per row m of a tile: the offset of its sample (the linear row, or the image n of the conv
+    patch row), the input position (h, w) of its patch's top-left entry (conv only; negative in
+    the padding) and whether m < M."""
+    m64 = offs_m.to(tl.int64)
+    if IS_CONV:
+        off = (m64 // (Ho * Wo)) * sx0
+        h = ((m64 // Wo) % Ho) * SH - PH
+        w = (m64 % Wo) * SW - PW
+    else:
+        off = m64 * sx0
+        h = m64  # unused: a linear row has no position
+        w = m64
+    return off, h, w, offs_m < M
+
+
+@triton.jit
+def _patch_cols(offs_d, D, KH, KW, DH, DW, sx1, IS_CONV: tl.constexpr):
+    """Per column d of a tile: the offset of its channel (the linear feature, or the channel c of
+    the patch entry (c, kh, kw)), the entry's position in the patch, (kh * DH, kw * DW) (conv
+    only), and whether d < D."""
+    if IS_CONV:
+        off = (offs_d // (KH * KW)).to(tl.int64) * sx1
+        h = ((offs_d // KW) % KH) * DH
+        w = (offs_d % KW) * DW
+    else:
+        off = offs_d.to(tl.int64) * sx1
+        h = offs_d  # unused: a linear feature has no position
+        w = offs_d
+    return off, h, w, offs_d < D
+
+
+@triton.jit
+def _load_tile(
     x_ptr,
-    offs_m,
-    offs_d,
-    M,
-    D,
-    C,
+    row,
+    row_h,
+    row_w,
+    row_ok,
+    col,
+    col_h,
+    col_w,
+    col_ok,
     H,
     W,
-    Ho,
-    Wo,
-    KH,
-    KW,
-    SH,
-    SW,
-    PH,
-    PW,
-    DH,
-    DW,
-    sx0,
-    sx1,
     sx2,
     sx3,
     IS_CONV: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
-    """Tile [BLOCK_M, BLOCK_D] of the row matrix; padding and out-of-range entries read as 0."""
-    m64 = offs_m.to(tl.int64)
-    valid = (offs_m[:, None] < M) & (offs_d[None, :] < D)
+    """Tile [BLOCK_M, BLOCK_D] of the row matrix from its rows (``_patch_rows``) and columns
+    (``_patch_cols``); padding and out-of-range entries read as 0."""
+    valid = row_ok[:, None] & col_ok[None, :]
+    ptr = x_ptr + row[:, None] + col[None, :]
     if IS_CONV:
-        n = m64 // (Ho * Wo)
-        oh = (m64 // Wo) % Ho
-        ow = m64 % Wo
-        c = offs_d // (KH * KW)
-        kh = (offs_d // KW) % KH
-        kw = offs_d % KW
-        h = oh[:, None] * SH - PH + kh[None, :] * DH
-        w = ow[:, None] * SW - PW + kw[None, :] * DW
+        h = row_h[:, None] + col_h[None, :]
+        w = row_w[:, None] + col_w[None, :]
         valid = valid & (h >= 0) & (h < H) & (w >= 0) & (w < W)
-        ptr = x_ptr + n[:, None] * sx0 + c.to(tl.int64)[None, :] * sx1 + h * sx2 + w * sx3
-    else:
-        ptr = x_ptr + m64[:, None] * sx0 + offs_d.to(tl.int64)[None, :] * sx1
+        ptr = ptr + h * sx2 + w * sx3
     v = tl.load(ptr, mask=valid, other=0.0)
     if UPCAST:
         v = v.to(tl.float32)
@@ -112,64 +129,18 @@ def _gram_kernel(
     tj = tl.load(tj_ptr + t)
     offs_i = ti * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_j = tj * BLOCK_D + tl.arange(0, BLOCK_D)
+    # the columns of tiles i and j: channel offset, position in the patch, in range
+    ci, hi, wi, oki = _patch_cols(offs_i, D, KH, KW, DH, DW, sx1, IS_CONV)
+    cj, hj, wj, okj = _patch_cols(offs_j, D, KH, KW, DH, DW, sx1, IS_CONV)
     m_start = tl.program_id(1) * rows_per_split
     m_end = tl.minimum(m_start + rows_per_split, M)
     acc = tl.zeros([BLOCK_D, BLOCK_D], dtype=tl.float32)
     acc_s = tl.zeros([BLOCK_D], dtype=tl.float32)
     for m0 in range(m_start, m_end, BLOCK_M):
         offs_m = m0 + tl.arange(0, BLOCK_M)
-        a = _load_rows(
-            x_ptr,
-            offs_m,
-            offs_i,
-            m_end,
-            D,
-            C,
-            H,
-            W,
-            Ho,
-            Wo,
-            KH,
-            KW,
-            SH,
-            SW,
-            PH,
-            PW,
-            DH,
-            DW,
-            sx0,
-            sx1,
-            sx2,
-            sx3,
-            IS_CONV,
-            UPCAST,
-        )
-        b = _load_rows(
-            x_ptr,
-            offs_m,
-            offs_j,
-            m_end,
-            D,
-            C,
-            H,
-            W,
-            Ho,
-            Wo,
-            KH,
-            KW,
-            SH,
-            SW,
-            PH,
-            PW,
-            DH,
-            DW,
-            sx0,
-            sx1,
-            sx2,
-            sx3,
-            IS_CONV,
-            UPCAST,
-        )
+        rm, hm, wm, okm = _patch_rows(offs_m, m_end, Ho, Wo, SH, SW, PH, PW, sx0, IS_CONV)
+        a = _load_tile(x_ptr, rm, hm, wm, okm, ci, hi, wi, oki, H, W, sx2, sx3, IS_CONV, UPCAST)
+        b = _load_tile(x_ptr, rm, hm, wm, okm, cj, hj, wj, okj, H, W, sx2, sx3, IS_CONV, UPCAST)
         acc = tl.dot(tl.trans(a), b, acc, input_precision=PRECISION)
         if ti == tj:
             acc_s += tl.sum(a.to(tl.float32), axis=0)
@@ -204,22 +175,7 @@ def gram(
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     dev = x.device
-    if kernel_size is None:
-        v = x.reshape(-1, x.shape[-1])
-        m, d = v.shape
-        geo = (1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1)
-        strides = (v.stride(0), v.stride(1), 0, 0)
-    else:
-        v = x
-        n, c, h, w = x.shape
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = map(
-            _pair, (kernel_size, stride, padding, dilation)
-        )
-        ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-        wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-        m, d = n * max(ho, 0) * max(wo, 0), c * kh * kw
-        geo = (c, h, w, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw)
-        strides = tuple(x.stride())
+    v, m, d, geo, strides = _row_matrix(x, kernel_size, stride, padding, dilation)
     g, s = (
         out
         if out is not None
@@ -229,41 +185,80 @@ def gram(
         )
     )
     if m > 0 and d > 0:
-        interp = interpreting()
-        bd = block_d or (min(max(next_pow2(d), 16), 64) if interp else (64 if d > 32 else 32))
-        bm = block_m or (min(max(next_pow2(m), 16), 512) if interp else 64)
-        nt = triton.cdiv(d, bd)
-        ti, tj = torch.triu_indices(nt, nt, device=dev).to(torch.int32)
-        if splits is None:  # enough programs to fill the device; one split under the interpreter
-            sms = (
-                1
-                if interp or dev.type != "cuda"
-                else torch.cuda.get_device_properties(dev).multi_processor_count
-            )
-            splits = max(1, min(triton.cdiv(m, bm * 4), triton.cdiv(4 * sms, ti.numel())))
-        rows = triton.cdiv(triton.cdiv(m, splits), bm) * bm
-        splits = triton.cdiv(m, rows)
-        upcast = interp or v.dtype == torch.float32 or v.dtype == torch.float64
-        if v.dtype == torch.float64:
-            precision = "ieee"
-        elif not upcast:  # fp16/bf16 operands: products are exact in fp32; precision is moot
-            precision = "tf32"
-        _gram_kernel[(ti.numel(), splits)](
-            v,
-            g,
-            s,
-            ti,
-            tj,
-            m,
-            d,
-            rows,
-            *geo,
-            *strides,
-            IS_CONV=kernel_size is not None,
-            UPCAST=upcast,
-            PRECISION=precision,
-            BLOCK_M=bm,
-            BLOCK_D=bd,
-        )
+        is_conv = kernel_size is not None
+        _launch(v, g, s, m, d, geo, strides, is_conv, precision, splits, block_m, block_d)
     full = torch.triu(g) + torch.triu(g, 1).T
     return full, s.clone() if out is not None else s, m
+
+
+def _row_matrix(x: torch.Tensor, kernel_size, stride, padding, dilation):
+    """(the tensor the kernel reads, its rows m, its width d, the conv geometry (C, H, W, Ho, Wo,
+    KH, KW, SH, SW, PH, PW, DH, DW), the kernel's four strides) of a linear input (any leading
+    dims; ``kernel_size`` None) or of the patch rows of a conv input [N, C, H, W]."""
+    if kernel_size is None:
+        v = x.reshape(-1, x.shape[-1])
+        m, d = v.shape
+        geo = (1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1)
+        return v, m, d, geo, (v.stride(0), v.stride(1), 0, 0)
+    n, c, h, w = x.shape
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = map(_pair, (kernel_size, stride, padding, dilation))
+    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    m, d = n * max(ho, 0) * max(wo, 0), c * kh * kw
+    geo = (c, h, w, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw)
+    return x, m, d, geo, tuple(x.stride())
+
+
+def _launch(
+    v,
+    g,
+    s,
+    m: int,
+    d: int,
+    geo,
+    strides,
+    is_conv: bool,
+    precision: str,
+    splits: int | None,
+    block_m: int | None,
+    block_d: int | None,
+) -> None:
+    """Adds the upper triangle of the Gram matrix of ``v``'s m rows into ``g`` and their column
+    sum into ``s``; the tile sizes and the splits of the M axis are chosen here unless given."""
+    dev = v.device
+    interp = interpreting()
+    bd = block_d or (min(max(next_pow2(d), 16), 64) if interp else (64 if d > 32 else 32))
+    bm = block_m or (min(max(next_pow2(m), 16), 512) if interp else 64)
+    nt = triton.cdiv(d, bd)
+    ti, tj = torch.triu_indices(nt, nt, device=dev).to(torch.int32)
+    if splits is None:  # enough programs to fill the device; one split under the interpreter
+        sms = (
+            1
+            if interp or dev.type != "cuda"
+            else torch.cuda.get_device_properties(dev).multi_processor_count
+        )
+        splits = max(1, min(triton.cdiv(m, bm * 4), triton.cdiv(4 * sms, ti.numel())))
+    rows = triton.cdiv(triton.cdiv(m, splits), bm) * bm
+    splits = triton.cdiv(m, rows)
+    upcast = interp or v.dtype == torch.float32 or v.dtype == torch.float64
+    if v.dtype == torch.float64:
+        precision = "ieee"
+    elif not upcast:  # fp16/bf16 operands: products are exact in fp32; precision is moot
+        precision = "tf32"
+    _gram_kernel[(ti.numel(), splits)](
+        v,
+        g,
+        s,
+        ti,
+        tj,
+        m,
+        d,
+        rows,
+        *geo,
+        *strides,
+        IS_CONV=is_conv,
+        UPCAST=upcast,
+        PRECISION=precision,
+        BLOCK_M=bm,
+        BLOCK_D=bd,
+    )

@@ -1,10 +1,12 @@
-"""The ``pluginedit`` command line: plugins, train, score, prune, forget, fix, rectify, demo, bench."""
+"""The ``pluginedit`` command line: plugins, train, score, prune, forget, fix, rectify, demo,
+bench."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import copy
+import inspect
 import os
 import sys
 import time
@@ -53,23 +55,22 @@ def cmd_plugins(args) -> int:
 
 
 def _describe(name: str) -> int:
-    table = {p.name: p for p in registry.listing() if p.obj is not None}
+    table = {p.name: p for p in registry.listing()}
     if name not in table:
         raise InputError(f"unknown plugin {name!r}; known: {', '.join(sorted(table))}")
     info = table[name]
+    if info.obj is None:  # listed as broken: say why, as `pluginedit plugins` does
+        raise InputError(f"plugin {name!r} ({info.kind}, {info.display}) is broken: {info.error}")
     cls = info.obj
-    flags = (
-        ""
-        if info.kind == "scorer"
-        else (
+    flags = ""
+    if info.kind == "editor":
+        flags = (
             f" kind={cls.kind} needs_data={cls.needs_data} needs_labels={cls.needs_labels} "
             f"uses_scores={cls.uses_scores}"
         )
-    )
     print(f"{name} ({info.kind}, {info.display}){flags}")
-    doc = (cls.__doc__ or "").strip().splitlines()
-    if doc:
-        print(f"  {doc[0]}")
+    for line in inspect.cleandoc(cls.__doc__ or "").splitlines():  # the whole docstring
+        print(f"  {line}".rstrip())
     rows = describe(cls)
     print("  options:" if rows else "  options: none")
     for opt, default, help_ in rows:
@@ -96,7 +97,8 @@ def cmd_train(args) -> int:
         )
     acc, _ = accuracy(model, bundle.test, bundle.num_classes)
     print(
-        f"{args.arch} on {bundle.name}: test accuracy {acc:.4f} ({time.perf_counter() - t0:.1f}s, cache {train.cache_dir()})"
+        f"{args.arch} on {bundle.name}: test accuracy {acc:.4f} "
+        f"({time.perf_counter() - t0:.1f}s, cache {train.cache_dir()})"
     )
     return 0
 
@@ -136,7 +138,8 @@ def cmd_score(args) -> int:
         print(f"{name}:")
         for path, v in scores.items():
             print(
-                f"  {path:32s} n={len(v):4d}  min={v.min():.4g}  median={v.median():.4g}  max={v.max():.4g}"
+                f"  {path:32s} n={len(v):4d}  min={v.min():.4g}  median={v.median():.4g}  "
+                f"max={v.max():.4g}"
             )
         if args.out and distributed.is_main():
             stem = args.out if len(names) == 1 else f"{args.out}.{name}"
@@ -251,20 +254,22 @@ def cmd_bench(args) -> int:
     return bench.main(args.rest)
 
 
-def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="pluginedit", description=__doc__)
-    sub = ap.add_subparsers(dest="command", required=True)
+def _add_plugins_parser(sub) -> None:
     p = sub.add_parser("plugins", help="list scorer and editor plugins")
     p.add_argument(
         "--describe", metavar="NAME", default=None, help="print one plugin's options and flags"
     )
     p.set_defaults(fn=cmd_plugins)
 
+
+def _add_train_parser(sub) -> None:
     p = sub.add_parser("train", help="train (or load from cache) a zoo model")
     add_model_args(p)
     p.add_argument("--retrain", action="store_true")
     p.set_defaults(fn=cmd_train)
 
+
+def _add_score_parser(sub) -> None:
     p = sub.add_parser("score", help="score the components of a model")
     add_model_args(p)
     p.add_argument(
@@ -289,6 +294,8 @@ def parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(fn=cmd_score)
 
+
+def _add_prune_parser(sub) -> None:
     p = sub.add_parser("prune", help="score and prune a model, then report before/after")
     add_model_args(p)
     add_edit_args(p, "prune")
@@ -305,14 +312,16 @@ def parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(fn=cmd_prune)
 
+
+def _add_forget_parser(sub) -> None:
     p = sub.add_parser("forget", help="make a model forget one class, then report before/after")
     add_model_args(p)
     add_edit_args(p, "discedit-u")
     p.add_argument("--class", dest="forget_class", type=int, required=True)
     p.set_defaults(fn=cmd_forget)
 
-    add_rectify_parsers(sub)
 
+def _add_demo_parser(sub) -> None:
     p = sub.add_parser(
         "demo", help="the main job: l1 vs modhifi-p at the same size, save and reload"
     )
@@ -327,9 +336,24 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", action="store_true", default=sys.stderr.isatty())
     p.set_defaults(fn=cmd_demo)
 
+
+def _add_bench_parser(sub) -> None:
     p = sub.add_parser("bench", help="kernel benchmarks (pluginedit bench kernels)")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(fn=cmd_bench)
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="pluginedit", description=__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+    _add_plugins_parser(sub)
+    _add_train_parser(sub)
+    _add_score_parser(sub)
+    _add_prune_parser(sub)
+    _add_forget_parser(sub)
+    add_rectify_parsers(sub)
+    _add_demo_parser(sub)
+    _add_bench_parser(sub)
     return ap
 
 

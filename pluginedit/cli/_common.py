@@ -31,6 +31,14 @@ def key_value(text: str):
 
 
 def add_model_args(p: argparse.ArgumentParser, data_default: str = "digits") -> None:
+    """The flags naming the model (zoo, factory, saved, Hugging Face) and its data."""
+    _add_source_args(p)
+    _add_data_args(p, data_default)
+
+
+def _add_source_args(p: argparse.ArgumentParser) -> None:
+    """Where the model comes from: a zoo architecture, a factory, a pluginedit save or a
+    transformers folder, and the weights to load into it."""
     p.add_argument(
         "--arch",
         default=None,  # None: not given (vgg unless --model or --hf names the model)
@@ -74,6 +82,11 @@ def add_model_args(p: argparse.ArgumentParser, data_default: str = "digits") -> 
         help="a local transformers model directory (its class from the config); --data is "
         "then a text file or data set (.json/.jsonl/.csv/.txt, 'text' column)",
     )
+
+
+def _add_data_args(p: argparse.ArgumentParser, data_default: str) -> None:
+    """The data set, the subsets of it that train, test and calibrate, the zoo model's training
+    (epochs, seed) and the progress bars."""
     p.add_argument(
         "--data",
         default=data_default,

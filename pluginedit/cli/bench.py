@@ -41,67 +41,24 @@ def end_to_end(
     with ``ClassMoments`` on every conv/linear output, and with ``gram`` a ``Gram`` on every
     groups=1 conv/linear input) over ``images`` random images, divided by plain inference
     seconds on the same images."""
-    model = ResNet50(3, 1000).to(device).eval()
-    if device == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    gen = torch.Generator(device=device).manual_seed(0)
-    nb = max(1, images // batch)
-    x = torch.randn(nb * batch, 3, size, size, device=device, generator=gen)
-    if device == "cuda":
-        x = x.to(memory_format=torch.channels_last)
-    y = torch.randint(0, classes, (nb * batch,), device=device, generator=gen)
+    model, x, y = _resnet_and_images(device, images, size, batch, classes)
     layers = {
         p: m for p, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
     }
-
-    def requests():
-        reqs = [
-            Request(
-                p,
-                ClassMoments(
-                    m.out_channels if isinstance(m, torch.nn.Conv2d) else m.out_features, classes
-                ),
-                "output",
-            )
-            for p, m in layers.items()
-        ]
-        if gram:
-            reqs += [
-                Request(p, Gram.for_module(m), "input")
-                for p, m in layers.items()
-                if isinstance(m, torch.nn.Linear) or m.groups == 1
-            ]
-        return reqs
-
-    def timed(fn) -> float:
-        ctx = (
-            torch.autocast(device, dtype=torch.bfloat16)
-            if half
-            else torch.autocast(device, enabled=False)
-        )
-        with torch.inference_mode(), ctx:
-            fn(2)  # warm-up: cudnn, the allocator, Triton compilation
-            if device == "cuda":
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            fn(None)
-            if device == "cuda":
-                torch.cuda.synchronize()
-            return time.perf_counter() - t
 
     def infer(n):
         for part in (x[:n],) if n else x.split(batch):
             model(part)
 
-    t_inf = timed(infer)
-    t_stats = timed(
-        lambda n: collect(
-            model, (x[:n], y[:n]) if n else (x, y), requests(), classes, batch_size=batch
-        )
-    )
+    def statistics(n):
+        data = (x[:n], y[:n]) if n else (x, y)
+        collect(model, data, _requests(layers, classes, gram), classes, batch_size=batch)
+
+    t_inf = _timed(infer, device, half)
+    t_stats = _timed(statistics, device, half)
     backend = ops.resolve("class_moments", x[:1])[0]
     return dict(
-        images=nb * batch,
+        images=len(x),
         size=size,
         batch=batch,
         classes=classes,
@@ -114,6 +71,62 @@ def end_to_end(
         ratio=t_stats / t_inf,
         path="capture.collect + stats classes",
     )
+
+
+def _resnet_and_images(device: str, images: int, size: int, batch: int, classes: int):
+    """The zoo's ResNet-50 (random weights, eval mode; channels_last on CUDA) and ``images``
+    random images, rounded down to whole batches (at least one), with random labels."""
+    model = ResNet50(3, 1000).to(device).eval()
+    if device == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    gen = torch.Generator(device=device).manual_seed(0)
+    nb = max(1, images // batch)
+    x = torch.randn(nb * batch, 3, size, size, device=device, generator=gen)
+    if device == "cuda":
+        x = x.to(memory_format=torch.channels_last)
+    y = torch.randint(0, classes, (nb * batch,), device=device, generator=gen)
+    return model, x, y
+
+
+def _requests(layers: dict, classes: int, gram: bool) -> list[Request]:
+    """Fresh statistics: ``ClassMoments`` on every layer's output and, with ``gram``, a ``Gram``
+    on every groups=1 layer's input."""
+    reqs = [
+        Request(
+            p,
+            ClassMoments(
+                m.out_channels if isinstance(m, torch.nn.Conv2d) else m.out_features, classes
+            ),
+            "output",
+        )
+        for p, m in layers.items()
+    ]
+    if gram:
+        reqs += [
+            Request(p, Gram.for_module(m), "input")
+            for p, m in layers.items()
+            if isinstance(m, torch.nn.Linear) or m.groups == 1
+        ]
+    return reqs
+
+
+def _timed(fn, device: str, half: bool) -> float:
+    """Seconds of ``fn(None)`` (every image) after a warm-up ``fn(2)`` (two images), under
+    inference mode and, with ``half``, bf16 autocast."""
+    ctx = (
+        torch.autocast(device, dtype=torch.bfloat16)
+        if half
+        else torch.autocast(device, enabled=False)
+    )
+    with torch.inference_mode(), ctx:
+        fn(2)  # warm-up: cudnn, the allocator, Triton compilation
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn(None)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t
 
 
 def parser(results=None) -> argparse.ArgumentParser:
@@ -178,7 +191,8 @@ def run(args) -> dict:
             e2e = [e2e, end_to_end(device, images, size, batch, args.classes, True, half=True)]
         for r in e2e if isinstance(e2e, list) else [e2e]:
             print(
-                f"end-to-end ResNet-50, {r['images']} images at {r['size']} px (batch {r['batch']}, "
+                f"end-to-end ResNet-50, {r['images']} images at {r['size']} px "
+                f"(batch {r['batch']}, "
                 f"{r['layers']} layers, K2{' + K3' if r['gram'] else ''} via {r['backend']}): "
                 f"statistics {r['stats_s']:.2f} s / inference {r['inference_s']:.2f} s = "
                 f"{r['ratio']:.2f} (goal <= 1.25)"

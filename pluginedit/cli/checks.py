@@ -49,8 +49,8 @@ def model_kwargs(args) -> dict:
 
 
 def _check_model_choice(args) -> None:
-    """One of --arch, --model, --hf, --load names the model (--arch vgg when none is given); the others
-    would be ignored, so naming two is an error."""
+    """One of --arch, --model, --hf, --load names the model (--arch vgg when none is given); the
+    others would be ignored, so naming two is an error."""
     if not hasattr(args, "arch"):
         return
     named = [

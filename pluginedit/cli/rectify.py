@@ -55,7 +55,8 @@ def cmd_fix(args) -> int:
     )
     after = int(predictions(model, test.x[i : i + 1])[0])
     print(
-        f"test example {i}: label {int(test.y[i])}, predicted {int(predictions(dense, test.x[i : i + 1])[0])} "
+        f"test example {i}: label {int(test.y[i])}, "
+        f"predicted {int(predictions(dense, test.x[i : i + 1])[0])} "
         f"before and {after} after ({record.num_changed()} components ablated)"
     )
     finish(
@@ -150,7 +151,8 @@ def add_rectify_parsers(sub) -> None:
 
     p = sub.add_parser(
         "rectify",
-        help="rectify corrupted inputs from clean / corrupted pairs (default: the trojan benchmark)",
+        help="rectify corrupted inputs from clean / corrupted pairs "
+        "(default: the trojan benchmark)",
     )
     add_model_args(p, data_default="fashion-mnist")
     add_edit_args(p, "rectify")

@@ -194,9 +194,9 @@ def load_hf_dataset(
 def load_text_dataset(
     path: str | Path, tokenizer, max_length: int = 128, test_fraction: float = 0.2, seed: int = 0
 ):
-    """(train, test, num_classes) from a local ``.json``/``.jsonl``/``.csv`` file or ``save_to_disk``
-    folder with a ``text`` (or ``sentence``) column and an optional integer ``label`` column,
-    tokenised with ``tokenizer`` into dict inputs."""
+    """(train, test, num_classes) from a local ``.json``/``.jsonl``/``.csv`` file or
+    ``save_to_disk`` folder with a ``text`` (or ``sentence``) column and an optional integer
+    ``label`` column, tokenised with ``tokenizer`` into dict inputs."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"data set {path} does not exist")

@@ -86,12 +86,16 @@ def label_problem(
         return f"must be a 1-D integer array (class indices 0, 1, ...), got dtype {y.dtype}"
     if y.is_floating_point() and not bool((torch.isfinite(y) & (y == y.round())).all()):
         bad = y[~(torch.isfinite(y) & (y == y.round()))][0].item()
-        return f"must be a 1-D integer array, got {y.dtype} values that are not whole numbers (e.g. {bad})"
+        return (
+            f"must be a 1-D integer array, got {y.dtype} values that are not whole numbers "
+            f"(e.g. {bad})"
+        )
     if len(y) and int(y.min()) < 0:
         return f"must be >= 0, found {int(y.min())}"
     if len(y) and int(y.max()) >= limit:
         return (
-            f"go up to {int(y.max())}: more than the {limit:,} classes supported (labels 0..{limit - 1}); "
+            f"go up to {int(y.max())}: more than the {limit:,} classes supported "
+            f"(labels 0..{limit - 1}); "
             "are these class indices?"
         )
     return None

@@ -4,6 +4,7 @@ addressed by module path."""
 from __future__ import annotations
 
 import contextlib
+from typing import cast
 
 import torch
 from torch import nn
@@ -37,9 +38,14 @@ def groups(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def size_of(module: nn.Module) -> int:
+    """How many components a layer has: attention heads, output channels or output features."""
+    # nn.Module types the attributes it does not declare as Tensor | Module: the casts say what
+    # they are (is_attention checked the head count is an int; out_features is nn.Linear's)
     if is_attention(module):
-        return module.num_attention_heads
-    return module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+        return cast(int, module.num_attention_heads)
+    if isinstance(module, nn.Conv2d):
+        return module.out_channels
+    return cast(int, module.out_features)
 
 
 def transformer_units(model: nn.Module) -> list[str]:

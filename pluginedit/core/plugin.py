@@ -101,7 +101,9 @@ def _check_type(owner: str, name: str, value, hint) -> Any:
     return value
 
 
-def _check_container(owner: str, name: str, value, kind: type, args: tuple) -> Any:
+def _check_container(
+    owner: str, name: str, value, kind: type[list] | type[dict], args: tuple
+) -> Any:
     """A list (a tuple becomes one) or a dict, its elements checked against ``list[T]``'s T. A
     bare string is refused, not split into characters."""
     if kind is list and isinstance(value, tuple):
@@ -155,11 +157,16 @@ def make_options(cls: type, values: Mapping[str, Any], owner: str):
         raise InputError(f"bad options for {owner!r}: {e}") from e
 
 
-def describe(plugin: type) -> list[tuple[str, str, str]]:
+def describe(plugin: type[_Plugin]) -> list[tuple[str, str, str]]:
     """(name, default, help) of every option of a plugin class."""
     rows = []
     for f in dataclasses.fields(plugin.Options):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:  # an option without a default has none to show
+            raise TypeError(f"option {f.name!r} of {plugin.__name__} has no default")
         rows.append((f.name, repr(default), f.metadata.get("help", "")))
     return rows
 

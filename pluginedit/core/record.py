@@ -102,7 +102,8 @@ class Snapshot:
 
 @torch.no_grad()
 def _put_back(t: torch.Tensor, saved: torch.Tensor) -> None:
-    """Give ``t`` (the same object) the values of ``saved`` again, whatever happened to its shape."""
+    """Give ``t`` (the same object) the values of ``saved`` again, whatever happened to its
+    shape."""
     if t.shape == saved.shape and t.dtype == saved.dtype:
         t.copy_(saved)
     else:

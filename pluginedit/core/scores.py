@@ -82,7 +82,9 @@ class Scores(Mapping):
             and all(torch.equal(v, other._values[k]) for k, v in self._values.items())
         )
 
-    __hash__ = None
+    # Unhashable (equality is by value). typeshed declares object.__hash__ a method, and a method
+    # overridden by None is what the type system cannot express.
+    __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{k!r}: [{len(v)}]" for k, v in list(self._values.items())[:6])

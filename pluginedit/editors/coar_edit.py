@@ -162,7 +162,8 @@ class CoarEdit(_CoarEditor):
         if goal(model):
             raise InputError(
                 f"coar-edit: the target examples are already "
-                f"{'correctly classified' if want_correct else 'misclassified'}; nothing to {opts.direction}"
+                f"{'correctly classified' if want_correct else 'misclassified'}; "
+                f"nothing to {opts.direction}"
             )
         order, info = self._order(
             model, inputs, (x[index], y[index]), (x[ref], y[ref]), not want_correct

@@ -3,6 +3,7 @@ consumer of a removed channel and BatchNorm recalibration, without fine-tuning."
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass
 from typing import Literal
@@ -11,7 +12,7 @@ import torch
 
 from ..capture import default_targets, head_layers
 from ..core.components import bn_of, transformer_units
-from ..core.errors import EditError
+from ..core.errors import EditError, InputError
 from ..core.plugin import COUNT, NONNEGATIVE, RATIO, Editor, option
 from ..core.scores import Scores
 from ..graph.groups import count_ops_and_params, is_in
@@ -62,6 +63,9 @@ class ModHiFiPOptions:
     ignored: list[str] | None = option(None, "module paths kept whole")
 
 
+_TRANSFORMER_OPTIONS = {"ratio", "heads", "compensate", "ridge", "calib_samples"}
+
+
 class ModHiFiP(Editor):
     """Each step: input Grams on calibration data, channel scores (fidelity from the same
     Grams, or the given Scores for the first step), removal of the lowest channels with
@@ -74,14 +78,11 @@ class ModHiFiP(Editor):
 
     def apply(self, model, scores, inputs):
         opts, example = self.options, inputs.example
+        self._check_path(model)
         if transformer_units(model):
             return self._transformer(model, scores, inputs)
         macs0, params0 = count_ops_and_params(model, example)
-        plan = (
-            [1 - (1 - opts.ratio) ** (1 / opts.steps)] * opts.steps
-            if opts.target == "channels"
-            else [opts.per_step] * opts.max_steps
-        )
+        plan = self._plan()
         amount = opts.amount if opts.amount is not None else opts.ratio
         if not opts.global_pruning:
             layers = scores if scores is not None else default_targets(model, example)
@@ -132,6 +133,32 @@ class ModHiFiP(Editor):
             else f"scores from {used!r}",
         }
         return record
+
+    def _plan(self) -> list[float]:
+        """The fraction of channels each step removes: equal steps that compound to ``ratio``,
+        or ``per_step`` until the params / MACs target is met."""
+        opts = self.options
+        if opts.target == "channels":
+            return [1 - (1 - opts.ratio) ** (1 / opts.steps)] * opts.steps
+        return [opts.per_step] * opts.max_steps
+
+    def _check_path(self, model) -> None:
+        """An option the model's path cannot honour is an error, never silently ignored."""
+        opts = self.options
+        if not transformer_units(model):
+            if opts.heads:
+                raise InputError("option heads of modhifi-p removes attention heads: none here")
+            return
+        unread = sorted(
+            f.name
+            for f in dataclasses.fields(opts)
+            if f.name not in _TRANSFORMER_OPTIONS and getattr(opts, f.name) != f.default
+        )
+        if unread:
+            raise InputError(
+                f"option(s) {unread} of modhifi-p apply to CNNs; on a transformer it reads only "
+                f"{sorted(_TRANSFORMER_OPTIONS)} (FFN neurons and heads, fidelity-scored)"
+            )
 
     def _transformer(self, model, scores, inputs):
         opts = self.options

@@ -112,8 +112,8 @@ class ModHiFiUOptions:
     max_fraction: float = option(1.0, "auto fraction: the largest share tried", above=0, at_most=1)
     mode: Literal["auto", "zero", "negate"] = option(
         "auto",
-        "zero or negate the slices; auto: zero in BN nets, negate in LayerNorm nets and in the head's "
-        "forget row (rows='forget')",
+        "zero or negate the slices; auto: zero in BN nets, negate in LayerNorm nets and in the "
+        "head's forget row (rows='forget')",
     )
     samples: int = option(256, "forget-class samples read", **COUNT)
     target: float = option(

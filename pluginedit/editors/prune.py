@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ..capture import head_layers
-from ..core.components import groups, size_of
+from ..core.components import groups, kind_of, size_of
 from ..core.errors import EditError, InputError
 from ..core.outputs import output
 from ..core.plugin import COUNT, RATIO, Editor, option
@@ -49,7 +49,8 @@ def check_leaves_channels(model, layers, ratio: float, round_to: int | None = No
     if not emptied:
         return
     named = ", ".join(f"{p!r} ({n} channels)" for p, n in list(emptied.items())[:5])
-    limit = f"a layer of n channels keeps int(n * (1 - ratio)){' rounded to round_to' if round_to else ''}"
+    rounded = " rounded to round_to" if round_to else ""
+    limit = f"a layer of n channels keeps int(n * (1 - ratio)){rounded}"
     if len(emptied) == len(sizes):
         raise InputError(
             f"ratio {ratio} leaves no channel in any layer to prune ({named}): {limit}, "
@@ -92,6 +93,12 @@ class PruneEditor(Editor):
             )
         opts = self.options
         modules = dict(model.named_modules())
+        heads = [p for p in scores if kind_of(modules[p]) == "attn_head"]
+        if heads:
+            raise InputError(
+                f"prune removes channels of conv/linear layers; {heads[:3]} are attention blocks "
+                "scored per head: remove heads with modhifi-p (heads=...), or mask them with 'mask'"
+            )
         unknown = [p for p in (opts.ignored or []) if p not in modules]
         if unknown:
             raise InputError(f"ignored layers not in the model: {unknown}")
@@ -111,9 +118,9 @@ class PruneEditor(Editor):
         removed = {p: v for p, v in removed.items() if p in before}
         if not removed:
             raise EditError(
-                f"torch-pruning removed no channel: ratio {opts.ratio} keeps fewer than one channel "
-                "of what it ranks, or none of the scored layers has a dependency path it can "
-                "follow (untraceable ops such as .numpy()?)"
+                f"torch-pruning removed no channel: ratio {opts.ratio} keeps fewer than one "
+                "channel of what it ranks, or none of the scored layers has a dependency path "
+                "it can follow (untraceable ops such as .numpy()?)"
             )
         check_still_runs(model, inputs.example, shape)
         return self.record(

@@ -159,8 +159,8 @@ def rectified(model, pairs) -> float:
 class ValueOptions:
     values: Literal["layer", "block"] = option(
         "layer",
-        "where values are read: the layer's output (closed form) or after its block's non-linearity "
-        "(projected optimisation)",
+        "where values are read: the layer's output (closed form) or after its block's "
+        "non-linearity (projected optimisation)",
     )
     value_module: str | None = option(
         None,
@@ -282,8 +282,9 @@ class Rectify(Editor):
         ):  # the gap target is the aim; every pair rectified is required
             raise InputError(
                 f"rectify: {record.info['rectified']:.0%} of the corrupted inputs rectified, gap "
-                f"{record.info['gap_after']:.3g} of {record.info['gap_before']:.3g} left after {tried} "
-                f"edits (max_edits={opts.max_edits}, max_drop={opts.max_drop}); the model is unchanged"
+                f"{record.info['gap_after']:.3g} of {record.info['gap_before']:.3g} left after "
+                f"{tried} edits (max_edits={opts.max_edits}, max_drop={opts.max_drop}); the model "
+                "is unchanged"
             )
         return record
 

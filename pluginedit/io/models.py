@@ -62,7 +62,8 @@ def set_history(model: nn.Module, history: list[dict]) -> None:
 
 
 def import_factory(spec: str):
-    """The callable named by ``package.module:attribute`` (imports the module: trusted code only)."""
+    """The callable named by ``package.module:attribute`` (imports the module: trusted code
+    only)."""
     module_name, attr = check_spec(spec).split(":")
     try:
         obj = importlib.import_module(module_name)

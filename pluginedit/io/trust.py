@@ -60,9 +60,10 @@ def trusted_specs(trusted) -> frozenset[str]:
 
 def _refuse(spec: str) -> InputError:
     return InputError(
-        f"model factory {spec!r} is not trusted: a saved model is rebuilt only by the built-in zoo, "
-        f"torch.nn layers, transformers classes and torchvision/timm constructors; if you trust "
-        f"this folder's code, pass pluginedit.load(dir, trusted=[{spec!r}]) (CLI: --trust {spec})"
+        f"model factory {spec!r} is not trusted: a saved model is rebuilt only by the built-in "
+        f"zoo, torch.nn layers, transformers classes and torchvision/timm constructors; if you "
+        f"trust this folder's code, pass pluginedit.load(dir, trusted=[{spec!r}]) "
+        f"(CLI: --trust {spec})"
     )
 
 

@@ -125,82 +125,92 @@ def rows_and_width(x, kw) -> tuple[int, int]:
 
 def gpu_suite(rows: list[dict], dtypes=(torch.bfloat16, torch.float32)) -> None:
     """Triton vs the PyTorch reference on CUDA (and unfold + matmul for K3)."""
-    from ..triton_kernels import class_moments as triton_class_moments
-    from ..triton_kernels import gram as triton_gram
-
     peaks = peaks_of(torch.cuda.get_device_name())
     for dtype in dtypes:
-        dname = str(dtype).split(".")[-1]
         for shape in K2_GPU_SHAPES:
-            x = torch.randn(shape, device="cuda", dtype=dtype).to(memory_format=torch.channels_last)
-            lab = torch.randint(0, 1000, (shape[0],), device="cuda")
-            nbytes = x.numel() * x.element_size()
-            provs = {
-                "triton": lambda: triton_class_moments.class_moments(x, lab, 1000, 0.05),
-                "triton-atomic": lambda: triton_class_moments.class_moments(
-                    x, lab, 1000, 0.05, deterministic=False
-                ),
-                "torch": lambda: reference.class_moments(x, lab, 1000, 0.05),
-            }
-            if torch.ops.pluginedit is not None and "csrc" in available("class_moments"):
-                provs["cuda-csrc"] = lambda: torch.ops.pluginedit.class_moments(
-                    x, lab, 1000, 0.05, None
-                )
-            times = {}
-            for p, fn in provs.items():
-                try:
-                    times[p] = cuda_seconds(fn)
-                except Exception as e:  # e.g. the CUDA csrc op not compiled in
-                    print(f"  skipped {p}: {e}")
-            for p, t in times.items():
-                bw = nbytes / t
-                rows.append(
-                    dict(
-                        op="K2 class_moments",
-                        case="x".join(map(str, shape)) + f" {dname} NHWC",
-                        backend=p,
-                        ms=t * 1e3,
-                        gbps=bw / 1e9,
-                        pct_peak=100 * bw / peaks["hbm"] if peaks else None,
-                        speedup=times["torch"] / t,
-                    )
-                )
+            _gpu_class_moments(rows, shape, dtype, peaks)
         for case, shape, kw in K3_GPU_CASES:
-            x = torch.randn(shape, device="cuda", dtype=dtype)
-            m, d = rows_and_width(x, kw)
-            flops = 2 * m * d * d  # as the full matmul P^T P would do; the kernel does ~half
+            _gpu_gram(rows, case, shape, kw, dtype, peaks)
 
-            def unfold_matmul():
-                rows_ = (
-                    x.reshape(-1, x.shape[-1])
-                    if kw is None
-                    else reference._patches(x, kw["kernel_size"], 1, kw.get("padding", 0), 1)
-                )
-                return rows_.T @ rows_, rows_.sum(0)
 
-            provs = {
-                "unfold+matmul": unfold_matmul,
-                "torch": lambda: reference.gram(x, **(kw or {})),
-            }
-            precs = ["tf32x3", "tf32", "ieee"] if dtype == torch.float32 else ["tf32x3"]
-            for prec in precs:
-                provs[f"triton-{prec}" if dtype == torch.float32 else "triton"] = lambda prec=prec: (
-                    triton_gram.gram(x, **(kw or {}), precision=prec)
-                )
-            times = {p: cuda_seconds(fn) for p, fn in provs.items()}
-            peak_kind = "tf32" if dtype == torch.float32 else dname
-            for p, t in times.items():
-                rows.append(
-                    dict(
-                        op="K3 gram",
-                        case=f"{case} {dname}",
-                        backend=p,
-                        ms=t * 1e3,
-                        tflops=flops / t / 1e12,
-                        pct_peak=100 * flops / t / peaks[peak_kind] if peaks else None,
-                        speedup=times["unfold+matmul"] / t,
-                    )
-                )
+def _gpu_class_moments(rows: list[dict], shape, dtype, peaks: dict) -> None:
+    """K2 on one channels_last activation shape: GB/s and % of the memory bandwidth."""
+    from ..triton_kernels import class_moments as triton_class_moments
+
+    dname = str(dtype).split(".")[-1]
+    x = torch.randn(shape, device="cuda", dtype=dtype).to(memory_format=torch.channels_last)
+    lab = torch.randint(0, 1000, (shape[0],), device="cuda")
+    nbytes = x.numel() * x.element_size()
+    provs = {
+        "triton": lambda: triton_class_moments.class_moments(x, lab, 1000, 0.05),
+        "triton-atomic": lambda: triton_class_moments.class_moments(
+            x, lab, 1000, 0.05, deterministic=False
+        ),
+        "torch": lambda: reference.class_moments(x, lab, 1000, 0.05),
+    }
+    if torch.ops.pluginedit is not None and "csrc" in available("class_moments"):
+        provs["cuda-csrc"] = lambda: torch.ops.pluginedit.class_moments(x, lab, 1000, 0.05, None)
+    times = {}
+    for p, fn in provs.items():
+        try:
+            times[p] = cuda_seconds(fn)
+        except Exception as e:  # e.g. the CUDA csrc op not compiled in
+            print(f"  skipped {p}: {e}")
+    for p, t in times.items():
+        bw = nbytes / t
+        rows.append(
+            dict(
+                op="K2 class_moments",
+                case="x".join(map(str, shape)) + f" {dname} NHWC",
+                backend=p,
+                ms=t * 1e3,
+                gbps=bw / 1e9,
+                pct_peak=100 * bw / peaks["hbm"] if peaks else None,
+                speedup=times["torch"] / t,
+            )
+        )
+
+
+def _gpu_gram(rows: list[dict], case: str, shape, kw, dtype, peaks: dict) -> None:
+    """K3 on one linear or conv input: TFLOP/s and % of the matmul peak, speed-up over unfold
+    + matmul; fp32 inputs at each Triton precision."""
+    from ..triton_kernels import gram as triton_gram
+
+    dname = str(dtype).split(".")[-1]
+    x = torch.randn(shape, device="cuda", dtype=dtype)
+    m, d = rows_and_width(x, kw)
+    flops = 2 * m * d * d  # as the full matmul P^T P would do; the kernel does ~half
+
+    def unfold_matmul():
+        rows_ = (
+            x.reshape(-1, x.shape[-1])
+            if kw is None
+            else reference._patches(x, kw["kernel_size"], 1, kw.get("padding", 0), 1)
+        )
+        return rows_.T @ rows_, rows_.sum(0)
+
+    provs = {
+        "unfold+matmul": unfold_matmul,
+        "torch": lambda: reference.gram(x, **(kw or {})),
+    }
+    precs = ["tf32x3", "tf32", "ieee"] if dtype == torch.float32 else ["tf32x3"]
+    for prec in precs:
+        name = f"triton-{prec}" if dtype == torch.float32 else "triton"
+        provs[name] = lambda prec=prec: triton_gram.gram(x, **(kw or {}), precision=prec)
+    times = {p: cuda_seconds(fn) for p, fn in provs.items()}
+    peak_kind = "tf32" if dtype == torch.float32 else dname
+    for p, t in times.items():
+        rows.append(
+            dict(
+                op="K3 gram",
+                case=f"{case} {dname}",
+                backend=p,
+                ms=t * 1e3,
+                tflops=flops / t / 1e12,
+                pct_peak=100 * flops / t / peaks[peak_kind] if peaks else None,
+                speedup=times["unfold+matmul"] / t,
+            )
+        )
 
 
 def _format(v, spec):
@@ -208,12 +218,16 @@ def _format(v, spec):
 
 
 def print_table(rows: list[dict]) -> None:
-    head = f"{'op':17} {'case':32} {'backend':14} {'ms':>9} {'GB/s':>8} {'TFLOP/s':>8} {'%peak':>6} {'speedup':>8}"
+    head = (
+        f"{'op':17} {'case':32} {'backend':14} {'ms':>9} {'GB/s':>8} {'TFLOP/s':>8} "
+        f"{'%peak':>6} {'speedup':>8}"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
         print(
-            f"{r['op']:17} {r['case']:32} {r['backend']:14} {r['ms']:9.3f} {_format(r.get('gbps'), '8.1f'):>8} "
+            f"{r['op']:17} {r['case']:32} {r['backend']:14} {r['ms']:9.3f} "
+            f"{_format(r.get('gbps'), '8.1f'):>8} "
             f"{_format(r.get('tflops'), '8.3f'):>8} {_format(r.get('pct_peak'), '6.1f'):>6} "
             f"{_format(r.get('speedup'), '7.2f') + 'x':>8}"
         )

@@ -126,7 +126,8 @@ def mpm_direction(delta, cov_p, cov_q, iters: int = 100, ridge: float = RIDGE) -
 
 def mpm_bound(delta, cov_p, cov_q, ridge: float = RIDGE) -> torch.Tensor:
     """(W1) evaluated at the MPM witness. With kappa = 1/(sigma_P + sigma_Q) this is at least
-    kappa^2 / (2 + kappa^2) (since v_P + v_Q <= (sigma_P + sigma_Q)^2) and at most the Fisher bound."""
+    kappa^2 / (2 + kappa^2) (since v_P + v_Q <= (sigma_P + sigma_Q)^2) and at most the Fisher
+    bound."""
     _check(delta, cov_p, cov_q)
     scale = _feature_scale(cov_p + cov_q)
     d = delta * scale
@@ -206,7 +207,8 @@ def neglog_bc_diag(mean_p, var_p, mean_q, var_q) -> torch.Tensor:
 
 
 def neglog_bc_full(mean_p, cov_p, mean_q, cov_q, ridge: float = RIDGE) -> torch.Tensor:
-    """-log BC = 1/8 d^T S^-1 d + 1/2 log det S - 1/4 log det S_P - 1/4 log det S_Q, S = (S_P+S_Q)/2."""
+    """-log BC = 1/8 d^T S^-1 d + 1/2 log det S - 1/4 log det S_P - 1/4 log det S_Q,
+    S = (S_P+S_Q)/2."""
     _check(mean_p, cov_p, mean_q, cov_q)
     # One ridge for all three matrices (relative to the pair's mean variance): keeps the
     # determinant terms consistent when the sample covariance is singular.
@@ -235,7 +237,8 @@ def pairs(num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def ldiff(scores: torch.Tensor) -> float:
     """LDIFF (reconstructed, ALGORITHMS.md §2.5): 1 - mean_j (s_j / max_i s_i). Near 0 when all
-    filters of a layer are equally discriminative, near 1 when a few dominate. 0 for an all-zero layer."""
+    filters of a layer are equally discriminative, near 1 when a few dominate. 0 for an all-zero
+    layer."""
     top = scores.max()
     if top <= 0:
         return 0.0

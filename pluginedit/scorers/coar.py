@@ -135,7 +135,8 @@ def _check(estimator: str, prior: str, n_masks: int, folds: int) -> None:
         raise InputError("COAR with masks=0 needs a prior (chord or grad)")
     if 0 < n_masks < max(2, folds):
         raise InputError(
-            f"COAR needs 0 masks (prior alone) or at least max(2, folds) = {max(2, folds)}, got {n_masks}"
+            f"COAR needs 0 masks (prior alone) or at least max(2, folds) = {max(2, folds)}, "
+            f"got {n_masks}"
         )
 
 
@@ -220,49 +221,54 @@ def estimate(
         c = sum(w for _, _, w in slices)
         gram = estimator != "diffmeans"
         sums = AblationSums(c, len(y), gram=gram, folds=folds if gram else 1)
-        meta = {
-            "seed": seed,
-            "alpha": alpha,
-            "components": c,
-            "examples": len(y),
-            "prior": prior,
-            "prior_points": prior_points,
-            "gram": gram,
-            "folds": sums.folds,
-        }
+        meta = _design(seed, alpha, c, len(y), prior, prior_points, gram, sums.folds)
         p = _resume(resume, sums, meta)
         if p is None:
-            p = (
-                PRIORS[prior](model, x, y, slices, prior_points, alpha, seed)
-                if prior != "none"
-                else torch.zeros(c, len(y), dtype=torch.float64)
-            )
+            p = _prior(model, x, y, slices, prior, prior_points, alpha, seed)
         while sums.masks_seen < n_masks:
             sums.merge(_block(model, x, y, slices, p, sums, n_masks, seed, alpha, chunk, block))
             if is_main():
                 _checkpoint(resume, sums, p, meta)
     if sums.masks_seen == 0:
-        w, b, info = (
-            torch.zeros_like(p),
-            torch.zeros(len(y), dtype=torch.float64),
-            {"estimator": "prior only"},
-        )
+        w, b = torch.zeros_like(p), torch.zeros(len(y), dtype=torch.float64)
+        info = {"estimator": "prior only"}
     else:
         w, b, info = solve(sums, estimator, ridge)
-    grad_passes = (
-        0 if prior == "none" else max(prior_points, 1) * 3
-    )  # forward + backward ~ 3 forwards
-    info = (
-        {"estimator": estimator}
-        | info
-        | {
-            "prior": prior,
-            "masks": sums.masks_seen,
-            "alpha": alpha,
-            "forward_equivalents_per_example": sums.masks_seen + grad_passes,
-        }
-    )
+    info = {"estimator": estimator} | info | _cost(prior, prior_points, alpha, sums.masks_seen)
     return Attributions((w + p).float(), b.float(), slices, info)
+
+
+def _design(seed, alpha, c, n, prior, prior_points, gram, folds) -> dict:
+    """What a run saved for ``resume`` must share with this one to be continued."""
+    return {
+        "seed": seed,
+        "alpha": alpha,
+        "components": c,
+        "examples": n,
+        "prior": prior,
+        "prior_points": prior_points,
+        "gram": gram,
+        "folds": folds,
+    }
+
+
+def _prior(model, x, y, slices, prior: str, points: int, alpha: float, seed: int) -> torch.Tensor:
+    """The prior p [C, N] named by ``prior`` (zeros for ``none``)."""
+    if prior == "none":
+        c = sum(w for _, _, w in slices)
+        return torch.zeros(c, len(y), dtype=torch.float64)
+    return PRIORS[prior](model, x, y, slices, points, alpha, seed)
+
+
+def _cost(prior: str, prior_points: int, alpha: float, masks: int) -> dict:
+    """How the attributions were estimated, and at what cost in forward passes per example."""
+    grad_passes = 0 if prior == "none" else max(prior_points, 1) * 3  # forward + backward: ~3
+    return {
+        "prior": prior,
+        "masks": masks,
+        "alpha": alpha,
+        "forward_equivalents_per_example": masks + grad_passes,
+    }
 
 
 def solve(sums: AblationSums, estimator: str, ridge: float | None):
@@ -344,7 +350,8 @@ class CoarOptions:
     )
     prior: Literal["none", "grad", "chord"] = option(
         "chord",
-        "ridge prior / control variate: none, mask gradients, or sampled chords (fewer evaluations)",
+        "ridge prior / control variate: none, mask gradients, or sampled chords "
+        "(fewer evaluations)",
     )
     prior_points: int = option(40, "backward passes of the prior", **NONNEGATIVE)
     reduce: Literal["abs", "signed"] = option(

@@ -40,7 +40,8 @@ def _unshifted(mean, cov, features, shift):
 
 
 def pair_bound(method: str, features: str, n_p, sums_p, n_q, sums_q, shift, radius: float = 0.05):
-    """The witness bound between groups P and Q given their power sums [..., C, 6] and counts [...]."""
+    """The witness bound between groups P and Q given their power sums [..., C, 6] and counts
+    [...]."""
     (mp, cp), (mq, cq) = (
         feature_moments(n_p, sums_p, features),
         feature_moments(n_q, sums_q, features),

@@ -59,7 +59,8 @@ class AblationSums(Statistic):
         ):
             raise InputError(
                 f"AblationSums wants masks [M, {self.num_components}] and outputs "
-                f"[M, {self.num_examples}], got {tuple(x.shape)} and {None if y is None else tuple(y.shape)}"
+                f"[M, {self.num_examples}], got {tuple(x.shape)} and "
+                f"{None if y is None else tuple(y.shape)}"
             )
         if not torch.isfinite(y).all():
             raise InputError("NaN or Inf in the masked outputs")
@@ -123,7 +124,8 @@ class AblationSums(Statistic):
         p = prior.to(self.xty.device, torch.float64)
         if p.shape != (self.num_components, self.num_examples):
             raise InputError(
-                f"ridge prior must be [{self.num_components}, {self.num_examples}], got {tuple(p.shape)}"
+                f"ridge prior must be [{self.num_components}, {self.num_examples}], "
+                f"got {tuple(p.shape)}"
             )
         return p
 

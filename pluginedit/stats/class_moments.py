@@ -20,7 +20,8 @@ FEATURES = ("linear", "poly", "exp")  # phi = s | (s, s^2) | e
 
 
 def check_counts(counts: torch.Tensor, classes=None, min_count: int = 2) -> None:
-    """Every class used needs >= ``min_count`` samples: a variance of one sample is not a variance."""
+    """Every class used needs >= ``min_count`` samples: a variance of one sample is not a
+    variance."""
     classes = range(len(counts)) if classes is None else classes
     absent = [int(k) for k in classes if counts[k] == 0]
     if absent:

@@ -65,6 +65,22 @@ def test_broken_plugin_is_reported_not_fatal(plugin_path, capsys):
         registry.get_scorer("broken")
     assert cli.main(["plugins"]) == 0
     assert "BROKEN: import failed" in capsys.readouterr().out
+    assert cli.main(["plugins", "--describe", "broken"]) == 2  # not "unknown plugin"
+    err = capsys.readouterr().err
+    assert (
+        "plugin 'broken'" in err
+        and "is broken: import failed" in err
+        and "missing dependency foo" in err
+    )
+
+
+def test_describe_prints_the_whole_docstring(capsys):
+    from pluginedit.editors.modhifi_p import ModHiFiP
+
+    assert cli.main(["plugins", "--describe", "modhifi-p"]) == 0
+    out = capsys.readouterr().out
+    last = [ln.strip() for ln in ModHiFiP.__doc__.strip().splitlines()][-1]
+    assert len(ModHiFiP.__doc__.strip().splitlines()) > 1 and last in out
 
 
 def test_duplicate_name_names_both_distributions(plugin_path):

@@ -322,3 +322,19 @@ def test_head_attributions_from_dict_batches_through_the_scorer():
     assert {p: scores[p].shape for p in scores} == {p: (4,) for p in paths}
     with pytest.raises(InputError, match="attention heads"):
         component_slices(model, ["bert.embeddings.LayerNorm"])
+
+
+def test_head_scores_given_to_prune_or_cnn_options_to_a_transformer_are_clear_errors():
+    """Options or scores a path cannot honour are errors naming them, the model untouched."""
+    model, batch = _tiny_bert()
+    data = (batch, torch.tensor([0, 1, 2, 0, 1]))
+    paths = ["bert.encoder.layer.0.attention.self", "bert.encoder.layer.1.attention.self"]
+    heads = pe.score(model, "coar", data=data, targets=paths, masks=40, examples=5, prior_points=4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(pe.core.errors.InputError, match="are attention blocks scored per head"):
+        pe.edit(model, "prune", heads, example_inputs=batch, ratio=0.25)
+    with pytest.raises(
+        pe.core.errors.InputError, match=r"option\(s\) \['scorer'\] of modhifi-p apply to CNNs"
+    ):
+        pe.edit(model, "modhifi-p", data=data, scorer="l1")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

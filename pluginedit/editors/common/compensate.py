@@ -125,9 +125,10 @@ def compensate(
 ) -> float:
     """Apply delta* in place to a Linear / Conv2d for the kept inputs ``keep`` using its input
     ``gram`` (a pluginedit.stats.Gram). Convs use the per-slice rescaling (``conv="slice"``, the
-    paper's delta*) or the full least-squares refit of the kept slices (``conv="full"``). With ``centred`` the output-mean shift goes into the bias,
-    else into ``bn``'s running mean; with neither, the uncentred refit is used. The removed input
-    slices are zeroed (physically removing them afterwards changes nothing). Returns the ridge."""
+    paper's delta*) or the full least-squares refit of the kept slices (``conv="full"``). With
+    ``centred`` the output-mean shift goes into the bias, else into ``bn``'s running mean; with
+    neither, the uncentred refit is used. The removed input slices are zeroed (physically
+    removing them afterwards changes nothing). Returns the ridge."""
     centred = centred and (getattr(module, "bias", None) is not None or bn is not None)
     sigma = gram.matrix(centred)
     mean = gram.mean if centred else None

@@ -1,8 +1,9 @@
 """ModHiFi-P on a BERT-family transformer (ALGORITHMS.md 4.3, LLM scoring): per layer, remove the
 lowest-scored FFN neurons and attention heads, after refitting the layer that reads them (the
 FFN down projection, the attention output projection) by least squares on the kept inputs.
-Removal goes through torch-pruning (``pluginedit.graph``) and is recorded as replayable steps; the config's
-``intermediate_size`` follows a uniform FFN pruning so ``save_pretrained`` stays loadable."""
+Removal goes through torch-pruning (``pluginedit.graph``) and is recorded as replayable steps;
+the config's ``intermediate_size`` follows a uniform FFN pruning so ``save_pretrained`` stays
+loadable."""
 
 from __future__ import annotations
 
