@@ -23,10 +23,10 @@ from . import bench
 from ._common import (
     add_edit_args,
     add_model_args,
+    add_option_arg,
     bundle_for,
     editor_class,
     finish,
-    key_value,
     known_options,
     setup,
 )
@@ -278,15 +278,7 @@ def _add_score_parser(sub) -> None:
         default=None,
         help="scorer plugin (repeat to score with several in one pass; default l1)",
     )
-    p.add_argument(
-        "-o",
-        "--option",
-        type=key_value,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="scorer option; <scorer>.<key>=value with several scorers",
-    )
+    add_option_arg(p, "scorer option; <scorer>.<key>=value with several scorers")
     p.add_argument(
         "--out",
         default=None,

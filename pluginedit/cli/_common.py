@@ -112,8 +112,8 @@ def _add_data_args(p: argparse.ArgumentParser, data_default: str) -> None:
     p.add_argument("--progress", action="store_true", default=sys.stderr.isatty())
 
 
-def add_edit_args(p: argparse.ArgumentParser, editor: str) -> None:
-    p.add_argument("--editor", default=editor, help="editor plugin name")
+def add_option_arg(p: argparse.ArgumentParser, help: str) -> None:
+    """``-o KEY=VALUE`` (repeatable): a plugin option, its value read as a Python literal."""
     p.add_argument(
         "-o",
         "--option",
@@ -121,8 +121,13 @@ def add_edit_args(p: argparse.ArgumentParser, editor: str) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="extra option for the scorer/editor (repeatable)",
+        help=help,
     )
+
+
+def add_edit_args(p: argparse.ArgumentParser, editor: str) -> None:
+    p.add_argument("--editor", default=editor, help="editor plugin name")
+    add_option_arg(p, "extra option for the scorer/editor (repeatable)")
     p.add_argument(
         "--finetune-epochs", type=nonnegative, default=0, help="fine-tune after the edit"
     )

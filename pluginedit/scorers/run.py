@@ -3,6 +3,8 @@ resolve scorers, gather their statistic requests, collect them in one pass, scor
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -54,6 +56,18 @@ def _inputs(model, scorers, data, targets, num_classes, example) -> Inputs:
     )
 
 
+def _read_only(fn):
+    """Run ``fn(model, ...)`` with every module in eval mode and every buffer kept."""
+
+    @functools.wraps(fn)
+    def read_only(model, *args, **kwargs):
+        with buffers_kept(model), eval_mode(model):
+            return fn(model, *args, **kwargs)
+
+    return read_only
+
+
+@_read_only
 def score_many(
     model: nn.Module,
     scorers: list,
@@ -71,33 +85,6 @@ def score_many(
     mode and gets its own training flag back, so no BatchNorm statistic moves, and every buffer
     is put back as it was (a forward that updates a buffer of its own, a call counter, leaves
     no trace)."""
-    with buffers_kept(model), eval_mode(model):
-        return _score_many(
-            model,
-            scorers,
-            data,
-            targets,
-            num_classes,
-            max_samples,
-            batch_size,
-            progress,
-            example_inputs,
-            options,
-        )
-
-
-def _score_many(
-    model,
-    scorers,
-    data,
-    targets,
-    num_classes,
-    max_samples,
-    batch_size,
-    progress,
-    example_inputs,
-    options,
-) -> dict[str, Scores]:
     if options and len(scorers) != 1:
         raise InputError("options apply to one scorer; configure several as scorer instances")
     if len({getattr(s, "name", s) for s in scorers}) != len(scorers):
