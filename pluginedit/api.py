@@ -16,7 +16,7 @@ from .core.plugin import Editor, Inputs, failures_named
 from .core.record import EditRecord, atomic
 from .core.scores import Scores
 from .io import load, load_model, load_weights, save
-from .io.models import add_edit, load_state
+from .io.models import add_edit, load_state, remember_source
 from .scorers.run import num_classes_of, score, score_many
 
 __all__ = [
@@ -147,6 +147,7 @@ def edit(
     inputs = editor_inputs(
         model, editor, scores, data, example_inputs, num_classes, forget_class, targets, pairs
     )
+    remember_source(model)  # a transformers model's dense config, before an editor changes it
     with atomic(model), modes_kept(model), grads_kept(model):
         record = _apply(editor, model, scores, inputs)
     add_edit(model, record)  # steps and history travel with the model (pe.save)

@@ -20,16 +20,17 @@ from .inputs import batches
 @dataclass(eq=False)
 class Request:
     """A handle: collect ``statistic`` from the ``where`` ("input" or "output") tensor of the
-    module at path ``module``. ``collect`` returns the statistics keyed by these handles
-    (compared by identity), so nothing is parsed out of strings."""
+    module at path ``module``, or from the pair (input, output) with "io". ``collect`` returns
+    the statistics keyed by these handles (compared by identity), so nothing is parsed out of
+    strings."""
 
     module: str
     statistic: Statistic
     where: str = "output"
 
     def __post_init__(self):
-        if self.where not in ("input", "output"):
-            raise InputError(f"hook point must be 'input' or 'output', got {self.where!r}")
+        if self.where not in ("input", "output", "io"):
+            raise InputError(f"hook point must be 'input', 'output' or 'io', got {self.where!r}")
 
 
 def class_conditional(statistic: Statistic) -> bool:
@@ -44,6 +45,15 @@ def _real_tokens(t: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | Non
         return t, labels
     keep = mask.bool()
     return t[keep], labels.repeat_interleave(keep.sum(1))
+
+
+def _hooked(where: str, inputs, output, current: dict):
+    """(what a request at ``where`` sees: a tensor, or (input, output) for "io"; the labels)."""
+    if where == "io":
+        t, labels = _real_tokens(inputs[0].detach(), current["labels"], current["mask"])
+        return (t, _real_tokens(output.detach(), current["labels"], current["mask"])[0]), labels
+    t = inputs[0] if where == "input" else output
+    return _real_tokens(t.detach(), current["labels"], current["mask"])
 
 
 class _StopForward(Exception):
@@ -73,8 +83,7 @@ def collect(
 
     def make_hook(req: Request):
         def hook(module, inputs, output):
-            t = inputs[0] if req.where == "input" else output
-            t, labels = _real_tokens(t.detach(), current["labels"], current["mask"])
+            t, labels = _hooked(req.where, inputs, output, current)
             req.statistic.update(t, labels if class_conditional(req.statistic) else None)
             if stop_early:
                 current["seen"].add(id(req))

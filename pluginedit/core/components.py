@@ -11,7 +11,7 @@ from torch import nn
 
 from .batches import call
 from .errors import InputError
-from .outputs import tensors
+from .outputs import primary, tensors
 
 
 def is_attention(module: nn.Module) -> bool:
@@ -149,9 +149,54 @@ def output_layers(model: nn.Module, example) -> list[str]:
     finally:
         for h in handles:
             h.remove()
-    return [
+    found = [
         produced[id(o)][1] for o in tensors(out) if id(o) in produced and produced[id(o)][0] is o
     ]
+    return found or _heads_through_free_ops(model, example)
+
+
+def _heads_through_free_ops(model: nn.Module, example) -> list[str]:
+    """The component layers whose output reaches the model's primary output through operations
+    without components only (pooling, activation, flatten, softmax: a conv followed by global
+    pooling, as SqueezeNet's classifier) and whose width is the output's (its dimension 1 or
+    last): found by walking the autograd graph of one forward back from the output, stopping at
+    every component's output. [] if the output has no graph."""
+    made: dict = {}
+
+    def hook(path: str):
+        def record(mod, inputs, o):
+            if torch.is_tensor(o) and o.grad_fn is not None:
+                made.setdefault(o.grad_fn, path)
+
+        return record
+
+    handles = [m.register_forward_hook(hook(p)) for p, m in groups(model).items()]
+    try:
+        with torch.enable_grad(), eval_mode(model):
+            leaf = (
+                example.detach().clone().requires_grad_()
+                if torch.is_tensor(example) and example.is_floating_point()
+                else example
+            )
+            out = primary(call(model, leaf))
+    except RuntimeError:
+        return []
+    finally:
+        for h in handles:
+            h.remove()
+    found, stack, seen = [], [out.grad_fn], set()
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if fn in made:
+            found.append(made[fn])
+            continue
+        stack.extend(nxt for nxt, _ in fn.next_functions)
+    mods = groups(model)
+    widths = {out.shape[1], out.shape[-1]} if out.ndim >= 2 else set()
+    return [p for p in dict.fromkeys(found) if size_of(mods[p]) in widths]
 
 
 def bn_of(model: nn.Module) -> dict[str, str]:

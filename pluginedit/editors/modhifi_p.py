@@ -4,24 +4,23 @@ consumer of a removed channel and BatchNorm recalibration, without fine-tuning."
 from __future__ import annotations
 
 import dataclasses
+import time
 import warnings
 from dataclasses import dataclass
 from typing import Literal
-
-import torch
 
 from ..capture import default_targets, head_layers
 from ..core.components import bn_of, transformer_units
 from ..core.errors import EditError, InputError
 from ..core.plugin import COUNT, NONNEGATIVE, RATIO, Editor, option
 from ..core.scores import Scores
-from ..graph.groups import count_ops_and_params, is_in
+from ..graph.groups import consumers, count_ops_and_params
 from ..graph.pruner import prune_by_scores
 from ..linalg import DEFAULT_RIDGE, IllConditionedWarning
-from ..scorers.fidelity import channel_scores, collect_grams
 from ..scorers.run import score
 from .common.bnrecal import recalibrate_bn
-from .common.compensate import compensate
+from .common.modhifi_cnn import Removals, calib_batch, compensate_all, fidelity_scores, halves
+from .common.modhifi_cnn import plan as plan_removal
 from .common.modhifi_transformer import prune_transformer
 from .prune import check_leaves_channels
 
@@ -51,6 +50,11 @@ class ModHiFiPOptions:
         "full", "conv delta*: full refit of the kept slices, or the paper's per-slice scale"
     )
     calib_samples: int = option(2048, "calibration samples per step", **COUNT)
+    halves: bool = option(
+        True,
+        "fidelity scores and delta* statistics from disjoint halves of the calibration samples "
+        "(each forwarded once); False: both from all of them (one more pass)",
+    )
     scorer: str = option("fidelity", "scorer for steps without given Scores")
     variant: Literal["centred", "uncentred", "fidelity", "alpha"] = option(
         "centred", "fidelity pair score"
@@ -66,10 +70,57 @@ class ModHiFiPOptions:
 _TRANSFORMER_OPTIONS = {"ratio", "heads", "compensate", "ridge", "calib_samples"}
 
 
+PARTS = ("scores", "statistics", "solves", "surgery", "recalibration")
+
+
+def _totals() -> dict:
+    """What the steps add up: removals, steps, ridges, warnings, delta* modes, seconds."""
+    return {
+        "removed": {},
+        "steps": [],
+        "ridges": [],
+        "warned": 0,
+        "uncompensated": {},
+        "modes": {},
+        "seconds": dict.fromkeys(PARTS, 0.0),
+    }
+
+
+def _warn(totals: dict) -> None:
+    if totals["warned"]:
+        warnings.warn(
+            f"modhifi-p: {totals['warned']} compensation solve(s) met an ill-conditioned "
+            "Gram; the ridge was grown there",
+            IllConditionedWarning,
+            stacklevel=3,
+        )
+    if totals["uncompensated"]:
+        named = "; ".join(f"{p!r}: {why}" for p, why in list(totals["uncompensated"].items())[:3])
+        warnings.warn(
+            f"modhifi-p: {len(totals['uncompensated'])} consumer(s) pruned without delta* "
+            f"({named})",
+            stacklevel=3,
+        )
+
+
+def _report(totals: dict) -> dict:
+    """The record's info on delta* and time: modes used (exact: the Gram of the kept inputs;
+    position: per-position Grams under the memory budget), consumers left uncompensated and
+    why, seconds per part (scores: their statistics pass and formulas; statistics: the delta*
+    pass; solves; surgery: the removal plan and torch-pruning; recalibration)."""
+    return {
+        "compensation_modes": totals["modes"],
+        "uncompensated": totals["uncompensated"],
+        "seconds": {k: round(v, 3) for k, v in totals["seconds"].items()},
+    }
+
+
 class ModHiFiP(Editor):
-    """Each step: input Grams on calibration data, channel scores (fidelity from the same
-    Grams, or the given Scores for the first step), removal of the lowest channels with
-    torch-pruning, delta* on each consumer just before its inputs go, BN recalibration."""
+    """Each step: channel scores (fidelity from one pass of pair statistics, or the given
+    Scores for the first step), the removal torch-pruning will make, delta* of every consumer
+    from the Gram of its kept inputs on the dense model (half of the calibration samples each),
+    removal of the lowest channels with torch-pruning, BN recalibration
+    (``editors.common.modhifi_cnn``)."""
 
     name = "modhifi-p"
     kind = "prune"
@@ -88,7 +139,7 @@ class ModHiFiP(Editor):
             layers = scores if scores is not None else default_targets(model, example)
             check_leaves_channels(model, set(layers) - self._kept_whole(model, inputs), plan[0])
         used = scores.scorer if scores is not None else opts.scorer
-        totals = {"removed": {}, "steps": [], "ridges": [], "warned": 0}
+        totals = _totals()
         for i, step_ratio in enumerate(plan):
             self._step(model, scores if i == 0 else None, inputs, step_ratio, totals)
             macs, params = count_ops_and_params(model, example)
@@ -102,13 +153,7 @@ class ModHiFiP(Editor):
                 raise EditError(
                     f"could not remove {amount:.0%} of the {opts.target} in {opts.max_steps} steps"
                 )
-        if totals["warned"]:
-            warnings.warn(
-                f"modhifi-p: {totals['warned']} compensation solve(s) met an ill-conditioned "
-                "Gram; the ridge was grown there",
-                IllConditionedWarning,
-                stacklevel=2,
-            )
+        _warn(totals)
         record = self.record(
             "removed (physical, torch-pruning)"
             + (" + delta*" if opts.compensate else "")
@@ -127,6 +172,7 @@ class ModHiFiP(Editor):
             "ill_conditioned_solves": totals["warned"],
             "max_ridge": max(totals["ridges"], default=0.0),
             "scores_used": used,
+            **_report(totals),
             "topk_reading": f"channel score = {opts.reduce} over consumers and outputs; "
             "lowest pruned"
             if used == "fidelity"
@@ -184,42 +230,66 @@ class ModHiFiP(Editor):
         return record
 
     def _step(self, model, scores, inputs, ratio, totals) -> None:
-        opts = self.options
+        """One step (``editors.common.modhifi_cnn``): scores, the removal plan, delta* on the
+        dense model, removal, BN recalibration; each part timed into ``totals["seconds"]``."""
+        opts, example, sec = self.options, inputs.example, totals["seconds"]
+        batch = calib_batch(model, example)
+        own = scores is None and opts.scorer == "fidelity"
+        cut = (
+            halves(inputs.data, opts.calib_samples)
+            if own and opts.compensate and opts.halves
+            else None
+        )
+        first, second = cut if cut is not None else (inputs.data, inputs.data)
+        ignored = self._kept_whole(model, inputs)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", IllConditionedWarning)
-            need_grams = opts.compensate or (scores is None and opts.scorer == "fidelity")
-            grams = (
-                collect_grams(model, inputs.data, max_samples=opts.calib_samples)
-                if need_grams
-                else {}
-            )
-            scores = scores if scores is not None else self._scores(model, inputs, grams)
+            t = time.perf_counter()
+            cons = consumers(model, example, default_targets(model, example))
+            if scores is None:
+                scores = self._scores(model, inputs, first, batch, cons)
+            sec["scores"] += time.perf_counter() - t
+            t = time.perf_counter()
+            planned = plan_removal(model, example, scores, ratio, ignored, opts.global_pruning)
+            sec["surgery"] += time.perf_counter() - t
+            if opts.compensate:
+                bns = {c: model.get_submodule(b) for c, b in bn_of(model).items()}
+                done = compensate_all(model, cons, second, planned, bns, opts, batch, sec)
+                totals["ridges"] += done["ridges"]
+                totals["uncompensated"].update(done["skipped"])
+                for mode in done["modes"].values():
+                    totals["modes"][mode] = totals["modes"].get(mode, 0) + 1
+            t = time.perf_counter()
+            seen = Removals()
             removed, steps = prune_by_scores(
-                model,
-                inputs.example,
-                scores,
-                ratio,
-                self._kept_whole(model, inputs),
-                opts.global_pruning,
-                before_group=self._compensator(model, grams, totals["ridges"])
-                if opts.compensate
-                else None,
+                model, example, scores, ratio, ignored, opts.global_pruning, before_group=seen
             )
+            sec["surgery"] += time.perf_counter() - t
         totals["warned"] += sum(issubclass(w.category, IllConditionedWarning) for w in caught)
         if not removed:
             raise EditError("modhifi-p removed no channel (nothing prunable, or ratio too small)")
+        if seen.removed != planned:
+            raise EditError("modhifi-p: torch-pruning removed other channels than planned")
         for k, v in removed.items():
             totals["removed"].setdefault(k, []).extend(v)
         totals["steps"] += steps
         if opts.recalibrate:
-            recalibrate_bn(model, inputs.data, max_samples=opts.calib_samples)
+            t = time.perf_counter()
+            recalibrate_bn(model, inputs.data, max_samples=opts.calib_samples, batch_size=batch)
+            sec["recalibration"] += time.perf_counter() - t
 
-    def _scores(self, model, inputs, grams) -> Scores:
+    def _scores(self, model, inputs, data, batch, cons) -> Scores:
         opts = self.options
         targets = default_targets(model, inputs.example)
-        if opts.scorer == "fidelity":  # reuse the Grams: one pass over the data per step
-            values = channel_scores(
-                model, inputs.example, targets, grams, opts.variant, opts.reduce
+        if opts.scorer == "fidelity":  # pair statistics: one pass, no Gram of all the inputs
+            values = fidelity_scores(
+                model,
+                cons,
+                data,
+                opts.variant,
+                opts.reduce,
+                batch,
+                opts.calib_samples,
             )
             return Scores(values, "fidelity", {"variant": opts.variant, "reduce": opts.reduce})
         return score(
@@ -234,22 +304,3 @@ class ModHiFiP(Editor):
 
     def _kept_whole(self, model, inputs) -> set[str]:
         return set(self.options.ignored or []) | set(head_layers(model, inputs.example))
-
-    def _compensator(self, model, grams, ridges):
-        """Before a group goes: refit each consumer with a Gram on its kept inputs."""
-        bns = {c: model.get_submodule(b) for c, b in bn_of(model).items()}
-        ridge, conv = self.options.ridge, self.options.conv_refit
-
-        def before_group(group, paths):
-            for dep, idxs in group:
-                path = paths.get(dep.layer)
-                if path in grams and is_in(dep.pruning_fn):
-                    keep = torch.ones(dep.layer.weight.shape[1], dtype=torch.bool)
-                    keep[torch.as_tensor(idxs, dtype=torch.long)] = False
-                    ridges.append(
-                        compensate(
-                            dep.layer, grams[path], keep, bns.get(path), ridge=ridge, conv=conv
-                        )
-                    )
-
-        return before_group

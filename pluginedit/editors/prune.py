@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ..capture import head_layers
-from ..core.components import groups, kind_of, size_of
+from ..core.components import groups, size_of
 from ..core.errors import EditError, InputError
 from ..core.outputs import output
 from ..core.plugin import COUNT, RATIO, Editor, option
@@ -93,12 +93,6 @@ class PruneEditor(Editor):
             )
         opts = self.options
         modules = dict(model.named_modules())
-        heads = [p for p in scores if kind_of(modules[p]) == "attn_head"]
-        if heads:
-            raise InputError(
-                f"prune removes channels of conv/linear layers; {heads[:3]} are attention blocks "
-                "scored per head: remove heads with modhifi-p (heads=...), or mask them with 'mask'"
-            )
         unknown = [p for p in (opts.ignored or []) if p not in modules]
         if unknown:
             raise InputError(f"ignored layers not in the model: {unknown}")
@@ -108,7 +102,7 @@ class PruneEditor(Editor):
                 f"nothing to prune: the scores name no layer outside the classifier head "
                 f"and the ignored ones (scored: {list(scores)}; kept: {sorted(ignored)})"
             )
-        before = {p: modules[p].weight.shape[0] for p in scores if p in modules}
+        before = {p: size_of(modules[p]) for p in scores if p in modules}
         if not opts.global_pruning:
             check_leaves_channels(model, set(scores) - ignored, opts.ratio, opts.round_to)
         shape = output_shape(model, inputs.example)

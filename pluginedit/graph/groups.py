@@ -4,9 +4,14 @@ parameters, Taylor importance per group, consumer maps, layers that can be prune
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections import Counter
+
 import torch
 import torch_pruning as tp
 from torch import nn
+from torch_pruning.dependency.group import Group
 
 from ..core.components import get_module, size_of
 from ..core.errors import EditError
@@ -41,6 +46,65 @@ def out_fn(layer: nn.Module):
     )
 
 
+# torch-pruning follows index mappings through concatenations, splits and reshapes until a group
+# closes; on some graphs (transformers' FocalNet modulation; torchvision's Swin and MaxViT, as
+# issue 24 reports) it never does and the group grows without end. One group may take this long
+# and this many dependencies (before merging) per module of the model; past either, the edit
+# stops with an error naming the block.
+GROUP_SECONDS = 60.0
+GROUP_DEPS_PER_NODE = 20
+_bounded = {"depth": 0}
+
+
+class _OverBudget(BaseException):  # not an Exception: no handler inside torch-pruning eats it
+    def __init__(self, group, seconds: float):
+        super().__init__()
+        self.group, self.seconds = group, seconds
+
+
+@contextlib.contextmanager
+def bounded(model: nn.Module, seconds: float | None = None):
+    """Run torch-pruning's group building with a budget per group (``GROUP_SECONDS``, and
+    ``GROUP_DEPS_PER_NODE`` dependencies per module of ``model``): a group that outgrows it is an
+    ``EditError`` naming its root layer and the modules it keeps revisiting, never a hang."""
+    if _bounded["depth"]:
+        yield
+        return
+    limit = GROUP_SECONDS if seconds is None else seconds
+    cap = GROUP_DEPS_PER_NODE * (sum(1 for _ in model.modules()) + 200)
+    original = Group.add_dep
+
+    def add_dep(group, dep, idxs):
+        now = time.monotonic()
+        start = group.__dict__.setdefault("_pluginedit_start", now)
+        if len(group._group) >= cap or now - start > limit:
+            raise _OverBudget(group, now - start)
+        return original(group, dep, idxs)
+
+    Group.add_dep, _bounded["depth"] = add_dep, 1
+    try:
+        yield
+    except _OverBudget as e:
+        raise EditError(_budget_message(model, e, limit)) from None
+    finally:
+        Group.add_dep, _bounded["depth"] = original, 0
+
+
+def _budget_message(model: nn.Module, e: _OverBudget, limit: float) -> str:
+    names = {**paths_of(model), **{p: n for n, p in model.named_parameters()}}
+    items = e.group._group
+    root = names.get(items[0].dep.target.module, "?") if items else "?"
+    seen = Counter(names.get(it.dep.target.module) for it in items)
+    busiest = ", ".join(repr(n) for n, _ in seen.most_common(3) if n)
+    block = root.rpartition(".")[0] or root
+    return (
+        f"torch-pruning could not build the dependency groups of {block!r} within {limit:.0f} s: "
+        f"the group of {root!r} grew to {len(items)} dependencies in {e.seconds:.1f} s without "
+        f"closing (its index mappings through {busiest} never settle, so it would run for ever); "
+        "torch-pruning cannot prune this architecture; the 'mask' editor needs no dependency graph"
+    )
+
+
 def graph(model: nn.Module, example) -> tp.DependencyGraph:
     try:
         return tp.DependencyGraph().build_dependency(
@@ -60,9 +124,12 @@ def output_sum(out) -> torch.Tensor:
 def out_group(dg: tp.DependencyGraph, layer: nn.Module, idxs=None):
     """The group that removing ``idxs`` (default: all) of ``layer``'s outputs drags along."""
     try:
-        return dg.get_pruning_group(
-            layer, out_fn(layer), idxs=list(range(size_of(layer))) if idxs is None else list(idxs)
-        )
+        with bounded(dg.model):
+            return dg.get_pruning_group(
+                layer,
+                out_fn(layer),
+                idxs=list(range(size_of(layer))) if idxs is None else list(idxs),
+            )
     except ValueError as e:  # the layer ran outside the traced graph (e.g. through .numpy())
         raise EditError(
             f"torch-pruning cannot trace this model: {e} (does the forward leave torch, "

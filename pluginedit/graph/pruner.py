@@ -16,41 +16,72 @@ import torch_pruning as tp
 from torch import nn
 
 from ..core.components import get_module
-from ..core.errors import EditError
+from ..core.errors import EditError, InputError
 from ..core.scores import Scores
-from .groups import FN_NAMES, graph, is_out, out_group, output_sum, paths_of
+from . import attention
+from .groups import FN_NAMES, bounded, graph, is_out, out_group, output_sum, paths_of
 
 
 class ScoresImportance(tp.importance.Importance):
     """A torch-pruning importance reading pluginedit Scores: for each group, the scores of the
     group's scored out-channel layers, mapped onto the root indices, each layer normalised by
-    its mean (so layers of different scale compete fairly under global pruning) and averaged."""
+    its mean (so layers of different scale compete fairly under global pruning) and averaged.
+    An attention block scored per head (``blocks``: projection -> block) lends each head's score
+    to the head's channels of its query, key and value projections."""
 
-    def __init__(self, scores: Scores, paths: dict[nn.Module, str]):
+    def __init__(self, scores: Scores, paths: dict[nn.Module, str], blocks=()):
         self.scores, self.paths = scores, paths
+        self.blocks = {lin: b for b in blocks if b.path in scores for lin in b.qkv}
+
+    def _of(self, layer: nn.Module) -> torch.Tensor | None:
+        path = self.paths.get(layer)
+        if path in self.scores:
+            return self.scores[path]
+        b = self.blocks.get(layer)
+        if b is None:
+            return None
+        return self.scores[b.path].repeat_interleave(layer.out_features // len(self.scores[b.path]))
 
     @torch.no_grad()
     def __call__(self, group) -> torch.Tensor | None:
         total, hits = torch.zeros(len(group[0].root_idxs)), 0
         for i, (dep, idxs) in enumerate(group):
-            path = self.paths.get(dep.layer)
-            if path not in self.scores or not is_out(dep.pruning_fn):
+            s = self._of(dep.layer) if is_out(dep.pruning_fn) else None
+            if s is None:
                 continue
-            s = self.scores[path]
             s = s / s.abs().mean().clamp_min(1e-12)
             total[torch.as_tensor(group[i].root_idxs)] += s[torch.as_tensor(idxs)]
             hits += 1
         return total / hits if hits else None
 
 
-def group_steps(group, paths: dict[nn.Module, str]) -> list[dict]:
-    """The replayable steps of one group, in its order (parameter-free ops are skipped)."""
+def group_steps(group, paths: dict[nn.Module, str], params: dict | None = None) -> list[dict]:
+    """The replayable steps of one group, in its order (parameter-free ops are skipped): a
+    module's pruning function, or for a bare ``nn.Parameter`` (``params``: parameter -> its
+    name) ``{"parameter": name, "dim": d, "idxs": [...]}``."""
     steps = []
     for dep, idxs in group:
-        path, name = paths.get(dep.target.module), FN_NAMES.get(dep.handler)
+        target = dep.target.module
+        if isinstance(target, nn.Parameter):
+            name = (params or {}).get(target)
+            if name is None:
+                raise EditError(
+                    "torch-pruning pruned a parameter the model does not name "
+                    f"(shape {tuple(target.shape)}); the edit cannot be recorded"
+                )
+            dim = int(dep.target.pruning_dim) % target.dim()
+            steps.append({"parameter": name, "dim": dim, "idxs": [int(i) for i in idxs]})
+            continue
+        path, name = paths.get(target), FN_NAMES.get(dep.handler)
         if path is not None and name is not None:
             steps.append({"module": path, "fn": name, "idxs": [int(i) for i in idxs]})
     return steps
+
+
+def parameter_names(model: nn.Module) -> dict:
+    """Each parameter of ``model`` -> its name (torch-pruning replaces the bare parameters it
+    prunes, so this is taken again before each group)."""
+    return {p: n for n, p in model.named_parameters()}
 
 
 def refuse_tied(model: nn.Module) -> None:
@@ -70,29 +101,82 @@ def run_pruner(
     model: nn.Module, example, importance, before_group: Callable | None = None, **pruner_kw
 ) -> tuple[dict[str, list[int]], list[dict]]:
     """One MetaPruner step; ``before_group(group, paths)`` runs before each group is removed
-    (compensation). Returns ({out-channel layer path: removed indices}, steps)."""
+    (compensation). Attention blocks (``graph.attention``) lose whole heads, their head counts
+    updated and recorded, unless the caller gives ``num_heads`` itself. Returns ({out-channel
+    layer path, or attention block path: removed indices (heads for a block)}, steps)."""
     paths = paths_of(model)
     refuse_tied(model)
+    found = [] if "num_heads" in pruner_kw else attention.blocks(model)
+    ignored = {m for layer in pruner_kw.get("ignored_layers") or () for m in layer.modules()}
+    kw = attention.pruner_kwargs(found, pruner_kw.get("pruning_ratio", 0.5), ignored) | pruner_kw
+    with bounded(model):
+        try:
+            pruner = tp.pruner.MetaPruner(
+                model, example, importance=importance, output_transform=output_sum, **kw
+            )
+        except EditError:
+            raise
+        except Exception as e:
+            raise EditError(
+                f"torch-pruning cannot trace this model ({type(e).__name__}: {e}); "
+                "use the 'mask' editor instead"
+            ) from e
+        removed, steps = {}, []
+        for group in _groups(pruner, paths):
+            if before_group is not None:
+                before_group(group, paths)
+            _note_removed(group, paths, found, removed)
+            steps += group_steps(group, paths, parameter_names(model))
+            _prune(group, paths)
+    return removed, steps + attention.update_heads(found)
+
+
+def _root(group, paths) -> str:
+    return paths.get(group[0].dep.target.module, "?") if len(group) else "?"
+
+
+def _groups(pruner, paths):
+    """MetaPruner's groups; its own failures (index errors on graphs it misreads) are an
+    ``EditError`` naming where, never a raw exception."""
+    it, group = pruner.step(interactive=True), None
+    while True:
+        try:
+            group = next(it)
+        except StopIteration:
+            return
+        except (EditError, InputError):  # ours (an importance's), not torch-pruning's
+            raise
+        except Exception as e:
+            where = f" after the group of {_root(group, paths)!r}" if group is not None else ""
+            raise EditError(
+                f"torch-pruning failed while ranking the dependency groups{where} "
+                f"({type(e).__name__}: {str(e)[:200]}); it misreads this architecture: use the "
+                "'mask' editor"
+            ) from e
+        yield group
+
+
+def _prune(group, paths) -> None:
     try:
-        pruner = tp.pruner.MetaPruner(
-            model, example, importance=importance, output_transform=output_sum, **pruner_kw
-        )
+        group.prune()
     except Exception as e:
         raise EditError(
-            f"torch-pruning cannot trace this model ({type(e).__name__}: {e}); "
-            "use the 'mask' editor instead"
+            f"torch-pruning failed while removing the group of {_root(group, paths)!r} "
+            f"({type(e).__name__}: {str(e)[:200]}); use the 'mask' editor"
         ) from e
-    removed, steps = {}, []
-    for group in pruner.step(interactive=True):
-        if before_group is not None:
-            before_group(group, paths)
-        for dep, idxs in group:
-            path = paths.get(dep.layer)
-            if path is not None and is_out(dep.pruning_fn):
-                removed.setdefault(path, []).extend(int(i) for i in idxs)
-        steps += group_steps(group, paths)
-        group.prune()
-    return removed, steps
+
+
+def _note_removed(group, paths, found, removed) -> None:
+    """Record the out-channels a group removes per layer, and the heads per attention block."""
+    heads = {b.qkv[0]: b for b in found}
+    for dep, idxs in group:
+        path = paths.get(dep.layer)
+        if path is None or not is_out(dep.pruning_fn):
+            continue
+        removed.setdefault(path, []).extend(int(i) for i in idxs)
+        b = heads.get(dep.layer)
+        if b is not None:
+            removed.setdefault(b.path, []).extend(sorted({int(i) // b.head_dim for i in idxs}))
 
 
 def prune_by_scores(
@@ -110,7 +194,7 @@ def prune_by_scores(
     return run_pruner(
         model,
         example,
-        ScoresImportance(scores, paths_of(model)),
+        ScoresImportance(scores, paths_of(model), attention.blocks(model)),
         before_group,
         pruning_ratio=ratio,
         global_pruning=global_pruning,
@@ -126,8 +210,8 @@ def remove_channels(model: nn.Module, example, indices: dict[str, list[int]]) ->
     for path, idx in indices.items():
         if idx:
             group = out_group(dg, get_module(model, path), sorted(idx))
-            steps += group_steps(group, paths)
-            group.prune()
+            steps += group_steps(group, paths, parameter_names(model))
+            _prune(group, paths)
     return steps
 
 

@@ -51,7 +51,27 @@ def write_manifest(folder: Path, manifest: dict) -> None:
         tmp.write_text(text)
 
 
+def _indices(idxs) -> bool:
+    return isinstance(idxs, list) and all(
+        isinstance(j, int) and not isinstance(j, bool) and j >= 0 for j in idxs
+    )
+
+
 def _check_step(i: int, step, where: Path) -> None:
+    if isinstance(step, dict) and "parameter" in step:  # a bare nn.Parameter pruned
+        dim = step.get("dim")
+        if (
+            isinstance(step["parameter"], str)
+            and isinstance(dim, int)
+            and not isinstance(dim, bool)
+            and dim >= 0
+            and _indices(step.get("idxs"))
+        ):
+            return
+        raise InputError(
+            f"{where}: step {i} is malformed (a parameter step needs the parameter's name, a "
+            f"non-negative dim and non-negative integer idxs), got {str(step)[:200]}"
+        )
     if (
         isinstance(step, dict)
         and isinstance(step.get("module"), str)
@@ -66,8 +86,7 @@ def _check_step(i: int, step, where: Path) -> None:
         isinstance(step, dict)
         and isinstance(step.get("module"), str)
         and isinstance(step.get("fn"), str)
-        and isinstance(step.get("idxs"), list)
-        and all(isinstance(j, int) and not isinstance(j, bool) and j >= 0 for j in step["idxs"])
+        and _indices(step.get("idxs"))
     )
     if not ok:
         raise InputError(

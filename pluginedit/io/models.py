@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ..core.errors import InputError
+from .hf import source_of_class
 from .trust import check_factory, check_spec, transformers_class, transformers_config
 
 SOURCE_ATTR = "_pluginedit_source"  # how the dense architecture was built
@@ -26,11 +27,26 @@ def source_of(model: nn.Module) -> dict | None:
     return model.__dict__.get(SOURCE_ATTR)
 
 
+def steps_of(model: nn.Module) -> list[dict]:
+    """The structural edits applied since the model's source was built."""
+    return list(model.__dict__.get(STEPS_ATTR, []))
+
+
 def set_source(model: nn.Module, source: dict, steps: list | None = None) -> nn.Module:
     """Remember how ``model`` was built (saved with it; plain attributes, not state)."""
     model.__dict__[SOURCE_ATTR] = source
     model.__dict__[STEPS_ATTR] = list(steps or [])
     return model
+
+
+def remember_source(model: nn.Module) -> None:
+    """Before an edit: a model without a source that has not been edited yet, of a transformers
+    class, remembers its dense architecture from its config (editors may change the config, so
+    it is taken now), and ``save`` needs no ``source=``."""
+    if source_of(model) is None and not steps_of(model):
+        source = source_of_class(model)
+        if source is not None:
+            model.__dict__[SOURCE_ATTR] = source
 
 
 def add_steps(model: nn.Module, steps: list[dict]) -> None:

@@ -5,17 +5,16 @@ from __future__ import annotations
 from collections import OrderedDict
 from pathlib import Path
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save_file
 from torch import nn
 
-from ..core.components import kind_of, unit_consumer
 from ..core.errors import InputError
 from ..core.files import written_whole
 from ..core.record import EditRecord
 from ..graph.replay import replay_steps
+from .hf import plain_copy, source_of_class
 from .manifest import (
     FORMAT,
     MANIFEST,
@@ -27,7 +26,6 @@ from .manifest import (
     write_manifest,
 )
 from .models import (
-    STEPS_ATTR,
     build,
     history_of,
     is_bound,
@@ -35,6 +33,7 @@ from .models import (
     set_history,
     set_source,
     source_of,
+    steps_of,
 )
 from .trust import trusted_specs
 
@@ -70,7 +69,7 @@ def save(model: nn.Module, path: str | Path, records=(), source: dict | None = N
     zoo remember theirs. Structural edits and the edit history are taken from the model (every
     edit made through ``pluginedit.edit`` is recorded on it); ``records``, if given, must be
     edits of this model. ``digest(folder)`` is the SHA-256 that pins the save."""
-    source = source or source_of(model)
+    source = source or source_of(model) or (None if steps_of(model) else source_of_class(model))
     if source is None:
         raise InputError(
             "cannot save: how to build this model's architecture is unknown; pass "
@@ -89,17 +88,19 @@ def save(model: nn.Module, path: str | Path, records=(), source: dict | None = N
     with written_whole(weights) as tmp:  # never half a weights file, even on SIGINT
         save_file(state, str(tmp), metadata={"format": "pt"})  # transformers reads it too
     extra = ("transformers",) if source.get("kind") == "transformers" else ()
+    plain, why = plain_copy(model, folder, state) if extra else (None, None)
     write_manifest(
         folder,
         {
             "format": FORMAT,
             "source": source,
-            "steps": list(model.__dict__.get(STEPS_ATTR, [])),
+            "steps": steps_of(model),
             "history": history_of(model),
             "versions": versions(*extra),
             "dtype": _dtype(state),
             "state_metadata": _state_metadata(model),
-            "transformers_from_pretrained": _write_transformers(model, folder) if extra else None,
+            "transformers_from_pretrained": plain,
+            **({"transformers_from_pretrained_note": why} if why else {}),
             "weights": {
                 "file": WEIGHTS,
                 "bytes": weights.stat().st_size,
@@ -108,44 +109,6 @@ def save(model: nn.Module, path: str | Path, records=(), source: dict | None = N
         },
     )
     return folder
-
-
-def _write_transformers(model: nn.Module, folder: Path) -> str | None:
-    """Make the save loadable by plain ``transformers.AutoModel.from_pretrained`` too; returns the
-    folder to load from ("." or "transformers"), or None. FFN pruning is described by the config
-    (a uniform ``intermediate_size``). Removed heads are not: BERT-family configs derive the head
-    size from hidden_size / num_attention_heads and transformers >= 5 has no ``pruned_heads``, so
-    a copy with the removed heads as zero slices goes to ``transformers/`` (a zero query, key and
-    value head with zero output-projection columns adds exactly nothing)."""
-    config = getattr(model, "config", None)
-    ffn = {m.out_features for p, m in model.named_modules() if p.endswith("intermediate.dense")}
-    if config is None or ffn - {getattr(config, "intermediate_size", None)}:
-        return None
-    atts = {p: m for p, m in model.named_modules() if kind_of(m) == "attn_head"}
-    full = getattr(config, "num_attention_heads", None)
-    if all(a.num_attention_heads == full for a in atts.values()):
-        config.save_pretrained(folder)
-        return "."
-    state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
-    for path, att in atts.items():
-        width = full * att.attention_head_size
-        for name in ("query", "key", "value"):
-            for part in ("weight", "bias"):
-                key = f"{path}.{name}.{part}"
-                if key in state:
-                    state[key] = _pad(state[key], 0, width)
-        out = f"{unit_consumer(model, path)}.weight"
-        state[out] = _pad(state[out], 1, width)
-    sub = folder / "transformers"
-    config.save_pretrained(sub)
-    save_file(state, str(sub / WEIGHTS), metadata={"format": "pt"})
-    return "transformers"
-
-
-def _pad(t: torch.Tensor, dim: int, size: int) -> torch.Tensor:
-    shape = list(t.shape)
-    shape[dim] = size - t.shape[dim]
-    return torch.cat([t, t.new_zeros(shape)], dim).contiguous()
 
 
 def load(path: str | Path, trusted=None, sha256: str | None = None) -> nn.Module:

@@ -1,8 +1,13 @@
-"""ModHiFi fidelity scores (ALGORITHMS.md 4.3-4.4) from one input Gram per consumer layer.
+"""ModHiFi fidelity scores (ALGORITHMS.md 4.3-4.4) of every consumer layer's input channels.
 
 For a consumer layer with weight slices w_ci (output c, input i) and input Gram Sigma:
   U = Sigma W^T (one GEMM);  R_ci = E<Y_c, A_ci> = w_ci . U[block i, c];  E||Y_c||^2 = sum_i R_ci;
   E||A_ci||^2 = w_ci^T Sigma_ii w_ci (block dot products).
+Sigma W^T = E[p y^T] is the layer's weight gradient for the output y, so the scorer and
+ModHiFi-P collect ``stats.layer_io.PairStats`` instead of Sigma (``pair_scores_from``): the cost
+of one forward of each layer, memory of the weight's size, grouped convolutions (each output
+against the inputs of its group) and Linear layers reading a flattened map (a channel's H*W
+features as one block) included. ``pair_scores`` on a Gram gives the same numbers.
 Variants: ``centred`` (default; R-tilde from the centred Gram, App. D.2, for BN CNNs; ``uncentred``
 the same share from the raw second moment),
 ``fidelity`` (singleton subset fidelity s_ci = R^2 / (E||A||^2 E||Y||^2)) and ``alpha``
@@ -35,6 +40,7 @@ from ..core.plugin import Scorer, option
 from ..graph.groups import consumers
 from ..linalg import ridge_for
 from ..stats import Gram
+from ..stats.layer_io import PairStats, conv_geometry
 
 VARIANTS = ("centred", "uncentred", "fidelity", "alpha")
 FLAT = 1e-4  # an output whose variance is below this fraction of its second moment is constant
@@ -64,6 +70,97 @@ def pair_scores(weight: torch.Tensor, gram: Gram, variant: str = "centred") -> t
     if variant == "alpha":
         return r / a.clamp_min(tiny)
     return r.square() / (a * y).clamp_min(tiny)
+
+
+def pair_scores_from(st: PairStats, variant: str = "centred") -> torch.Tensor:
+    """``pair_scores`` from a layer's ``PairStats`` (no input Gram): [c_out, blocks per output]
+    (a grouped conv: the inputs of each output's group; a Linear with ``block`` > 1: blocks of
+    features, e.g. a flattened channel). Equal to ``pair_scores`` on the layer's Gram. The
+    weight is read in chunks of outputs (never a float64 copy of all of it)."""
+    if variant not in VARIANTS:
+        raise InputError(f"unknown fidelity variant {variant!r}; known: {VARIANTS}")
+    if variant in ("fidelity", "alpha") and not st.keep_blocks:
+        raise InputError(f"variant {variant!r} needs PairStats(blocks=True)")
+    n = st.n()
+    r = st.r.cpu() / n  # E<Y_c, A_cb>
+    mu_a, a = _block_moments(st, with_energy=variant in ("fidelity", "alpha"))
+    if variant == "centred":
+        mu_y = mu_a.sum(1, keepdim=True)
+        r = r - mu_a * mu_y
+    y = r.sum(1, keepdim=True)
+    tiny = 1e-12 * float(y.abs().max().clamp_min(1e-300))
+    if variant == "centred":  # a constant output: its shares are 0, not round-off over round-off
+        r = torch.where(y <= FLAT * (y + mu_y.square()), torch.zeros_like(r), r)
+    if variant in ("centred", "uncentred"):
+        return r / y.clamp_min(tiny)
+    if variant == "alpha":
+        return r / a.clamp_min(tiny)
+    return r.square() / (a * y).clamp_min(tiny)
+
+
+def _block_moments(st: PairStats, with_energy: bool, chunk_bytes: int = 64 << 20):
+    """(E A_cb [co, nb], E||A_cb||^2 [co, nb] or None) from the weight, the mean patch and the
+    per-block Grams, a chunk of outputs at a time."""
+    co, nb = st.r.shape
+    groups = st.conv["groups"] if st.conv is not None else 1
+    n = st.n()
+    mean = st.psum.cpu().reshape(-1, st.size).double() / n  # [blocks, S]
+    blocks = st.bgram.cpu() / n if with_energy else None  # [blocks, S, S]
+    weight = st.weight.detach().cpu().reshape(co, nb, st.size)
+    step = max(1, chunk_bytes // max(1, 8 * nb * st.size * (st.size if with_energy else 1)))
+    mu_a, energy = [], []
+    for c0 in range(0, co, step):
+        w = weight[c0 : c0 + step].double()
+        rows = torch.arange(c0, c0 + len(w))
+        idx = (rows // (co // groups))[:, None] * nb + torch.arange(nb)[None]  # global blocks
+        mu_a.append((w * mean[idx]).sum(-1))
+        if with_energy:
+            energy.append(torch.einsum("cia,ciab,cib->ci", w, blocks[idx], w).clamp_min(0))
+    return torch.cat(mu_a), torch.cat(energy) if with_energy else None
+
+
+def pair_requests(model: nn.Module, cons: dict, paths=None, blocks: bool = False) -> dict:
+    """{layer path: a ``PairStats`` request on its (input, output)} for every Linear and every
+    conv but depthwise ones (whose input channel goes with its output: no pair to score); a
+    Linear that reads flattened conv maps gets the block size of its channels from ``cons``
+    (``graph.groups.consumers``)."""
+    sizes = linear_blocks(cons)
+    reqs = {}
+    for path, m in groups(model).items():
+        if paths is not None and path not in paths:
+            continue
+        if isinstance(m, nn.Conv2d):
+            if m.groups == m.in_channels > 1 or isinstance(m.padding, str):
+                continue
+            if m.padding_mode != "zeros":
+                continue
+            st = PairStats(m.weight, m.bias, conv_geometry(m), blocks=blocks)
+        elif isinstance(m, nn.Linear):
+            st = PairStats(m.weight, m.bias, block=sizes.get(path, 1), blocks=blocks)
+        else:
+            continue
+        reqs[path] = Request(path, st, "io")
+    return reqs
+
+
+def linear_blocks(cons: dict) -> dict[str, int]:
+    """{consumer path: S} for the consumers whose inputs come in runs of S consecutive features
+    per producer channel (a Linear after a flatten: torch's order keeps a channel's H*W features
+    together), S > 1 and the same for every producer feeding it."""
+    sizes: dict[str, set] = {}
+    for entries in cons.values():
+        for cpath, root, idx in entries:
+            order = idx.argsort()
+            i, r = idx[order], root[order]
+            size = len(i) // max(1, len(r.unique()))
+            ok = (
+                size > 1
+                and len(i) == size * len(r.unique())
+                and bool((i.view(-1, size) // size == (i[::size] // size)[:, None]).all())
+                and bool((r.view(-1, size) == r[::size][:, None]).all())
+            )
+            sizes.setdefault(cpath, set()).add(size if ok else 1)
+    return {c: s.pop() for c, s in sizes.items() if len(s) == 1 and 1 not in s}
 
 
 def gram_requests(model: nn.Module, paths=None) -> dict[str, Request]:
@@ -124,6 +221,58 @@ def channel_scores(
         allp = torch.cat(parts, 1)
         out[path] = (allp.max(1).values if reduce == "max" else allp.mean(1)).float()
     return out
+
+
+def channel_scores_from(
+    cons: dict, stats: dict[str, PairStats], variant="centred", reduce="mean"
+) -> dict[str, torch.Tensor]:
+    """``channel_scores`` from ``PairStats`` and the consumer map ``cons``
+    (``graph.groups.consumers``: target -> [(consumer, producer channel, consumer input)]): a
+    producer channel's pair scores are those of the block it feeds (its input channel of a conv,
+    its run of features of a Linear after a flatten), against every output that reads it (a
+    grouped conv: the outputs of that channel's group)."""
+    if reduce not in ("max", "mean"):
+        raise InputError(f"reduce must be 'max' or 'mean', got {reduce!r}")
+    cache, out = {}, {}
+    for path, entries in cons.items():
+        n = _producer_width(entries)
+        parts = []
+        for cpath, root, idx in entries:
+            st = stats.get(cpath)
+            if st is None:
+                continue
+            if cpath not in cache:
+                cache[cpath] = pair_scores_from(st, variant)
+            parts.append(_producer_rows(st, cache[cpath], root, idx, n, reduce))
+        if not parts:
+            raise InputError(
+                f"layer {path!r} has no consumer with pair statistics: fidelity cannot score it "
+                "(is it the model's output layer, or read only by depthwise convolutions?)"
+            )
+        allp = torch.cat(parts, 1)
+        out[path] = (allp.max(1).values if reduce == "max" else allp.mean(1)).float()
+    return out
+
+
+def _producer_width(entries) -> int:
+    return max(int(root.max()) + 1 for _, root, _ in entries) if entries else 0
+
+
+def _producer_rows(st: PairStats, pairs, root, idx, n: int, reduce: str) -> torch.Tensor:
+    """[n, outputs per group]: each producer channel's pair scores at one consumer."""
+    co, nb = pairs.shape
+    fill = float("-inf") if reduce == "max" else 0.0
+    if st.conv is not None:
+        g = st.conv["groups"]
+        group, local = idx // nb, idx % nb
+        per = co // g
+        rows = group[:, None] * per + torch.arange(per)[None]  # [k, per]
+        got = pairs[rows, local[:, None]]
+    else:
+        got = pairs[:, idx // st.size].T  # [k, co]
+    s = torch.full((n, got.shape[1]), fill, dtype=torch.float64)
+    s[root] = got
+    return s
 
 
 def ffn_scores(
@@ -191,7 +340,10 @@ class FidelityScorer(Scorer):
         if units:
             consumers_ = {unit_consumer(model, p) for p in units}
             return gram_requests(model, consumers_)
-        return gram_requests(model)
+        cons = consumers(model, inputs.example, list(inputs.targets))
+        used = {c for entries in cons.values() for c, _, _ in entries}
+        blocks = self.options.variant in ("fidelity", "alpha")
+        return pair_requests(model, cons, used, blocks)
 
     def score(self, model, stats, inputs):
         units = set(transformer_units(model))
@@ -201,7 +353,10 @@ class FidelityScorer(Scorer):
             if p in units
         }
         rest = [p for p in inputs.targets if p not in units]
-        if rest:
+        if rest and not units:  # pair statistics of every consumer (no Gram of all inputs)
+            cons = consumers(model, inputs.example, rest)
+            out |= channel_scores_from(cons, stats, self.options.variant, self.options.reduce)
+        elif rest:
             out |= channel_scores(
                 model, inputs.example, rest, stats, self.options.variant, self.options.reduce
             )

@@ -185,3 +185,36 @@ def test_full_conv_refit_equals_least_squares_on_patches(fmnist_vgg, fmnist):
     n = p.shape[0]
     delta = _ridge_lstsq(p[:, kp] / n**0.5, p[:, ~kp] @ wf[:, ~kp].T / n**0.5, lam)
     assert _rel(new.reshape(w.shape[0], -1)[:, kp], wf[:, kp] + delta.T) < 1e-6
+
+
+def test_cholesky_ridge_tracks_the_eigenvalue_ridge():
+    """The solve's ridge comes from a Cholesky and a cheap condition estimate (no
+    eigendecomposition): within a factor of 2 of the exact eigenvalue rule, equal where no
+    growth is needed."""
+    from pluginedit.linalg import regularised_cholesky
+
+    g = torch.Generator().manual_seed(0)
+    well = torch.randn(2000, 40, generator=g, dtype=torch.float64)
+    low = torch.randn(2000, 10, generator=g, dtype=torch.float64) @ torch.randn(
+        10, 40, generator=g, dtype=torch.float64
+    )
+    dup = well.clone()
+    dup[:, 5] = dup[:, 7]
+    for x in (well, low + 1e-3 * well, dup):
+        a = x.T @ x / len(x)
+        exact = ridge_for(a)[0]
+        chol, lam, _, cond = regularised_cholesky(a)
+        assert 0.5 <= float(lam / exact) <= 2.0, (float(lam), float(exact))
+        torch.testing.assert_close(chol @ chol.T, a + lam * torch.eye(40, dtype=a.dtype))
+
+
+def test_shrinkage_ridge_grows_as_rows_become_scarce():
+    from pluginedit.linalg import shrinkage_ridge
+
+    g = torch.Generator().manual_seed(0)
+    mix = torch.randn(64, 64, generator=g, dtype=torch.float64)
+    ridges = []
+    for n in (32, 64, 256, 100_000):
+        x = torch.randn(n, 64, generator=g, dtype=torch.float64) @ mix
+        ridges.append(float(shrinkage_ridge(torch.cov(x.T, correction=0), n)))
+    assert ridges == sorted(ridges, reverse=True) and ridges[0] > 0.1 and ridges[-1] < 1e-3

@@ -315,6 +315,110 @@ def test_a_bad_step_changes_nothing_before_it_is_reported():
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+def _convnext_steps() -> tuple[nn.Module, list[dict]]:
+    """A small transformers ConvNeXt pruned by l1: its layer scales are bare nn.Parameters that
+    torch-pruning prunes, recorded as parameter steps."""
+    from pluginedit.contrib import vision_zoo
+
+    model, x = vision_zoo.build("convnext")
+    pe.edit(model, "prune", pe.score(model, "l1", example_inputs=x), example_inputs=x, ratio=0.5)
+    return model, list(model.__dict__["_pluginedit_steps"])
+
+
+@pytest.fixture(scope="module")
+def convnext_save(tmp_path_factory):
+    model, _ = _convnext_steps()
+    return pe.save(model, tmp_path_factory.mktemp("convnext") / "m")
+
+
+def test_bare_parameters_are_replayed_steps(convnext_save, tmp_path):
+    steps = _steps(convnext_save)
+    scales = [s for s in steps if "parameter" in s]
+    assert scales and all(s["parameter"].endswith("layer_scale_parameter") for s in scales)
+    assert all(s["dim"] == 0 and s["idxs"] for s in scales)
+    back = pe.load(convnext_save)
+    p = back.get_parameter(steps[_scale_step(steps)]["parameter"])
+    assert isinstance(p, nn.Parameter) and p.shape == (8,)  # 16 channels, half removed
+
+
+def _scale_step(steps: list[dict]) -> int:
+    """The step pruning the first stage's layer scale (16 channels, 8 removed)."""
+    return next(i for i, s in enumerate(steps) if "stages.0." in s.get("parameter", ""))
+
+
+@pytest.mark.parametrize(
+    "how,match",
+    [
+        ("missing", r"prunes parameter 'convnext.nope.layer_scale', which the model does not"),
+        ("module", r"prunes parameter 'convnext.encoder', which the model does not have"),
+        ("norm", r"prunes parameter 'convnext.embeddings.layernorm.weight' of a \w*LayerNorm"),
+        ("layer", r"prunes parameter 'classifier.weight' of a Linear directly"),
+        ("dim", r"prunes dimension 1 of parameter '.*layer_scale_parameter', which has 1 dim"),
+        ("index", r"\(parameter '.*layer_scale_parameter', dimension 0\) removes index 99, but"),
+        ("duplicate", r"\(parameter '.*', dimension 0\) lists an index twice"),
+        ("all", r"\(parameter '.*', dimension 0\) removes all 16 channels"),
+        ("after-earlier", r"removes index 9, but the parameter has 8 at that point"),
+    ],
+)
+def test_tampered_parameter_steps_are_a_bad_manifest(tmp_path, convnext_save, how, match):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    for f in convnext_save.iterdir():
+        if f.is_file():
+            (folder / f.name).write_bytes(f.read_bytes())
+    steps = _steps(folder)
+    i = _scale_step(steps)
+    step = steps[i]
+    tampered = {
+        "missing": {**step, "parameter": "convnext.nope.layer_scale"},
+        "module": {**step, "parameter": "convnext.encoder"},
+        "norm": {**step, "parameter": "convnext.embeddings.layernorm.weight"},
+        "layer": {**step, "parameter": "classifier.weight"},
+        "dim": {**step, "dim": 1},
+        "index": {**step, "idxs": [99]},
+        "duplicate": {**step, "idxs": [1, 1]},
+        "all": {**step, "idxs": list(range(16))},
+        "after-earlier": {**step, "idxs": [9]},
+    }[how]
+    extra = [{**step, "idxs": list(range(8))}] if how == "after-earlier" else []
+    _edit_manifest(folder, lambda m: m.update(steps=steps[:i] + extra + [tampered]))
+    with pytest.raises(InputError, match=r"manifest.json: bad step: step \d+ ") as e:
+        pe.load(folder)
+    assert re.search(match, str(e.value)), str(e.value)
+
+
+@pytest.mark.parametrize("bad", [{"dim": -1}, {"dim": "0"}, {"dim": True}, {"parameter": 3}])
+def test_malformed_parameter_steps_are_refused_before_anything_is_built(
+    tmp_path, convnext_save, bad
+):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    for f in convnext_save.iterdir():
+        if f.is_file():
+            (folder / f.name).write_bytes(f.read_bytes())
+    steps = _steps(folder)
+    i = _scale_step(steps)
+    _edit_manifest(folder, lambda m: m.update(steps=[{**steps[i], **bad}]))
+    with pytest.raises(InputError, match=r"step 0 is malformed \(a parameter step needs"):
+        pe.load(folder)
+
+
+def test_a_bad_parameter_step_changes_nothing_before_it_is_reported():
+    from pluginedit.contrib import vision_zoo
+
+    _, steps = _convnext_steps()
+    model, _ = vision_zoo.build("convnext")
+    i = _scale_step(steps)
+    held = dict(model.named_parameters())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    bad = steps[: i + 1] + [{**steps[i], "idxs": [0, 99]}]
+    with pytest.raises(InputError, match=rf"step {i + 1} \(parameter .* removes index 99"):
+        replay_steps(model, bad)
+    assert all(held[k] is p for k, p in model.named_parameters())  # nothing replaced
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
 # -- pinning, dtype, history ----------------------------------------------------------------------
 
 

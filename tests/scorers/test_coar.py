@@ -324,17 +324,29 @@ def test_head_attributions_from_dict_batches_through_the_scorer():
         component_slices(model, ["bert.embeddings.LayerNorm"])
 
 
-def test_head_scores_given_to_prune_or_cnn_options_to_a_transformer_are_clear_errors():
-    """Options or scores a path cannot honour are errors naming them, the model untouched."""
+def test_prune_removes_the_lowest_scored_heads_and_cnn_options_to_a_transformer_are_errors(
+    tmp_path,
+):
+    """Head scores given to prune remove each block's lowest-scored whole heads (recorded, saved,
+    reloaded); options a path cannot honour are errors naming them, the model untouched."""
     model, batch = _tiny_bert()
     data = (batch, torch.tensor([0, 1, 2, 0, 1]))
     paths = ["bert.encoder.layer.0.attention.self", "bert.encoder.layer.1.attention.self"]
     heads = pe.score(model, "coar", data=data, targets=paths, masks=40, examples=5, prior_points=4)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(pe.core.errors.InputError, match="are attention blocks scored per head"):
-        pe.edit(model, "prune", heads, example_inputs=batch, ratio=0.25)
     with pytest.raises(
         pe.core.errors.InputError, match=r"option\(s\) \['scorer'\] of modhifi-p apply to CNNs"
     ):
         pe.edit(model, "modhifi-p", data=data, scorer="l1")
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    rec = pe.edit(model, "prune", heads, example_inputs=batch, ratio=0.25)
+    for p in paths:
+        att = model.get_submodule(p)
+        gone = int(heads[p].argmin())
+        assert att.num_attention_heads == 3 and rec.changes[p] == [gone]
+        keep = [r for r in range(20) if r // 5 != gone]  # 4 heads of 5
+        assert torch.equal(att.query.weight, before[f"{p}.query.weight"][keep])
+    pe.save(model, tmp_path / "m")
+    back = pe.load(tmp_path / "m")
+    with torch.no_grad():
+        torch.testing.assert_close(back(**batch).logits, model(**batch).logits, atol=1e-6, rtol=0)

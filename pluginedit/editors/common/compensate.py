@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from ...core.errors import InputError
-from ...linalg import DEFAULT_MAX_COND, DEFAULT_RIDGE, solve_spd
+from ...linalg import DEFAULT_MAX_COND, DEFAULT_RIDGE, shrinkage_ridge, solve_spd
+from ...stats.layer_io import KeptStats
 
 
 def _keep_mask(keep, n: int) -> torch.Tensor:
@@ -146,3 +147,112 @@ def compensate(
     elif bn is not None:
         bn.running_mean.sub_(shift)  # BN input lost ``shift`` on average: move the mean with it
     return lam
+
+
+@torch.no_grad()
+def refit_from(
+    module: nn.Module,
+    st: KeptStats,
+    bn: nn.BatchNorm2d | None = None,
+    ridge: float = DEFAULT_RIDGE,
+    max_cond: float = DEFAULT_MAX_COND,
+    centred: bool = True,
+    conv: str = "full",
+    shrink: bool = True,
+) -> float:
+    """delta* in place from ``KeptStats`` collected on the layer (the dense one: its removed
+    inputs still present): the kept inputs ``st.keep`` of the kept outputs ``st.rows`` are refit
+    and every removed input is zeroed. ``exact``: the least-squares refit of the kept input rows,
+    as ``refit_linear`` / ``refit_conv_full`` on the kept block of the Gram (one solve per group
+    of a grouped conv); ``position``: per position s (kernel offset, or position of a flattened
+    channel) the kept channels at s refit the removed ones at s: cross-position correlations are
+    not used, a restricted refit for layers whose kept Gram exceeds the memory budget. A conv
+    with ``conv="slice"`` gets the paper's per-slice rescaling instead of the full refit (its
+    Q_c[C, removed] 1 = w_ci . E[p_i z_c] with z the removed part of the output). The output
+    mean shift goes into the bias or ``bn``'s running mean as in ``compensate``. With ``shrink``
+    the relative ridge is at least the OAS shrinkage of the kept Gram (``shrinkage_ridge``): a
+    Gram of about as many dimensions as rows (a Linear after a flatten on a small calibration
+    set) is not inverted raw. Returns the largest ridge used."""
+    centred = centred and (getattr(module, "bias", None) is not None or bn is not None)
+    gram, cross, mu, my = _moments(st, centred)
+    w = module.weight.data = module.weight.data.contiguous()
+    size = w[0, 0].numel() if isinstance(module, nn.Conv2d) else st.size
+    w3 = w.view(w.shape[0], -1, size)  # [out, inputs per group, S], edited in place
+    keep, rows = st.keep.to(w.device), st.rows.to(w.device)
+    if shrink:  # few rows for the dimension: shrink more
+        ridge = torch.clamp(shrinkage_ridge(gram, st.n()), min=ridge)
+    else:
+        ridge = torch.full(gram.shape[:-2], float(ridge), dtype=gram.dtype)
+    if st.mode == "position":
+        delta, lam = solve_spd(gram, cross, ridge, max_cond, "position compensation")
+        sub = w3[rows][:, keep].cpu().double() + delta.permute(2, 1, 0)
+        w3[rows[:, None], keep[None, :]] = sub.to(w.device, w.dtype)
+        shift = (my - torch.einsum("skr,sk->sr", delta, mu)).sum(0)
+    else:
+        slices = conv == "slice" and isinstance(module, nn.Conv2d)
+        lam, shift = _refit_exact(w3, st, gram, cross, mu, my, slices, ridge, max_cond)
+    _zero_removed(w3, keep, st.groups)
+    if centred:
+        shift = shift.to(w.device, w.dtype)
+        if module.bias is not None:
+            module.bias[rows] += shift
+        else:
+            bn.running_mean[rows] -= shift
+    return float(lam.max())
+
+
+def _moments(st: KeptStats, centred: bool):
+    """(Gram, cross, input mean, output mean) of ``st``: centred, or raw second moments."""
+    n = st.n()
+    gram, cross = st.gram.cpu() / n, st.cross.cpu() / n
+    mu, my = st.psum.cpu() / n, st.ysum.cpu() / n
+    if centred:
+        gram = gram - mu[..., :, None] * mu[..., None, :]
+        cross = cross - mu[..., :, None] * my[..., None, :]
+    return gram, cross, mu, my
+
+
+def _refit_exact(w3, st, gram, cross, mu, my, slices, ridge, max_cond):
+    """The exact refit of each group's kept rows and inputs, in place on ``w3`` [out, in, S].
+    Returns (ridges, output mean shift [R])."""
+    groups, size = st.groups, w3.shape[2]
+    kg = st.keep.view(groups, -1).to(w3.device) % w3.shape[1]  # kept inputs of each group
+    rg = st.rows.view(groups, -1).to(w3.device)
+    cur = torch.stack(
+        [w3[rg[j]][:, kg[j]].reshape(len(rg[j]), -1).cpu().double() for j in range(groups)]
+    )
+    rhs = cross - gram @ cur.transpose(1, 2)  # Cov(p_K, removed part of y)
+    if slices:
+        new, lam = _slice_refit(cur, gram, rhs, size, ridge, max_cond)
+    else:
+        delta, lam = solve_spd(gram, rhs, ridge, max_cond, "compensation")
+        new = cur + delta.transpose(1, 2)  # [groups, Rg, Dk]
+    for j in range(groups):
+        w3[rg[j][:, None], kg[j][None, :]] = new[j].reshape(len(rg[j]), -1, size).to(w3)
+    return lam, (my - (new @ mu[..., None])[..., 0]).reshape(-1)
+
+
+def _zero_removed(w3: torch.Tensor, keep: torch.Tensor, groups: int) -> None:
+    """Zero the removed inputs of ``w3`` [out, in per group, S] (removing them then changes
+    nothing); ``keep`` holds the kept inputs, numbered across groups."""
+    per_in, per_out = w3.shape[1], w3.shape[0] // groups
+    drop = torch.ones(per_in * groups, dtype=torch.bool, device=w3.device)
+    drop[keep] = False
+    dropped = drop.nonzero().squeeze(1)
+    for j in range(groups):
+        w3[j * per_out : (j + 1) * per_out, dropped[dropped // per_in == j] % per_in] = 0
+
+
+def _slice_refit(cur, gram, rhs, size, ridge, max_cond):
+    """Per-slice scales 1 + Q_c[C,C]^-1 Q_c[C,removed] 1 for each group's kept slices ``cur``
+    [groups, R, Ck * S] from the kept Gram [groups, Dk, Dk] and ``rhs`` = Cov(p_K, z)
+    [groups, Dk, R]."""
+    out, lams = [], []
+    for w, g, b, r in zip(cur, gram, rhs, ridge.expand(len(cur))):
+        w3 = w.reshape(w.shape[0], -1, size)  # [R, Ck, S]
+        q = slice_q(w3, g)  # [R, Ck, Ck]
+        t = (w3 * b.T.reshape(w3.shape)).sum(-1)  # [R, Ck]: w_ci . E[p_i z_c]
+        d, lam = solve_spd(q, t[..., None], float(r), max_cond, "conv compensation")
+        out.append((w3 * (1 + d)).reshape(w.shape))
+        lams.append(lam.max())
+    return torch.stack(out), torch.stack(lams)
