@@ -69,9 +69,9 @@ def test_output_paths_that_can_be_written_pass(tmp_path):
         ("--save", tmp_path, "folder"),
         ("--out", tmp_path / "scores", "stem"),
     ]:
-        checks._check_output(flag, str(path), kind)
+        assert checks._check_output(flag, str(path), kind) is None  # no error: accepted
     for name in ("a.png", "a.PDF", "a.svg", "a.jpg", "a"):  # no extension: png
-        checks._check_plot_format(str(tmp_path / name))
+        assert checks._check_plot_format(str(tmp_path / name)) is None
 
 
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes anywhere")

@@ -108,11 +108,11 @@ def _plain(folder, family) -> torch.Tensor:
     code = (
         "import os, sys, torch; os.environ['HF_HUB_OFFLINE'] = '1'; import transformers;"
         f"m = transformers.{cls}.from_pretrained({str(folder)!r}).eval();"
-        f"x = torch.load({str(folder / 'x.pt')!r});"
+        f"x = torch.load({str(folder / 'x.pt')!r}, weights_only=True);"
         f"torch.save(m(x).logits.detach(), {str(folder / 'y.pt')!r})"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
-    return torch.load(folder / "y.pt")
+    return torch.load(folder / "y.pt", weights_only=True)
 
 
 def test_plain_from_pretrained_loads_a_save_whose_config_describes_the_widths(tmp_path):
