@@ -20,7 +20,8 @@ channels, for ``classifier.0`` whose kept Gram exceeds ``PLUGINEDIT_GRAM_BUDGET`
 
 Writes modhifi_scale.{json,md} to --out (default: a scratch folder, see benchmarks/_results.py;
 --out benchmarks/results updates the committed results). ``--part`` other than both reads the
-other part back from an earlier result in the same folder when there is one.
+other part back from an earlier result in the same folder when there is one;
+``--summarise-only`` rewrites the .md from the .json there.
 """
 
 from __future__ import annotations
@@ -196,6 +197,14 @@ def markdown(res: dict) -> str:
             f"{t['params_before'] / 1e6:.1f} M -> {t['params_after'] / 1e6:.1f} M; delta* modes "
             f"{t['compensation_modes']}.",
             "",
+            "Parts: *scores* = the pass collecting pair statistics (the first half of the images: "
+            "a forward and each layer's weight gradient) and the fidelity scores; *statistics* = "
+            "the delta* pass (the other half: a forward, the Grams of the kept inputs and their "
+            "cross products with the kept outputs); *solves* = the refits (Cholesky); *surgery* = "
+            "the removal planned on a copy, then made, with torch-pruning; *recalibration* = BN "
+            "statistics re-estimated on all the images through the pruned model. The machine is "
+            "shared: its load moves every figure by tens of percent.",
+            "",
         ]
     m = res.get("memory")
     if m:
@@ -219,6 +228,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ratio", type=float, default=0.5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--summarise-only", action="store_true", help="rewrite the .md from the .json in --out"
+    )
     ap.add_argument("--out", default=None, help=_results.out_help(NAME))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -228,6 +240,10 @@ def main(argv=None) -> int:
     folder = _results.out_dir(args.out, NAME)
     earlier = folder / f"{NAME}.json"
     res = {}
+    if args.summarise_only:  # the measured results and their stamp, only the .md re-rendered
+        data = _results.read(earlier)
+        _results.write_markdown(folder / f"{NAME}.md", markdown(data), data["stamp"])
+        return 0
     if args.part != "both" and earlier.exists():
         res = {k: v for k, v in _results.read(earlier).items() if k in ("time", "memory")}
     if args.part in ("time", "both"):
