@@ -82,7 +82,7 @@ def test_score_many_puts_back_buffers_and_train_mode_batchnorm():
     model = Counting().train()
     untouched = Untouched(model)
     pe.score_many(model, SCORERS, data=(X, Y))
-    untouched.check()
+    assert not untouched.problems(), untouched.problems()
 
 
 # --- training flags after a successful edit ---------------------------------------------
