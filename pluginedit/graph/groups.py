@@ -14,7 +14,7 @@ from torch import nn
 from torch_pruning.dependency.group import Group
 
 from ..core.components import get_module, size_of
-from ..core.errors import EditError
+from ..core.errors import EditError, InputError
 from ..core.outputs import primary
 
 # torch-pruning's pruning functions by the name a recorded step stores
@@ -134,6 +134,15 @@ def out_group(dg: tp.DependencyGraph, layer: nn.Module, idxs=None):
         raise EditError(
             f"torch-pruning cannot trace this model: {e} (does the forward leave torch, "
             "e.g. through .numpy()?); the 'mask' editor and the l1 scorer need no graph"
+        ) from e
+    except (EditError, InputError):
+        raise
+    except Exception as e:  # torch-pruning's index mappings misread this graph
+        where = paths_of(dg.model).get(layer, "?")
+        raise EditError(
+            f"torch-pruning failed while building the dependency group of {where!r} "
+            f"({type(e).__name__}: {str(e)[:200]}); it misreads this architecture: use the "
+            "'mask' editor"
         ) from e
 
 
