@@ -1,5 +1,5 @@
 // Registers the pluginedit ops with torch.library (schema + CPU kernels; CUDA kernels register
-// from class_moments.cu when built with CUDA). The Python side (pluginedit/ops/<op>.py)
+// from class_moments_cuda.cu when built with CUDA). The Python side (pluginedit/ops/<op>.py)
 // adds the fake (meta) implementations so torch.compile can trace the ops.
 #include <Python.h>
 #include <ATen/ATen.h>

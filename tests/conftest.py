@@ -1,15 +1,18 @@
-"""Shared fixtures. TRITON_INTERPRET must be set before triton or any kernel module is imported,
-so the Triton kernels run on the CPU through the interpreter."""
+"""Shared fixtures. Without a GPU, TRITON_INTERPRET=1 is set before triton or any kernel module is
+imported, so the Triton kernels run on the CPU through the interpreter; with one it stays unset,
+so the gpu-marked tests run the compiled kernels (triton reads it once, process-wide)."""
 
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("PLUGINEDIT_DISABLE_PLUGIN_AUTOLOAD", "0")
 
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 from pluginedit.contrib import data, train  # noqa: E402
 

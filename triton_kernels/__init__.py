@@ -7,6 +7,7 @@ top-level ``triton_kernels`` module is never installed). Importing a family need
 """
 
 import os
+from typing import NamedTuple
 
 
 def interpreting() -> bool:
@@ -17,3 +18,27 @@ def interpreting() -> bool:
 
 def next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
+
+
+class KernelConfig(NamedTuple):
+    """One compiled variant a launcher can pick: the kernel, its argument types (triton signature
+    strings, ``"constexpr"`` for compile-time arguments), the constexpr values and the launch
+    options. ``default`` marks the variants the default arguments pick on common shapes: the ones
+    that must compile without register spills (tests/ops/test_gpu_readiness.py)."""
+
+    name: str
+    fn: object
+    signature: dict
+    constexprs: dict
+    num_warps: int
+    num_stages: int
+    default: bool
+
+
+def signature(fn, types: dict, constexprs: dict) -> dict:
+    """Triton signature of ``fn``: ``types`` by argument name, ``"constexpr"`` for the names in
+    ``constexprs`` and ``"i32"`` for every other (integer) argument."""
+    return {a: "constexpr" if a in constexprs else types.get(a, "i32") for a in fn.arg_names}
+
+
+DTYPES = {"fp32": "*fp32", "fp16": "*fp16", "bf16": "*bf16", "fp64": "*fp64"}

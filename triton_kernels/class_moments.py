@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import interpreting, next_pow2
+from . import DTYPES, KernelConfig, interpreting, next_pow2, signature
 
 P = 6  # number of witness features
 
@@ -97,12 +97,22 @@ def _combine_kernel(
     tl.store(dst, tl.load(dst, mask=m, other=0.0) + acc, mask=m)
 
 
-def _blocks(c: int, length: int) -> tuple[int, int]:
+# Compiled tiles [BLOCK_C, BLOCK_L] of 4096 elements on 4 warps (32 per thread and accumulator):
+# for maps read along space (NCHW rows) the long side is L, by map size; for channels_last
+# (stride 1 along C) the long side is C, so each warp reads 128 contiguous channels.
+ROW_TILES = ((256, 16), (64, 64), (16, 256))  # (BLOCK_C, BLOCK_L) for L <= 16, <= 64, longer
+CHANNELS_LAST_TILE = (128, 32)
+COMBINE_BLOCK_C = 64
+NUM_WARPS = 4
+
+
+def _blocks(c: int, length: int, channels_last: bool) -> tuple[int, int]:
     if interpreting():  # few, large programs: the interpreter pays ~1 ms per program per step
         bl = min(next_pow2(length), 1024)
         return min(next_pow2(c), max(1, 8192 // bl)), bl
-    bl = min(next_pow2(length), 256)
-    return min(next_pow2(c), max(1, 4096 // bl)), bl
+    if channels_last:
+        return CHANNELS_LAST_TILE
+    return ROW_TILES[0] if length <= 16 else ROW_TILES[1] if length <= 64 else ROW_TILES[2]
 
 
 def class_moments(
@@ -131,7 +141,7 @@ def class_moments(
     counts = torch.bincount(labels, minlength=k).to(torch.float64)
     if n == 0 or c == 0:
         return counts, state
-    bc, bl = _blocks(c, v.shape[2])
+    bc, bl = _blocks(c, v.shape[2], v.stride(1) == 1 and v.stride(2) != 1 and c > 1)
     bc, bl = block_c or bc, block_l or bl
     # the state is a dummy pointer when HAS_SHIFT is off
     shift_t = shift.to(device=dev, dtype=torch.float64).contiguous() if shift is not None else state
@@ -163,6 +173,7 @@ def _moments(v, out, labels, shift_t, gamma, has_shift: bool, atomic: bool, bc: 
         ATOMIC=atomic,
         BLOCK_C=bc,
         BLOCK_L=bl,
+        num_warps=NUM_WARPS,
     )
 
 
@@ -173,7 +184,39 @@ def _combine(part, state, labels, k: int) -> None:
     order = torch.argsort(labels, stable=True)
     offsets = torch.zeros(k + 1, dtype=torch.int64, device=part.device)
     offsets[1:] = torch.cumsum(torch.bincount(labels, minlength=k), 0)
-    bcc = min(next_pow2(c), 1024 if interpreting() else 64)
+    bcc = min(next_pow2(c), 1024) if interpreting() else COMBINE_BLOCK_C
     _combine_kernel[(k, triton.cdiv(c, bcc))](
         part, state, order, offsets, c, BLOCK_C=bcc, BLOCK_P=8
     )
+
+
+def aot_configs() -> list[KernelConfig]:
+    """Every compiled variant ``class_moments`` can launch: each tile, input dtype, with and
+    without shift, deterministic or atomic, and the combine kernel. ``default``: what the
+    statistics (``ClassMoments``: a shift, deterministic) launch on fp32/bf16/fp16."""
+    out = []
+    ptrs = {"out_ptr": "*fp64", "labels_ptr": "*i64", "shift_ptr": "*fp64", "gamma": "fp32"}
+    for dtype, ptr in DTYPES.items():
+        for (bc, bl), shift, atomic in (
+            (t, h, a)
+            for t in (*ROW_TILES, CHANNELS_LAST_TILE)
+            for h in (True, False)
+            for a in (False, True)
+        ):
+            const = dict(HAS_SHIFT=shift, ATOMIC=atomic, BLOCK_C=bc, BLOCK_L=bl)
+            out.append(
+                KernelConfig(
+                    f"class_moments {dtype} {bc}x{bl} shift={shift} atomic={atomic}",
+                    _moments_kernel,
+                    signature(_moments_kernel, {**ptrs, "x_ptr": ptr}, const),
+                    const,
+                    NUM_WARPS,
+                    3,
+                    shift and not atomic and dtype != "fp64",
+                )
+            )
+    const = dict(BLOCK_C=COMBINE_BLOCK_C, BLOCK_P=8)
+    types = {"part_ptr": "*fp64", "state_ptr": "*fp64", "order_ptr": "*i64", "offsets_ptr": "*i64"}
+    sig = signature(_combine_kernel, types, const)
+    out.append(KernelConfig("class_moments combine", _combine_kernel, sig, const, 4, 3, True))
+    return out

@@ -20,9 +20,33 @@ import torch
 import triton
 import triton.language as tl
 
-from . import interpreting, next_pow2
+from . import DTYPES, KernelConfig, interpreting, next_pow2, signature
 
 PRECISIONS = ("tf32", "tf32x3", "ieee")
+# Compiled tiles: [BLOCK_M, BLOCK_D] operand tiles, 8 warps for 64-wide tiles. The earlier
+# 64 x 64 tiles on 4 warps needed 255 registers and spilled 1.5 KB per thread for a 3x3 conv in
+# tf32x3 on sm_90 (the gathered im2col pointers and masks of two tiles plus the split operands);
+# BLOCK_M = 32 on 8 warps compiles to ~210 registers and no spill, and split-K over M keeps the
+# device full. Checked ahead of time by tests/ops/test_gpu_readiness.py.
+BLOCK_M = 32
+NUM_STAGES = 3
+
+
+def _tiles(d: int) -> tuple[int, int]:
+    """(BLOCK_D, num_warps) of the compiled kernel for a Gram of width d (d = 64 and d = 32 pick
+    the two variants)."""
+    return (64, 8) if d > 32 else (32, 4)
+
+
+def _variant(dtype: str, precision: str) -> tuple[bool, str]:
+    """(UPCAST, PRECISION) the launcher compiles for an input dtype and a requested precision:
+    fp32/fp64 inputs are read as fp32 (fp64 always at ieee); fp16/bf16 products are exact in
+    fp32, so they take the tensor-core path whatever precision was asked."""
+    if dtype == "fp64":
+        return True, "ieee"
+    if dtype == "fp32":
+        return True, precision
+    return False, "tf32"
 
 
 @triton.jit
@@ -227,8 +251,11 @@ def _launch(
     sum into ``s``; the tile sizes and the splits of the M axis are chosen here unless given."""
     dev = v.device
     interp = interpreting()
-    bd = block_d or (min(max(next_pow2(d), 16), 64) if interp else (64 if d > 32 else 32))
-    bm = block_m or (min(max(next_pow2(m), 16), 512) if interp else 64)
+    bd, warps = _tiles(d)
+    bm = BLOCK_M
+    if interp:  # few, large programs: the interpreter pays per program, not per register
+        bd, bm = min(max(next_pow2(d), 16), 64), min(max(next_pow2(m), 16), 512)
+    bd, bm = block_d or bd, block_m or bm
     nt = triton.cdiv(d, bd)
     ti, tj = torch.triu_indices(nt, nt, device=dev).to(torch.int32)
     if splits is None:  # enough programs to fill the device; one split under the interpreter
@@ -240,11 +267,9 @@ def _launch(
         splits = max(1, min(triton.cdiv(m, bm * 4), triton.cdiv(4 * sms, ti.numel())))
     rows = triton.cdiv(triton.cdiv(m, splits), bm) * bm
     splits = triton.cdiv(m, rows)
-    upcast = interp or v.dtype == torch.float32 or v.dtype == torch.float64
-    if v.dtype == torch.float64:
-        precision = "ieee"
-    elif not upcast:  # fp16/bf16 operands: products are exact in fp32; precision is moot
-        precision = "tf32"
+    dtype = {torch.float32: "fp32", torch.float64: "fp64"}.get(v.dtype, "half")
+    upcast, precision = _variant(dtype, precision)
+    upcast = upcast or interp  # the interpreter computes bf16 wrongly: fp32 there
     _gram_kernel[(ti.numel(), splits)](
         v,
         g,
@@ -261,4 +286,36 @@ def _launch(
         PRECISION=precision,
         BLOCK_M=bm,
         BLOCK_D=bd,
+        num_warps=warps,
+        num_stages=NUM_STAGES,
     )
+
+
+def aot_configs() -> list[KernelConfig]:
+    """Every compiled variant ``gram`` can launch with its default tiles: conv or linear, each
+    input dtype, each precision an fp32 input may ask for, both tile widths. ``default``: the
+    default precision (tf32x3 for fp32)."""
+    out = []
+    types = {"g_ptr": "*fp32", "s_ptr": "*fp32", "ti_ptr": "*i32", "tj_ptr": "*i32"}
+    for dtype, ptr in DTYPES.items():
+        precisions = PRECISIONS if dtype == "fp32" else ("tf32x3",)
+        for precision, is_conv, d in (
+            (p, c, d) for p in precisions for c in (True, False) for d in (64, 32)
+        ):
+            upcast, prec = _variant(dtype, precision)
+            bd, warps = _tiles(d)
+            const = dict(
+                IS_CONV=is_conv, UPCAST=upcast, PRECISION=prec, BLOCK_M=BLOCK_M, BLOCK_D=bd
+            )
+            out.append(
+                KernelConfig(
+                    f"gram {'conv' if is_conv else 'linear'} {dtype} {prec} D{bd} w{warps}",
+                    _gram_kernel,
+                    signature(_gram_kernel, {**types, "x_ptr": ptr}, const),
+                    const,
+                    warps,
+                    NUM_STAGES,
+                    precision == "tf32x3",
+                )
+            )
+    return out

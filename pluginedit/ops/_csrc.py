@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
+import os
 import warnings
+
+import torch
 
 EXTENSION = "pluginedit._C"
 
@@ -42,3 +46,38 @@ def _load() -> bool:
 
 LOADED = _load()
 TRITON = importlib.util.find_spec("triton") is not None
+VERBOSE = "PLUGINEDIT_VERBOSE"
+CUDA_OPS = ("class_moments",)  # the ops with a CUDA kernel in csrc/ (csrc/<op>_cuda.cu)
+log = logging.getLogger("pluginedit.ops")
+
+
+def compiled_kernel(op: str, key: str) -> bool:
+    """True when the loaded extension registered ``pluginedit::<op>`` for dispatch key ``key``
+    (``CPU`` for the C++ ops, ``CUDA`` for the .cu ones)."""
+    if not LOADED:
+        return False
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(f"pluginedit::{op}", key)
+    except RuntimeError:  # the op is not defined at all
+        return False
+
+
+def summary() -> str:
+    """One line: which backends this process can use."""
+    cuda = torch.cuda.is_available()
+    parts = [
+        "reference: yes",
+        f"C++ (csrc): {'yes' if LOADED else 'no (extension not built)'}",
+        "CUDA (csrc): "
+        + ("yes" if compiled_kernel("class_moments", "CUDA") else "no (not compiled in)"),
+        f"Triton: {'yes' if TRITON and cuda else 'installed, no GPU' if TRITON else 'no'}",
+    ]
+    return "pluginedit.ops backends: " + "; ".join(parts)
+
+
+# At import: the line goes to the "pluginedit.ops" logger (INFO), and to stderr with
+# PLUGINEDIT_VERBOSE=1; `python -m pluginedit.ops` prints the full table.
+if os.environ.get(VERBOSE, "0") not in ("", "0"):
+    warnings.warn(summary(), stacklevel=2)
+else:
+    log.info(summary())

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import time
 from pathlib import Path
@@ -39,6 +40,33 @@ K3_CPU_CASES = [
     ("conv3x3 8x64x14x14", (8, 64, 14, 14), dict(kernel_size=3, padding=1)),
     ("linear 4096x512", (4096, 512), None),
 ]
+
+
+# torch dtype name -> the key of its matmul peak in PEAKS
+PEAK_KIND = {"float32": "tf32", "bfloat16": "bf16", "float16": "fp16"}
+
+
+class RowLog(list):
+    """The rows of a benchmark table, each also printed and appended to a JSON-lines file as it
+    is measured: a run cut short (a time limit on a lent GPU) keeps every row it finished."""
+
+    def __init__(self, path: Path | None = None):
+        super().__init__()
+        self.path = path
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("")
+
+    def append(self, row: dict) -> None:
+        super().append(row)
+        print("  " + json.dumps(row), flush=True)
+        if self.path is not None:
+            with self.path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+def _pct(value: float, peaks: dict, kind: str) -> float | None:
+    return 100 * value / peaks[kind] if kind in peaks else None
 
 
 def device_name(device: str) -> str:
@@ -126,11 +154,16 @@ def rows_and_width(x, kw) -> tuple[int, int]:
 def gpu_suite(rows: list[dict], dtypes=(torch.bfloat16, torch.float32)) -> None:
     """Triton vs the PyTorch reference on CUDA (and unfold + matmul for K3)."""
     peaks = peaks_of(torch.cuda.get_device_name())
+    cases = [(_gpu_class_moments, (shape,)) for shape in K2_GPU_SHAPES]
+    cases += [(_gpu_gram, (case, shape, kw)) for case, shape, kw in K3_GPU_CASES]
     for dtype in dtypes:
-        for shape in K2_GPU_SHAPES:
-            _gpu_class_moments(rows, shape, dtype, peaks)
-        for case, shape, kw in K3_GPU_CASES:
-            _gpu_gram(rows, case, shape, kw, dtype, peaks)
+        for fn, args in cases:
+            try:  # one failing case is reported and the others still run
+                fn(rows, *args, dtype, peaks)
+            except Exception as e:
+                print(f"  FAILED {fn.__name__}{args} {dtype}: {type(e).__name__}: {e}", flush=True)
+                rows.append(dict(op=fn.__name__, case=str(args), dtype=str(dtype), error=str(e)))
+            torch.cuda.empty_cache()
 
 
 def _gpu_class_moments(rows: list[dict], shape, dtype, peaks: dict) -> None:
@@ -165,7 +198,7 @@ def _gpu_class_moments(rows: list[dict], shape, dtype, peaks: dict) -> None:
                 backend=p,
                 ms=t * 1e3,
                 gbps=bw / 1e9,
-                pct_peak=100 * bw / peaks["hbm"] if peaks else None,
+                pct_peak=_pct(bw, peaks, "hbm"),
                 speedup=times["torch"] / t,
             )
         )
@@ -198,7 +231,7 @@ def _gpu_gram(rows: list[dict], case: str, shape, kw, dtype, peaks: dict) -> Non
         name = f"triton-{prec}" if dtype == torch.float32 else "triton"
         provs[name] = lambda prec=prec: triton_gram.gram(x, **(kw or {}), precision=prec)
     times = {p: cuda_seconds(fn) for p, fn in provs.items()}
-    peak_kind = "tf32" if dtype == torch.float32 else dname
+    peak_kind = PEAK_KIND.get(dname, dname)
     for p, t in times.items():
         rows.append(
             dict(
@@ -207,7 +240,7 @@ def _gpu_gram(rows: list[dict], case: str, shape, kw, dtype, peaks: dict) -> Non
                 backend=p,
                 ms=t * 1e3,
                 tflops=flops / t / 1e12,
-                pct_peak=100 * flops / t / peaks[peak_kind] if peaks else None,
+                pct_peak=_pct(flops / t, peaks, peak_kind),
                 speedup=times["unfold+matmul"] / t,
             )
         )
@@ -225,6 +258,9 @@ def print_table(rows: list[dict]) -> None:
     print(head)
     print("-" * len(head))
     for r in rows:
+        if "error" in r:
+            print(f"{r['op']:17} {r['case']:32} FAILED: {r['error'][:60]}")
+            continue
         print(
             f"{r['op']:17} {r['case']:32} {r['backend']:14} {r['ms']:9.3f} "
             f"{_format(r.get('gbps'), '8.1f'):>8} "

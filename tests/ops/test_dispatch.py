@@ -1,6 +1,7 @@
 """Kernel dispatch: auto picks Triton on CUDA, else csrc if loaded, else torch; the environment
 variable and the keyword force one; a forced backend that cannot run is an error."""
 
+import os
 import subprocess
 import sys
 
@@ -41,6 +42,8 @@ def test_forced_backends_agree_through_call():
     lab = torch.tensor([0, 2, 0])
     ref = ops.call("class_moments", x, lab, 3, backend="torch")
     for b in ops.available("class_moments"):
+        if b == "triton" and not os.environ.get("TRITON_INTERPRET"):
+            continue  # compiled triton (a GPU is present) runs CUDA tensors only
         got = ops.call("class_moments", x, lab, 3, backend=b)
         torch.testing.assert_close(got[1], ref[1], rtol=1e-5, atol=1e-6)
 

@@ -1,7 +1,8 @@
 """K2 class moments: every backend against the float64 reference on awkward shapes and dtypes.
 
-Triton runs on the CPU through the interpreter (TRITON_INTERPRET=1 from conftest), so shapes stay
-small; the same kernels run on CUDA in the gpu-marked tests (skipped without a GPU)."""
+Without a GPU, Triton runs on the CPU through the interpreter (TRITON_INTERPRET=1 from conftest), so
+shapes stay small; with one, the gpu-marked tests run the compiled Triton and CUDA kernels on the
+same shapes (and the CPU-tensor Triton tests are skipped)."""
 
 import math
 
@@ -13,8 +14,17 @@ from tests.ops._kernel_tol import check
 
 try:
     from pluginedit.triton_kernels import class_moments as k2
+    from pluginedit.triton_kernels import interpreting
 except ImportError:  # triton absent
     k2 = None
+from pluginedit.ops import _csrc
+
+# Triton on CPU tensors needs the interpreter (conftest sets it only where there is no GPU).
+TRITON_CPU = k2 is not None and interpreting()
+NO_TRITON_CPU = pytest.mark.skipif(
+    not TRITON_CPU,
+    reason="triton absent, or compiled (GPU present): CPU tensors need TRITON_INTERPRET",
+)
 
 CUDA = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -34,11 +44,12 @@ SHAPES = [
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
-def _input(shape, layout, dtype, seed=0):
+def _input(shape, layout, dtype, seed=0, device="cpu"):
+    """Values from a CPU generator (the same on every device), laid out on ``device``."""
     g = torch.Generator().manual_seed(seed)
-    if layout == "sliced":
-        return (torch.randn(shape, generator=g) + 0.5).to(dtype)[:, ::2]
-    x = (torch.randn(shape, generator=g) + 0.5).to(dtype)  # a mean offset: s is not ~0
+    x = (torch.randn(shape, generator=g) + 0.5).to(dtype).to(device)  # a mean offset: s is not ~0
+    if layout == "sliced":  # channels_last sliced along channels: strides of neither layout
+        return x.to(memory_format=torch.channels_last)[:, ::2]
     if layout == "channels_last":
         x = x.to(memory_format=torch.channels_last)
     if layout == "transposed":
@@ -64,7 +75,7 @@ def _backends():
             ),
         )
     )
-    no_triton = pytest.mark.skipif(k2 is None, reason="triton not installed")
+    no_triton = NO_TRITON_CPU
     out.append(pytest.param("triton", {}, id="triton", marks=no_triton))
     out.append(
         pytest.param("triton", {"deterministic": False}, id="triton-atomic", marks=no_triton)
@@ -117,7 +128,7 @@ def test_class_moments_shift(backend, opts):
     _assert_matches_reference(got, x, lab, 3, 0.5, shift, f"{backend}{opts}/shift")
 
 
-@pytest.mark.skipif(k2 is None, reason="triton not installed")
+@NO_TRITON_CPU
 def test_triton_persistent_state_accumulates_and_is_deterministic():
     x = _input((6, 5, 7, 7), "nchw", torch.float32)
     lab = _labels(6, 3, None)
@@ -164,19 +175,49 @@ def test_csrc_rejects_bad_labels():
         ops.call("class_moments", torch.randn(2, 3, 4), torch.tensor([0, 3]), 3, backend="csrc")
 
 
-@pytest.mark.parametrize("deterministic", [True, False])
+CUDA_BACKENDS = [
+    pytest.param("triton", {"deterministic": True}, id="triton"),
+    pytest.param("triton", {"deterministic": False}, id="triton-atomic"),
+    pytest.param(
+        "csrc",
+        {},
+        id="cuda-csrc",
+        marks=pytest.mark.skipif(
+            not _csrc.compiled_kernel("class_moments", "CUDA"),
+            reason="the CUDA csrc kernel is not built (PLUGINEDIT_BUILD_EXT=cuda)",
+        ),
+    ),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("backend,opts", CUDA_BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
 @pytest.mark.parametrize("name,shape,layout,k,labels", SHAPES, ids=[s[0] for s in SHAPES])
-def test_triton_cuda(name, shape, layout, k, labels, dtype, deterministic):
-    pytest.importorskip("triton")
-    if not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
-    x = _input(shape, layout, dtype).cuda()
+def test_class_moments_cuda(name, shape, layout, k, labels, dtype, backend, opts):
+    # The CPU tests' shapes (channels_last, sliced, transposed, N=0, ...) on the device, each
+    # compiled backend against the float64 reference of the same values.
+    if backend == "triton":
+        pytest.importorskip("triton")
+    x = _input(shape, layout, dtype, device="cuda")
+    assert x.stride() == _input(shape, layout, dtype).stride()  # the layout survived the move
     lab = _labels(x.shape[0], k, labels).cuda()
-    got = ops.call("class_moments", x, lab, k, 0.05, deterministic=deterministic)  # auto = triton
+    got = ops.call("class_moments", x, lab, k, 0.05, backend=backend, **opts)
+    assert got[1].is_cuda
     _assert_matches_reference(
-        [t.cpu() for t in got], x.cpu(), lab.cpu(), k, 0.05, None, f"cuda/{name}/{dtype}"
+        [t.cpu() for t in got], x.cpu(), lab.cpu(), k, 0.05, None, f"cuda-{backend}/{name}/{dtype}"
     )
 
 
-test_triton_cuda = pytest.mark.gpu(test_triton_cuda)
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("backend,opts", CUDA_BACKENDS)
+def test_class_moments_cuda_shift(backend, opts):
+    x = _input((5, 7, 6, 6), "channels_last", torch.float32, device="cuda") * 3 + 10
+    lab = _labels(5, 3, None).cuda()
+    shift = x.double().sum((2, 3)).mean(0)
+    got = ops.call("class_moments", x, lab, 3, 0.5, shift, backend=backend, **opts)
+    _assert_matches_reference(
+        [t.cpu() for t in got], x.cpu(), lab.cpu(), 3, 0.5, shift.cpu(), f"cuda-{backend}/shift"
+    )

@@ -11,8 +11,15 @@ from tests.ops._kernel_tol import check
 
 try:
     from pluginedit.triton_kernels import gram as k3
+    from pluginedit.triton_kernels import interpreting
 except ImportError:
     k3 = None
+
+# Triton on CPU tensors needs the interpreter (conftest sets it only where there is no GPU).
+NO_TRITON_CPU = pytest.mark.skipif(
+    k3 is None or not interpreting(),
+    reason="triton absent, or compiled (GPU present): CPU tensors need TRITON_INTERPRET",
+)
 
 # (name, shape, layout, conv kwargs or None for linear)
 CASES = [
@@ -36,8 +43,9 @@ CASES = [
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
-def _input(shape, layout, dtype):
-    x = (torch.randn(shape, generator=torch.Generator().manual_seed(0)) + 0.3).to(dtype)
+def _input(shape, layout, dtype, device="cpu"):
+    """Values from a CPU generator (the same on every device), laid out on ``device``."""
+    x = (torch.randn(shape, generator=torch.Generator().manual_seed(0)) + 0.3).to(dtype).to(device)
     if layout == "cl":
         x = x.to(memory_format=torch.channels_last)
     elif layout == "t":
@@ -70,11 +78,7 @@ def _backends():
             ),
         )
     )
-    out.append(
-        pytest.param(
-            "triton", {}, id="triton", marks=pytest.mark.skipif(k3 is None, reason="no triton")
-        )
-    )
+    out.append(pytest.param("triton", {}, id="triton", marks=NO_TRITON_CPU))
     return out
 
 
@@ -97,7 +101,7 @@ def test_gram_matches_reference(backend, opts, dtype, name, shape, layout, kw):
     _assert_matches_reference(got, x, kw, f"{backend}/{name}/{dtype}", mirrored=backend == "triton")
 
 
-@pytest.mark.skipif(k3 is None, reason="no triton")
+@NO_TRITON_CPU
 @pytest.mark.parametrize("splits,block_d", [(1, 16), (3, 16), (2, 32)])
 def test_triton_gram_split_m_and_tiles(splits, block_d):
     # Several M splits (atomic split-K) and several upper-triangle tiles, mirrored.
@@ -107,7 +111,7 @@ def test_triton_gram_split_m_and_tiles(splits, block_d):
     _assert_matches_reference(got, x, kw, f"splits={splits}", mirrored=True)
 
 
-@pytest.mark.skipif(k3 is None, reason="no triton")
+@NO_TRITON_CPU
 def test_triton_gram_persistent_accumulator():
     x = _input((4, 3, 7, 7), "c", torch.float32)
     kw = dict(kernel_size=3, padding=1)
@@ -120,7 +124,7 @@ def test_triton_gram_persistent_accumulator():
     torch.testing.assert_close(s.double(), truth[1], rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.skipif(k3 is None, reason="no triton")
+@NO_TRITON_CPU
 def test_triton_gram_rejects_unknown_precision():
     with pytest.raises(ValueError, match="precision"):
         k3.gram(torch.randn(4, 4), precision="fp8")
@@ -144,8 +148,25 @@ def test_csrc_gram_fake_impl_and_compile():
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
 @pytest.mark.parametrize("name,shape,layout,kw", CASES, ids=[c[0] for c in CASES])
 def test_triton_gram_cuda(name, shape, layout, kw, dtype, precision):
-    x = _input(shape, layout, dtype).cuda()
+    x = _input(shape, layout, dtype, device="cuda")
     got = ops.call("gram", x, **(kw or {}), precision=precision)  # auto = triton on CUDA
+    assert got[0].is_cuda
     _assert_matches_reference(
-        [t.cpu() if torch.is_tensor(t) else t for t in got], x.cpu(), kw, f"cuda/{name}/{dtype}"
+        [t.cpu() if torch.is_tensor(t) else t for t in got],
+        x.cpu(),
+        kw,
+        f"cuda/{name}/{dtype}/{precision}",
+        mirrored=True,
     )
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("splits,block_d", [(1, 16), (3, 16), (2, 32), (None, None)])
+def test_triton_gram_cuda_split_m_and_tiles(splits, block_d):
+    # Atomic split-K over several programs and several tiles, compiled, on a sliced
+    # channels_last input (strides neither NCHW nor NHWC).
+    x = _input((3, 10, 9, 9), "cl", torch.float32, device="cuda")[:, ::2]
+    kw = dict(kernel_size=3, padding=1)
+    got = k3.gram(x, **kw, splits=splits, block_d=block_d)
+    _assert_matches_reference([got[0].cpu(), got[1].cpu(), got[2]], x.cpu(), kw, "cuda-splits")

@@ -1,15 +1,19 @@
 // K2 on CUDA: per-class power sums of witness features, one read of the activation tensor.
-// Built only with a CUDA torch and a CUDA toolkit (setup.py); NOT compiled or tested in the CPU-only
-// environment where it was written. The Triton kernel is the default on CUDA (dispatch `auto`);
-// this op is reachable as torch.ops.pluginedit.class_moments on CUDA tensors.
+// Built only with a CUDA torch and a CUDA toolkit (setup.py); compile-checked against the torch
+// headers by tests/ops/test_gpu_readiness.py, run by the gpu-marked tests. The Triton kernel is
+// the default on CUDA (dispatch `auto`); this op is torch.ops.pluginedit.class_moments on CUDA
+// tensors (dispatch backend `csrc`).
 //
 // Pass 1 (one block per (sample, channel block)): fp32 partial sums of x and x^2 per thread, a
 // shared-memory tree reduction, then the witness transform in fp64 -> partials [N, C, 6].
 // Pass 2 (deterministic combine): one thread per (class, channel) walks that class's samples in
 // stable-sorted order and adds the partials: bitwise reproducible, no atomics.
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
+// c10's stream and guard headers only (not ATen/cuda/CUDAContext.h): no cuBLAS / cuSPARSE
+// headers needed, so the source compiles against any CUDA toolkit and torch's own headers.
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <tuple>
@@ -96,12 +100,15 @@ std::tuple<at::Tensor, at::Tensor> class_moments_cuda(const at::Tensor& x_in, co
   at::Tensor sums = at::zeros({K, C, 6}, opts);
   if (N == 0 || C == 0) return {counts, sums};
   at::Tensor x = x_in.reshape({N, C, L});
+  // Neither layout (e.g. a transposed map): copy to NCHW rows. The layout is decided, and the
+  // strides read, only after the copy: a channels_last tensor sliced along channels
+  // (x[:, ::2]) has stride(1) == 2, is copied, and is then a row layout.
+  if (!(x.stride(2) == 1 || L == 1) && x.stride(1) != 1) x = x.contiguous();
   const bool rows = x.stride(2) == 1 || L == 1;
-  if (!rows && x.stride(1) != 1) x = x.contiguous();
   at::Tensor sh;
   if (shift.has_value() && shift->defined()) sh = shift->to(x.device(), at::kDouble).contiguous();
   at::Tensor part = at::empty({N, C, 6}, opts);
-  auto stream = at::cuda::getCurrentCUDAStream();
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const dim3 block(TC, TL);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "class_moments_cuda", [&] {
     const scalar_t* p = x.data_ptr<scalar_t>();
@@ -109,11 +116,11 @@ std::tuple<at::Tensor, at::Tensor> class_moments_cuda(const at::Tensor& x_in, co
     if (rows) {
       const dim3 grid(N, (C + TL - 1) / TL);
       moments_kernel<scalar_t, true><<<grid, block, 0, stream>>>(
-          p, part.data_ptr<double>(), shp, C, L, x.stride(0), x.stride(1), 1, gamma);
+          p, part.data_ptr<double>(), shp, C, L, x.stride(0), x.stride(1), x.stride(2), gamma);
     } else {
       const dim3 grid(N, (C + TC - 1) / TC);
       moments_kernel<scalar_t, false><<<grid, block, 0, stream>>>(
-          p, part.data_ptr<double>(), shp, C, L, x.stride(0), 1, x.stride(2), gamma);
+          p, part.data_ptr<double>(), shp, C, L, x.stride(0), x.stride(1), x.stride(2), gamma);
     }
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
