@@ -122,6 +122,20 @@ def editor_inputs(
     return dataclasses.replace(inputs, forget_class=forget_class, pairs=pairs)
 
 
+def token_inputs(model, editor: Editor, scores, data, forget_class, pairs, unused) -> Inputs:
+    """The Inputs of an editor that reads token ids (a decoder LLM editor): it checks the model
+    and the ids itself; every input it does not read is refused rather than ignored."""
+    check_model(model, "edit")
+    if scores is not None:
+        raise InputError(f"editor {editor.name!r} computes its own scores; pass scores=None")
+    given = {**unused, "forget_class": forget_class, "pairs": pairs}
+    extra = sorted(k for k, v in given.items() if v is not None)
+    if extra:
+        raise InputError(f"editor {editor.name!r} reads token ids only (data=); got {extra}")
+    editor.check(model, data)  # type: ignore[attr-defined]  # token editors define it
+    return Inputs(data=data)
+
+
 def edit(
     model: nn.Module,
     editor: str | Editor,
@@ -144,9 +158,13 @@ def edit(
     import ModHiFiP``); ``pe.edit(model, "modhifi-p", data=calib, ratio=0.5)`` is the same edit
     by name. ``scores`` reach the editor as given, or ``None``: nothing is scored for it."""
     editor = _editor(editor, options)
-    inputs = editor_inputs(
-        model, editor, scores, data, example_inputs, num_classes, forget_class, targets, pairs
-    )
+    if getattr(editor, "takes_tokens", False):  # token ids (decoder LLMs): the editor checks them
+        unused = dict(example_inputs=example_inputs, num_classes=num_classes, targets=targets)
+        inputs = token_inputs(model, editor, scores, data, forget_class, pairs, unused)
+    else:
+        inputs = editor_inputs(
+            model, editor, scores, data, example_inputs, num_classes, forget_class, targets, pairs
+        )
     remember_source(model)  # a transformers model's dense config, before an editor changes it
     with atomic(model), modes_kept(model), grads_kept(model):
         record = _apply(editor, model, scores, inputs)

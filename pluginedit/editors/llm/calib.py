@@ -1,0 +1,161 @@
+"""Layer-by-layer calibration of a decoder: the inputs of block 0 are captured once, each block's
+statistics come from its forward on the current activations, and the activations are then
+propagated through the edited block to the next. Memory holds the calibration activations (one
+[B, T, hidden] tensor per batch), the per-layer keyword arguments the model built once (masks and
+rotary tables, shared by reference) and one block's Grams."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from ...core.errors import InputError
+from ...graph.decoder import DecoderBlock
+
+
+class _Stop(Exception):
+    """Raised by the last catcher: nothing after the blocks is computed."""
+
+
+def token_batches(data, vocab: int, batch_size: int = 8) -> list[dict[str, torch.Tensor]]:
+    """Calibration batches as {"input_ids": [B, T] (, "attention_mask")} from token ids: a 2-D
+    integer tensor (split into batches of ``batch_size`` rows), a dict holding ``input_ids``
+    (and ``attention_mask``), or a list of either. Checked whole before any forward."""
+    if torch.is_tensor(data) or isinstance(data, dict):
+        whole = data if isinstance(data, dict) else {"input_ids": data}
+        ids = whole.get("input_ids")
+        if not torch.is_tensor(ids):
+            raise InputError("token data as a dict needs an 'input_ids' tensor")
+        items = [
+            {k: v[i : i + batch_size] for k, v in whole.items() if torch.is_tensor(v)}
+            for i in range(0, max(len(ids), 1), batch_size)
+        ]
+    elif isinstance(data, (list, tuple)):
+        items = [d if isinstance(d, dict) else {"input_ids": d} for d in data]
+    else:
+        raise InputError(
+            f"calibration data for a decoder must be token ids (a [N, T] integer tensor, a dict "
+            f"with 'input_ids', or a list of them), got {type(data).__name__}"
+        )
+    if not items:
+        raise InputError("the calibration data is empty")
+    for j, b in enumerate(items):
+        _check_batch(j, b, vocab)
+    return items
+
+
+def _check_batch(j: int, batch: dict, vocab: int) -> None:
+    ids = batch.get("input_ids")
+    if not torch.is_tensor(ids) or ids.ndim != 2 or ids.numel() == 0:
+        raise InputError(f"calibration batch {j}: input_ids must be a non-empty [B, T] tensor")
+    if ids.is_floating_point() or ids.dtype == torch.bool or ids.is_complex():
+        raise InputError(f"calibration batch {j}: input_ids must be integers, got {ids.dtype}")
+    if int(ids.min()) < 0 or int(ids.max()) >= vocab:
+        raise InputError(
+            f"calibration batch {j}: token ids in [{int(ids.min())}, {int(ids.max())}], "
+            f"the model's vocabulary has {vocab}"
+        )
+    mask = batch.get("attention_mask")
+    if mask is not None and (not torch.is_tensor(mask) or mask.shape != ids.shape):
+        raise InputError(f"calibration batch {j}: attention_mask must have input_ids' shape")
+
+
+@torch.no_grad()
+def capture(model: nn.Module, blocks: list[DecoderBlock], batches: list[dict]):
+    """(hidden states entering block 0 per batch, keyword arguments of every block per batch,
+    token masks per batch): each block's forward is replaced by a catcher for one model call
+    per batch, so the model builds its masks and rotary tables itself, and nothing after
+    the last block runs."""
+    device = next(model.parameters()).device
+    states, masks = [], []
+    kwargs: list[list[dict]] = [[] for _ in blocks]
+
+    def catcher(i: int):
+        def forward(hidden, *args, **kw):
+            if args:
+                raise InputError(f"{blocks[i].path} is called with positional arguments")
+            if i == 0:
+                states.append(hidden.detach())
+            kwargs[i].append(kw)
+            if i == len(blocks) - 1:
+                raise _Stop
+            return hidden
+
+        return forward
+
+    with _replaced(blocks, catcher):
+        for batch in batches:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            mask = batch.get("attention_mask")
+            masks.append(None if mask is None else mask.bool())
+            with contextlib.suppress(_Stop):
+                model(**batch, use_cache=False)
+    return states, kwargs, masks
+
+
+@contextlib.contextmanager
+def _replaced(blocks: list[DecoderBlock], make):
+    for b in blocks:
+        b.layer.forward = make(b.index)
+    try:
+        yield
+    finally:
+        for b in blocks:
+            b.layer.__dict__.pop("forward", None)
+
+
+def run_block(block: DecoderBlock, states: list, kwargs: list[dict]) -> list[torch.Tensor]:
+    """The block's outputs on every batch of calibration activations."""
+    out = []
+    with torch.no_grad():
+        for x, kw in zip(states, kwargs):
+            y = block.layer(x, **kw)
+            out.append((y[0] if isinstance(y, tuple) else y).detach())
+    return out
+
+
+class InputGrams:
+    """Grams (float64, summed over the kept tokens) of the inputs of the given Linear layers,
+    accumulated by forward pre-hooks while ``active``; ``mask`` selects the tokens of the
+    batch being run (padding left out)."""
+
+    def __init__(self, layers: dict[str, nn.Linear]):
+        self.grams = {
+            k: torch.zeros(m.in_features, m.in_features, dtype=torch.float64)
+            for k, m in layers.items()
+        }
+        self.tokens = 0
+        self.mask: torch.Tensor | None = None
+        self._handles = [m.register_forward_pre_hook(self._hook(k)) for k, m in layers.items()]
+
+    def _hook(self, key: str):
+        def hook(module, args):
+            x = args[0].detach()
+            x = x[self.mask] if self.mask is not None else x.reshape(-1, x.shape[-1])
+            self.grams[key] += (x.T.float() @ x.float()).double().cpu()
+
+        return hook
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+    def mean(self, key: str) -> torch.Tensor:
+        return self.grams[key] / max(self.tokens, 1)
+
+
+def block_grams(block: DecoderBlock, states: list, kwargs: list[dict], masks: list):
+    """(Gram of the attention output projection's input, Gram of the FFN output projection's
+    input), both per token, from one forward of ``block`` over the calibration activations."""
+    grams = InputGrams({"attn": block.o, "ffn": block.ffn_out})
+    try:
+        with torch.no_grad():
+            for x, kw, m in zip(states, kwargs, masks):
+                grams.mask = m
+                grams.tokens += int(m.sum()) if m is not None else x.shape[0] * x.shape[1]
+                block.layer(x, **kw)
+    finally:
+        grams.remove()
+    return grams.mean("attn"), grams.mean("ffn")
