@@ -30,8 +30,10 @@ from pluginedit.graph.groups import uncoupled_layers
 from pluginedit.graph.pruner import remove_channels
 
 SCORERS = {
-    "witness-fisher": ("discedit-sp", {"features": "linear"}),
-    "witness-poly": ("discedit-sp", {"features": "poly"}),
+    # the uncoupled layers only and no BN recalibration, as every other row here (discedit-sp's
+    # defaults since issue 24 prune coupled groups and recalibrate)
+    "witness-fisher": ("discedit-sp", {"features": "linear", "recalibrate": False}),
+    "witness-poly": ("discedit-sp", {"features": "poly", "recalibrate": False}),
     "tvs": ("tvs", {}),
     "l1": ("l1", {}),
     "taylor": ("taylor", {}),

@@ -74,13 +74,15 @@ FAMILY = {
 # variant name: (editor, options); every option that differs between variants is spelled out, so
 # a row keeps its meaning when an editor's defaults change
 VARIANTS = {
-    "discedit-u": ("discedit-u", {"num_layers": 2}),
-    "discedit-u/held-out": ("discedit-u", {"num_layers": 2, "check": "held-out"}),
+    "discedit-u": ("discedit-u", {"num_layers": 2, "coupled": False}),
+    "discedit-u/held-out": ("discedit-u", {"num_layers": 2, "check": "held-out", "coupled": False}),
     "discedit-u/held-out/0.5%": (
         "discedit-u",
-        {"num_layers": 2, "check": "held-out", "forget_target": 0.005},
+        {"num_layers": 2, "check": "held-out", "forget_target": 0.005, "coupled": False},
     ),
-    "discedit-u/4-layers": ("discedit-u", {"num_layers": 4}),
+    "discedit-u/4-layers": ("discedit-u", {"num_layers": 4, "coupled": False}),
+    # issue 24: each candidate conv's coupled channel group (a residual stream edited whole)
+    "discedit-u/4-layers/groups": ("discedit-u", {"num_layers": 4, "coupled": True}),
     "modhifi-u": ("modhifi-u", {"hidden": True, "rows": "all", "max_fraction": 0.08}),
     "modhifi-u/held-out": (
         "modhifi-u",

@@ -1,11 +1,14 @@
-"""DisCEdit-U (ALGORITHMS.md §3.5): forget a class by zeroing its most discriminative filters.
-Statistics are recomputed on the partially edited model layer by layer.
+"""DisCEdit-U (ALGORITHMS.md §3.5): forget a class by zeroing its most discriminative channels.
+Statistics are recomputed on the partially edited model unit by unit.
 
-Edited channels have conv weight, conv bias and the following BN's affine zeroed, so they emit
-exactly 0 (no BN constant survives to be folded into the next layer).
-The last 4 convs are candidates (the paper: the last 8 of VGG-16, ResNet-56's layer3): with 2, a
-ResNet with two blocks per stage kept 14-93 % of the class, its last two convs sitting inside a
-block whose skip path still carries it (benchmarks/forget_family.py)."""
+A unit is the coupled channel group of a candidate conv (``discedit_groups``): a plain conv alone,
+or every layer writing into a residual stream. Zeroing one conv of a residual block left the
+class on the skip path (a narrow ResNet then needed ~30 channels and lost up to 17 points of
+retained accuracy); zeroing the group zeroes the stream channel itself. A group channel scores the
+max of its members' bounds. Edited channels have conv weight, conv bias and the following BN's
+affine zeroed in every member, so they emit exactly 0 (no BN constant survives).
+The groups of the last 4 convs are candidates (the paper: the last 8 of VGG-16, ResNet-56's
+layer3). Where torch-pruning cannot trace the model, each conv is its own unit."""
 
 from __future__ import annotations
 
@@ -17,47 +20,16 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..capture import Request, Split, collect, head_layers
-from ..capture.hookpoints import resolve, resolve_auto
+from ..capture import Split, head_layers
 from ..core.batches import take_rows
-from ..core.components import get_module, groups, size_of
+from ..core.components import groups
 from ..core.errors import InputError
 from ..core.plugin import COUNT, FRACTION, NONNEGATIVE, POSITIVE, Editor, option
 from ..core.record import EditRecord
 from ..evaluate import class_accuracy
-from ..scorers.witness import witness_scores
-from ..stats import ClassMoments
 from .common.finetune import fit
+from .discedit_groups import ChannelGroup, coupled_groups, group_scores, member_scores, single
 from .mask import zero_components
-
-
-def layer_scores(
-    model,
-    layer,
-    data,
-    num_classes,
-    hook,
-    gamma,
-    max_samples,
-    batch_size,
-    active_only=False,
-    **witness,
-) -> torch.Tensor:
-    """Witness scores [C] of one layer's channels on the model as it is now. ``active_only``
-    zeroes the score of channels less active (larger exp(-gamma ||A||)) on the target class
-    than on the rest: removing those would not remove the class's evidence."""
-    module, where = resolve_auto(model, layer) if hook == "auto" else resolve(model, layer, hook)
-    req = Request(
-        module, ClassMoments(size_of(get_module(model, layer)), num_classes, gamma=gamma), where
-    )
-    stat = collect(model, data, [req], num_classes, batch_size, max_samples, stop_early=True)[req]
-    r = witness_scores(stat, **witness)
-    if active_only:
-        k = witness["target_class"]
-        n_rest, s_rest = stat.rest()
-        e_k, e_rest = stat.sums[k, :, 4] / stat.count[k], s_rest[k, :, 4] / n_rest[k]
-        r = torch.where(e_k < e_rest, r, torch.zeros_like(r))
-    return r
 
 
 def halves(data) -> tuple[Split, Split]:
@@ -84,11 +56,13 @@ def conv_layers(model, example) -> list[str]:
 
 @dataclass(frozen=True)
 class DisCEditUOptions:
-    layers: list[str] | None = option(None, "conv layer paths (default: the last num_layers)")
+    layers: list[str] | None = option(
+        None, "conv layer paths whose coupled groups are edited (default: the last num_layers)"
+    )
     num_layers: int = option(
         4,
-        "how many of the last conv layers to consider (adaptive: deepest first, "
-        "stopping once the class is forgotten)",
+        "the coupled groups of this many last conv layers are the units (adaptive: deepest "
+        "first, stopping once the class is forgotten)",
         **COUNT,
     )
     hook: Literal["auto", "conv", "bn", "act", "ln"] = option("auto", "where channels are observed")
@@ -107,6 +81,12 @@ class DisCEditUOptions:
         "(scores from the other half), so the stopping rule is not fitted to the scored samples",
     )
     z: float = option(1.5, "zscore threshold")
+    coupled: bool = option(
+        True, "edit each candidate conv's coupled channel group (False: the conv alone)"
+    )
+    stream: bool = option(
+        True, "also score a residual stream where it is read (its readers' inputs)"
+    )
     gamma: float = option(1.0, "scale of the exp witness", **POSITIVE)
     active_only: bool = option(True, "only channels more active on the class than on the rest")
     method: Literal["fisher", "mpm", "robust", "raw"] = option("fisher", "witness bound")
@@ -120,9 +100,10 @@ class DisCEditUOptions:
 
 
 class DisCEditU(Editor):
-    """Per chosen layer, the raw-moment witness bound of each channel for the forgotten class vs
-    the rest; the most discriminative channels are zeroed. ``adaptive`` visits layers deepest
-    first and stops once the class is forgotten on ``data``."""
+    """Per coupled group of the chosen convs, the raw-moment witness bound of each channel for the
+    forgotten class vs the rest (max over the group's layers); the most discriminative channels
+    are zeroed in every layer of the group. ``adaptive`` visits groups deepest first and stops
+    once the class is forgotten on ``data``."""
 
     name = "discedit-u"
     kind = "forget"
@@ -134,53 +115,77 @@ class DisCEditU(Editor):
     def apply(self, model, scores, inputs):
         opts, k = self.options, inputs.forget_class
         layers = opts.layers or conv_layers(model, inputs.example)[-opts.num_layers :]
+        units = self._units(model, inputs.example, layers)
         record = self.record(
-            "zeroed weight+bias+bn affine", info={"forget_class": k, "skipped": []}
+            "zeroed weight+bias+bn affine of every layer of each coupled group",
+            info={
+                "forget_class": k,
+                "skipped": [],
+                "groups": [list(g.members) for g in units],
+            },
         )
         adaptive = opts.select == "adaptive"
         scored, check = (
             halves(inputs.data) if opts.check == "held-out" else (inputs.data, inputs.data)
         )
-        for layer in list(reversed(layers)) if adaptive else layers:
-            r = layer_scores(
-                model,
-                layer,
-                scored,
-                inputs.num_classes,
-                opts.hook,
-                opts.gamma,
-                opts.max_samples,
-                opts.batch_size,
-                opts.active_only,
-                method=opts.method,
-                features=opts.features,
-                aggregation="ovr_min",
-                target_class=k,
-            )
-            idx = self._adaptive(model, layer, r, inputs, check) if adaptive else self._select(r)
+        for g in units:
+            r = self._scores(model, g, scored, inputs)
+            idx = self._adaptive(model, g, r, inputs, check) if adaptive else self._select(r)
             if not idx:  # guard: the authors' [-0:] slice would select every filter
-                record.info["skipped"].append(layer)
+                record.info["skipped"].append(g.root)
                 continue
-            zero_components(model, {layer: idx}, True, record)
+            zero_components(model, g.expand(idx), True, record)
             if adaptive and self._forgotten(model, inputs, check) <= opts.forget_target:
                 break
         else:
             if adaptive:
-                self._short_of_target(model, inputs, check, record, len(layers))
+                self._short_of_target(model, inputs, check, record, len(units))
         if opts.finetune_epochs:
             self._finetune(model, inputs, record)
         return record
 
-    def _short_of_target(self, model, inputs, check, record, n_layers: int) -> None:
-        """Every candidate layer used and the class not forgotten on the check data: say so (on
-        narrow ResNets the last two convs could not remove a class the skip path still carries)."""
+    def _units(self, model, example, layers) -> list[ChannelGroup]:
+        """The coupled groups of ``layers`` (the head's left out), deepest first when adaptive:
+        ordered by their deepest member."""
+        heads = set(head_layers(model, example))
+        if self.options.coupled:
+            units = coupled_groups(model, example, list(layers), skip=heads, traced=False)
+        else:
+            units = [single(model, p) for p in layers if p not in heads]
+        if self.options.select == "adaptive":
+            order = {p: i for i, p in enumerate(groups(model))}
+            units.sort(key=lambda g: max(order[p] for p in g.members), reverse=True)
+        return units
+
+    def _scores(self, model, g: ChannelGroup, data, inputs) -> torch.Tensor:
+        opts = self.options
+        per_layer = member_scores(
+            model,
+            g,
+            data,
+            inputs.num_classes,
+            opts.hook,
+            opts.gamma,
+            opts.max_samples,
+            opts.batch_size,
+            opts.active_only,
+            opts.stream,
+            method=opts.method,
+            features=opts.features,
+            aggregation="ovr_min",
+            target_class=inputs.forget_class,
+        )
+        return group_scores(g, per_layer, "max").float()
+
+    def _short_of_target(self, model, inputs, check, record, n_units: int) -> None:
+        """Every candidate group used and the class not forgotten on the check data: say so."""
         left = self._forgotten(model, inputs, check)
         record.info["forgotten_accuracy"] = left
         if left > self.options.forget_target:
             warnings.warn(
                 f"discedit-u: class {inputs.forget_class} still at {left:.1%} on the check data "
-                f"(forget_target {self.options.forget_target:.1%}) after all {n_layers} candidate "
-                "conv layers; raise num_layers or m",
+                f"(forget_target {self.options.forget_target:.1%}) after all {n_units} candidate "
+                "channel groups; raise num_layers or m",
                 stacklevel=2,
             )
 
@@ -198,8 +203,8 @@ class DisCEditU(Editor):
         n = min(n, len(r) - 1, int((r > 0).sum()))  # never a whole layer; score 0 carries nothing
         return torch.argsort(r, descending=True, stable=True)[:n].tolist() if n > 0 else []
 
-    def _adaptive(self, model, layer, r, inputs, check) -> list[int]:
-        """Binary search for the fewest top channels of ``layer`` reaching ``forget_target``:
+    def _adaptive(self, model, g: ChannelGroup, r, inputs, check) -> list[int]:
+        """Binary search for the fewest top channels of group ``g`` reaching ``forget_target``:
         each trial zeroes in place and is undone (no copy of the model)."""
         order = self._select(r, "top_m")
         lo, hi = 1, len(order)
@@ -208,7 +213,7 @@ class DisCEditU(Editor):
         while lo < hi:
             mid = (lo + hi) // 2
             trial = EditRecord("trial")
-            zero_components(model, {layer: order[:mid]}, True, trial)
+            zero_components(model, g.expand(order[:mid]), True, trial)
             try:
                 forgotten = self._forgotten(model, inputs, check) <= self.options.forget_target
             finally:

@@ -65,6 +65,7 @@ def test_pruning_mask_equals_removal_and_beats_random(fmnist, fm_test, fmnist_vg
         num_classes=10,
         ratio=0.1,
         max_samples=1000,
+        recalibrate=False,  # so the zeroed copy below is the same function
     )
     assert 0.1 < rec.info["fraction_removed"] < 0.3
     # what physical=False leaves: the same channels zeroed (weight, bias, BN affine) in place
@@ -113,19 +114,6 @@ def test_threshold_loop_respects_floor_and_stops(fmnist, fmnist_vgg, fmnist_resn
     assert acc >= dense - 0.1
     accepted = [r for r in rounds if r["accuracy"] >= dense - 0.1]
     assert (rec.info["fraction_removed"] > 0) == bool(accepted)
-    model = copy.deepcopy(fmnist_resnet)
-    rec = api.edit(
-        model,
-        "discedit-sp",
-        data=stats,
-        num_classes=10,
-        ratio=0.2,
-        max_samples=300,
-        example_inputs=held.x[:2],
-    )
-    # residual-coupled layers are left alone, so masking and removal agree
-    assert all("conv2" not in p and "downsample" not in p for p in rec.info["layers"])
-    assert rec.info["fraction_removed"] > 0
     with pytest.raises(InputError, match="eval_data"):
         api.edit(
             copy.deepcopy(fmnist_resnet),
@@ -135,6 +123,67 @@ def test_threshold_loop_respects_floor_and_stops(fmnist, fmnist_vgg, fmnist_resn
             allocation="threshold",
             acc_floor=0.5,
         )
+
+
+def test_pruning_a_resnet_removes_whole_residual_groups(fmnist, fm_test, fmnist_resnet):
+    """The residual stream's channels go too (stem, each block's conv2 and shortcut: one group),
+    the pruned model still runs, matches the masked one, and keeps its accuracy on real data."""
+    stats, example = fmnist.train.subset(800, seed=4), fm_test.x[:2]
+    dense = report.accuracy(fmnist_resnet, fm_test, 10)[0]
+    removed = copy.deepcopy(fmnist_resnet)
+    opts = dict(data=stats, num_classes=10, ratio=0.2, max_samples=500, example_inputs=example)
+    rec = api.edit(removed, "discedit-sp", **opts)
+    assert ["layers.2.0.conv2", "layers.2.0.downsample.0"] in rec.info["groups"]
+    assert ["stem.0", "layers.0.0.conv2"] in rec.info["groups"]
+    # every writer into a stream lost the same channels, so the adds still line up
+    widths = {p: m.out_channels for p, m in removed.named_modules() if hasattr(m, "out_channels")}
+    assert widths["stem.0"] == widths["layers.0.0.conv2"] == 16 - 3
+    assert widths["layers.2.0.conv2"] == widths["layers.2.0.downsample.0"] == 64 - 12
+    assert removed.fc.in_features == 64 - 12
+    # 20 % of every group's channels: about 1 - 0.8^2 of the parameters, not the ~10 % the
+    # uncoupled convs alone held
+    assert 0.3 < rec.info["fraction_removed"] < 0.4
+    # masking (physical=False) zeroes the same channels of every member and recalibrates BN the
+    # same way: the same function
+    masked = copy.deepcopy(fmnist_resnet)
+    rec_m = api.edit(masked, "discedit-sp", physical=False, **opts)
+    assert rec_m.changes["layers.2.0.downsample.0"] == rec_m.changes["layers.2.0.conv2"]
+    with torch.no_grad():
+        assert torch.allclose(
+            masked.eval()(fm_test.x[:64]), removed.eval()(fm_test.x[:64]), atol=1e-4
+        )
+    acc = report.accuracy(removed, fm_test, 10)[0]
+    assert acc > dense - 0.25, (acc, dense)  # no fine-tuning; chance is 0.1
+    rec_m.undo(masked)  # masking, BN statistics included, is reversible
+    want = fmnist_resnet.state_dict()
+    assert all(torch.equal(want[n], v) for n, v in masked.state_dict().items())
+
+
+def test_forgetting_on_a_resnet_zeroes_the_stream_channel(fmnist, fm_test, fmnist_resnet):
+    """discedit-u edits the last stage's residual group whole: the same channels of conv2 and
+    the shortcut, so the stream the head reads carries exactly 0 there."""
+    k = 0
+    data = fmnist.train.subset(1000, seed=1)
+    edited = copy.deepcopy(fmnist_resnet)
+    rec = api.forget(edited, k, data, num_classes=10, max_samples=1000)
+    group = ["layers.2.0.conv2", "layers.2.0.downsample.0"]
+    assert group in rec.info["groups"]
+    zeroed = rec.changes.get("layers.2.0.conv2")
+    assert zeroed and rec.changes["layers.2.0.downsample.0"] == zeroed
+    seen = {}
+
+    def read(module, inputs, output):
+        seen["x"] = inputs[0]
+
+    edited.fc.register_forward_hook(read)
+    with torch.no_grad():
+        edited.eval()(fm_test.x[:32])
+    assert seen["x"][:, zeroed].abs().max() == 0
+    _, dense = report.accuracy(fmnist_resnet, fm_test, 10)
+    _, pc = report.accuracy(edited, fm_test, 10)
+    f = report.forgetting(pc, k)
+    assert f["forgotten_accuracy"] <= 0.05 < dense[k]
+    assert f["retained_accuracy"] >= (sum(dense) - dense[k]) / 9 - 0.05
 
 
 def test_held_out_check_scores_one_half_and_checks_the_other(fmnist, fm_test, fmnist_vgg):
