@@ -15,14 +15,20 @@ from .core.outputs import output
 
 @torch.no_grad()
 def accuracy(
-    model: nn.Module, data, num_classes: int, batch_size: int = 512, max_samples: int | None = None
+    model: nn.Module,
+    data,
+    num_classes: int,
+    batch_size: int = 512,
+    max_samples: int | None = None,
+    progress: bool = False,
 ) -> tuple[float, list[float | None]]:
     """(accuracy, per-class accuracy); a class with no sample in ``data`` reports None, not a
-    made-up 0.0."""
+    made-up 0.0. ``progress``: a bar over the batches (a report's test set may be large)."""
     correct = torch.zeros(num_classes, dtype=torch.float64)
     total = torch.zeros(num_classes, dtype=torch.float64)
     with eval_mode(model):
-        for x, y in batches(model, data, num_classes, batch_size, max_samples):
+        read = batches(model, data, num_classes, batch_size, max_samples, progress, "evaluate")
+        for x, y in read:
             hit = (output(model, x).argmax(-1) == y).double().cpu()
             correct.index_add_(0, y.cpu(), hit)
             total.index_add_(0, y.cpu(), torch.ones_like(hit))

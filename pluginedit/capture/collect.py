@@ -12,6 +12,7 @@ from torch import nn
 from ..core.batches import call
 from ..core.components import eval_mode, get_module
 from ..core.errors import InputError
+from ..core.progress import wanted
 from ..stats import Statistic
 from ..stats.distributed import all_reduce
 from .inputs import batches
@@ -102,7 +103,7 @@ def collect(
                 num_classes,
                 batch_size,
                 max_samples,
-                progress,
+                wanted(progress),  # or bars asked around the edit (core.progress.shown)
                 "statistics",
                 shard=True,
             ):

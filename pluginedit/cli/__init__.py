@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import inspect
 import os
 import sys
 import time
@@ -16,66 +15,27 @@ from ..capture import example_batch
 from ..contrib import train
 from ..core import registry
 from ..core.errors import InputError, PluginEditError
-from ..core.plugin import describe
-from ..evaluate import accuracy
+from ..core.progress import shown
+from ..evaluate import accuracy, predictions
 from ..stats import distributed
 from . import bench
 from ._common import (
     add_edit_args,
     add_model_args,
     add_option_arg,
+    add_progress_args,
     bundle_for,
     editor_class,
+    exit_status,
     finish,
+    goal,
     known_options,
     setup,
 )
 from .checks import check_args, nonnegative, seed
+from .console import one_line_warnings, summary
+from .plugins import add_plugins_parser
 from .rectify import add_rectify_parsers
-
-
-def cmd_plugins(args) -> int:
-    if args.describe:
-        return _describe(args.describe)
-    rows = [
-        (p.name, p.kind, p.dist, p.version, "ok" if p.error is None else f"BROKEN: {p.error}")
-        for p in registry.listing()
-    ]
-    widths = [
-        max(len(r[i]) for r in rows + [("name", "kind", "distribution", "version", "")])
-        for i in range(4)
-    ]
-    print(
-        "  ".join(h.ljust(w) for h, w in zip(("name", "kind", "distribution", "version"), widths))
-        + "  status"
-    )
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[4])
-    return 0
-
-
-def _describe(name: str) -> int:
-    table = {p.name: p for p in registry.listing()}
-    if name not in table:
-        raise InputError(f"unknown plugin {name!r}; known: {', '.join(sorted(table))}")
-    info = table[name]
-    if info.obj is None:  # listed as broken: say why, as `pluginedit plugins` does
-        raise InputError(f"plugin {name!r} ({info.kind}, {info.display}) is broken: {info.error}")
-    cls = info.obj
-    flags = ""
-    if info.kind == "editor":
-        flags = (
-            f" kind={cls.kind} needs_data={cls.needs_data} needs_labels={cls.needs_labels} "
-            f"uses_scores={cls.uses_scores}"
-        )
-    print(f"{name} ({info.kind}, {info.display}){flags}")
-    for line in inspect.cleandoc(cls.__doc__ or "").splitlines():  # the whole docstring
-        print(f"  {line}".rstrip())
-    rows = describe(cls)
-    print("  options:" if rows else "  options: none")
-    for opt, default, help_ in rows:
-        print(f"    {opt} = {default}  {help_}")
-    return 0
 
 
 def cmd_train(args) -> int:
@@ -96,6 +56,7 @@ def cmd_train(args) -> int:
             retrain=args.retrain and distributed.is_main(),
         )
     acc, _ = accuracy(model, bundle.test, bundle.num_classes)
+    args.ran = f"{args.arch} on {bundle.name}"
     print(
         f"{args.arch} on {bundle.name}: test accuracy {acc:.4f} "
         f"({time.perf_counter() - t0:.1f}s, cache {train.cache_dir()})"
@@ -130,6 +91,7 @@ def cmd_score(args) -> int:
     results = api.score_many(
         model, scorers, data=calib, num_classes=bundle.num_classes, progress=args.progress
     )
+    args.ran = f"{', '.join(names)} scores of {args.load or args.hf or args.model or args.arch}"
     print(
         f"scored with {', '.join(names)} in one pass over {len(calib)} samples: "
         f"{time.perf_counter() - t0:.2f}s"
@@ -202,7 +164,7 @@ def cmd_prune(args) -> int:
         **flags,
         **edit_opts,
     )
-    finish(
+    rep = finish(
         args,
         bundle,
         model,
@@ -210,7 +172,7 @@ def cmd_prune(args) -> int:
         record,
         {"scorer": record.scores, "ratio": edit_opts.get("ratio", flags.get("ratio"))},
     )
-    return 0
+    return exit_status(rep)
 
 
 def cmd_forget(args) -> int:
@@ -226,15 +188,25 @@ def cmd_forget(args) -> int:
         **dict(args.option),
     )
     retained = bundle.train.subset(args.calib_samples, exclude=[args.forget_class], seed=args.seed)
-    finish(
-        args,
-        bundle,
-        model,
-        dense,
-        record,
-        {"forgotten_class": args.forget_class, "finetune_split": retained},
-    )
-    return 0
+    extra = {"forgotten_class": args.forget_class, "finetune_split": retained}
+    rep = finish(args, bundle, model, dense, record, extra, _forget_goal(args, bundle, dense))
+    return exit_status(rep)
+
+
+def _forget_goal(args, bundle, dense):
+    """A goal measured after fine-tuning: the test examples of the class that the dense model
+    recognised and the edited one no longer does (a callable, run by ``finish``)."""
+    x = bundle.test.x[bundle.test.y == args.forget_class]
+
+    def measure(model) -> dict:
+        known = predictions(dense, x) == args.forget_class
+        kept = predictions(model, x) == args.forget_class
+        of = int(known.sum())
+        return goal(
+            f"test examples of class {args.forget_class} forgotten", int((known & ~kept).sum()), of
+        )
+
+    return measure
 
 
 def cmd_demo(args) -> int:
@@ -242,24 +214,25 @@ def cmd_demo(args) -> int:
     reloaded in a fresh process and re-evaluated."""
     from .. import demo
 
-    out = demo.run(args.ratio, args.finetune_epochs, args.seed, args.save, args.report, args.plot)
+    out = demo.run(
+        args.ratio,
+        args.finetune_epochs,
+        args.seed,
+        args.save,
+        args.report,
+        args.plot,
+        progress=args.progress,
+    )
     if args.report:
         print(f"report written to {args.report}")
     if args.plot:
         print(f"plot written to {args.plot}")
+    args.ran = f"the digits CNN pruned at {args.ratio} three ways, saved and reloaded"
     return 0 if out["reload"]["max_abs_logit_diff"] <= 1e-5 else 1
 
 
 def cmd_bench(args) -> int:
     return bench.main(args.rest)
-
-
-def _add_plugins_parser(sub) -> None:
-    p = sub.add_parser("plugins", help="list scorer and editor plugins")
-    p.add_argument(
-        "--describe", metavar="NAME", default=None, help="print one plugin's options and flags"
-    )
-    p.set_defaults(fn=cmd_plugins)
 
 
 def _add_train_parser(sub) -> None:
@@ -325,7 +298,7 @@ def _add_demo_parser(sub) -> None:
     p.add_argument("--finetune-epochs", type=nonnegative, default=15)
     p.add_argument("--report", default=None)
     p.add_argument("--plot", default=None)
-    p.add_argument("--progress", action="store_true", default=sys.stderr.isatty())
+    add_progress_args(p)
     p.set_defaults(fn=cmd_demo)
 
 
@@ -338,7 +311,7 @@ def _add_bench_parser(sub) -> None:
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="pluginedit", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
-    _add_plugins_parser(sub)
+    add_plugins_parser(sub)
     _add_train_parser(sub)
     _add_score_parser(sub)
     _add_prune_parser(sub)
@@ -361,7 +334,12 @@ def main(argv=None) -> int:
                     contextlib.redirect_stdout(quiet.enter_context(open(os.devnull, "w")))
                 )
             check_args(args)
-            return args.fn(args)
+            quiet.enter_context(shown(getattr(args, "progress", False)))
+            quiet.enter_context(one_line_warnings())
+            t0 = time.perf_counter()
+            code = args.fn(args)
+            summary(args, code, time.perf_counter() - t0)
+            return code
     except PluginEditError as e:
         print(f"pluginedit: error: {e}", file=sys.stderr)
         return 2

@@ -109,7 +109,18 @@ def _add_data_args(p: argparse.ArgumentParser, data_default: str) -> None:
     p.add_argument(
         "--calib-samples", type=positive, default=2048, help="training samples used for statistics"
     )
-    p.add_argument("--progress", action="store_true", default=sys.stderr.isatty())
+    add_progress_args(p)
+
+
+def add_progress_args(p: argparse.ArgumentParser) -> None:
+    """Progress bars on the long steps: on by default when stderr is a terminal."""
+    p.add_argument(
+        "--progress",
+        action="store_true",
+        default=None,
+        help="progress bars on every long step (default: when stderr is a terminal)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def add_option_arg(p: argparse.ArgumentParser, help: str) -> None:
@@ -185,7 +196,11 @@ def setup(args):
     return bundle, model, calib
 
 
-def finish(args, bundle, model, dense, record, extra: dict) -> dict:
+def finish(args, bundle, model, dense, record, extra: dict, measure=None) -> dict:
+    """Fine-tune (if asked), compare with the dense model and say first what the edit did: its
+    goal (``measure(model)``, a ``goal``, when the command has one) and whether the model
+    survived it; then the table, what to try when it did not, and the files. An edit that
+    reached none of its goal is not saved."""
     if args.finetune_epochs:
         train.fit(
             model,
@@ -197,11 +212,12 @@ def finish(args, bundle, model, dense, record, extra: dict) -> dict:
         )
     extra.pop("finetune_split", None)
     rep = {
+        "command": args.command,
+        "model": args.load or args.hf or args.model or args.arch,
+        "data": args.data,
         "before": report.evaluate(dense, bundle.test, bundle.num_classes),
         "after": report.evaluate(model, bundle.test, bundle.num_classes),
         "edit": record.summary(),
-        "model": args.load or args.hf or args.model or args.arch,
-        "data": args.data,
         "finetune_epochs": args.finetune_epochs,
         **extra,
     }
@@ -210,22 +226,87 @@ def finish(args, bundle, model, dense, record, extra: dict) -> dict:
             rep[side].update(
                 report.forgetting(rep[side]["per_class_accuracy"], extra["forgotten_class"])
             )
-    print(report.table(rep))
+    rep["health"] = report.health(rep, bundle.num_classes)
+    rep["latency_speedup"] = report.speedup(rep["before"]["latency"], rep["after"]["latency"])
+    if measure is not None:
+        rep["goal"] = measure(model)
+    args.ran = report.title(rep)  # for the command's closing summary line
+    _print_verdict(args, rep)
     if not distributed.is_main():  # under torchrun only rank 0 writes
         return rep
-    if getattr(args, "save", None):
-        api.save(model, args.save, record)
-        print(
-            f"edited model saved to {args.save} (reload with pluginedit.load; pin it with "
-            f"sha256={digest(args.save)})"
+    _write_outputs(args, bundle, model, record, rep)
+    return rep
+
+
+def _print_verdict(args, rep: dict) -> None:
+    """The first line says what ran and whether it worked; advice follows the table."""
+    health, goal = rep["health"], rep.get("goal")
+    first = f"{report.title(rep)}: "
+    if goal is not None and goal["status"] == "none":
+        first += f"FAILED, {goal['message']}"
+    elif health["status"] in ("destroyed", "damaged"):
+        first += f"WARNING, {health['message']}"
+    else:
+        first += goal["message"] if goal is not None else health["message"]
+    print(first)
+    if goal is not None and goal["status"] != "none" and goal["message"] not in first:
+        print(f"goal: {goal['message']}")  # the first line warned about the model instead
+    print(report.table(rep))
+    if health["status"] in ("destroyed", "damaged"):
+        print("what usually works instead:")
+        for tip in advice(args, rep):
+            print(f"  - {tip}")
+
+
+def advice(args, rep: dict) -> list[str]:
+    """What to try when an edit destroyed or damaged the model."""
+    editor, tips = rep["edit"].get("editor", args.editor), []
+    if rep.get("command") == "prune" and editor not in ("modhifi-p", "discedit-sp"):
+        tips.append(
+            "compensate for the removed channels: --editor modhifi-p (least-squares "
+            "compensation and BN recalibration, no training)"
         )
+    if not args.finetune_epochs:
+        tips.append("fine-tune after the edit: --finetune-epochs 1 (or more)")
+    ratio = rep.get("ratio")
+    if isinstance(ratio, (int, float)) and ratio > 0.1:
+        tips.append(f"remove less: --ratio {ratio / 2:g}")
+    tips.append(f"a gentler edit: `pluginedit plugins --describe {editor}` lists its options")
+    return tips
+
+
+def _write_outputs(args, bundle, model, record, rep: dict) -> None:
+    goal = rep.get("goal")
+    if getattr(args, "save", None):
+        if goal is not None and goal["status"] == "none":
+            print(f"not saved to {args.save}: the edit reached none of its goal")
+        else:
+            api.save(model, args.save, record)
+            print(
+                f"edited model saved to {args.save} (reload with pluginedit.load; pin it with "
+                f"sha256={digest(args.save)})"
+            )
     if args.report:
         report.write(rep, args.report)
         print(f"report written to {args.report}")
     if args.plot:
         report.plot(rep, args.plot, bundle.class_names)
         print(f"plot written to {args.plot}")
-    return rep
+
+
+def exit_status(rep: dict) -> int:
+    """1 when the edit reached none of its goal (the first line said so), else 0."""
+    goal = rep.get("goal")
+    return 1 if goal is not None and goal["status"] == "none" else 0
+
+
+def goal(what: str, done: int, of: int, detail: str = "") -> dict:
+    """A goal of ``of`` items of which ``done`` were reached: reached, partial or none."""
+    status = "reached" if done >= of else "partial" if done > 0 else "none"
+    message = f"{done} of {of} {what} ({done / max(of, 1):.0%})" + (f"; {detail}" if detail else "")
+    if status == "none":
+        message = f"reached none of its goal: {message}"
+    return {"what": what, "done": done, "of": of, "status": status, "message": message}
 
 
 def editor_class(name: str, kinds: tuple[str, ...], command: str):

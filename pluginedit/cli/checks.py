@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 from ..core.errors import InputError
@@ -112,12 +113,23 @@ def _check_plot_format(path: str | None) -> None:
             )
 
 
+def _check_progress(args) -> None:
+    """``--progress`` forces the bars on, ``--quiet`` off; neither: on when stderr is a
+    terminal (a log file gets no bars)."""
+    if not hasattr(args, "quiet"):
+        return
+    if args.quiet and args.progress:
+        raise InputError("--progress and --quiet contradict each other; give one")
+    args.progress = bool(args.progress) or (not args.quiet and sys.stderr.isatty())
+
+
 def check_args(args) -> None:
     """Checks that need neither data nor a model, run before any work: a bad output path or two
     flags that contradict each other fail at once, not after the computation."""
     for flag, kind in (("report", "file"), ("plot", "file"), ("out", "stem"), ("save", "folder")):
         _check_output(f"--{flag}", getattr(args, flag, None), kind)
     _check_plot_format(getattr(args, "plot", None))
+    _check_progress(args)
     _check_model_choice(args)
     keys = [k for k, _ in getattr(args, "option", None) or []]
     twice = sorted({k for k in keys if keys.count(k) > 1})

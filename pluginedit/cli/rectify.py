@@ -16,7 +16,9 @@ from ._common import (
     add_model_args,
     bundle_for,
     editor_class,
+    exit_status,
     finish,
+    goal,
     model_for,
     setup,
 )
@@ -59,15 +61,12 @@ def cmd_fix(args) -> int:
         f"predicted {int(predictions(dense, test.x[i : i + 1])[0])} "
         f"before and {after} after ({record.num_changed()} components ablated)"
     )
-    finish(
-        args,
-        bundle,
-        model,
-        dense,
-        record,
-        {"example": i, "label": int(test.y[i]), "predicted_after": after},
-    )
-    return 0
+
+    def fixed(m) -> dict:  # measured after any fine-tuning
+        return goal("example fixed", int(predictions(m, test.x[i : i + 1])[0] == test.y[i]), 1)
+
+    extra = {"example": i, "label": int(test.y[i]), "predicted_after": after}
+    return exit_status(finish(args, bundle, model, dense, record, extra, fixed))
 
 
 def _read_pairs(path: str) -> Pairs:
@@ -134,8 +133,37 @@ def cmd_rectify(args) -> int:
         asr = [float((predictions(m, triggered.x) == 0).float().mean()) for m in (dense, model)]
         extra["attack_success_rate"] = {"before": asr[0], "after": asr[1]}
         print(f"attack success rate {asr[0]:.4f} -> {asr[1]:.4f} ({len(pairs)} pair(s))")
-    finish(args, bundle, model, dense, record, extra)
-    return 0
+    rep = finish(args, bundle, model, dense, record, extra, _pairs_goal(dense, pairs))
+    rep["rectified"] = rep["goal"]["rectified_after"]  # as measured (after any fine-tuning)
+    return exit_status(rep)
+
+
+def _pairs_goal(dense, pairs: Pairs):
+    """The rectification goal: the pairs whose corrupted input the dense model predicts unlike
+    its clean one, and how many of them the edited model predicts like their clean one."""
+
+    def agree(m) -> torch.Tensor:
+        return predictions(m, pairs.corrupted) == predictions(m, pairs.clean)
+
+    before = agree(dense)
+
+    def measure(model) -> dict:
+        after = agree(model)
+        out = goal(
+            "pairs rectified",
+            int((~before & after).sum()),
+            int((~before).sum()),
+            f"{float(after.float().mean()):.0%} of all {len(after)} pairs behave like their "
+            f"clean input ({float(before.float().mean()):.0%} before)",
+        )
+        if not (~before).any():
+            out |= {"status": "reached", "message": "no pair needed rectifying"}
+        return out | {
+            "rectified_before": float(before.float().mean()),
+            "rectified_after": float(after.float().mean()),
+        }
+
+    return measure
 
 
 def add_rectify_parsers(sub) -> None:

@@ -15,6 +15,7 @@ from ..capture import Split
 from ..core import checks
 from ..core.errors import InputError
 from ..core.files import written_whole
+from ..core.progress import wanted
 from ..editors.common.finetune import fit  # noqa: F401  (the one training loop, re-exported)
 from ..io.models import load_state, load_weights
 from . import zoo
@@ -81,7 +82,8 @@ def pretrained(
                 "(`pluginedit train --retrain`)"
             ) from e
         return model.eval()
-    fit(model, data.train, epochs, seed=seed, progress=progress)
+    # the bar shows when asked here or around the call (core.progress.shown, the CLI's default)
+    fit(model, data.train, epochs, seed=seed, progress=wanted(progress))
     if not all(
         torch.isfinite(p).all() for p in model.state_dict().values() if p.is_floating_point()
     ):

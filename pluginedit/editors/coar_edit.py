@@ -20,6 +20,7 @@ import torch
 from ..capture import default_targets, model_device
 from ..core.errors import InputError
 from ..core.plugin import COUNT, FRACTION, NONNEGATIVE, RATIO, SEED, Editor, option
+from ..core.progress import bar
 from ..core.record import EditRecord
 from ..evaluate import predictions
 from ..scorers.coar import estimate, labelled
@@ -93,7 +94,7 @@ class _CoarEditor(Editor):
         ``guard(model)`` accuracy by more than max_drop; the number of components ablated."""
         opts = self.options
         floor = guard(model) - opts.max_drop
-        for path, i in order:
+        for path, i in bar(order, desc=f"{self.name} ablations"):
             trial = EditRecord("trial")
             zero_components(model, {path: [i]}, False, trial, bias=False)
             if guard(model) < floor:
@@ -102,6 +103,7 @@ class _CoarEditor(Editor):
                 continue
             record.absorb(trial)
             if goal(model):
+                record.info["goal_reached"] = True  # else it raises: the model is unchanged
                 return record.num_changed()
         raise InputError(
             f"{self.name}: the goal was not reached within budget={opts.budget} candidates "

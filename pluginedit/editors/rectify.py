@@ -23,7 +23,7 @@ import torch
 
 from ..capture import default_targets, model_device
 from ..core.components import eval_mode, get_module
-from ..core.errors import InputError
+from ..core.errors import EditError, InputError
 from ..core.outputs import output
 from ..core.plugin import COUNT, FRACTION, NONNEGATIVE, POSITIVE, Editor, option
 from ..core.record import EditRecord
@@ -148,11 +148,39 @@ def label_logits(model, pairs) -> tuple[torch.Tensor, torch.Tensor]:
     return f(clean), f(corrupted)
 
 
-def rectified(model, pairs) -> float:
-    """Fraction of corrupted inputs predicted as their clean versions are (behaving like the
+def agreeing(model, pairs) -> torch.Tensor:
+    """[n] whether each corrupted input is predicted as its clean version is (behaving like the
     clean input is the aim, whether or not the model gets that one right)."""
     clean, corrupted, _ = _pairs_on(model, pairs)
-    return float((predictions(model, corrupted) == predictions(model, clean)).float().mean())
+    return (predictions(model, corrupted) == predictions(model, clean)).cpu()
+
+
+def rectified(model, pairs) -> float:
+    """Fraction of corrupted inputs predicted as their clean versions are."""
+    return float(agreeing(model, pairs).float().mean())
+
+
+def rectification_reached(
+    name: str, model, pairs, before: torch.Tensor, record: EditRecord, fail: bool
+) -> None:
+    """Record how much of the goal the edit reached: the pairs to rectify (corrupted predicted
+    unlike clean before the edit) and those rectified now. With ``fail``, an edit that
+    rectified none of them raises (the model is restored): a no-op must not pass as an edit."""
+    after = agreeing(model, pairs)
+    todo, fixed = int((~before).sum()), int((~before & after).sum())
+    record.info |= {
+        "rectified_before": float(before.float().mean()),
+        "rectified": float(after.float().mean()),
+        "pairs_to_fix": todo,
+        "pairs_fixed": fixed,
+    }
+    if fail and todo and not fixed:
+        raise EditError(
+            f"{name}: rectified none of the {todo} pair(s) whose corrupted input the model "
+            "predicts unlike the clean one; the model is unchanged (try a higher rank "
+            "(-o rank=N, up to the number of pairs), values='block', another layer, or the "
+            "'rectify' editor, which locates the layer)"
+        )
 
 
 @dataclass(frozen=True)
@@ -205,8 +233,9 @@ class RankOne(Editor):
         c = key_statistics(model, [layer], inputs.data, opts.max_samples)[layer]
         clean, corrupted, _ = _pairs_on(model, inputs.pairs)
         record = self.record("rank-r weight update", info={"layer": layer})
+        before = agreeing(model, inputs.pairs)
         rank_one_edit(model, layer, clean, corrupted, c, opts.rank, record, opts.block())
-        record.info["rectified"] = rectified(model, inputs.pairs)
+        rectification_reached(self.name, model, inputs.pairs, before, record, fail=True)
         return record
 
 
@@ -252,7 +281,7 @@ class Rectify(Editor):
         record = self.record(
             "rank-r weight updates", info={"edits": [], "clean_accuracy_before": base}
         )
-        tried, gap0 = 0, self._gap(model, inputs.pairs)
+        tried, gap0, before = 0, self._gap(model, inputs.pairs), agreeing(model, inputs.pairs)
         record.info["gap_before"] = float(gap0.max())
         while not self._done(model, inputs.pairs, gap0) and tried < opts.max_edits and layers:
             layer = self._locate(model, layers, inputs.pairs, stats)
@@ -275,7 +304,7 @@ class Rectify(Editor):
                 trial.undo(model)
                 continue
             record.absorb(trial)
-        record.info["rectified"] = rectified(model, inputs.pairs)
+        rectification_reached(self.name, model, inputs.pairs, before, record, fail=False)
         record.info["gap_after"] = float(self._gap(model, inputs.pairs).max())
         if (
             record.info["rectified"] < 1.0

@@ -19,7 +19,7 @@ from ..core import registry
 from ..core.components import eval_mode, get_module
 from ..core.errors import InputError
 from ..core.plugin import COUNT, FRACTION, NONNEGATIVE, POSITIVE, SEED, Editor, option
-from .rectify import _pairs_on, key_statistics, last_feature_layer, rectified
+from .rectify import _pairs_on, agreeing, key_statistics, last_feature_layer, rectification_reached
 
 
 @dataclass(frozen=True)
@@ -51,13 +51,14 @@ class LowRank(Editor):
         module = get_module(model, layer)
         c = key_statistics(model, [layer], inputs.data, opts.max_samples)[layer].to(module.weight)
         w0 = module.weight.detach().clone()
+        before = agreeing(model, inputs.pairs)
         delta = self._optimise(model, layer, w0, c, inputs.pairs)
         record = self.record(f"rank-{opts.rank} weight update (optimised)", info={"layer": layer})
         record.saved[f"{layer}.weight"] = w0
         with torch.no_grad():
             module.weight.copy_(w0 + delta)
         record.changes[layer] = [opts.rank]
-        record.info["rectified"] = rectified(model, inputs.pairs)
+        rectification_reached(self.name, model, inputs.pairs, before, record, fail=True)
         return record
 
     def _optimise(self, model, layer, w0, c, pairs) -> torch.Tensor:
@@ -121,6 +122,7 @@ class Interpolate(Editor):
     def apply(self, model, scores, inputs):
         opts = self.options
         base = registry.get_editor(opts.base, **opts.base_options)
+        before = agreeing(model, inputs.pairs)
         inner = base.apply(model, scores, inputs)
         layers = {k.rsplit(".", 1)[0] for k in inner.saved}
         if len(layers) != 1:
@@ -135,5 +137,6 @@ class Interpolate(Editor):
             info={"layer": layers.pop(), "base": inner.summary()},
         )
         record.saved, record.changes = inner.saved, inner.changes
-        record.info["rectified"] = rectified(model, inputs.pairs)
+        # t < 1 may undo what the base edit reached: recorded (the CLI says so), not refused
+        rectification_reached(self.name, model, inputs.pairs, before, record, fail=False)
         return record

@@ -23,6 +23,7 @@ from ..core.batches import batch_to, cat_batches
 from ..core.components import eval_mode
 from ..core.errors import InputError
 from ..core.plugin import COUNT, NONNEGATIVE, RATIO, SEED, Scorer, option
+from ..core.progress import bar
 from ..stats.ablation import AblationSums
 from ..stats.distributed import is_main, world
 from .masks import component_slices, keep_gradients, keep_masks, margins, masked_outputs
@@ -69,7 +70,7 @@ def gradient_prior(model, x, y, slices, points: int, alpha: float, seed: int) ->
     if points == 0:
         return keep_gradients(model, x, y, slices, torch.ones(n, c)).T.cpu().double()
     total, comm = torch.zeros(n, c, dtype=torch.float64), world()
-    for p in range(points):  # every example at its own mask; stream disjoint from estimation's
+    for p in bar(range(points), desc="COAR prior"):  # stream disjoint from estimation's
         if comm is None or comm.mine(p):  # points shared out over the ranks
             keep = keep_masks(seed + 7_919, p * n, n, c, alpha)
             total += keep_gradients(model, x, y, slices, keep).cpu().double()
@@ -96,7 +97,7 @@ def chord_prior(model, x, y, slices, points: int, alpha: float, seed: int) -> to
     total = torch.zeros(n, c, dtype=torch.float64)
     count = torch.zeros(n, c, dtype=torch.float64)
     comm = world()
-    for p in range(points):  # every rank draws every point; it differentiates its share
+    for p in bar(range(points), desc="COAR prior"):  # every rank draws every point
         if p % groups == 0:  # a fresh partition per cycle: no fixed co-probed components
             group = torch.rand(n, c, generator=g).argsort(1).argsort(1) % groups
         probe = group == p % groups
@@ -225,10 +226,14 @@ def estimate(
         p = _resume(resume, sums, meta)
         if p is None:
             p = _prior(model, x, y, slices, prior, prior_points, alpha, seed)
-        while sums.masks_seen < n_masks:
-            sums.merge(_block(model, x, y, slices, p, sums, n_masks, seed, alpha, chunk, block))
-            if is_main():
-                _checkpoint(resume, sums, p, meta)
+        with bar(desc="COAR masks", total=n_masks) as shown:
+            shown.update(sums.masks_seen)  # a resumed run starts where it stopped
+            while sums.masks_seen < n_masks:
+                seen = sums.masks_seen
+                sums.merge(_block(model, x, y, slices, p, sums, n_masks, seed, alpha, chunk, block))
+                shown.update(sums.masks_seen - seen)
+                if is_main():
+                    _checkpoint(resume, sums, p, meta)
     if sums.masks_seen == 0:
         w, b = torch.zeros_like(p), torch.zeros(len(y), dtype=torch.float64)
         info = {"estimator": "prior only"}

@@ -59,6 +59,9 @@ def test_sigint_leaves_no_partial_output_and_a_clean_cache(tmp_path):
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=stderr,
+            # a suite started in the background (`pytest &`) ignores SIGINT and its children
+            # inherit that: restore the default so Python raises KeyboardInterrupt again
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         try:
             deadline = time.monotonic() + 60
