@@ -1,14 +1,21 @@
 // K2 on CUDA: per-class power sums of witness features, one read of the activation tensor.
 // Built only with a CUDA torch and a CUDA toolkit (setup.py); compile-checked against the torch
-// headers by tests/ops/test_gpu_readiness.py, run by the gpu-marked tests. The Triton kernel is
-// the default on CUDA (dispatch `auto`); this op is torch.ops.pluginedit.class_moments on CUDA
-// tensors (dispatch backend `csrc`).
+// headers by tests/ops/test_gpu_readiness.py, run by the gpu-marked tests. Registered as the CUDA
+// kernel of torch.ops.pluginedit.class_moments (defined in pluginedit/ops/class_moments.py): where
+// built, the dispatcher runs it on CUDA tensors (backend `csrc`) instead of the Triton kernel.
 //
 // Pass 1 (one block per (sample, channel block)): fp32 partial sums of x and x^2 per thread, a
 // shared-memory tree reduction, then the witness transform in fp64 -> partials [N, C, 6].
 // Pass 2 (deterministic combine): one thread per (class, channel) walks that class's samples in
 // stable-sorted order and adds the partials: bitwise reproducible, no atomics.
-#include <ATen/ATen.h>
+// Per-op ATen headers, not ATen/ATen.h: the compile-only check in CI parses a fraction of torch.
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/bincount.h>
+#include <ATen/ops/cumsum.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/sort.h>
+#include <ATen/ops/zeros.h>
 // c10's stream and guard headers only (not ATen/cuda/CUDAContext.h): no cuBLAS / cuSPARSE
 // headers needed, so the source compiles against any CUDA toolkit and torch's own headers.
 #include <c10/cuda/CUDAException.h>

@@ -1,8 +1,8 @@
 // K3 on the CPU: G = sum p p^T and s = sum p over the rows p of a linear input, or over the
 // im2col patch rows of a conv input (patch order (c, kh, kw), as F.unfold and conv weights).
 // Conv patches are gathered a chunk of rows at a time straight into a row-major buffer (no full
-// unfold, no transpose) and folded in with one fp32 GEMM per chunk. Returns fp32 (G, s); callers
-// widen to float64 before accumulating across batches.
+// unfold, no transpose) and folded in with one fp32 GEMM per chunk. Returns float64 (G, s) (the
+// op's contract), widened from the fp32 accumulators once at the end.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -46,14 +46,14 @@ void gather(const T* x, int64_t r0, int64_t rows, int64_t C, int64_t H, int64_t 
 std::tuple<at::Tensor, at::Tensor> gram_cpu(const at::Tensor& x, at::IntArrayRef kernel_size,
                                             at::IntArrayRef stride, at::IntArrayRef padding,
                                             at::IntArrayRef dilation) {
-  auto f32 = x.options().dtype(at::kFloat);
+  auto f32 = x.options().dtype(at::kFloat), f64 = x.options().dtype(at::kDouble);
   if (kernel_size.empty()) {  // linear: rows are x[..., D]
     at::Tensor rows = x.reshape({-1, x.size(-1)}).to(at::kFloat);
     if (rows.size(0) == 0) {
       const int64_t D = rows.size(1);
-      return {at::zeros({D, D}, f32), at::zeros({D}, f32)};
+      return {at::zeros({D, D}, f64), at::zeros({D}, f64)};
     }
-    return {at::mm(rows.t(), rows), rows.sum(0)};
+    return {at::mm(rows.t(), rows).to(at::kDouble), rows.sum(0).to(at::kDouble)};
   }
   TORCH_CHECK(x.dim() == 4, "gram: conv input must be [N, C, H, W]");
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
@@ -65,7 +65,7 @@ std::tuple<at::Tensor, at::Tensor> gram_cpu(const at::Tensor& x, at::IntArrayRef
   const int64_t Wo = (W + 2 * pw - dw * (kw - 1) - 1) / sw + 1;
   const int64_t D = C * kh * kw, M = N * std::max<int64_t>(Ho, 0) * std::max<int64_t>(Wo, 0);
   at::Tensor G = at::zeros({D, D}, f32), s = at::zeros({D}, f32);
-  if (M == 0) return {G, s};
+  if (M == 0) return {G.to(at::kDouble), s.to(at::kDouble)};
   // ~16 MiB of patches per chunk: big enough for an efficient GEMM, small enough to stay in cache-ish.
   const int64_t chunk = std::max<int64_t>(64, (int64_t(4) << 20) / D);
   at::Tensor buf = at::empty({std::min(chunk, M), D}, f32);
@@ -80,7 +80,7 @@ std::tuple<at::Tensor, at::Tensor> gram_cpu(const at::Tensor& x, at::IntArrayRef
       s.add_(P.sum(0));
     }
   });
-  return {G, s};
+  return {G.to(at::kDouble), s.to(at::kDouble)};
 }
 
 }  // namespace pluginedit

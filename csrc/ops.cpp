@@ -1,6 +1,7 @@
-// Registers the pluginedit ops with torch.library (schema + CPU kernels; CUDA kernels register
-// from class_moments_cuda.cu when built with CUDA). The Python side (pluginedit/ops/<op>.py)
-// adds the fake (meta) implementations so torch.compile can trace the ops.
+// CPU kernels of the pluginedit ops (CUDA kernels register from class_moments_cuda.cu when built
+// with CUDA). Each op is defined once, in Python (pluginedit/ops/<op>.py: schema, reference,
+// fake, Triton); the extension only adds kernels: the dispatcher prefers them to the Python one.
+// The contract of every kernel is the reference's docstring: float64 results.
 #include <Python.h>
 #include <ATen/ATen.h>
 #include <torch/library.h>
@@ -13,14 +14,6 @@ std::tuple<at::Tensor, at::Tensor> class_moments_cpu(const at::Tensor&, const at
 std::tuple<at::Tensor, at::Tensor> gram_cpu(const at::Tensor&, at::IntArrayRef, at::IntArrayRef,
                                             at::IntArrayRef, at::IntArrayRef);
 }  // namespace pluginedit
-
-TORCH_LIBRARY(pluginedit, m) {
-  // counts [K] float64, sums [K, C, 6] float64 (features s, s^2, s^3, s^4, e, e^2).
-  m.def("class_moments(Tensor x, Tensor labels, int num_classes, float gamma=1.0, Tensor? shift=None)"
-        " -> (Tensor, Tensor)");
-  // G [D, D] float32, s [D] float32; kernel_size=[] means a linear input [..., D].
-  m.def("gram(Tensor x, int[] kernel_size, int[] stride, int[] padding, int[] dilation) -> (Tensor, Tensor)");
-}
 
 TORCH_LIBRARY_IMPL(pluginedit, CPU, m) {
   m.impl("class_moments", &pluginedit::class_moments_cpu);

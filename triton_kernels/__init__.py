@@ -1,5 +1,6 @@
-"""Triton kernels, one family per file; the plain-PyTorch reference of each sits beside the op
-that dispatches to it (``pluginedit.ops.<op>``; all of them in ``pluginedit.ops.reference``).
+"""Triton kernels, one family per file; they import nothing from the package. The plain-PyTorch
+reference of each, its contract, and the torch.library op that launches it sit in
+``pluginedit.ops.<op>``.
 
 Imported as ``pluginedit.triton_kernels.<family>`` (this folder is mapped under the package; a
 top-level ``triton_kernels`` module is never installed). Importing a family needs triton; set
@@ -14,6 +15,17 @@ def interpreting() -> bool:
     """True when triton runs kernels through its CPU interpreter (no autotuning, explicit blocks,
     and half-precision loads are upcast to fp32 because the interpreter computes bf16 wrongly)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def jit(kernel):
+    """``kernel`` as launched inside the ops' ``torch.library.triton_op``: through
+    ``torch.library.wrap_triton`` so torch.compile sees it; as is under the interpreter (whose
+    kernels wrap_triton does not accept) or on a torch without wrap_triton."""
+    import torch
+
+    if interpreting() or not hasattr(torch.library, "wrap_triton"):
+        return kernel
+    return torch.library.wrap_triton(kernel)
 
 
 def next_pow2(n: int) -> int:

@@ -10,7 +10,7 @@ Two kernels:
   Deterministic mode writes per-sample partials [N, C, 6]; the atomic fast path adds them straight
   into the state with fp64 atomics (order-dependent rounding, so not bitwise reproducible).
 * ``_combine_kernel`` - one program per (class, block of channels) walks that class's samples in
-  a fixed (stable-sorted) order and adds their partials into the persistent state: deterministic.
+  a fixed (stable-sorted) order and adds their partials into the result: deterministic.
 
 Memory layout: any strides. NCHW and channels_last are both read in place through the
 [N, C, L] view (for channels_last the view has stride 1 along C; the tile then reads along C).
@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import DTYPES, KernelConfig, interpreting, next_pow2, signature
+from . import DTYPES, KernelConfig, interpreting, jit, next_pow2, signature
 
 P = 6  # number of witness features
 
@@ -123,22 +123,19 @@ def class_moments(
     shift: torch.Tensor | None = None,
     *,
     deterministic: bool = True,
-    state: torch.Tensor | None = None,
     block_c: int | None = None,
     block_l: int | None = None,
 ):
-    """Same contract as ``pluginedit.ops.reference.class_moments``; returns float64
-    (counts [K], sums [K, C, 6]). ``state`` (float64 [K, C, 6]) is accumulated into in place
-    and returned as ``sums`` (a persistent accumulator across batches). ``deterministic=False``
-    uses fp64 atomics instead of per-sample partials plus a per-class combine."""
+    """The contract of ``pluginedit.ops.class_moments.class_moments``: float64 (counts [K],
+    sums [K, C, 6]). ``deterministic=False`` uses fp64 atomics instead of per-sample partials
+    plus a per-class combine."""
     n, c, k = x.shape[0], x.shape[1], int(num_classes)
     # a view for NCHW and channels_last; other layouts may copy
     v = x.reshape(n, c, math.prod(x.shape[2:]))
     dev = x.device
-    if state is None:
-        state = torch.zeros(k, c, P, dtype=torch.float64, device=dev)
+    state = torch.zeros(k, c, P, dtype=torch.float64, device=dev)
     labels = labels.to(device=dev, dtype=torch.int64).contiguous()
-    counts = torch.bincount(labels, minlength=k).to(torch.float64)
+    counts = _counts(labels, k)
     if n == 0 or c == 0:
         return counts, state
     bc, bl = _blocks(c, v.shape[2], v.stride(1) == 1 and v.stride(2) != 1 and c > 1)
@@ -150,15 +147,22 @@ def class_moments(
         return counts, state
     part = torch.empty(n, c, P, dtype=torch.float64, device=dev)
     _moments(v, part, labels, shift_t, gamma, shift is not None, False, bc, bl)
-    _combine(part, state, labels, k)
+    _combine(part, state, labels, counts, k)
     return counts, state
+
+
+def _counts(labels: torch.Tensor, k: int) -> torch.Tensor:
+    """Samples per class, float64 [K] (a scatter, not bincount: its size never depends on the
+    values, so the op traces under torch.compile)."""
+    ones = torch.ones(labels.shape[0], dtype=torch.float64, device=labels.device)
+    return torch.zeros(k, dtype=torch.float64, device=labels.device).index_add_(0, labels, ones)
 
 
 def _moments(v, out, labels, shift_t, gamma, has_shift: bool, atomic: bool, bc: int, bl: int):
     """One ``_moments_kernel`` launch over the [N, C, L] view ``v``: per-sample partials into
     ``out`` [N, C, 6], or with ``atomic`` straight into the state ``out`` [K, C, 6]."""
     n, c, length = v.shape
-    _moments_kernel[(n, triton.cdiv(c, bc))](
+    jit(_moments_kernel)[(n, triton.cdiv(c, bc))](
         v,
         out,
         labels,
@@ -177,15 +181,15 @@ def _moments(v, out, labels, shift_t, gamma, has_shift: bool, atomic: bool, bc: 
     )
 
 
-def _combine(part, state, labels, k: int) -> None:
+def _combine(part, state, labels, counts, k: int) -> None:
     """Adds the per-sample partials [N, C, 6] into the state [K, C, 6], class by class, each
     class's samples in a fixed (stable-sorted) order: deterministic."""
     c = part.shape[1]
     order = torch.argsort(labels, stable=True)
     offsets = torch.zeros(k + 1, dtype=torch.int64, device=part.device)
-    offsets[1:] = torch.cumsum(torch.bincount(labels, minlength=k), 0)
+    offsets[1:] = torch.cumsum(counts.to(torch.int64), 0)
     bcc = min(next_pow2(c), 1024) if interpreting() else COMBINE_BLOCK_C
-    _combine_kernel[(k, triton.cdiv(c, bcc))](
+    jit(_combine_kernel)[(k, triton.cdiv(c, bcc))](
         part, state, order, offsets, c, BLOCK_C=bcc, BLOCK_P=8
     )
 

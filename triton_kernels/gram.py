@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import DTYPES, KernelConfig, interpreting, next_pow2, signature
+from . import DTYPES, KernelConfig, interpreting, jit, next_pow2, signature
 
 PRECISIONS = ("tf32", "tf32x3", "ieee")
 # Compiled tiles: [BLOCK_M, BLOCK_D] operand tiles, 8 warps for 64-wide tiles. The earlier
@@ -32,9 +32,13 @@ BLOCK_M = 32
 NUM_STAGES = 3
 
 
-def _tiles(d: int) -> tuple[int, int]:
+def _tiles(d: int, precision: str = "tf32x3") -> tuple[int, int]:
     """(BLOCK_D, num_warps) of the compiled kernel for a Gram of width d (d = 64 and d = 32 pick
-    the two variants)."""
+    the two variants). The exact ``ieee`` products (fp32 opt-in, every fp64 input) run on FMA
+    units, not tensor cores: their 64-wide tiles need 255 registers and spill on sm_80 (so do
+    32-wide tiles on 4 warps for fp32 conv inputs), so they always take 32-wide tiles on 8 warps."""
+    if precision == "ieee":
+        return 32, 8
     return (64, 8) if d > 32 else (32, 4)
 
 
@@ -190,29 +194,21 @@ def gram(
     splits: int | None = None,
     block_m: int | None = None,
     block_d: int | None = None,
-    out: tuple[torch.Tensor, torch.Tensor] | None = None,
 ):
-    """Same contract as ``pluginedit.ops.reference.gram`` but returns fp32 (G, s) and the row
-    count n. ``chunk`` is accepted for signature parity and ignored (nothing is materialised).
-    ``out=(G, s)`` (fp32, persistent) is accumulated into in place (only its upper triangle is
-    updated; the returned G is the mirrored full matrix)."""
+    """The contract of ``pluginedit.ops.gram.gram``: float64 (G, s) and the row count n; the
+    products are summed in fp32 (``precision``) and widened at the end. ``chunk`` is accepted
+    for signature parity and ignored (nothing is materialised)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     dev = x.device
     v, m, d, geo, strides = _row_matrix(x, kernel_size, stride, padding, dilation)
-    g, s = (
-        out
-        if out is not None
-        else (
-            torch.zeros(d, d, dtype=torch.float32, device=dev),
-            torch.zeros(d, dtype=torch.float32, device=dev),
-        )
-    )
+    g = torch.zeros(d, d, dtype=torch.float32, device=dev)
+    s = torch.zeros(d, dtype=torch.float32, device=dev)
     if m > 0 and d > 0:
         is_conv = kernel_size is not None
         _launch(v, g, s, m, d, geo, strides, is_conv, precision, splits, block_m, block_d)
-    full = torch.triu(g) + torch.triu(g, 1).T
-    return full, s.clone() if out is not None else s, m
+    full = torch.triu(g) + torch.triu(g, 1).T  # the kernel fills the upper triangle
+    return full.double(), s.double(), m
 
 
 def _row_matrix(x: torch.Tensor, kernel_size, stride, padding, dilation):
@@ -251,7 +247,10 @@ def _launch(
     sum into ``s``; the tile sizes and the splits of the M axis are chosen here unless given."""
     dev = v.device
     interp = interpreting()
-    bd, warps = _tiles(d)
+    dtype = {torch.float32: "fp32", torch.float64: "fp64"}.get(v.dtype, "half")
+    upcast, precision = _variant(dtype, precision)
+    upcast = upcast or interp  # the interpreter computes bf16 wrongly: fp32 there
+    bd, warps = _tiles(d, precision)
     bm = BLOCK_M
     if interp:  # few, large programs: the interpreter pays per program, not per register
         bd, bm = min(max(next_pow2(d), 16), 64), min(max(next_pow2(m), 16), 512)
@@ -267,10 +266,7 @@ def _launch(
         splits = max(1, min(triton.cdiv(m, bm * 4), triton.cdiv(4 * sms, ti.numel())))
     rows = triton.cdiv(triton.cdiv(m, splits), bm) * bm
     splits = triton.cdiv(m, rows)
-    dtype = {torch.float32: "fp32", torch.float64: "fp64"}.get(v.dtype, "half")
-    upcast, precision = _variant(dtype, precision)
-    upcast = upcast or interp  # the interpreter computes bf16 wrongly: fp32 there
-    _gram_kernel[(ti.numel(), splits)](
+    jit(_gram_kernel)[(ti.numel(), splits)](
         v,
         g,
         s,
@@ -303,13 +299,16 @@ def aot_configs() -> list[KernelConfig]:
             (p, c, d) for p in precisions for c in (True, False) for d in (64, 32)
         ):
             upcast, prec = _variant(dtype, precision)
-            bd, warps = _tiles(d)
+            bd, warps = _tiles(d, prec)
             const = dict(
                 IS_CONV=is_conv, UPCAST=upcast, PRECISION=prec, BLOCK_M=BLOCK_M, BLOCK_D=bd
             )
+            name = f"gram {'conv' if is_conv else 'linear'} {dtype} {prec} D{bd} w{warps}"
+            if any(c.name == name for c in out):  # ieee takes the 32-wide tile for any d
+                continue
             out.append(
                 KernelConfig(
-                    f"gram {'conv' if is_conv else 'linear'} {dtype} {prec} D{bd} w{warps}",
+                    name,
                     _gram_kernel,
                     signature(_gram_kernel, {**types, "x_ptr": ptr}, const),
                     const,

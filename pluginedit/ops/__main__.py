@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from . import _csrc
-from .dispatch import _ops, resolve
+from .dispatch import _ops, available, resolve
 
 COLUMNS = ("reference", "C++", "CUDA", "Triton")
 
@@ -21,17 +21,21 @@ def _cell(op: str, column: str) -> str:
         return "active (CPU)" if cpu_auto == "torch" else "available"
     if column == "C++":
         if "csrc" not in impls:
-            return "-" if not _csrc.LOADED else "- (no C++ kernel)"
+            return "-"
+        if "csrc" not in available(op, "cpu"):
+            return "not built" if not _csrc.LOADED else "- (no C++ kernel)"
         return "active (CPU)" if cpu_auto == "csrc" else "available"
     if column == "CUDA":
         if op not in _csrc.CUDA_OPS:
             return "-"
         if not _csrc.compiled_kernel(op, "CUDA"):
             return "not built (PLUGINEDIT_BUILD_EXT=cuda)"
-        return "available (backend='csrc')" if cuda else "built, no GPU"
+        return "active (CUDA)" if cuda else "built, no GPU"
     if "triton" not in impls:
         return "-"
-    return "active (CUDA)" if cuda else "installed, no GPU"
+    if not cuda:
+        return "installed, no GPU"
+    return "available" if _csrc.compiled_kernel(op, "CUDA") else "active (CUDA)"
 
 
 def table() -> str:

@@ -181,7 +181,7 @@ def _gpu_class_moments(rows: list[dict], shape, dtype, peaks: dict) -> None:
         ),
         "torch": lambda: reference.class_moments(x, lab, 1000, 0.05),
     }
-    if torch.ops.pluginedit is not None and "csrc" in available("class_moments"):
+    if "csrc" in available("class_moments", "cuda"):
         provs["cuda-csrc"] = lambda: torch.ops.pluginedit.class_moments(x, lab, 1000, 0.05, None)
     times = {}
     for p, fn in provs.items():

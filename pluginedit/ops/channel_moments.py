@@ -1,12 +1,13 @@
 """``channel_moments``: per-class count, mean and M2 of every channel (ChannelMoments).
-The plain-PyTorch reference and its torch.library op (with fake) for torch.compile."""
+The plain-PyTorch reference (the contract) and the torch.library op ``pluginedit::channel_moments``
+(the reference is its only kernel)."""
 
 from __future__ import annotations
 
 import torch
 
 from ._common import _as_nc_l
-from .dispatch import register
+from .dispatch import define, register
 
 
 @register("channel_moments", "torch")
@@ -32,15 +33,17 @@ def channel_moments(x: torch.Tensor, labels: torch.Tensor, num_classes: int):
     return count, mean, m2
 
 
-@torch.library.custom_op("pluginedit::channel_moments_ref", mutates_args=())
-def channel_moments_op(
+def _kernel(
     x: torch.Tensor, labels: torch.Tensor, num_classes: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The op's kernel (and fake) on every device: the reference."""
     return channel_moments(x, labels, num_classes)
 
 
-@channel_moments_op.register_fake
-def _(x, labels, num_classes):
-    k, c = num_classes, x.shape[1]
-    f = dict(dtype=torch.float64, device=x.device)
-    return x.new_empty((k,), **f), x.new_empty((k, c), **f), x.new_empty((k, c), **f)
+OP = define("channel_moments", _kernel)
+
+
+@register("channel_moments", "auto")
+def channel_moments_op(x, labels, num_classes):
+    """The torch.library op."""
+    return OP(x, labels, int(num_classes))

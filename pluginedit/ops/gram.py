@@ -1,13 +1,18 @@
 """``gram`` (K3): the Gram of a linear layer's input rows or of a conv's unfolded patches (Gram).
-The plain-PyTorch reference with its torch.library op and fake; the compiled csrc op's fake and
-dispatch entry; the Triton launcher's dispatch entry."""
+
+The whole op in one file: the contract (``gram``, the plain-PyTorch reference), the torch.library
+op ``pluginedit::gram`` (``_kernel``: Triton on CUDA tensors, else the reference; the C++ kernel of
+csrc/gram.cpp registers with it) and the implementations ``backend=`` can force."""
 
 from __future__ import annotations
 
 import torch
 
 from . import _csrc
-from .dispatch import register
+from .dispatch import define, register
+
+if _csrc.TRITON:
+    from ..triton_kernels import gram as triton_gram
 
 
 def _patches(x: torch.Tensor, kernel_size, stride, padding, dilation) -> torch.Tensor:
@@ -23,8 +28,14 @@ def gram(x: torch.Tensor, kernel_size=None, stride=1, padding=0, dilation=1, chu
     """K3. Gram of the input rows of a linear layer, or of the unfolded patches of a conv.
 
     x [M, D] (linear; leading dims are flattened: [..., D]) or [N, C, H, W] with ``kernel_size``
-    (conv, groups=1). Returns float64 (G [D, D] = sum p p^T, s [D] = sum p, n = number of rows).
-    Conv patches are built ``chunk`` samples at a time so the full unfold never exists at once.
+    (conv, groups=1). Returns (G [D, D] = sum p p^T, s [D] = sum p, n = number of rows), G and s
+    float64 on x's device. Conv patches are built ``chunk`` samples at a time so the full unfold
+    never exists at once.
+
+    The contract of every backend: fresh float64 (G, s) per call (accumulating across batches is
+    the statistic's job). The compiled kernels multiply one call's rows in fp32 (C++: fp32 GEMM;
+    Triton: fp32 accumulators, tf32x3 tensor-core products by default) and widen the result;
+    this reference multiplies in float64.
     """
     if kernel_size is None:
         rows = x.reshape(-1, x.shape[-1]).double()
@@ -63,55 +74,45 @@ def _conv_rows(x: torch.Tensor, kernel_size, stride, padding, dilation) -> tuple
     return n * max(ho, 0) * max(wo, 0), c * k[0] * k[-1]
 
 
-@torch.library.custom_op("pluginedit::gram_ref", mutates_args=())
-def gram_op(
+def _width(x: torch.Tensor, kernel_size: list[int]) -> int:
+    return x.shape[-1] if len(kernel_size) == 0 else x.shape[1] * kernel_size[0] * kernel_size[-1]
+
+
+def _kernel(
     x: torch.Tensor,
     kernel_size: list[int],
     stride: list[int],
     padding: list[int],
     dilation: list[int],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(G, s) of the reference in float64; ``kernel_size=[]`` means a linear input."""
-    if not kernel_size:
-        g, s, _ = gram(x)
+    """The op's Python kernel (and fake): Triton on CUDA tensors where triton is installed, the
+    reference elsewhere; ``kernel_size=[]`` means a linear input [..., D]. (G, s) in float64."""
+    conv = (tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation))
+    if x.is_cuda and _csrc.TRITON:
+        g, s, _ = triton_gram.gram(x, *conv) if kernel_size else triton_gram.gram(x)
     else:
-        g, s, _ = gram(x, tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation))
+        g, s, _ = gram(x, *conv) if kernel_size else gram(x)
     return g, s
 
 
-def _width(x, kernel_size) -> int:
-    return x.shape[-1] if len(kernel_size) == 0 else x.shape[1] * kernel_size[0] * kernel_size[-1]
+OP = define("gram", _kernel)
 
 
-@gram_op.register_fake
-def _(x, kernel_size, stride, padding, dilation):
-    d = _width(x, kernel_size)
-    return x.new_empty((d, d), dtype=torch.float64), x.new_empty((d,), dtype=torch.float64)
-
-
-if _csrc.LOADED:
-
-    @torch.library.register_fake("pluginedit::gram")
-    def _gram_csrc_fake(x, kernel_size, stride, padding, dilation):
-        d = _width(x, kernel_size)
-        return x.new_empty((d, d), dtype=torch.float32), x.new_empty((d,), dtype=torch.float32)
-
-    @register("gram", "csrc")
-    def gram_csrc(x, kernel_size=None, stride=1, padding=0, dilation=1, chunk=64, **_):
-        """fp32 (G [D, D], s [D]) and the row count n; callers widen to float64."""
-        if kernel_size is None:
-            g, s = torch.ops.pluginedit.gram(x, [], [], [], [])
-            return g, s, x.reshape(-1, x.shape[-1]).shape[0]
-        g, s = torch.ops.pluginedit.gram(
-            x, _ints(kernel_size, 1), _ints(stride, 1), _ints(padding, 0), _ints(dilation, 1)
-        )
-        return g, s, _conv_rows(x, kernel_size, stride, padding, dilation)[0]
+@register("gram", "auto")
+@register("gram", "csrc")
+def gram_op(x, kernel_size=None, stride=1, padding=0, dilation=1, chunk=64):
+    """The torch.library op (``csrc``: forced where the extension registered a kernel), with
+    the row count n from shapes."""
+    if kernel_size is None:
+        g, s = OP(x, [], [], [], [])
+        return g, s, x.reshape(-1, x.shape[-1]).shape[0]
+    g, s = OP(x, _ints(kernel_size, 1), _ints(stride, 1), _ints(padding, 0), _ints(dilation, 1))
+    return g, s, _conv_rows(x, kernel_size, stride, padding, dilation)[0]
 
 
 if _csrc.TRITON:
-    from ..triton_kernels import gram as triton_gram
 
     @register("gram", "triton")
     def gram_triton(x, kernel_size=None, stride=1, padding=0, dilation=1, chunk=64, **kwargs):
-        """fp32 (G [D, D], s [D]) and n; kwargs: precision= ('tf32x3' default), out=, splits=."""
+        """The Triton launcher; kwargs: precision= ('tf32x3' default), splits=, block sizes."""
         return triton_gram.gram(x, kernel_size, stride, padding, dilation, chunk, **kwargs)

@@ -1,5 +1,5 @@
-"""Every plain-PyTorch reference in one namespace (each lives beside its op in ops/<op>.py):
-what the Triton and csrc kernels are tested against."""
+"""Every plain-PyTorch reference in one namespace (each is defined, with its op, in
+ops/<op>.py): the contracts the Triton and csrc kernels are tested against."""
 
 from ._common import _as_nc_l  # noqa: F401
 from .channel_moments import channel_moments  # noqa: F401

@@ -57,14 +57,16 @@ def tvs_scores(
     if aggregation not in ("ovr_min", "pairwise_min"):
         raise InputError(f"unknown aggregation {aggregation!r}")
     check_counts(maps.count)
-    (mp, mq), (vp, vq), (cp, cq) = _groups(maps, aggregation)
     if form == "iso":
-        # one variance per layer, pooled over classes, channels and pixels (code parity)
+        # one variance per layer, pooled over classes, channels and pixels (code parity); the
+        # squared mean distances of every comparison from one Gram per channel, no pair loop
         sigma2 = maps.variances().mean()
         if sigma2 <= 0:
             return torch.zeros(maps.num_channels, dtype=torch.float64)
-        neglog = bounds.neglog_bc_iso((mp - mq).square().sum(-1), sigma2, sigma2, mp.shape[-1])
-    elif form == "diag":
+        dists = maps.mean_sq_dists(aggregation)
+        return bounds.neglog_bc_iso(dists, sigma2, sigma2, maps.sums.shape[-1]).amin(0)
+    (mp, mq), (vp, vq), (cp, cq) = _groups(maps, aggregation)
+    if form == "diag":
         neglog = bounds.neglog_bc_diag(mp, vp, mq, vq)
     else:
         neglog = bounds.neglog_bc_full(mp, cp, mq, cq)

@@ -5,6 +5,7 @@ from .base import Statistic, check_activations, check_labels
 from .class_moments import ClassMaps, ClassMoments
 from .gram import Gram
 from .moments import ChannelMoments, chan_merge
+from .witness_maps import WitnessMaps
 
 __all__ = [
     "Statistic",
@@ -12,6 +13,7 @@ __all__ = [
     "Gram",
     "ClassMoments",
     "ClassMaps",
+    "WitnessMaps",
     "ChannelMoments",
     "chan_merge",
     "check_activations",

@@ -104,6 +104,8 @@ class ClassMoments(Statistic):
 
     def update(self, x, labels=None):
         check_activations(x)
+        if x.ndim >= 3 and x.shape[1] != self.num_channels == x.shape[-1]:
+            x = x.movedim(-1, 1)  # a Linear on tokens / a channels-last map: channels last
         if x.shape[1] != self.num_channels:
             raise InputError(f"expected {self.num_channels} channels, got {x.shape[1]}")
         labels = _labels(x, labels, self.num_classes)
@@ -111,18 +113,10 @@ class ClassMoments(Statistic):
         if self.shift is None:
             self.shift = x.detach().reshape(x.shape[0], x.shape[1], -1).double().sum(2).mean(0)
         self.backend, fn = ops.resolve("class_moments", x, self._backend)
-        if self.backend == "triton":  # the kernel accumulates into the sums in place, on device
-            counts, self.sums = fn(
-                x,
-                labels,
-                self.num_classes,
-                gamma=self.gamma,
-                shift=self.shift,
-                state=self.sums.contiguous(),
-            )
-        else:
-            counts, sums = fn(x, labels, self.num_classes, gamma=self.gamma, shift=self.shift)
-            self.sums = self.sums + sums
+        # detached: a statistic is not differentiated, and the op's autograd wrapper would
+        # otherwise chain every batch's sums into one graph
+        counts, sums = fn(x.detach(), labels, self.num_classes, gamma=self.gamma, shift=self.shift)
+        self.sums = self.sums + sums
         self.count = self.count + counts.to(self.count.dtype)
         if not torch.isfinite(self.sums).all():
             raise InputError("witness power sums overflowed float64 (activations too large)")
@@ -232,7 +226,7 @@ class ClassMaps(Statistic):
         if self.sums is None and x[0, 0].numel() > self.max_full:
             self.full = False
         self.backend, fn = ops.resolve("class_maps", x, self._backend)
-        counts, sums, squares, outer = fn(x, labels, self.num_classes, full=self.full)
+        counts, sums, squares, outer = fn(x.detach(), labels, self.num_classes, full=self.full)
         self.to(x.device)
         self.count = self.count + counts
         self.sums = sums if self.sums is None else self.sums + sums
@@ -293,6 +287,25 @@ class ClassMaps(Statistic):
     def variances(self) -> torch.Tensor:
         """Per-class per-pixel variances [K, C, L] (population)."""
         return (self.squares / self._n(1) - self.means().square()).clamp_min(0)
+
+    def mean_sq_dists(self, aggregation: str = "pairwise_min") -> torch.Tensor:
+        """Squared distances ||mu_P - mu_Q||^2 between class-mean maps, [P, C]: for every class
+        pair i < j (``pairwise_min``, the order of ``torch.triu_indices``), or each class vs the
+        rest of the data (``ovr_min``). Pairs come from one per-channel K x K Gram of the means
+        (K^2 C L multiply-adds, no [P, C, L] tensor); the means are centred per pixel first so
+        near-equal classes do not cancel catastrophically."""
+        mu = self.means()
+        if aggregation == "ovr_min":
+            n = self.count.reshape(-1, 1, 1)
+            rest = (self.sums.sum(0, keepdim=True) - self.sums) / (n.sum() - n).clamp_min(1)
+            return (mu - rest).square().sum(-1)
+        if aggregation != "pairwise_min":
+            raise InputError(f"unknown aggregation {aggregation!r}")
+        z = (mu - mu.mean(0, keepdim=True)).transpose(0, 1)  # [C, K, L]
+        gram = z @ z.transpose(1, 2)  # [C, K, K]
+        sq = torch.diagonal(gram, dim1=1, dim2=2)  # [C, K]
+        i, j = torch.triu_indices(self.num_classes, self.num_classes, offset=1)
+        return (sq[:, i] + sq[:, j] - 2 * gram[:, i, j]).clamp_min(0).T
 
     def covariances(self) -> torch.Tensor:
         """Per-class full covariances [K, C, L, L] (needs ``full=True``)."""

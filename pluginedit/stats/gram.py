@@ -84,6 +84,7 @@ class Gram(Statistic):
         if (self.conv and x.ndim != 4) or width != self.dim:
             raise InputError(f"Gram of width {self.dim} got inputs of shape {tuple(x.shape)}")
         self.backend, fn = ops.resolve("gram", x, self._backend)
+        x = x.detach()  # a statistic is not differentiated (see ClassMoments.update)
         g, s, n = fn(x, **self.conv, chunk=self.chunk) if self.conv else fn(x)
         if n == 0:
             return

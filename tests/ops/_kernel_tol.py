@@ -1,7 +1,7 @@
 """Shared tolerance rule of the kernel tests (flash-attention style).
 
 The truth is the float64 reference on the exact input values. The yardstick is plain PyTorch run
-in the input's own dtype (``*_ref(upcast=False)``): its error against the truth is what that dtype
+in the input's own dtype (no upcast): its error against the truth is what that dtype
 honestly costs. A kernel passes when, for every output column group g,
     max|kernel - truth|_g <= 2 * max|pytorch_same_dtype - truth|_g + atol * max|truth|_g
 i.e. at most twice the error of PyTorch itself plus a small error relative to the group's scale

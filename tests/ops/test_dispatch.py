@@ -1,5 +1,6 @@
-"""Kernel dispatch: auto picks Triton on CUDA, else csrc if loaded, else torch; the environment
-variable and the keyword force one; a forced backend that cannot run is an error."""
+"""Kernel dispatch: auto is the op's own dispatch (the csrc kernel registered for the device, else
+Triton on CUDA, else the reference); the environment variable and the keyword force one; a forced
+backend that cannot run is an error."""
 
 import os
 import subprocess
@@ -51,10 +52,28 @@ def test_forced_backends_agree_through_call():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("op", OPS)
-def test_auto_on_cuda_is_triton(op, monkeypatch):
+def test_auto_on_cuda_is_triton_unless_cuda_csrc_is_built(op, monkeypatch):
     pytest.importorskip("triton")
     monkeypatch.delenv(ops.ENV, raising=False)
-    assert ops.resolve(op, torch.zeros(2, 3, device="cuda"))[0] == "triton"
+    expect = "csrc" if "csrc" in ops.available(op, "cuda") else "triton"
+    assert ops.resolve(op, torch.zeros(2, 3, device="cuda"))[0] == expect
+
+
+def test_auto_runs_the_library_op(monkeypatch):
+    # auto is one dispatch: the call goes through torch.ops.pluginedit.<op> (the profiler sees
+    # the op), and a forced reference does not.
+    monkeypatch.delenv(ops.ENV, raising=False)
+    x, lab = torch.randn(3, 5, 7, 7), torch.tensor([0, 2, 0])
+    calls = {
+        "class_moments": lambda b: ops.call("class_moments", x, lab, 3, backend=b),
+        "gram": lambda b: ops.call("gram", x, kernel_size=3, padding=1, backend=b),
+    }
+    for op, run in calls.items():
+        for backend, seen in ((None, True), ("torch", False)):
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as p:
+                run(backend)
+            names = {e.name for e in p.events()}
+            assert (f"pluginedit::{op}" in names) == seen, (op, backend, sorted(names)[:20])
 
 
 def test_unknown_backend_is_an_error(monkeypatch):

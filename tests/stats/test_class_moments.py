@@ -150,3 +150,44 @@ def test_collect_stop_early_gives_the_same_statistics_without_the_rest_of_the_ne
     assert torch.equal(got[True].count, got[False].count)
     assert torch.equal(got[True].sums, got[False].sums)
     assert len(calls) == 3  # three batches ran the last conv without stopping, none with
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e6])
+def test_mean_sq_dists_equal_the_per_pair_differences(offset):
+    # The K x K Gram of centred class means gives the same distances as subtracting the maps of
+    # every pair; a large common offset (near-equal classes) does not cancel them away.
+    g = torch.Generator().manual_seed(3)
+    k, c = 5, 6
+    x = torch.randn(40, c, 4, 4, generator=g, dtype=torch.float64) + offset
+    y = torch.arange(40) % k
+    x[y == 2] += 0.01  # one class close to another
+    maps = ClassMaps(c, k)
+    maps.update(x, y)
+    mu = maps.means()
+    i, j = torch.triu_indices(k, k, offset=1)
+    direct = (mu[i] - mu[j]).square().sum(-1)
+    torch.testing.assert_close(maps.mean_sq_dists("pairwise_min"), direct, rtol=1e-9, atol=1e-12)
+    n = maps.count.reshape(-1, 1, 1)
+    rest = (maps.sums.sum(0) - maps.sums) / (n.sum() - n)
+    ovr = maps.mean_sq_dists("ovr_min")
+    torch.testing.assert_close(ovr, (mu - rest).square().sum(-1), rtol=1e-9, atol=1e-12)
+    with pytest.raises(InputError, match="aggregation"):
+        maps.mean_sq_dists("pairwise_max")
+
+
+def test_tvs_iso_scores_equal_the_per_pair_formula():
+    # tvs_scores (iso) reads the distances from mean_sq_dists; the reference is the per-pair
+    # difference of the two sides' means that the diag/full forms still build.
+    from pluginedit.scorers import bounds
+    from pluginedit.scorers.tvs import _groups, tvs_scores
+
+    x, y = data(30, seed=4)
+    x[y == 1, :2] *= 1.5
+    maps = ClassMaps(C, K)
+    maps.update(x, y)
+    sigma2 = maps.variances().mean()
+    for agg in ("pairwise_min", "ovr_min"):
+        (mp, mq), _, _ = _groups(maps, agg)
+        dist2 = (mp - mq).square().sum(-1)
+        want = bounds.neglog_bc_iso(dist2, sigma2, sigma2, maps.sums.shape[-1]).amin(0)
+        torch.testing.assert_close(tvs_scores(maps, "iso", agg), want, rtol=1e-9, atol=1e-12)
