@@ -161,7 +161,8 @@ def worker(spec: str, method: str) -> dict:
             g = torch.Generator().manual_seed(2)
             calib = torch.randn(64, *x.shape[1:], generator=g)
             labels = torch.randint(0, shape[-1], (64,), generator=g)
-            pe.edit(model, "modhifi-p", data=(calib, labels), ratio=0.5, calib_samples=64)
+            rec = pe.edit(model, "modhifi-p", data=(calib, labels), ratio=0.5, calib_samples=64)
+            row["kept_whole"] = sorted(rec.info.get("kept_whole", {}))
         out = _logits(model, x)
     except Exception as e:  # noqa: BLE001 - recorded, the sweep goes on
         row |= {"status": "error", "error": _error(e), "seconds": round(time.time() - t, 2)}
@@ -224,7 +225,10 @@ def cell(r: dict) -> str:
     if r["status"] == "skipped":
         return "–"
     if r["status"] == "ok":
-        return f"ok {r['params_after'] / r['params_before']:.2f}x, {r['seconds']:.1f} s"
+        kept = len(r.get("kept_whole", []))
+        return f"ok {r['params_after'] / r['params_before']:.2f}x, {r['seconds']:.1f} s" + (
+            f" ({kept} group{'s' * (kept > 1)} kept whole)" if kept else ""
+        )
     if r["status"] == "timeout":
         return f"**timeout** ({r['seconds']:.0f} s)"
     return f"**{r['error'][:140]}** ({r.get('seconds', 0):.1f} s)".replace("|", "/")
@@ -273,19 +277,22 @@ NOTES = """Notes on this run:
 - The peer hands attention blocks to Torch-Pruning as `num_heads` with `prune_head_dims=True`
   and updates the head attributes afterwards, as Torch-Pruning's `prune_hf_vit.py` does; `prune`
   and `modhifi-p` remove whole heads (`pluginedit.graph.attention`), the head counts recorded as
-  replayable steps.
-- Where the peer and `prune` both fail, torch-pruning misreads the graph and the pruned model no
-  longer runs or torch-pruning raises: DINOv2's classifier reads `cat(cls token, mean of the
-  patch tokens)`, Swin's patch merging concatenates four slices of one tensor, PVT-v2 and
-  SegFormer reshape by widths torch-pruning does not see, LeViT, CvT and Hiera raise inside
-  torch-pruning. `prune`
-  reports each as an `EditError` naming it, the model restored.
+  replayable steps. Attention blocks outside BERT's `attention.self` / `intermediate.dense`
+  layout (Data2Vec-Vision, MobileViT, PVT) go through the dependency graph in `modhifi-p` too.
+- Where torch-pruning misreads the graph, its full removal leaves a model that no longer runs:
+  DINOv2's classifier reads `cat(cls token, mean of the patch tokens)`, Swin's patch merging
+  concatenates four slices of one tensor, PVT, PVT-v2 and SegFormer reshape by widths
+  torch-pruning does not see, LeViT's groups carry indices past a layer's width. The peer
+  raises; `prune` reports an `EditError` naming it, the model restored; `modhifi-p` prunes a
+  copy one group at a time with a forward after each (`pluginedit.graph.probe`), keeps whole
+  the groups after which the forward fails ("N groups kept whole", named in
+  `record.info["kept_whole"]`) and prunes the rest.
+- CvT: torch-pruning cannot trace it (the peer and `prune` fail); `modhifi-p` prunes its FFN
+  neurons directly (the BERT-layout transformer path, no tracing).
 - FocalNet: torch-pruning's group building never closes (the peer runs into the time limit);
-  `prune` stops after a second or two with an `EditError` naming the block
+  `prune` and `modhifi-p` stop after a few seconds with an `EditError` naming the block
   (`pluginedit.graph.groups.bounded`: 60 s or 20 dependencies per module for one group).
-- `modhifi-p` failures are its own (the transformer path on query/key/value attention blocks
-  other than BERT's `attention.self`, fidelity on EfficientNet's stem, PVT where it removed
-  nothing, and exceptions it does not name yet).
+  Hiera: torch-pruning raises while building a group; both stop with an `EditError` naming it.
 """
 
 

@@ -9,20 +9,21 @@ import warnings
 from dataclasses import dataclass
 from typing import Literal
 
-from ..capture import default_targets, head_layers
-from ..core.components import bn_of, transformer_units
+from ..capture import head_layers
+from ..core.components import bn_of, groups, kind_of
 from ..core.errors import EditError, InputError
 from ..core.plugin import COUNT, NONNEGATIVE, RATIO, Editor, option
 from ..core.scores import Scores
 from ..graph.groups import consumers, count_ops_and_params
+from ..graph.probe import runnable_plan
 from ..graph.pruner import prune_by_scores
 from ..linalg import DEFAULT_RIDGE, IllConditionedWarning
+from ..scorers.fidelity import pair_requests
 from ..scorers.run import score
 from .common.bnrecal import recalibrate_bn
 from .common.modhifi_cnn import Removals, calib_batch, compensate_all, fidelity_scores, halves
-from .common.modhifi_cnn import plan as plan_removal
-from .common.modhifi_transformer import prune_transformer
-from .prune import check_leaves_channels
+from .common.modhifi_transformer import bert_units, prune_transformer
+from .prune import check_leaves_channels, check_still_runs, output_shape
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,13 @@ class ModHiFiPOptions:
 _TRANSFORMER_OPTIONS = {"ratio", "heads", "compensate", "ridge", "calib_samples"}
 
 
+def _layers(model, example) -> list[str]:
+    """The conv / linear layers scored and pruned: all but the classifier head (attention blocks
+    lose whole heads through their projections, ``pluginedit.graph.attention``)."""
+    head = set(head_layers(model, example))
+    return [p for p, m in groups(model).items() if p not in head and kind_of(m) != "attn_head"]
+
+
 PARTS = ("scores", "statistics", "solves", "surgery", "recalibration")
 
 
@@ -82,6 +90,8 @@ def _totals() -> dict:
         "warned": 0,
         "uncompensated": {},
         "modes": {},
+        "kept_whole": {},
+        "unscored": {},
         "seconds": dict.fromkeys(PARTS, 0.0),
     }
 
@@ -101,6 +111,42 @@ def _warn(totals: dict) -> None:
             f"({named})",
             stacklevel=3,
         )
+    if totals["unscored"]:
+        named = ", ".join(repr(p) for p in list(totals["unscored"])[:3])
+        warnings.warn(
+            f"modhifi-p: {len(totals['unscored'])} layer(s) not scored, their channels kept "
+            f"unless a scored layer shares their group ({named}; record.info['unscored'])",
+            stacklevel=3,
+        )
+    if totals["kept_whole"]:
+        named = "; ".join(f"{p!r} ({why})" for p, why in list(totals["kept_whole"].items())[:3])
+        warnings.warn(
+            f"modhifi-p: {len(totals['kept_whole'])} group(s) kept whole, torch-pruning misreads "
+            f"them (the model no longer ran without: {named})",
+            stacklevel=3,
+        )
+
+
+def _scoreable(model, cons: dict) -> tuple[dict, dict]:
+    """(the producers of ``cons`` fidelity can score, {the others: why}): a producer read only by
+    depthwise convolutions (a stem before a depthwise-separable block without expansion) or by
+    layers torch-pruning's numbering says nothing about is not scored, and so keeps its
+    channels unless a scored layer shares its group."""
+    used = {c for entries in cons.values() for c, _, _ in entries}
+    scoreable = set(pair_requests(model, cons, used))
+    scored, unscored = {}, {}
+    for path, entries in cons.items():
+        if any(c in scoreable for c, _, _ in entries):
+            scored[path] = entries
+        else:
+            readers = [c for c, _, _ in entries]
+            unscored[path] = (
+                f"read only by {readers[:3]} (depthwise, or no pair statistics)"
+                if readers
+                else "no consumer torch-pruning maps within its width (an output layer, or a "
+                "path it misreads)"
+            )
+    return scored, unscored
 
 
 def _report(totals: dict) -> dict:
@@ -111,6 +157,8 @@ def _report(totals: dict) -> dict:
     return {
         "compensation_modes": totals["modes"],
         "uncompensated": totals["uncompensated"],
+        "kept_whole": totals["kept_whole"],
+        "unscored": totals["unscored"],
         "seconds": {k: round(v, 3) for k, v in totals["seconds"].items()},
     }
 
@@ -130,16 +178,16 @@ class ModHiFiP(Editor):
     def apply(self, model, scores, inputs):
         opts, example = self.options, inputs.example
         self._check_path(model)
-        if transformer_units(model):
+        if bert_units(model):
             return self._transformer(model, scores, inputs)
         macs0, params0 = count_ops_and_params(model, example)
         plan = self._plan()
         amount = opts.amount if opts.amount is not None else opts.ratio
         if not opts.global_pruning:
-            layers = scores if scores is not None else default_targets(model, example)
+            layers = scores if scores is not None else _layers(model, example)
             check_leaves_channels(model, set(layers) - self._kept_whole(model, inputs), plan[0])
         used = scores.scorer if scores is not None else opts.scorer
-        totals = _totals()
+        totals, shape = _totals(), output_shape(model, example)
         for i, step_ratio in enumerate(plan):
             self._step(model, scores if i == 0 else None, inputs, step_ratio, totals)
             macs, params = count_ops_and_params(model, example)
@@ -153,6 +201,7 @@ class ModHiFiP(Editor):
                 raise EditError(
                     f"could not remove {amount:.0%} of the {opts.target} in {opts.max_steps} steps"
                 )
+        check_still_runs(model, example, shape)
         _warn(totals)
         record = self.record(
             "removed (physical, torch-pruning)"
@@ -191,9 +240,13 @@ class ModHiFiP(Editor):
     def _check_path(self, model) -> None:
         """An option the model's path cannot honour is an error, never silently ignored."""
         opts = self.options
-        if not transformer_units(model):
+        if not bert_units(model):
             if opts.heads:
-                raise InputError("option heads of modhifi-p removes attention heads: none here")
+                raise InputError(
+                    "option heads of modhifi-p removes heads of BERT-family layers "
+                    "(attention.self, intermediate.dense): none here; other attention blocks "
+                    "lose whole heads by ratio through the dependency graph"
+                )
             return
         unread = sorted(
             f.name
@@ -245,12 +298,16 @@ class ModHiFiP(Editor):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", IllConditionedWarning)
             t = time.perf_counter()
-            cons = consumers(model, example, default_targets(model, example))
+            cons = consumers(model, example, _layers(model, example))
             if scores is None:
-                scores = self._scores(model, inputs, first, batch, cons)
+                scores = self._scores(model, inputs, first, batch, cons, totals)
             sec["scores"] += time.perf_counter() - t
             t = time.perf_counter()
-            planned = plan_removal(model, example, scores, ratio, ignored, opts.global_pruning)
+            kept, seen = runnable_plan(
+                model, example, scores, ratio, ignored, opts.global_pruning, hook=Removals
+            )
+            planned, ignored = seen.removed, ignored | set(kept)
+            totals["kept_whole"].update(kept)
             sec["surgery"] += time.perf_counter() - t
             if opts.compensate:
                 bns = {c: model.get_submodule(b) for c, b in bn_of(model).items()}
@@ -278,13 +335,18 @@ class ModHiFiP(Editor):
             recalibrate_bn(model, inputs.data, max_samples=opts.calib_samples, batch_size=batch)
             sec["recalibration"] += time.perf_counter() - t
 
-    def _scores(self, model, inputs, data, batch, cons) -> Scores:
+    def _scores(self, model, inputs, data, batch, cons, totals) -> Scores:
         opts = self.options
-        targets = default_targets(model, inputs.example)
+        targets = _layers(model, inputs.example)
         if opts.scorer == "fidelity":  # pair statistics: one pass, no Gram of all the inputs
+            scored, unscored = _scoreable(model, cons)
+            totals["unscored"].update(unscored)
+            if not scored:
+                named = "; ".join(f"{p!r}: {why}" for p, why in list(unscored.items())[:3])
+                raise InputError(f"fidelity can score no layer of this model ({named})")
             values = fidelity_scores(
                 model,
-                cons,
+                scored,
                 data,
                 opts.variant,
                 opts.reduce,

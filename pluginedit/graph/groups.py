@@ -181,16 +181,38 @@ def _grouped(layer: nn.Module) -> bool:
     return isinstance(layer, nn.Conv2d) and 1 < layer.groups < layer.in_channels
 
 
+def width(layer: nn.Module, fn) -> int | None:
+    """How many channels ``fn`` (a conv / linear pruning function) can remove from ``layer``."""
+    if isinstance(layer, nn.modules.conv._ConvNd):
+        return layer.in_channels if is_in(fn) else layer.out_channels
+    if isinstance(layer, nn.Linear):
+        return layer.in_features if is_in(fn) else layer.out_features
+    return None
+
+
+def misread(group) -> bool:
+    """A group torch-pruning built from a graph it misreads (LeViT's attention: index mappings
+    through reshapes it does not follow): a conv / linear member's indices run past its width."""
+    for dep, idxs in group:
+        n = width(dep.layer, dep.pruning_fn)
+        if n is not None and len(idxs) and max(int(i) for i in idxs) >= n:
+            return True
+    return False
+
+
 def consumers(model: nn.Module, example, targets: list[str]) -> dict:
     """target path -> [(consumer path, producer channel idx, consumer input idx)] (follows
-    residual adds, flattens and concatenations)."""
+    residual adds, flattens and concatenations). A consumer whose indices run past its inputs
+    (torch-pruning misread the path to it) is left out: its numbering says nothing."""
     dg, paths, out = graph(model, example), paths_of(model), {}
     for path in targets:
         group = out_group(dg, get_module(model, path))
         out[path] = [
             (paths[dep.layer], torch.as_tensor(group[i].root_idxs), torch.as_tensor(idxs))
             for i, (dep, idxs) in enumerate(group)
-            if is_in(dep.pruning_fn) and paths.get(dep.layer) is not None
+            if is_in(dep.pruning_fn)
+            and paths.get(dep.layer) is not None
+            and max(idxs, default=0) < width(dep.layer, dep.pruning_fn)
         ]
     return out
 

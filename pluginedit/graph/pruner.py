@@ -19,7 +19,7 @@ from ..core.components import get_module
 from ..core.errors import EditError, InputError
 from ..core.scores import Scores
 from . import attention
-from .groups import FN_NAMES, bounded, graph, is_out, out_group, output_sum, paths_of
+from .groups import FN_NAMES, bounded, graph, is_out, misread, out_group, output_sum, paths_of
 
 
 class ScoresImportance(tp.importance.Importance):
@@ -44,6 +44,8 @@ class ScoresImportance(tp.importance.Importance):
 
     @torch.no_grad()
     def __call__(self, group) -> torch.Tensor | None:
+        if misread(group):  # indices past a layer's width; None: MetaPruner leaves it whole
+            return None
         total, hits = torch.zeros(len(group[0].root_idxs)), 0
         for i, (dep, idxs) in enumerate(group):
             s = self._of(dep.layer) if is_out(dep.pruning_fn) else None
@@ -98,12 +100,18 @@ def refuse_tied(model: nn.Module) -> None:
 
 
 def run_pruner(
-    model: nn.Module, example, importance, before_group: Callable | None = None, **pruner_kw
+    model: nn.Module,
+    example,
+    importance,
+    before_group: Callable | None = None,
+    after_group: Callable | None = None,
+    **pruner_kw,
 ) -> tuple[dict[str, list[int]], list[dict]]:
     """One MetaPruner step; ``before_group(group, paths)`` runs before each group is removed
-    (compensation). Attention blocks (``graph.attention``) lose whole heads, their head counts
-    updated and recorded, unless the caller gives ``num_heads`` itself. Returns ({out-channel
-    layer path, or attention block path: removed indices (heads for a block)}, steps)."""
+    (compensation), ``after_group(group, paths)`` after it (``graph.probe``). Attention blocks
+    (``graph.attention``) lose whole heads, their head counts updated and recorded, unless the
+    caller gives ``num_heads`` itself. Returns ({out-channel layer path, or attention block path:
+    removed indices (heads for a block)}, steps)."""
     paths = paths_of(model)
     refuse_tied(model)
     found = [] if "num_heads" in pruner_kw else attention.blocks(model)
@@ -128,6 +136,8 @@ def run_pruner(
             _note_removed(group, paths, found, removed)
             steps += group_steps(group, paths, parameter_names(model))
             _prune(group, paths)
+            if after_group is not None:
+                after_group(group, paths)
     return removed, steps + attention.update_heads(found)
 
 
@@ -188,6 +198,7 @@ def prune_by_scores(
     global_pruning: bool = False,
     round_to: int | None = None,
     before_group: Callable | None = None,
+    after_group: Callable | None = None,
 ):
     """Remove the lowest-scored ``ratio`` of channels of every coupled group (or globally)."""
     modules = dict(model.named_modules())
@@ -196,6 +207,7 @@ def prune_by_scores(
         example,
         ScoresImportance(scores, paths_of(model), attention.blocks(model)),
         before_group,
+        after_group,
         pruning_ratio=ratio,
         global_pruning=global_pruning,
         round_to=round_to,

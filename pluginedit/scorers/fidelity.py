@@ -130,17 +130,38 @@ def pair_requests(model: nn.Module, cons: dict, paths=None, blocks: bool = False
         if paths is not None and path not in paths:
             continue
         if isinstance(m, nn.Conv2d):
-            if m.groups == m.in_channels > 1 or isinstance(m.padding, str):
+            geo = geometry(m)
+            if m.groups == m.in_channels > 1 or geo is None:
                 continue
-            if m.padding_mode != "zeros":
-                continue
-            st = PairStats(m.weight, m.bias, conv_geometry(m), blocks=blocks)
+            st = PairStats(m.weight, m.bias, geo, blocks=blocks)
         elif isinstance(m, nn.Linear):
             st = PairStats(m.weight, m.bias, block=sizes.get(path, 1), blocks=blocks)
         else:
             continue
         reqs[path] = Request(path, st, "io")
     return reqs
+
+
+def geometry(m: nn.Conv2d) -> dict | None:
+    """``conv_geometry`` with ``padding="valid"`` / ``"same"`` (transformers' EfficientNet) as the
+    numbers they pad by; None where no symmetric zero padding reproduces the conv ("same" with an
+    even dilated kernel pads one more on one side; other padding modes)."""
+    if m.padding_mode != "zeros":
+        return None
+    if not isinstance(m.padding, str):
+        return conv_geometry(m)
+    pads = tuple(
+        0 if m.padding == "valid" else d * (k - 1) // 2 for k, d in zip(m.kernel_size, m.dilation)
+    )
+    if m.padding == "same" and any(d * (k - 1) % 2 for k, d in zip(m.kernel_size, m.dilation)):
+        return None
+    return dict(
+        kernel_size=tuple(m.kernel_size),
+        stride=tuple(m.stride),
+        padding=pads,
+        dilation=tuple(m.dilation),
+        groups=m.groups,
+    )
 
 
 def linear_blocks(cons: dict) -> dict[str, int]:

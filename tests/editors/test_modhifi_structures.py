@@ -341,3 +341,22 @@ def test_position_refit_is_least_squares_at_each_position():
             got[:, keep, s].double(), w[:, keep, s] + d.T, rtol=1e-3, atol=1e-4
         )
     assert (got[:, [1, 4]] == 0).all()
+
+
+def test_same_padding_convs_are_scored_and_refit_as_their_numeric_padding():
+    """transformers' EfficientNet pads with ``padding="same"``: scores and delta* read it as
+    the numbers it pads by, so the edit is the one on the same model with numeric padding, and
+    no consumer is left uncompensated."""
+    model = _built("mobilenet")
+    same = copy.deepcopy(model)
+    for m in same.modules():
+        if isinstance(m, nn.Conv2d) and m.stride == (1, 1):
+            m.padding = "same"
+    x, y = _data()
+    held = _data(16, seed=2)[0]
+    assert torch.allclose(_out(same, held), _out(model, held), atol=1e-6)
+    a, rec_a = _pruned(model, x, y)
+    b, rec_b = _pruned(same, x, y)
+    assert rec_b.changes == rec_a.changes and not rec_b.info["uncompensated"]
+    assert rec_b.info["compensation_modes"] == rec_a.info["compensation_modes"]
+    assert torch.allclose(_out(b, held), _out(a, held), atol=1e-4, rtol=1e-4)

@@ -1,8 +1,9 @@
 """One small random-initialised model per image-classification family that transformers ships
-(issue 24, ``pluginedit.contrib.vision_zoo``): l1 + prune removes parameters and keeps the output
-shape, and the pruned model saves without ``source=`` and reloads with ``pe.load`` to 1e-5;
-families torch-pruning misreads stop with a clear error within 60 s, the model untouched, never
-a hang and never a raw exception. ``benchmarks/zoo.py`` runs the same models next to
+(issue 24, ``pluginedit.contrib.vision_zoo``): l1 + prune and modhifi-p remove parameters and
+keep the output shape, and the pruned model saves without ``source=`` and reloads with
+``pe.load`` to 1e-5; families torch-pruning misreads stop with a clear error within 60 s, the
+model untouched, never a hang and never a raw exception (modhifi-p keeps the groups torch-pruning
+misreads whole and prunes the rest, ``pluginedit.graph.probe``). ``benchmarks/zoo.py`` runs the same models next to
 Torch-Pruning's own MetaPruner and ModHiFi-P."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import subprocess
 import sys
 import time
+import warnings
 
 import pytest
 import torch
@@ -30,13 +32,27 @@ CANNOT = {
     "swin": _NO_LONGER_RUNS + "Given normalized_shape",
     "pvt-v2": _NO_LONGER_RUNS + "shape .* is invalid",
     "segformer": _NO_LONGER_RUNS + "mat1 and mat2 shapes cannot be multiplied",
-    "levit": r"torch-pruning failed while ranking the dependency groups \(IndexError",
+    # torch-pruning's groups run past a layer's width (those are left whole, graph.groups.misread);
+    # what it does prune no longer runs
+    "levit": _NO_LONGER_RUNS + "mat1 and mat2 shapes cannot be multiplied",
     "cvt": r"torch-pruning cannot trace this model \(IndexError",
     "hiera": r"torch-pruning cannot trace this model \(ZeroDivisionError",
     # focal modulation: the group's index mappings never close (a hang without the budget)
     "focalnet": r"torch-pruning could not build the dependency groups of "
     r"'focalnet\.encoder\.stages\.\d\.layers\.0\.modulation' within 60 s",
 }
+
+
+# modhifi-p: the families whose whole plan no longer runs, pruned with the groups that break the
+# forward kept whole (their roots in record.info["kept_whole"]; the peer fails on each) ...
+MISREAD = {"dinov2", "dinov2-registers", "levit", "pvt", "pvt-v2", "segformer", "swin"}
+# ... and those torch-pruning cannot build groups for at all
+MODHIFI_CANNOT = {
+    "focalnet": CANNOT["focalnet"],
+    "hiera": r"torch-pruning failed while building the dependency group of "
+    r"'hiera\.encoder\.stages\.0\.layers\.0\.attn\.qkv' \(ZeroDivisionError",
+}
+SLOW = {"mobilevit", "mobilevitv2"}  # seconds of torch-pruning group building per MetaPruner run
 
 
 def _logits(model, x):
@@ -73,6 +89,64 @@ def test_l1_prune_saves_and_reloads_or_stops_clearly(family, tmp_path):
     back = pe.load(tmp_path / "m")
     assert type(back) is type(model)
     assert float((_logits(back, x) - out).abs().max()) <= 1e-5
+
+
+def _modhifi(model, x):
+    calib = torch.randn(16, *x.shape[1:], generator=torch.Generator().manual_seed(2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # kept-whole groups, ill-conditioned random-init solves
+        return pe.edit(
+            model,
+            "modhifi-p",
+            data=(calib, torch.zeros(16, dtype=torch.long)),
+            ratio=0.5,
+            calib_samples=16,
+        )
+
+
+@pytest.mark.parametrize(
+    "family",
+    [
+        pytest.param(f, marks=pytest.mark.slow) if f in SLOW else f
+        for f in sorted(vision_zoo.FAMILIES)
+    ],
+)
+def test_modhifi_p_prunes_saves_and_reloads_or_stops_clearly(family, tmp_path):
+    model, x = vision_zoo.build(family)
+    dense, n0 = _logits(model, x), _params(model)
+    t = time.monotonic()
+    if family in MODHIFI_CANNOT:
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        with pytest.raises(EditError, match=MODHIFI_CANNOT[family]):
+            _modhifi(model, x)
+        assert time.monotonic() - t < 60
+        assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+        return
+    rec = _modhifi(model, x)
+    out = _logits(model, x)
+    assert out.shape == dense.shape and torch.isfinite(out).all()
+    assert _params(model) < 0.9 * n0
+    assert bool(rec.info.get("kept_whole")) == (family in MISREAD)
+    pe.save(model, tmp_path / "m")
+    back = pe.load(tmp_path / "m")
+    assert type(back) is type(model)
+    assert float((_logits(back, x) - out).abs().max()) <= 1e-5
+
+
+def test_non_bert_attention_goes_through_the_graph_and_loses_whole_heads():
+    """Data2Vec-Vision's blocks have query/key/value and a head count but not BERT's
+    ``attention.self`` / ``attention.output.dense`` layout: modhifi-p prunes them through the
+    dependency graph (two of four heads, the head count a recorded step), hidden width and FFN
+    included, not through the FFN-only transformer path."""
+    model, x = vision_zoo.build("data2vec-vision")
+    rec = _modhifi(model, x)
+    att = model.data2vec_vision.encoder.layer[0].attention.attention
+    assert att.query.out_features == 16 and att.num_attention_heads == 2
+    assert att.all_head_size == 16
+    step = {"module": "data2vec_vision.encoder.layer.0.attention.attention"}
+    assert step | {"attrs": {"num_attention_heads": 2, "all_head_size": 16}} in rec.steps
+    assert model.data2vec_vision.encoder.layer[0].intermediate.dense.out_features == 32
+    assert model.data2vec_vision.embeddings.patch_embeddings.projection.out_channels == 16
 
 
 def test_attention_blocks_lose_whole_heads_recorded_as_steps():

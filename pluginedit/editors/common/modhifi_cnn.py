@@ -33,7 +33,7 @@ from ...core.components import eval_mode, get_module
 from ...core.errors import InputError
 from ...graph.groups import is_in, is_out
 from ...graph.pruner import prune_by_scores
-from ...scorers.fidelity import channel_scores_from, linear_blocks, pair_requests
+from ...scorers.fidelity import channel_scores_from, geometry, linear_blocks, pair_requests
 from ...stats.layer_io import KeptStats, conv_geometry
 from .compensate import refit_from
 
@@ -154,7 +154,7 @@ def _kept_request(model, path, removed_in, removed_out, sizes, budget):
         if m.groups == m.in_channels > 1:
             return None, None  # depthwise: its output goes with its input
         try:
-            conv = conv_geometry(m)
+            conv = geometry(m) or conv_geometry(m)  # "same" padding as numbers, else why not
         except InputError as e:
             return None, str(e)
         n_in, size, groups = m.in_channels, m.weight[0, 0].numel(), m.groups

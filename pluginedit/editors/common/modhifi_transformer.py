@@ -16,6 +16,22 @@ from ...scorers.fidelity import collect_grams, unit_scores
 from .compensate import compensate
 
 
+def bert_units(model) -> list[str]:
+    """The units this path prunes: a BERT-family layout (``attention.self`` read by
+    ``attention.output.dense``, ``intermediate.dense`` by ``output.dense``) with at least one
+    FFN. Other blocks with query/key/value projections (BEiT-style ``attention.attention``,
+    MobileViT, PVT's attention without an ``intermediate`` FFN) are []: they go through the
+    dependency graph like any other model, whose attention blocks lose whole heads
+    (``pluginedit.graph.attention``)."""
+    units = transformer_units(model)
+    try:
+        for p in units:
+            unit_consumer(model, p)
+    except KeyError:
+        return []
+    return units if any(p.endswith("intermediate.dense") for p in units) else []
+
+
 def _lowest(scores: torch.Tensor, n: int) -> list[int]:
     return torch.argsort(scores, stable=True)[:n].sort().values.tolist()
 
@@ -38,7 +54,7 @@ def prune_transformer(
     calib_samples: int,
 ) -> dict:
     """Edit ``model`` in place; returns {"changes", "steps", "info"} for the record."""
-    units = transformer_units(model)
+    units = bert_units(model)
     attns = [p for p in units if p.endswith("attention.self")]
     ffns = [p for p in units if p not in attns]
     if heads and not 0 <= heads < get_module(model, attns[0]).num_attention_heads:
