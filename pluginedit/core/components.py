@@ -50,14 +50,21 @@ def size_of(module: nn.Module) -> int:
 
 def transformer_units(model: nn.Module) -> list[str]:
     """The attention blocks and FFN up projections (``intermediate.dense``) of a BERT-family
-    model, layer by layer: the units a transformer is pruned by. Empty for other models."""
+    model, layer by layer: the units a transformer is pruned by. Empty for other models, and
+    for attention blocks not laid out like BERT's (BEiT-style ``attention.attention``,
+    MobileViT, PVT without an ``intermediate`` FFN): those go through the dependency graph."""
     out = []
     for path, m in model.named_modules():
         if is_attention(m):
             out.append(path)
         elif path.endswith("intermediate.dense") and isinstance(m, nn.Linear):
             out.append(path)
-    return out
+    try:
+        for p in out:
+            unit_consumer(model, p)
+    except (KeyError, InputError):
+        return []
+    return out if any(p.endswith("intermediate.dense") for p in out) else []
 
 
 def unit_consumer(model: nn.Module, path: str) -> str:

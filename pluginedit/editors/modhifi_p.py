@@ -13,6 +13,7 @@ from ..capture import head_layers
 from ..core.components import bn_of, groups, kind_of
 from ..core.errors import EditError, InputError
 from ..core.plugin import COUNT, NONNEGATIVE, RATIO, Editor, option
+from ..core.progress import bar
 from ..core.scores import Scores
 from ..graph.groups import consumers, count_ops_and_params
 from ..graph.probe import runnable_plan
@@ -23,7 +24,7 @@ from ..scorers.run import score
 from .common.bnrecal import recalibrate_bn
 from .common.modhifi_cnn import Removals, calib_batch, compensate_all, fidelity_scores, halves
 from .common.modhifi_transformer import bert_units, prune_transformer
-from .prune import check_leaves_channels, check_still_runs, output_shape
+from .prune import check_leaves_channels, check_still_runs, output_shape, warn_kept_whole
 
 
 @dataclass(frozen=True)
@@ -118,13 +119,7 @@ def _warn(totals: dict) -> None:
             f"unless a scored layer shares their group ({named}; record.info['unscored'])",
             stacklevel=3,
         )
-    if totals["kept_whole"]:
-        named = "; ".join(f"{p!r} ({why})" for p, why in list(totals["kept_whole"].items())[:3])
-        warnings.warn(
-            f"modhifi-p: {len(totals['kept_whole'])} group(s) kept whole, torch-pruning misreads "
-            f"them (the model no longer ran without: {named})",
-            stacklevel=3,
-        )
+    warn_kept_whole("modhifi-p", totals["kept_whole"])
 
 
 def _scoreable(model, cons: dict) -> tuple[dict, dict]:
@@ -188,7 +183,7 @@ class ModHiFiP(Editor):
             check_leaves_channels(model, set(layers) - self._kept_whole(model, inputs), plan[0])
         used = scores.scorer if scores is not None else opts.scorer
         totals, shape = _totals(), output_shape(model, example)
-        for i, step_ratio in enumerate(plan):
+        for i, step_ratio in enumerate(bar(plan, desc="modhifi-p steps")):
             self._step(model, scores if i == 0 else None, inputs, step_ratio, totals)
             macs, params = count_ops_and_params(model, example)
             if (

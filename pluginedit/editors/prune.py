@@ -12,6 +12,7 @@ from ..core.components import groups, size_of
 from ..core.errors import EditError, InputError
 from ..core.outputs import output
 from ..core.plugin import COUNT, RATIO, Editor, option
+from ..graph.probe import runnable_plan
 from ..graph.pruner import prune_by_scores
 
 
@@ -64,6 +65,16 @@ def check_leaves_channels(model, layers, ratio: float, round_to: int | None = No
     )
 
 
+def warn_kept_whole(editor: str, kept_whole: dict) -> None:
+    if kept_whole:
+        named = "; ".join(f"{p!r} ({why})" for p, why in list(kept_whole.items())[:3])
+        warnings.warn(
+            f"{editor}: {len(kept_whole)} group(s) kept whole, torch-pruning misreads them (the "
+            f"model no longer ran without: {named})",
+            stacklevel=4,
+        )
+
+
 @dataclass(frozen=True)
 class PruneOptions:
     ratio: float = option(
@@ -106,21 +117,29 @@ class PruneEditor(Editor):
         if not opts.global_pruning:
             check_leaves_channels(model, set(scores) - ignored, opts.ratio, opts.round_to)
         shape = output_shape(model, inputs.example)
-        removed, steps = prune_by_scores(
+        # groups torch-pruning misreads (the pruned copy no longer runs) are kept whole
+        kept_whole, _ = runnable_plan(
             model, inputs.example, scores, opts.ratio, ignored, opts.global_pruning, opts.round_to
         )
+        warn_kept_whole("prune", kept_whole)
+        removed, steps = prune_by_scores(
+            model, inputs.example, scores, opts.ratio, ignored | set(kept_whole),
+            opts.global_pruning, opts.round_to,
+        )  # fmt: skip
         removed = {p: v for p, v in removed.items() if p in before}
         if not removed:
             raise EditError(
                 f"torch-pruning removed no channel: ratio {opts.ratio} keeps fewer than one "
                 "channel of what it ranks, or none of the scored layers has a dependency path "
                 "it can follow (untraceable ops such as .numpy()?)"
-            )
+                + (f"; {len(kept_whole)} group(s) were kept whole, the model no longer ran "
+                   "without them" if kept_whole else "")
+            )  # fmt: skip
         check_still_runs(model, inputs.example, shape)
         return self.record(
             "removed (physical, torch-pruning)",
             scores,
             changes=removed,
             steps=steps,
-            info={"channels_before": before},
+            info={"channels_before": before, "kept_whole": kept_whole},
         )

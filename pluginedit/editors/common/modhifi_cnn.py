@@ -19,7 +19,6 @@ statistic larger than it is ever allocated."""
 
 from __future__ import annotations
 
-import copy
 import os
 import time
 
@@ -31,8 +30,8 @@ from ...capture import Request, Split, collect
 from ...core.batches import call, take_rows
 from ...core.components import eval_mode, get_module
 from ...core.errors import InputError
+from ...core.progress import bar
 from ...graph.groups import is_in, is_out
-from ...graph.pruner import prune_by_scores
 from ...scorers.fidelity import channel_scores_from, geometry, linear_blocks, pair_requests
 from ...stats.layer_io import KeptStats, conv_geometry
 from .compensate import refit_from
@@ -139,14 +138,6 @@ class Removals:
         return {side: {p: sorted(v) for p, v in d.items()} for side, d in self.sets.items()}
 
 
-def plan(model, example, scores, ratio, ignored, global_pruning) -> dict:
-    """What torch-pruning will remove, by a run on a copy of ``model``: ``Removals.removed``."""
-    twin, seen = copy.deepcopy(model), Removals()
-    prune_by_scores(twin, example, scores, ratio, ignored, global_pruning, before_group=seen)
-    del twin
-    return seen.removed
-
-
 def _kept_request(model, path, removed_in, removed_out, sizes, budget):
     """(Request, None) for a consumer's delta* statistics, or (None, why not)."""
     m = get_module(model, path)
@@ -224,7 +215,7 @@ def compensate_all(model, cons, data, removed, bns, opts, batch, seconds) -> dic
     seconds["statistics"] += time.perf_counter() - t
     t = time.perf_counter()
     ridges, modes = [], {}
-    for path, req in reqs.items():
+    for path, req in bar(reqs.items(), desc="modhifi-p compensation", total=len(reqs)):
         st = got.pop(req)
         modes[path] = st.mode
         ridges.append(

@@ -19,17 +19,10 @@ from .compensate import compensate
 def bert_units(model) -> list[str]:
     """The units this path prunes: a BERT-family layout (``attention.self`` read by
     ``attention.output.dense``, ``intermediate.dense`` by ``output.dense``) with at least one
-    FFN. Other blocks with query/key/value projections (BEiT-style ``attention.attention``,
-    MobileViT, PVT's attention without an ``intermediate`` FFN) are []: they go through the
-    dependency graph like any other model, whose attention blocks lose whole heads
-    (``pluginedit.graph.attention``)."""
-    units = transformer_units(model)
-    try:
-        for p in units:
-            unit_consumer(model, p)
-    except KeyError:
-        return []
-    return units if any(p.endswith("intermediate.dense") for p in units) else []
+    FFN (``core.components.transformer_units``). Other blocks with query/key/value projections
+    go through the dependency graph like any other model, whose attention blocks lose whole
+    heads (``pluginedit.graph.attention``)."""
+    return transformer_units(model)
 
 
 def _lowest(scores: torch.Tensor, n: int) -> list[int]:
