@@ -8,6 +8,8 @@ forward (e.g. a ResNet block's shared ReLU) is refused: its hook would mix two t
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import nn
 
@@ -20,8 +22,16 @@ _ACTS = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid,
 _WANT = {"bn": _NORMS, "ln": (nn.LayerNorm,), "act": _ACTS}
 
 
-def _chain(model: nn.Module, layer: str) -> list[str]:
-    """Module paths that consume ``layer``'s output one after another (single users only)."""
+# model -> (structure signature, {layer: chain}): one trace per model, not one per layer (a
+# scorer resolves every target; tracing ResNet-50 53 times cost more than its statistics)
+_CHAINS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _signature(model: nn.Module) -> tuple:
+    return tuple((name, type(m)) for name, m in model.named_modules())
+
+
+def _all_chains(model: nn.Module) -> dict[str, list]:
     try:
         gm = torch.fx.symbolic_trace(model)
     except Exception as e:
@@ -32,17 +42,31 @@ def _chain(model: nn.Module, layer: str) -> list[str]:
     for node in gm.graph.nodes:
         if node.op == "call_module":
             calls[node.target] = calls.get(node.target, 0) + 1
-    node = next((n for n in gm.graph.nodes if n.op == "call_module" and n.target == layer), None)
-    chain = []
-    while node is not None and len(node.users) == 1:
-        node = next(iter(node.users))
-        if node.op != "call_module":
-            break
-        if calls[node.target] > 1:
-            chain.append(None)  # shared module: unusable
-            break
-        chain.append(node.target)
-    return chain
+    chains: dict[str, list] = {}
+    for start in gm.graph.nodes:
+        if start.op != "call_module" or start.target in chains:
+            continue
+        node, chain = start, []
+        while len(node.users) == 1:
+            node = next(iter(node.users))
+            if node.op != "call_module":
+                break
+            if calls[node.target] > 1:
+                chain.append(None)  # shared module: unusable
+                break
+            chain.append(node.target)
+        chains[start.target] = chain
+    return chains
+
+
+def _chain(model: nn.Module, layer: str) -> list[str]:
+    """Module paths that consume ``layer``'s output one after another (single users only)."""
+    sig = _signature(model)
+    cached = _CHAINS.get(model)
+    if cached is None or cached[0] != sig:
+        cached = (sig, _all_chains(model))
+        _CHAINS[model] = cached
+    return cached[1].get(layer, [])
 
 
 def resolve(model: nn.Module, layer: str, point: str = "conv") -> tuple[str, str]:

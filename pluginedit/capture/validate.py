@@ -14,7 +14,7 @@ from ..core import checks
 from ..core.batches import call
 from ..core.components import check_targets, eval_mode, groups, size_of
 from ..core.errors import InputError
-from ..core.outputs import output, tensors
+from ..core.outputs import output, primary, tensors
 from ..core.plugin import Inputs
 from .inputs import Split, default_targets, example_batch, for_model
 
@@ -63,11 +63,12 @@ def check_nonempty(data) -> None:
         raise InputError("the data is empty: no sample to run the model on")
 
 
-def check_runs(model: nn.Module, example) -> None:
+def check_runs(model: nn.Module, example):
     """One forward pass on the example batch, so that inputs the model cannot take (a wrong
-    image size, channel count or dtype) are reported up front, not deep inside a statistic."""
+    image size, channel count or dtype) are reported up front, not deep inside a statistic.
+    Returns the model's raw output (None without an example), which later checks reuse."""
     if example is None:
-        return
+        return None
     shape = (
         {k: tuple(v.shape) for k, v in example.items()}
         if isinstance(example, dict)
@@ -81,7 +82,7 @@ def check_runs(model: nn.Module, example) -> None:
         )
     try:
         with torch.no_grad(), eval_mode(model):
-            call(model, example)
+            return call(model, example)
     except Exception as e:
         raise InputError(
             f"the model cannot run on the data's inputs of shape {shape} "
@@ -134,8 +135,19 @@ def labels_of(data) -> torch.Tensor | None:
     return y if ok else None  # other labels get the batch check's message (dtype, shape)
 
 
+def _output(model: nn.Module, example, raw=None) -> torch.Tensor:
+    """``core.outputs.output`` on ``example``, from ``raw`` (its forward, run already) if given."""
+    if raw is None:
+        with torch.no_grad(), eval_mode(model):
+            return output(model, example)
+    out = (getattr(model, "pluginedit_output", None) or primary)(raw)
+    if not torch.is_tensor(out):
+        raise InputError(f"the output rule gave a {type(out).__name__}, not a tensor")
+    return out
+
+
 def checked_classes(
-    model: nn.Module, data, example, num_classes: int | None, need: int
+    model: nn.Module, data, example, num_classes: int | None, need: int, raw=None
 ) -> int | None:
     """``num_classes`` checked (or, where ``need`` > 0 classes are read, the model's output width),
     and the labels of a Split or an (x, y) pair checked against it, at least ``need`` classes
@@ -144,8 +156,7 @@ def checked_classes(
     if num_classes is not None:
         checks.number("num_classes", num_classes, integer=True, at_least=max(need, 1))
         if need and example is not None:  # labels index the output: it needs that many
-            with torch.no_grad(), eval_mode(model):
-                width = output(model, example).shape
+            width = _output(model, example, raw).shape
             if len(width) == 2 and num_classes > width[-1]:
                 raise InputError(
                     f"num_classes {num_classes} is more than the model's output width {width[-1]}"
@@ -155,8 +166,7 @@ def checked_classes(
     if bound is None and (need or labels is not None):
         if example is None:
             raise InputError("num_classes is unknown: pass num_classes or data")
-        with torch.no_grad(), eval_mode(model):
-            out = output(model, example)
+        out = _output(model, example, raw)
         if need or out.ndim == 2:
             bound, source = int(out.shape[-1]), "the model's output width"
     if labels is not None and bound is not None:
@@ -187,8 +197,8 @@ def checked_inputs(
     check_nonempty(data)
     data, example = for_model(model, data, example)
     example = example if example is not None else example_batch(data)
-    check_runs(model, example)
-    num_classes = checked_classes(model, data, example, num_classes, need)
+    raw = check_runs(model, example)  # one forward serves the class checks too
+    num_classes = checked_classes(model, data, example, num_classes, need, raw)
     if not targets and all_by_default:
         targets = default_targets(model, example, num_classes)
     return Inputs(

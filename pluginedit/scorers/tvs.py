@@ -60,7 +60,7 @@ def tvs_scores(
     if form == "iso":
         # one variance per layer, pooled over classes, channels and pixels (code parity); the
         # squared mean distances of every comparison from one Gram per channel, no pair loop
-        sigma2 = maps.variances().mean()
+        sigma2 = maps.pooled_variance()
         if sigma2 <= 0:
             return torch.zeros(maps.num_channels, dtype=torch.float64)
         dists = maps.mean_sq_dists(aggregation)

@@ -8,12 +8,15 @@ counts; "rest of the classes" is total minus class, so no extra pass is needed.
 
 from __future__ import annotations
 
+import math
 from math import comb
 
 import torch
 
 from .. import ops
 from ..core.errors import InputError
+from ..ops._common import _as_nc_l
+from ..ops.class_maps import BLOCK, accumulate_maps
 from .base import Statistic, check_activations, check_labels
 
 FEATURES = ("linear", "poly", "exp")  # phi = s | (s, s^2) | e
@@ -103,23 +106,30 @@ class ClassMoments(Statistic):
         self.shift = None if shift is None else shift.detach().double().reshape(num_channels)
 
     def update(self, x, labels=None):
-        check_activations(x)
         if x.ndim >= 3 and x.shape[1] != self.num_channels == x.shape[-1]:
             x = x.movedim(-1, 1)  # a Linear on tokens / a channels-last map: channels last
         if x.shape[1] != self.num_channels:
             raise InputError(f"expected {self.num_channels} channels, got {x.shape[1]}")
         labels = _labels(x, labels, self.num_classes)
         self.to(x.device)
-        if self.shift is None:
-            self.shift = x.detach().reshape(x.shape[0], x.shape[1], -1).double().sum(2).mean(0)
+        shift = self.shift
+        if shift is None:
+            # any centre conditions the powers (centred() re-centres exactly): an fp32 spatial
+            # sum, not a float64 copy of the batch
+            shift = _as_nc_l(x.detach()).sum(2).double().mean(0)
         self.backend, fn = ops.resolve("class_moments", x, self._backend)
         # detached: a statistic is not differentiated, and the op's autograd wrapper would
         # otherwise chain every batch's sums into one graph
-        counts, sums = fn(x.detach(), labels, self.num_classes, gamma=self.gamma, shift=self.shift)
-        self.sums = self.sums + sums
-        self.count = self.count + counts.to(self.count.dtype)
-        if not torch.isfinite(self.sums).all():
+        counts, sums = fn(x.detach(), labels, self.num_classes, gamma=self.gamma, shift=shift)
+        total = self.sums + sums
+        # the finite check (one host sync): NaN/Inf in x reach the sums of s, so the input is
+        # read again (check_activations, the precise message) only when the sums are not
+        # finite; the state is updated only after it
+        if not bool(torch.isfinite(total).all()):
+            check_activations(x)
             raise InputError("witness power sums overflowed float64 (activations too large)")
+        self.shift, self.sums = shift, total
+        self.count = self.count + counts.to(self.count.dtype)
 
     def recentred(self, shift: torch.Tensor) -> torch.Tensor:
         """The s-power sums about ``shift`` instead of self.shift (binomial expansion)."""
@@ -221,18 +231,41 @@ class ClassMaps(Statistic):
         self.sums = self.squares = self.outer = None
 
     def update(self, x, labels=None):
-        check_activations(x)
         labels = _labels(x, labels, self.num_classes)
         if self.sums is None and x[0, 0].numel() > self.max_full:
             self.full = False
+        if not self.full:
+            self._fold(x.detach(), labels)
+            return
+        check_activations(x)
         self.backend, fn = ops.resolve("class_maps", x, self._backend)
         counts, sums, squares, outer = fn(x.detach(), labels, self.num_classes, full=self.full)
         self.to(x.device)
         self.count = self.count + counts
         self.sums = sums if self.sums is None else self.sums + sums
         self.squares = squares if self.squares is None else self.squares + squares
-        if self.full:
-            self.outer = outer if self.outer is None else self.outer + outer
+        self.outer = outer if self.outer is None else self.outer + outer
+
+    def _fold(self, x, labels):
+        """Sums and squares added in place into the float64 state from one blocked read of x
+        (ops.class_maps.accumulate_maps); the finite check rides on the batch's sum of squares
+        (one host sync), the precise message from check_activations only on failure."""
+        self.backend = "torch"
+        self.to(x.device)
+        if self.sums is None:
+            shape = (self.num_classes, x.shape[1], math.prod(x.shape[2:]))
+            self.sums = torch.zeros(shape, dtype=torch.float64, device=x.device)
+            self.squares = torch.zeros_like(self.sums)
+        elif x.shape[1:2] != self.sums.shape[1:2] or math.prod(x.shape[2:]) != self.sums.shape[2]:
+            raise InputError(
+                f"map of shape {tuple(x.shape[1:])} does not match the statistic's "
+                f"{tuple(self.sums.shape[1:])}"
+            )
+        total = accumulate_maps(self.sums, self.squares, x, labels)
+        if not bool(torch.isfinite(total)):
+            check_activations(x)
+            raise InputError("activation maps overflowed float64 (activations too large)")
+        self.count = self.count + torch.bincount(labels, minlength=self.num_classes).to(self.count)
 
     def merge(self, other: ClassMaps) -> ClassMaps:
         if other.sums is None:
@@ -288,24 +321,50 @@ class ClassMaps(Statistic):
         """Per-class per-pixel variances [K, C, L] (population)."""
         return (self.squares / self._n(1) - self.means().square()).clamp_min(0)
 
+    block = 16 * BLOCK  # state elements per block of the derived quantities (4 MiB)
+
+    def _channel_blocks(self):
+        """Channel slices of ~``block`` state elements: derived quantities are formed block by
+        block instead of as fresh [K, C, L] tensors, whose page faults dominate on a CPU; blocks
+        stay large enough that ATen's and BLAS's thread start-up is amortised."""
+        if self.sums is None:
+            raise InputError("ClassMaps has seen no data")
+        k, c, length = self.sums.shape
+        step = max(1, self.block // max(k * length, 1))
+        return [slice(i, i + step) for i in range(0, c, step)]
+
+    def pooled_variance(self) -> torch.Tensor:
+        """variances().mean() (0-dim), block by block."""
+        total = self.sums.new_zeros(())
+        n = self._n(1)
+        for b in self._channel_blocks():
+            mu = self.sums[:, b] / n
+            total += (self.squares[:, b] / n - mu.square()).clamp_min_(0).sum()
+        return total / self.sums.numel()
+
     def mean_sq_dists(self, aggregation: str = "pairwise_min") -> torch.Tensor:
         """Squared distances ||mu_P - mu_Q||^2 between class-mean maps, [P, C]: for every class
         pair i < j (``pairwise_min``, the order of ``torch.triu_indices``), or each class vs the
         rest of the data (``ovr_min``). Pairs come from one per-channel K x K Gram of the means
         (K^2 C L multiply-adds, no [P, C, L] tensor); the means are centred per pixel first so
-        near-equal classes do not cancel catastrophically."""
-        mu = self.means()
-        if aggregation == "ovr_min":
-            n = self.count.reshape(-1, 1, 1)
-            rest = (self.sums.sum(0, keepdim=True) - self.sums) / (n.sum() - n).clamp_min(1)
-            return (mu - rest).square().sum(-1)
-        if aggregation != "pairwise_min":
+        near-equal classes do not cancel catastrophically. Formed per block of channels."""
+        if aggregation not in ("ovr_min", "pairwise_min"):
             raise InputError(f"unknown aggregation {aggregation!r}")
-        z = (mu - mu.mean(0, keepdim=True)).transpose(0, 1)  # [C, K, L]
-        gram = z @ z.transpose(1, 2)  # [C, K, K]
-        sq = torch.diagonal(gram, dim1=1, dim2=2)  # [C, K]
+        n = self._n(1)
+        rn = (self.count.sum() - self.count).clamp_min(1).reshape(-1, 1, 1)
         i, j = torch.triu_indices(self.num_classes, self.num_classes, offset=1)
-        return (sq[:, i] + sq[:, j] - 2 * gram[:, i, j]).clamp_min(0).T
+        out = []
+        for b in self._channel_blocks():
+            mu = self.sums[:, b] / n
+            if aggregation == "ovr_min":
+                rest = (self.sums[:, b].sum(0, keepdim=True) - self.sums[:, b]) / rn
+                out.append(mu.sub_(rest).square_().sum(-1))
+                continue
+            z = (mu - mu.mean(0, keepdim=True)).transpose(0, 1)  # [c, K, L]
+            gram = z @ z.transpose(1, 2)  # [c, K, K]
+            sq = torch.diagonal(gram, dim1=1, dim2=2)  # [c, K]
+            out.append((sq[:, i] + sq[:, j] - 2 * gram[:, i, j]).clamp_min(0).T)
+        return torch.cat(out, 1)
 
     def covariances(self) -> torch.Tensor:
         """Per-class full covariances [K, C, L, L] (needs ``full=True``)."""
