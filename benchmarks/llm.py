@@ -3,14 +3,19 @@
 
     python benchmarks/llm.py --ratios 0.2 0.3
 
-Rows: dense; for each share of block parameters removed, ``modhifi`` (compensated subset
-fidelity + least-squares refit of o_proj / down_proj) and the uncompensated baselines
-``magnitude`` and ``wanda`` (structured |W| x input norm), all from the same sequential pass.
-Columns: perplexity on held-out text, parameters, tokens/s of a forward, pruning wall time and
-peak resident memory added while pruning. Text: King James Bible (Debian ``bible-kjv-text``):
-calibration chunks from Genesis, evaluation chunks from Matthew (``contrib.llm``). The modhifi
-model at the first ratio is saved with ``save_pretrained`` and reloaded with plain
-``from_pretrained`` (max |logit difference| reported), and a few greedy generations are shown.
+Rows: dense; for each share of block parameters removed, ``modhifi`` (uniform: the same shape in
+every block, so plain ``from_pretrained`` loads it; compensated subset fidelity + least-squares
+refit of o_proj / down_proj onto the dense model's block outputs), ``modhifi-adaptive``
+(per-block counts from a global ranking of normalised losses), the uncompensated baselines
+``magnitude`` and ``wanda`` (structured |W| x input norm), all from the same sequential pass,
+and ``peer``: Torch-Pruning's pruner as in its LLM example, cache off, at the ratio matching
+the parameter count (``llm_peer``; its error is recorded when it stops). Columns: perplexity on
+held-out text, parameters, tokens/s of a forward, pruning wall time and peak resident memory
+added while pruning. Text: King James Bible (Debian ``bible-kjv-text``): calibration chunks from
+Genesis, evaluation chunks from Matthew (``contrib.llm``); options were chosen on a split of
+Genesis only. The uniform modhifi model is saved with ``save_pretrained`` and reloaded with
+plain ``from_pretrained`` (max |logit difference| reported); a few greedy generations are
+shown. Then the depth-scaling table of ``llm_scaling`` (``--depths``; none to skip).
 Writes llm.{json,md} to --out (default: a scratch folder, see benchmarks/_results.py)."""
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ import warnings
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import _results  # noqa: E402  (the helper beside this script)
+import llm_peer  # noqa: E402
+import llm_scaling  # noqa: E402
 import psutil  # noqa: E402
 import torch  # noqa: E402
 
@@ -87,6 +94,59 @@ def reload_check(model, ev) -> float:
     return float((a - b).abs().max())
 
 
+METHODS = {  # row name: options of the modhifi-llm editor (None: the peer)
+    "modhifi": dict(method="modhifi", attn=0, target="self"),
+    "modhifi-dense": dict(method="modhifi", attn=0, target="dense"),
+    "modhifi-adaptive": dict(method="modhifi", attn=0, target="self", allocation="adaptive"),
+    # KV groups when the loss curves call them cheaper than FFN channels
+    "modhifi-kv": dict(method="modhifi", target="dense", kv_plan=True),
+    "modhifi-kv-adaptive": dict(method="modhifi", target="dense", allocation="adaptive"),
+    "magnitude": dict(method="magnitude"),
+    "wanda": dict(method="wanda"),
+    "peer": None,
+}
+
+
+def prune_row(dense, tok, calib, ev, method: str, ratio: float, args) -> dict:
+    model = copy.deepcopy(dense)
+    block0 = sum(p.numel() for n, p in dense.named_parameters() if ".layers." in n)
+    with warnings.catch_warnings(), PeakRSS() as mem:
+        warnings.simplefilter("ignore")
+        t = time.perf_counter()
+        if METHODS[method] is None:
+            example = torch.tensor(tok.encode("Hello world."))[None]
+            info = llm_peer.prune(model, example, llm_peer.matched_ratio(ratio))
+            info["peer_ratio"] = info.pop("ratio")
+            groups = None
+        else:
+            rec = pe.edit(
+                model,
+                "modhifi-llm",
+                data=calib,
+                params=ratio,
+                batch_size=args.batch_size,
+                **METHODS[method],
+            )
+            info, groups = {}, sum(len(b["kv_groups"]) for b in rec.info["blocks"])
+        secs = time.perf_counter() - t
+    blocks = sum(p.numel() for n, p in model.named_parameters() if ".layers." in n)
+    row = {
+        "method": method,
+        "ratio": ratio,
+        "prune_seconds": round(secs, 1),
+        "peak_added_mb": round(mem.added_mb, 1),
+        "block_params_removed": round(1 - blocks / block0, 4),
+        "kv_groups_removed": groups,
+    }
+    if info.get("error"):
+        return {**row, **info, "params": sum(p.numel() for p in model.parameters())}
+    row.update(info)
+    row.update(measure(model, tok, ev, method.startswith("modhifi")))
+    if method == "modhifi":
+        row["reload_max_abs_diff"] = reload_check(model, ev)
+    return row
+
+
 def run(args) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -99,50 +159,28 @@ def run(args) -> dict:
         else [{"method": "dense", "ratio": 0.0, **measure(dense, tok, ev, True)}]
     )
     print(rows[-1:], flush=True)
-    block0 = sum(p.numel() for n, p in dense.named_parameters() if ".layers." in n)
     for ratio in args.ratios:
         for method in args.methods:
-            model = copy.deepcopy(dense)
-            with warnings.catch_warnings(), PeakRSS() as mem:
-                warnings.simplefilter("ignore")
-                t = time.perf_counter()
-                rec = pe.edit(
-                    model,
-                    "modhifi-llm",
-                    data=calib,
-                    params=ratio,
-                    method=method,
-                    batch_size=args.batch_size,
-                )
-                secs = time.perf_counter() - t
-            blocks = sum(p.numel() for n, p in model.named_parameters() if ".layers." in n)
-            row = {
-                "method": method,
-                "ratio": ratio,
-                "prune_seconds": round(secs, 1),
-                "peak_added_mb": round(mem.added_mb, 1),
-                "block_params_removed": round(1 - blocks / block0, 4),
-                "kv_groups_removed": sum(len(b["kv_groups"]) for b in rec.info["blocks"]),
-                **measure(model, tok, ev, method == "modhifi"),
-            }
-            if method == "modhifi" and ratio == args.ratios[0]:
-                row["reload_max_abs_diff"] = reload_check(model, ev)
-            rows.append(row)
-            print(row, flush=True)
-            del model
+            rows.append(prune_row(dense, tok, calib, ev, method, ratio, args))
+            print(rows[-1], flush=True)
     setup = {
         "calib_tokens": int(calib.numel()),
         "eval_tokens": int(ev.numel()),
         "seq_len": args.seq_len,
         "threads": args.threads,
     }
-    return {"setup": setup, "rows": rows}
+    res = {"setup": setup, "rows": rows}
+    if args.depths:
+        res["scaling"] = [llm_scaling.depth_row(d, args.threads) for d in args.depths]
+    return res
 
 
 def combine(paths: list[str]) -> dict:
     """One result from the rows of runs made in parallel (the first one's setup)."""
     parts = [_results.read(p) for p in paths]
-    return {"setup": parts[0]["setup"], "rows": [r for p in parts for r in p["rows"]]}
+    res = {"setup": parts[0]["setup"], "rows": [r for p in parts for r in p["rows"]]}
+    scaling = [r for p in parts for r in p.get("scaling", [])]
+    return {**res, "scaling": scaling} if scaling else res
 
 
 def markdown(res: dict) -> str:
@@ -153,17 +191,27 @@ def markdown(res: dict) -> str:
         f"Calibration {s['calib_tokens']} tokens (Genesis, KJV), evaluation {s['eval_tokens']} "
         f"tokens (Matthew), sequences of {s['seq_len']}, {s['threads']} torch thread(s), CPU.",
         "",
-        "| method | block params removed | KV groups removed | ppl | params | tokens/s | "
-        "prune s | peak +MB |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | target | block params removed | KV groups removed | ppl | params | "
+        "tokens/s | prune s | peak +MB |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["rows"]:
+        ppl = f"{r['ppl']:.2f}" if "ppl" in r else f"fails: `{r.get('error', '')}`"
+        tps = f"{r['tokens_per_s']:.0f}" if "tokens_per_s" in r else ""
         lines.append(
-            f"| {r['method']} | {r.get('block_params_removed', 0):.1%} | "
-            f"{r.get('kv_groups_removed', 0)} | {r['ppl']:.2f} | {r['params']:,} | "
-            f"{r['tokens_per_s']:.0f} | {r.get('prune_seconds', '')} | "
-            f"{r.get('peak_added_mb', '')} |"
+            f"| {r['method']} | {r['ratio']:.0%} | {r.get('block_params_removed', 0):.1%} | "
+            f"{r.get('kv_groups_removed') or 0} | {ppl} | {r['params']:,} | "
+            f"{tps} | {r.get('prune_seconds', '')} | {r.get('peak_added_mb', '')} |"
         )
+    for r in res["rows"]:
+        if r.get("error"):
+            lines.append(
+                f"\n{r['method']} at {r['ratio']:.0%}: ratio {r['peer_ratio']} (matched to the "
+                f"parameter count), graph built in {r['graph_seconds']} s, then stops at "
+                f"`{r['where'].strip()}` with `{r['error']}`"
+            )
+    lines += [""] + [f"* {n}" for n in res.get("notes", [])]
+    lines += _scaling_md(res.get("scaling", []))
     for r in res["rows"]:
         if "reload_max_abs_diff" in r:
             lines += [
@@ -178,13 +226,44 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _scaling_md(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    out = [
+        "",
+        "## Depth scaling: random-initialised GQA Llamas (hidden 512, 8 heads, 2 KV heads)",
+        "",
+        f"{rows[0]['tokens']} calibration tokens, modhifi-llm at 20 % of block parameters "
+        "(uniform, dense target); the peer's dependency-graph build (cache off) alone.",
+        "",
+        "| layers | params | modhifi s | s per block | median block s | peak +MB | "
+        "peer graph s | peer graph s per block |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        out.append(
+            f"| {r['layers']} | {r['params']:,} | {r['modhifi_seconds']} | "
+            f"{r['modhifi_per_block_s']} | {r['modhifi_block_median_s']} | "
+            f"{r['modhifi_peak_added_mb']} | {r['peer_graph_seconds']} | "
+            f"{r['peer_graph_per_block_s']} |"
+        )
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.3])
-    ap.add_argument("--methods", nargs="+", default=["modhifi", "magnitude", "wanda"])
-    ap.add_argument("--calib", type=int, default=32, help="calibration sequences")
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    ap.add_argument(
+        "--depths",
+        type=int,
+        nargs="*",
+        default=[4, 8, 16, 32],
+        help="layers of the random GQA Llamas of the scaling table (none: no table)",
+    )
+    ap.add_argument("--calib", type=int, default=64, help="calibration sequences")
     ap.add_argument("--eval", type=int, default=32, help="evaluation sequences")
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=8)
@@ -197,9 +276,12 @@ def main(argv=None) -> int:
         metavar="JSON",
         help="merge the rows of earlier llm.json files (no run)",
     )
+    ap.add_argument("--note", action="append", default=[], help="a line for the notes (repeatable)")
     ap.add_argument("--out", default=None, help=_results.out_help("llm"))
     args = ap.parse_args(argv)
     res = combine(args.combine) if args.combine else run(args)
+    if args.note:
+        res["notes"] = res.get("notes", []) + args.note
     folder = _results.out_dir(args.out, "llm")
     _results.write(folder / "llm", res, markdown(res))
     print(markdown(res))

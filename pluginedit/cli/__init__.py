@@ -19,6 +19,7 @@ from ..core.progress import shown
 from ..evaluate import accuracy, predictions
 from ..stats import distributed
 from . import bench
+from . import llm as cli_llm
 from ._common import (
     add_edit_args,
     add_model_args,
@@ -325,6 +326,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     """Under ``torchrun --nproc_per_node N`` every process joins the group (gloo on CPU), reads its
     shard of the data for the statistics, and only rank 0 prints results and writes files."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if cli_llm.wants(argv):  # prune --text: a decoder LLM pruned block by block
+        return cli_llm.run(argv)
     args = parser().parse_args(argv)
     joined = distributed.init_from_env()
     try:

@@ -1,9 +1,9 @@
 """Decoder LLM blocks as components, described from their module structure, never traced.
 
-A block of a Llama-family decoder (Llama, Mistral, Qwen2/Qwen3, Gemma/Gemma-3, Phi: anything
-whose layers hold ``self_attn`` with ``q_proj``/``k_proj``/``v_proj`` and an output projection,
-and an ``mlp`` with ``gate_proj``/``up_proj``/``down_proj`` or ``fc1``/``fc2``) has two kinds of
-removable components:
+A block of a Llama-family decoder (Llama, Mistral, Qwen2/Qwen3, Gemma/Gemma-3, Phi) or of OPT:
+anything whose layers hold ``self_attn`` with ``q_proj``/``k_proj``/``v_proj`` and an output
+projection, and an ``mlp`` with ``gate_proj``/``up_proj``/``down_proj`` or ``fc1``/``fc2`` (OPT:
+``fc1``/``fc2`` on the layer), has two kinds of removable components:
 
 * KV groups: KV head g and the ``num_heads // num_kv_heads`` query heads that share it. Removing a
   whole group removes k/v rows of head g, q rows of its query heads and the matching o_proj
@@ -14,7 +14,9 @@ removable components:
 The hidden width is never touched, so tied embeddings stay tied. Surgery is ``index_select``
 on the weights in place (no torch-pruning graph: generation caches never enter), and the
 transformers config is rewritten when every block has the same shape, so that plain
-``from_pretrained`` rebuilds the pruned model."""
+``from_pretrained`` rebuilds the pruned model (not after OPT's heads are cut: its attention
+derives head_dim from hidden_size / heads; ``pe.load`` then). GPT-2's fused ``Conv1D`` c_attn is
+not described here yet."""
 
 from __future__ import annotations
 
@@ -103,7 +105,8 @@ def _block(index: int, path: str, layer: nn.Module) -> DecoderBlock | None:
         return None
     q, k, v = (_child(attn, n) for n in ("q_proj", "k_proj", "v_proj"))
     o = next((m for m in (_child(attn, n) for n in OUT_NAMES) if m is not None), None)
-    mlp = getattr(layer, "mlp", None)
+    # OPT keeps fc1 / fc2 on the layer itself, the Llama family under ``mlp``
+    mlp = getattr(layer, "mlp", None) or (layer if _child(layer, "fc1") is not None else None)
     if None in (q, k, v, o, mlp):
         return None
     gated = [_child(mlp, n) for n in GATED]
@@ -115,8 +118,10 @@ def _block(index: int, path: str, layer: nn.Module) -> DecoderBlock | None:
     else:
         return None
     head_dim = getattr(attn, "head_dim", None)
-    if not isinstance(head_dim, int) or getattr(attn, "num_key_value_groups", None) is None:
+    if not isinstance(head_dim, int) or q.out_features % head_dim or k.out_features % head_dim:
         return None
+    if getattr(attn, "num_key_value_groups", None) is None and q.out_features != k.out_features:
+        return None  # grouped heads without the attribute the forward would read: unknown
     return DecoderBlock(index, path, layer, attn, q, k, v, o, mlp, ffn_in, ffn_out, head_dim)
 
 
@@ -197,6 +202,10 @@ def sync_config(model: nn.Module, blocks: list[DecoderBlock]) -> bool:
     whether the config now describes the model."""
     config = getattr(model, "config", None)
     if config is None or not uniform(blocks):
+        return False
+    heads = getattr(config, "num_attention_heads", None)
+    if heads != blocks[0].num_heads and not hasattr(blocks[0].attn, "num_key_value_groups"):
+        # OPT-style attention derives head_dim from hidden_size / heads: no config says it
         return False
     b = blocks[0]
     config.head_dim = b.head_dim

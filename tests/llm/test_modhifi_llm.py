@@ -24,7 +24,8 @@ import pluginedit as pe  # noqa: E402
 from pluginedit.core.errors import InputError  # noqa: E402
 from pluginedit.editors.common.compensate import refit_linear  # noqa: E402
 from pluginedit.editors.llm.calib import capture, run_block, token_batches  # noqa: E402
-from pluginedit.editors.llm.select import modhifi_removal  # noqa: E402
+from pluginedit.editors.llm.plan import adaptive, uniform_groups  # noqa: E402
+from pluginedit.editors.llm.select import full_refit, inverse_gram, obs_removal  # noqa: E402
 from pluginedit.graph.decoder import decoder_blocks  # noqa: E402
 
 VOCAB = 128
@@ -118,24 +119,65 @@ def test_compensation_brings_logits_closer_to_dense(arch):
     assert errors[True] < 0.9 * errors[False]
 
 
-def test_modhifi_removal_picks_the_unit_whose_refit_loses_least():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(400, 12, generator=g, dtype=torch.float64) @ torch.randn(
-        12, 12, generator=g, dtype=torch.float64
+def _problem(seed=0, n=12):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(400, n, generator=g, dtype=torch.float64) @ torch.randn(
+        n, n, generator=g, dtype=torch.float64
     )
+    w = torch.randn(5, n, generator=g, dtype=torch.float64)
+    return x, w
+
+
+def _exact_loss(w, gram, keep):
+    new, _, _ = refit_linear(w, gram, keep, ridge=0.0)
+    d = w - new
+    return float(torch.trace(d @ gram @ d.T)), new
+
+
+def test_obs_removal_picks_the_unit_whose_refit_loses_least():
+    x, w = _problem()
     gram = x.T @ x / len(x)
-    w = torch.randn(5, 12, generator=g, dtype=torch.float64)
     units = torch.arange(12).reshape(4, 3)
     exact = []
     for u in range(4):
         keep = torch.ones(12, dtype=torch.bool)
         keep[units[u]] = False
-        new, _, _ = refit_linear(w, gram, keep, ridge=0.0)
-        d = w - new
-        exact.append(float(torch.trace(d @ gram @ d.T)))
-    removed, losses = modhifi_removal(w, gram, units, 1, rounds=1, ridge=1e-10)
+        exact.append(_exact_loss(w, gram, keep)[0])
+    removed, losses, _ = obs_removal(w.clone(), inverse_gram(gram, 1e-10), units, 1, step=1)
     assert removed == [min(range(4), key=exact.__getitem__)]
     assert losses[0] == pytest.approx(min(exact), rel=1e-4)
+
+
+@pytest.mark.parametrize("step", [1, 3])
+def test_obs_downdates_give_the_least_squares_refit_of_the_kept_set(step):
+    # several units removed by rank-k downdates of H and W: the summed step losses and the
+    # weights left equal the exact refit of the final kept set (one solve from scratch)
+    x, w = _problem(seed=3, n=16)
+    gram = x.T @ x / len(x)
+    units = torch.arange(16)[:, None]
+    removed, losses, new = obs_removal(w.clone(), inverse_gram(gram, 1e-12), units, 6, step)
+    keep = torch.ones(16, dtype=torch.bool)
+    keep[removed] = False
+    loss, ref = _exact_loss(w, gram, keep)
+    torch.testing.assert_close(new, ref, rtol=1e-6, atol=1e-8)
+    assert sum(losses) == pytest.approx(loss, rel=1e-6)
+
+
+def test_cross_target_refit_regresses_onto_the_dense_output():
+    # inputs drifted from the dense ones: W* = W C G^-1 then the greedy gives the least-squares
+    # map from the drifted kept inputs to the dense outputs
+    x, w = _problem(seed=4, n=10)
+    g = torch.Generator().manual_seed(9)
+    drift = x + 0.3 * torch.randn(x.shape, generator=g, dtype=torch.float64)
+    gram, cross = drift.T @ drift / len(x), x.T @ drift / len(x)
+    h = inverse_gram(gram, 1e-12)
+    units = torch.arange(10)[:, None]
+    removed, _, new = obs_removal(full_refit(w, cross, h), h, units, 3, 1)
+    keep = torch.ones(10, dtype=torch.bool)
+    keep[removed] = False
+    sol = torch.linalg.lstsq(drift[:, keep], x @ w.T).solution.T
+    torch.testing.assert_close(new[:, keep], sol, rtol=1e-6, atol=1e-8)
+    assert (new[:, ~keep] == 0).all()
 
 
 def test_captured_activations_reproduce_the_model():
@@ -194,3 +236,79 @@ def test_non_decoder_refused():
     cnn = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
     with pytest.raises(InputError, match="no decoder blocks"):
         pe.edit(cnn, "modhifi-llm", data=tokens(4), params=0.2, progress=False)
+
+
+def test_adaptive_meets_the_parameter_target_and_reloads_with_pe_load(tmp_path):
+    model = make("llama-gqa")
+    blocks0 = sum(b.params() for b in decoder_blocks(model))
+    rec = pe.edit(
+        model, "modhifi-llm", data=tokens(16), params=0.3, allocation="adaptive", progress=False
+    )
+    blocks = decoder_blocks(model)
+    removed = 1 - sum(b.params() for b in blocks) / blocks0
+    per_channel = blocks[0].channel_params() / blocks0
+    assert abs(removed - 0.3) <= per_channel + 1e-9
+    assert all(b.num_heads % b.num_kv_heads == 0 for b in blocks)
+    assert rec.info["config_describes_model"] == (len({b.ffn_width for b in blocks}) == 1)
+    pe.save(model, tmp_path / "pe")
+    ids = tokens(2, seed=7)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            pe.load(tmp_path / "pe")(input_ids=ids).logits, model(input_ids=ids).logits
+        )
+
+
+def test_global_ranking_takes_cheap_kv_groups_and_spares_costly_blocks():
+    model = make("llama-gqa")
+    blocks = decoder_blocks(model)
+    ch, gp = blocks[0].channel_params(), blocks[0].group_params()
+    width = blocks[0].ffn_width
+    # block 0: channels cheap, its groups dear; block 1: every channel dear, a group cheap
+    cheap = torch.linspace(0, 1e-3, width).cumsum(0)
+    dear = torch.linspace(1, 2, width).cumsum(0)
+    curves = [
+        {"attn": torch.tensor([0.0, 50.0]), "ffn": torch.cat([torch.zeros(1), cheap])},
+        {"attn": torch.tensor([0.0, 1e-4 * gp / ch]), "ffn": torch.cat([torch.zeros(1), dear])},
+    ]
+    share = (gp + 20 * ch) / sum(b.params() for b in blocks)
+    plan = adaptive(blocks, curves, share)
+    assert plan == [(0, 20), (1, 0)]
+    # uniform: the same group count everywhere (a share per block); block 0's dear group
+    # keeps it at zero, until that group is cheap too
+    share = (gp + 20 * ch) / blocks[0].params()
+    assert uniform_groups(blocks, curves, share) == 0
+    curves[0]["attn"] = torch.tensor([0.0, 1e-4 * gp / ch])
+    assert uniform_groups(blocks, curves, share) == 1
+
+
+def test_opt_heads_and_ffn_pruned_and_ffn_only_reloads_with_from_pretrained(tmp_path):
+    from transformers import OPTConfig, OPTForCausalLM
+
+    def opt():
+        torch.manual_seed(0)
+        cfg = OPTConfig(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            ffn_dim=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=64,
+            word_embed_proj_dim=32,
+        )
+        return OPTForCausalLM(cfg).eval()
+
+    ids = tokens(8, 16)
+    model = opt()
+    rec = pe.edit(model, "modhifi-llm", data=ids, params=0.3, attn=0.25, progress=False)
+    assert [b.num_heads for b in decoder_blocks(model)] == [3, 3]
+    assert rec.info["config_describes_model"] is False  # OPT derives head_dim from the heads
+    with torch.no_grad():
+        assert torch.isfinite(model(input_ids=ids).logits).all()
+        assert model.generate(ids[:1, :4], max_new_tokens=4, do_sample=False).shape == (1, 8)
+    model = opt()
+    rec = pe.edit(model, "modhifi-llm", data=ids, ffn=0.3, progress=False)
+    assert rec.info["config_describes_model"] and model.config.ffn_dim == 45
+    model.save_pretrained(tmp_path / "hf")
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(input_ids=ids).logits, model(input_ids=ids).logits)

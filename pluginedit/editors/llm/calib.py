@@ -116,46 +116,54 @@ def run_block(block: DecoderBlock, states: list, kwargs: list[dict]) -> list[tor
     return out
 
 
-class InputGrams:
-    """Grams (float64, summed over the kept tokens) of the inputs of the given Linear layers,
-    accumulated by forward pre-hooks while ``active``; ``mask`` selects the tokens of the
-    batch being run (padding left out)."""
+def rows(t: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """[tokens, features] of a [B, T, features] tensor, padding left out."""
+    return t[mask] if mask is not None else t.reshape(-1, t.shape[-1])
 
-    def __init__(self, layers: dict[str, nn.Linear]):
-        self.grams = {
-            k: torch.zeros(m.in_features, m.in_features, dtype=torch.float64)
-            for k, m in layers.items()
-        }
-        self.tokens = 0
-        self.mask: torch.Tensor | None = None
-        self._handles = [m.register_forward_pre_hook(self._hook(k)) for k, m in layers.items()]
 
-    def _hook(self, key: str):
-        def hook(module, args):
-            x = args[0].detach()
-            x = x[self.mask] if self.mask is not None else x.reshape(-1, x.shape[-1])
-            self.grams[key] += (x.T.float() @ x.float()).double().cpu()
+def output(y) -> torch.Tensor:
+    return (y[0] if isinstance(y, tuple) else y).detach()
 
-        return hook
 
-    def remove(self) -> None:
-        for h in self._handles:
+@contextlib.contextmanager
+def inputs_of(layers: dict[str, nn.Module]):
+    """{key: the input of ``layers[key]`` at its latest call}, filled by forward pre-hooks."""
+    seen: dict[str, torch.Tensor] = {}
+
+    def hook(key: str):
+        def record(module, args):
+            seen[key] = args[0].detach()
+
+        return record
+
+    handles = [m.register_forward_pre_hook(hook(k)) for k, m in layers.items()]
+    try:
+        yield seen
+    finally:
+        for h in handles:
             h.remove()
 
-    def mean(self, key: str) -> torch.Tensor:
-        return self.grams[key] / max(self.tokens, 1)
 
+class Moments:
+    """Gram E[x x^T] of a layer's inputs and, with targets, the cross Gram E[t x^T] (float64,
+    per token; each product formed in float32 on the inputs' device, summed on the host)."""
 
-def block_grams(block: DecoderBlock, states: list, kwargs: list[dict], masks: list):
-    """(Gram of the attention output projection's input, Gram of the FFN output projection's
-    input), both per token, from one forward of ``block`` over the calibration activations."""
-    grams = InputGrams({"attn": block.o, "ffn": block.ffn_out})
-    try:
-        with torch.no_grad():
-            for x, kw, m in zip(states, kwargs, masks):
-                grams.mask = m
-                grams.tokens += int(m.sum()) if m is not None else x.shape[0] * x.shape[1]
-                block.layer(x, **kw)
-    finally:
-        grams.remove()
-    return grams.mean("attn"), grams.mean("ffn")
+    def __init__(self):
+        self.gram: torch.Tensor | None = None
+        self.cross: torch.Tensor | None = None
+        self.tokens = 0
+
+    @staticmethod
+    def _acc(total, a: torch.Tensor, b: torch.Tensor):
+        p = (a.float().T @ b.float()).double().cpu()
+        return p if total is None else total.add_(p)
+
+    def add(self, x: torch.Tensor, target: torch.Tensor | None = None) -> None:
+        self.gram = self._acc(self.gram, x, x)
+        if target is not None:
+            self.cross = self._acc(self.cross, target, x)
+        self.tokens += len(x)
+
+    def mean(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        n = max(self.tokens, 1)
+        return self.gram / n, None if self.cross is None else self.cross / n
