@@ -3,6 +3,7 @@ consumer of a removed channel and BatchNorm recalibration, without fine-tuning."
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 import warnings
@@ -22,8 +23,16 @@ from ..linalg import DEFAULT_RIDGE, IllConditionedWarning
 from ..scorers.fidelity import pair_requests
 from ..scorers.run import score
 from .common.bnrecal import recalibrate_bn
-from .common.modhifi_cnn import Removals, calib_batch, compensate_all, fidelity_scores, halves
+from .common.modhifi_cnn import (
+    Removals,
+    calib_batch,
+    compensate_all,
+    fidelity_scores,
+    gram_budget,
+    halves,
+)
 from .common.modhifi_transformer import bert_units, prune_transformer
+from .common.seqrefit import kept_rows, sequential_refit
 from .prune import check_leaves_channels, check_still_runs, output_shape, warn_kept_whole
 
 
@@ -50,6 +59,12 @@ class ModHiFiPOptions:
     ridge: float = option(DEFAULT_RIDGE, "relative ridge of the compensation solves", **NONNEGATIVE)
     conv_refit: Literal["full", "slice"] = option(
         "full", "conv delta*: full refit of the kept slices, or the paper's per-slice scale"
+    )
+    refit: Literal["dense", "sequential"] = option(
+        "dense",
+        "delta* from the dense model's inputs only; or then, after removal, refit each layer in "
+        "forward order on the pruned model's inputs against the dense outputs (one calibration "
+        "pass per refit layer)",
     )
     calib_samples: int = option(2048, "calibration samples per step", **COUNT)
     halves: bool = option(
@@ -154,6 +169,7 @@ def _report(totals: dict) -> dict:
         "uncompensated": totals["uncompensated"],
         "kept_whole": totals["kept_whole"],
         "unscored": totals["unscored"],
+        "sequential_passes": totals.get("sequential_passes", 0),
         "seconds": {k: round(v, 3) for k, v in totals["seconds"].items()},
     }
 
@@ -235,6 +251,8 @@ class ModHiFiP(Editor):
     def _check_path(self, model) -> None:
         """An option the model's path cannot honour is an error, never silently ignored."""
         opts = self.options
+        if opts.refit == "sequential" and not opts.compensate:
+            raise InputError("refit='sequential' refits the consumers: it needs compensate=True")
         if not bert_units(model):
             if opts.heads:
                 raise InputError(
@@ -304,6 +322,7 @@ class ModHiFiP(Editor):
             planned, ignored = seen.removed, ignored | set(kept)
             totals["kept_whole"].update(kept)
             sec["surgery"] += time.perf_counter() - t
+            dense = copy.deepcopy(model) if opts.compensate and opts.refit != "dense" else None
             if opts.compensate:
                 bns = {c: model.get_submodule(b) for c, b in bn_of(model).items()}
                 done = compensate_all(model, cons, second, planned, bns, opts, batch, sec)
@@ -317,6 +336,9 @@ class ModHiFiP(Editor):
                 model, example, scores, ratio, ignored, opts.global_pruning, before_group=seen
             )
             sec["surgery"] += time.perf_counter() - t
+            kept_bns = []
+            if dense is not None and removed:
+                kept_bns = self._sequential(model, dense, inputs.data, planned, batch, totals)
         totals["warned"] += sum(issubclass(w.category, IllConditionedWarning) for w in caught)
         if not removed:
             raise EditError("modhifi-p removed no channel (nothing prunable, or ratio too small)")
@@ -327,8 +349,20 @@ class ModHiFiP(Editor):
         totals["steps"] += steps
         if opts.recalibrate:
             t = time.perf_counter()
-            recalibrate_bn(model, inputs.data, max_samples=opts.calib_samples, batch_size=batch)
+            skip = [model.get_submodule(b) for b in kept_bns]
+            recalibrate_bn(model, inputs.data, opts.calib_samples, batch, skip)
             sec["recalibration"] += time.perf_counter() - t
+
+    def _sequential(self, model, dense, data, planned, batch, totals) -> list[str]:
+        """The error-corrected refit after removal (``editors.common.seqrefit``); returns the BN
+        paths it set, which the recalibration leaves."""
+        t = time.perf_counter()
+        rows = kept_rows(dense, model, planned, gram_budget())
+        done = sequential_refit(model, dense, rows, data, bn_of(model), self.options, batch)
+        totals["ridges"] += done["ridges"]
+        totals["sequential_passes"] = totals.get("sequential_passes", 0) + done["passes"]
+        totals["seconds"]["solves"] += time.perf_counter() - t
+        return done["bns"]
 
     def _scores(self, model, inputs, data, batch, cons, totals) -> Scores:
         opts = self.options

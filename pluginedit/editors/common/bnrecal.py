@@ -14,12 +14,19 @@ _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 @torch.no_grad()
-def recalibrate_bn(model: nn.Module, data, max_samples: int = 2048, batch_size: int = 256) -> int:
+def recalibrate_bn(
+    model: nn.Module, data, max_samples: int = 2048, batch_size: int = 256, skip=()
+) -> int:
     """Reset and re-estimate the running statistics of every BatchNorm with an exact cumulative
     average (momentum None) over up to ``max_samples`` unlabelled inputs; everything else stays in
     eval mode (no dropout), and every module gets its own training flag back afterwards. Returns
-    the number of BN layers recalibrated."""
-    bns = [m for m in model.modules() if isinstance(m, _BN) and m.track_running_stats]
+    the number of BN layers recalibrated. BN modules in ``skip`` keep their statistics."""
+    skip = {id(m) for m in skip}
+    bns = [
+        m
+        for m in model.modules()
+        if isinstance(m, _BN) and m.track_running_stats and id(m) not in skip
+    ]
     if not bns:
         return 0
     momenta = [m.momentum for m in bns]
