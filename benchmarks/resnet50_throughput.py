@@ -137,16 +137,17 @@ def fraction(seconds: float, flops: float, nbytes: float, pk: dict) -> dict:
     )
 
 
+def scorer_inputs(model, data) -> Inputs:
+    """What ``pe.score`` hands a scorer: every default target of ``model``."""
+    example = data[0][:1]
+    targets = tuple(default_targets(model, example, CLASSES))
+    return Inputs(data=data, example=example, num_classes=CLASSES, targets=targets)
+
+
 def collect_seconds(model, name: str, data, repeats: int, batch: int, options: dict) -> float:
     """Seconds of the scorer's statistic collection alone (its requests through ``collect``)."""
     scorer = registry.get_scorer(name, **options)
-    example = data[0][:1]
-    inputs = Inputs(
-        data=data,
-        example=example,
-        num_classes=CLASSES,
-        targets=tuple(default_targets(model, example, CLASSES)),
-    )
+    inputs = scorer_inputs(model, data)
 
     def run():
         reqs = scorer.requests(model, inputs)  # fresh (empty) statistics every call
@@ -160,13 +161,7 @@ def isolated_seconds(model, name: str, data, repeats: int, batch: int) -> float 
     recorded once (cloned: later in-place ops would change it), then fed to fresh statistics.
     The roofline fraction of the statistic itself; None where a request reads ("io") pairs."""
     scorer = registry.get_scorer(name)
-    example = data[0][:1]
-    inputs = Inputs(
-        data=data,
-        example=example,
-        num_classes=CLASSES,
-        targets=tuple(default_targets(model, example, CLASSES)),
-    )
+    inputs = scorer_inputs(model, data)
     reqs = list(scorer.requests(model, inputs).values())
     if any(r.where not in ("input", "output") for r in reqs):
         return None
