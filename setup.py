@@ -75,6 +75,12 @@ def extensions(want: str | None):
     kind = "C++ and CUDA" if with_cuda else "C++"
 
     class Build(BuildExtension):
+        def finalize_options(self):
+            # pip builds in a fresh temporary folder each time; a fixed one (git-ignored build/)
+            # keeps ninja's objects, so a reinstall recompiles only the sources that changed
+            super().finalize_options()
+            self.build_temp = str(ROOT / "build" / f"temp-{sys.implementation.cache_tag}")
+
         def run(self):
             try:
                 super().run()
