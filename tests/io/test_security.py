@@ -346,6 +346,15 @@ def _scale_step(steps: list[dict]) -> int:
     return next(i for i, s in enumerate(steps) if "stages.0." in s.get("parameter", ""))
 
 
+def _copy_save(src, folder):
+    """A writable copy of a pe.save folder (the files only), to tamper with."""
+    folder.mkdir()
+    for f in src.iterdir():
+        if f.is_file():
+            (folder / f.name).write_bytes(f.read_bytes())
+    return folder
+
+
 @pytest.mark.parametrize(
     "how,match",
     [
@@ -361,11 +370,7 @@ def _scale_step(steps: list[dict]) -> int:
     ],
 )
 def test_tampered_parameter_steps_are_a_bad_manifest(tmp_path, convnext_save, how, match):
-    folder = tmp_path / "m"
-    folder.mkdir()
-    for f in convnext_save.iterdir():
-        if f.is_file():
-            (folder / f.name).write_bytes(f.read_bytes())
+    folder = _copy_save(convnext_save, tmp_path / "m")
     steps = _steps(folder)
     i = _scale_step(steps)
     step = steps[i]
@@ -391,11 +396,7 @@ def test_tampered_parameter_steps_are_a_bad_manifest(tmp_path, convnext_save, ho
 def test_malformed_parameter_steps_are_refused_before_anything_is_built(
     tmp_path, convnext_save, bad
 ):
-    folder = tmp_path / "m"
-    folder.mkdir()
-    for f in convnext_save.iterdir():
-        if f.is_file():
-            (folder / f.name).write_bytes(f.read_bytes())
+    folder = _copy_save(convnext_save, tmp_path / "m")
     steps = _steps(folder)
     i = _scale_step(steps)
     _edit_manifest(folder, lambda m: m.update(steps=[{**steps[i], **bad}]))
