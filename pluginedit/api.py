@@ -15,6 +15,7 @@ from .core.errors import InputError, PluginRunError
 from .core.plugin import Editor, Inputs, failures_named
 from .core.record import EditRecord, atomic
 from .core.scores import Scores
+from .core.spill import SpilledSnapshot
 from .io import load, load_model, load_weights, save
 from .io.models import add_edit, load_state, remember_source
 from .scorers.run import num_classes_of, score, score_many
@@ -166,7 +167,9 @@ def edit(
             model, editor, scores, data, example_inputs, num_classes, forget_class, targets, pairs
         )
     remember_source(model)  # a transformers model's dense config, before an editor changes it
-    with atomic(model), modes_kept(model), grads_kept(model):
+    # an editor that walks a large model block by block keeps its undo state on disk
+    snap = SpilledSnapshot if getattr(editor, "spills_snapshot", False) else None
+    with atomic(model, snap), modes_kept(model), grads_kept(model):
         record = _apply(editor, model, scores, inputs)
     add_edit(model, record)  # steps and history travel with the model (pe.save)
     return record

@@ -4,6 +4,7 @@ addressed by module path."""
 from __future__ import annotations
 
 import contextlib
+import weakref
 from typing import cast
 
 import torch
@@ -121,15 +122,18 @@ def grads_kept(model: nn.Module):
     """Run with no ``.grad`` on any parameter (a backward inside adds to none of the user's
     gradients), then give each parameter that is still there with its shape its own ``.grad``
     back (the same tensor, or None); parameters an edit replaced or resized get None."""
-    kept = [(p, p.grad) for p in model.parameters()]
+    # weak: a parameter the edit replaces is freed as it goes (a block-by-block pruner's
+    # memory stays flat in depth); one still alive is compared by id, which it still owns
+    kept = [(weakref.ref(p), p.grad) for p in model.parameters()]
     model.zero_grad(set_to_none=True)
     try:
         yield model
     finally:
         now = {id(p) for p in model.parameters()}
-        for p, grad in kept:
-            fits = id(p) in now and (grad is None or grad.shape == p.shape)
-            p.grad = grad if fits else None
+        for ref, grad in kept:
+            if (p := ref()) is not None:
+                fits = id(p) in now and (grad is None or grad.shape == p.shape)
+                p.grad = grad if fits else None
 
 
 @contextlib.contextmanager
@@ -141,25 +145,38 @@ def eval_mode(model: nn.Module):
         yield model
 
 
-def output_layers(model: nn.Module, example) -> list[str]:
-    """Paths of the component layers whose output is the model's output (the classifier head):
-    pruning their units would remove classes, so editors leave them alone."""
+@contextlib.contextmanager
+def heads_recorder(model: nn.Module):
+    """Hooks that note which component layer produced each tensor of the forward run inside;
+    yields a function from that forward's output to the layers that produced it (the head).
+    Lets a forward run for another reason (``capture.check_runs``) find the head too."""
     # (tensor, path) kept alive: a freed activation's id could be reused by a later tensor
     produced: dict[int, tuple] = {}
     handles = [
         m.register_forward_hook(lambda mod, i, o, p=p: produced.__setitem__(id(o), (o, p)))
         for p, m in groups(model).items()
     ]
+
+    def found(out) -> list[str]:
+        return [
+            produced[id(o)][1]
+            for o in tensors(out)
+            if id(o) in produced and produced[id(o)][0] is o
+        ]
+
     try:
-        with torch.no_grad(), eval_mode(model):
-            out = call(model, example)
+        yield found
     finally:
         for h in handles:
             h.remove()
-    found = [
-        produced[id(o)][1] for o in tensors(out) if id(o) in produced and produced[id(o)][0] is o
-    ]
-    return found or _heads_through_free_ops(model, example)
+
+
+def output_layers(model: nn.Module, example) -> list[str]:
+    """Paths of the component layers whose output is the model's output (the classifier head):
+    pruning their units would remove classes, so editors leave them alone."""
+    with heads_recorder(model) as found_in, torch.no_grad(), eval_mode(model):
+        out = call(model, example)
+    return found_in(out) or _heads_through_free_ops(model, example)
 
 
 def _heads_through_free_ops(model: nn.Module, example) -> list[str]:

@@ -130,12 +130,15 @@ def buffers_kept(model: nn.Module):
 
 
 @contextlib.contextmanager
-def atomic(model: nn.Module):
+def atomic(model: nn.Module, snapshot=None):
     """Run an edit; if it raises, put the model back exactly as it was (structure, parameters,
-    buffers, training mode), in place, and re-raise."""
-    snapshot = Snapshot(model)
+    buffers, training mode), in place, and re-raise. ``snapshot``: the class that keeps the
+    state (default ``Snapshot``; ``spill.SpilledSnapshot`` keeps it on disk)."""
+    snapshot = (snapshot or Snapshot)(model)
     try:
         yield model
     except BaseException:
         snapshot.restore()
         raise
+    finally:
+        getattr(snapshot, "close", lambda: None)()

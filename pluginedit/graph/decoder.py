@@ -3,7 +3,9 @@
 A block of a Llama-family decoder (Llama, Mistral, Qwen2/Qwen3, Gemma/Gemma-3, Phi) or of OPT:
 anything whose layers hold ``self_attn`` with ``q_proj``/``k_proj``/``v_proj`` and an output
 projection, and an ``mlp`` with ``gate_proj``/``up_proj``/``down_proj`` or ``fc1``/``fc2`` (OPT:
-``fc1``/``fc2`` on the layer), has two kinds of removable components:
+``fc1``/``fc2`` on the layer); or of GPT-2: ``attn`` with one ``c_attn`` that packs q, k, v
+along its outputs and ``c_proj``, an ``mlp`` with ``c_fc``/``c_proj``, all ``Conv1D`` (a Linear
+whose weight is stored [in, out]), has two kinds of removable components:
 
 * KV groups: KV head g and the ``num_heads // num_kv_heads`` query heads that share it. Removing a
   whole group removes k/v rows of head g, q rows of its query heads and the matching o_proj
@@ -15,8 +17,8 @@ The hidden width is never touched, so tied embeddings stay tied. Surgery is ``in
 on the weights in place (no torch-pruning graph: generation caches never enter), and the
 transformers config is rewritten when every block has the same shape, so that plain
 ``from_pretrained`` rebuilds the pruned model (not after OPT's heads are cut: its attention
-derives head_dim from hidden_size / heads; ``pe.load`` then). GPT-2's fused ``Conv1D`` c_attn is
-not described here yet."""
+derives head_dim from hidden_size / heads, and GPT-2's; ``pe.load`` then). Weights are read and
+written through ``matrix`` ([out, in] whatever the storage) and ``DecoderBlock.rows``."""
 
 from __future__ import annotations
 
@@ -49,14 +51,24 @@ class DecoderBlock:
     ffn_in: tuple[nn.Linear, ...]
     ffn_out: nn.Linear
     head_dim: int
+    packed: bool = False  # GPT-2: q is k is v, one module whose outputs are [q; k; v]
 
     @property
     def num_heads(self) -> int:
-        return self.q.out_features // self.head_dim
+        return out_dim(self.q) // (3 if self.packed else 1) // self.head_dim
 
     @property
     def num_kv_heads(self) -> int:
-        return self.k.out_features // self.head_dim
+        return out_dim(self.k) // (3 if self.packed else 1) // self.head_dim
+
+    def rows(self, which: str) -> torch.Tensor:
+        """The [rows, in] weights of ``which`` ("q", "k" or "v") projection."""
+        w = matrix(getattr(self, which))
+        if not self.packed:
+            return w
+        width = w.shape[0] // 3
+        start = "qkv".index(which) * width
+        return w[start : start + width]
 
     @property
     def group_size(self) -> int:
@@ -64,7 +76,7 @@ class DecoderBlock:
 
     @property
     def ffn_width(self) -> int:
-        return self.ffn_out.in_features
+        return in_dim(self.ffn_out)
 
     def group_columns(self, groups) -> torch.Tensor:
         """o_proj input columns (= q rows) of the query heads of KV groups ``groups``."""
@@ -79,30 +91,66 @@ class DecoderBlock:
     def group_params(self) -> int:
         """Weights (and biases) one KV group owns."""
         cols = self.group_size * self.head_dim
-        n = cols * self.q.in_features + 2 * self.head_dim * self.k.in_features
-        n += cols * self.o.out_features
+        n = cols * in_dim(self.q) + 2 * self.head_dim * in_dim(self.k)
+        n += cols * out_dim(self.o)
         n += sum(m.bias is not None for m in (self.q,)) * cols
         n += sum(m.bias is not None for m in (self.k, self.v)) * self.head_dim
         return n
 
     def channel_params(self) -> int:
         """Weights (and biases) one FFN channel owns."""
-        n = sum(m.in_features + (m.bias is not None) for m in self.ffn_in)
-        return n + self.ffn_out.out_features
+        n = sum(in_dim(m) + (m.bias is not None) for m in self.ffn_in)
+        return n + out_dim(self.ffn_out)
 
     def params(self) -> int:
         return sum(p.numel() for p in self.layer.parameters())
 
 
+def is_conv1d(m) -> bool:
+    """transformers' ``Conv1D`` (GPT-2), by structure: nf outputs, nx inputs, weight [nx, nf]."""
+    w = getattr(m, "weight", None)
+    nf, nx = getattr(m, "nf", None), getattr(m, "nx", None)
+    return isinstance(m, nn.Module) and torch.is_tensor(w) and w.shape == (nx, nf)
+
+
+def out_dim(m) -> int:
+    return m.nf if is_conv1d(m) else m.out_features
+
+
+def in_dim(m) -> int:
+    return m.nx if is_conv1d(m) else m.in_features
+
+
+def matrix(m) -> torch.Tensor:
+    """The weight of a Linear or Conv1D as [out, in] (a view: writing to it writes the layer)."""
+    return m.weight.T if is_conv1d(m) else m.weight
+
+
 def _child(module: nn.Module, name: str):
     m = getattr(module, name, None)
-    return m if isinstance(m, nn.Linear) else None
+    return m if isinstance(m, nn.Linear) or is_conv1d(m) else None
+
+
+def _gpt2_block(index: int, path: str, layer: nn.Module) -> DecoderBlock | None:
+    attn, mlp = getattr(layer, "attn", None), getattr(layer, "mlp", None)
+    if attn is None or mlp is None:
+        return None
+    qkv, o = _child(attn, "c_attn"), _child(attn, "c_proj")
+    fc, proj = _child(mlp, "c_fc"), _child(mlp, "c_proj")
+    head_dim, split = getattr(attn, "head_dim", None), getattr(attn, "split_size", None)
+    if None in (qkv, o, fc, proj) or not isinstance(head_dim, int) or not isinstance(split, int):
+        return None
+    if out_dim(qkv) != 3 * split or split % head_dim or hasattr(attn, "q_attn"):
+        return None  # not q, k, v packed as GPT-2 does (or cross-attention): unknown
+    return DecoderBlock(
+        index, path, layer, attn, qkv, qkv, qkv, o, mlp, (fc,), proj, head_dim, packed=True
+    )
 
 
 def _block(index: int, path: str, layer: nn.Module) -> DecoderBlock | None:
     attn = getattr(layer, "self_attn", None)
     if attn is None:
-        return None
+        return _gpt2_block(index, path, layer)
     q, k, v = (_child(attn, n) for n in ("q_proj", "k_proj", "v_proj"))
     o = next((m for m in (_child(attn, n) for n in OUT_NAMES) if m is not None), None)
     # OPT keeps fc1 / fc2 on the layer itself, the Llama family under ``mlp``
@@ -118,16 +166,16 @@ def _block(index: int, path: str, layer: nn.Module) -> DecoderBlock | None:
     else:
         return None
     head_dim = getattr(attn, "head_dim", None)
-    if not isinstance(head_dim, int) or q.out_features % head_dim or k.out_features % head_dim:
+    if not isinstance(head_dim, int) or out_dim(q) % head_dim or out_dim(k) % head_dim:
         return None
-    if getattr(attn, "num_key_value_groups", None) is None and q.out_features != k.out_features:
+    if getattr(attn, "num_key_value_groups", None) is None and out_dim(q) != out_dim(k):
         return None  # grouped heads without the attribute the forward would read: unknown
     return DecoderBlock(index, path, layer, attn, q, k, v, o, mlp, ffn_in, ffn_out, head_dim)
 
 
 def decoder_blocks(model: nn.Module) -> list[DecoderBlock]:
     """The decoder blocks of ``model`` in order: the first ``nn.ModuleList`` whose every layer is
-    a block. InputError for a model that has none (an encoder, a CNN, GPT-2's fused Conv1D)."""
+    a block. InputError for a model that has none (an encoder, a CNN)."""
     for path, mod in model.named_modules():
         if not isinstance(mod, nn.ModuleList) or len(mod) == 0:
             continue
@@ -137,15 +185,16 @@ def decoder_blocks(model: nn.Module) -> list[DecoderBlock]:
     raise InputError(
         f"{type(model).__name__} has no decoder blocks this editor knows: it needs a list of "
         "layers with self_attn (q_proj, k_proj, v_proj, o_proj) and an mlp (gate_proj, up_proj, "
-        "down_proj, or fc1, fc2)"
+        "down_proj, or fc1, fc2), or GPT-2's attn (c_attn, c_proj) and mlp (c_fc, c_proj)"
     )
 
 
 def _select_(linear: nn.Linear, idx: torch.Tensor, dim: int) -> None:
-    """Keep the rows (dim 0) or columns (dim 1) ``idx`` of a Linear, in place."""
+    """Keep the outputs (dim 0) or inputs (dim 1) ``idx`` of a Linear or Conv1D, in place."""
     idx = idx.to(linear.weight.device)
+    conv1d = is_conv1d(linear)
     linear.weight = nn.Parameter(
-        linear.weight.data.index_select(dim, idx).contiguous(),
+        linear.weight.data.index_select(1 - dim if conv1d else dim, idx).contiguous(),
         requires_grad=linear.weight.requires_grad,
     )
     if dim == 0 and linear.bias is not None:
@@ -153,10 +202,17 @@ def _select_(linear: nn.Linear, idx: torch.Tensor, dim: int) -> None:
             linear.bias.data.index_select(0, idx).contiguous(),
             requires_grad=linear.bias.requires_grad,
         )
-    if dim == 0:
-        linear.out_features = len(idx)
-    else:
-        linear.in_features = len(idx)
+    attr = ("nf", "nx") if conv1d else ("out_features", "in_features")
+    setattr(linear, attr[dim], len(idx))
+
+
+def qkv_rows(block: DecoderBlock, groups, width: int | None = None) -> torch.Tensor:
+    """The output rows of a packed q/k/v projection (GPT-2's c_attn) that KV groups ``groups``
+    own: their query rows, then their key and value rows (offset by the widths before).
+    ``width``: that of each of q, k, v (default: the projection's now)."""
+    width = out_dim(block.q) // 3 if width is None else width
+    cols, rows = block.group_columns(groups), block.kv_rows(groups)
+    return torch.cat([cols, width + rows, 2 * width + rows])
 
 
 @torch.no_grad()
@@ -166,9 +222,13 @@ def keep_groups(block: DecoderBlock, keep) -> None:
     if not 0 < len(keep) <= block.num_kv_heads:
         raise InputError(f"{block.path}: keep between 1 and {block.num_kv_heads} KV groups")
     cols, rows = block.group_columns(keep), block.kv_rows(keep)
-    _select_(block.q, cols, 0)
-    _select_(block.k, rows, 0)
-    _select_(block.v, rows, 0)
+    if block.packed:
+        _select_(block.q, qkv_rows(block, keep), 0)
+        block.attn.split_size = len(cols)  # GPT-2 splits c_attn's output in three of this
+    else:
+        _select_(block.q, cols, 0)
+        _select_(block.k, rows, 0)
+        _select_(block.v, rows, 0)
     _select_(block.o, cols, 1)
     # older transformers versions read head counts from the module; 5.x only head_dim and
     # num_key_value_groups, which a whole-group removal leaves as they are
@@ -205,9 +265,13 @@ def sync_config(model: nn.Module, blocks: list[DecoderBlock]) -> bool:
         return False
     heads = getattr(config, "num_attention_heads", None)
     if heads != blocks[0].num_heads and not hasattr(blocks[0].attn, "num_key_value_groups"):
-        # OPT-style attention derives head_dim from hidden_size / heads: no config says it
+        # OPT- and GPT-2-style attention derive head_dim from hidden_size / heads: no config
+        # says it
         return False
     b = blocks[0]
+    if b.packed:  # GPT-2: only the FFN width (n_inner, None for 4 x hidden) can change here
+        config.n_inner = b.ffn_width
+        return True
     config.head_dim = b.head_dim
     config.num_attention_heads = b.num_heads
     config.num_key_value_heads = b.num_kv_heads

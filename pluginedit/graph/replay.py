@@ -14,7 +14,7 @@ from ..core.errors import InputError
 
 # Attributes an attention forward reads that head removal changes (``graph.attention``): the
 # head count and the projections' width; a step may only lower them. Nothing else is settable.
-REPLAYABLE_ATTRS = ("num_attention_heads", "num_heads", "all_head_size")
+REPLAYABLE_ATTRS = ("num_attention_heads", "num_heads", "all_head_size", "split_size", "nf", "nx")
 
 # Module kinds a recorded step may name, with their width along the pruned dimension
 # (dimension "out" or "in"; kinds whose two dimensions are one width share a key).

@@ -7,6 +7,7 @@ rotary tables, shared by reference) and one block's Grams."""
 from __future__ import annotations
 
 import contextlib
+import inspect
 
 import torch
 from torch import nn
@@ -74,8 +75,8 @@ def capture(model: nn.Module, blocks: list[DecoderBlock], batches: list[dict]):
 
     def catcher(i: int):
         def forward(hidden, *args, **kw):
-            if args:
-                raise InputError(f"{blocks[i].path} is called with positional arguments")
+            if args:  # GPT-2 passes its cache and mask positionally: named here, once
+                kw = _named(blocks[i], args, kw)
             if i == 0:
                 states.append(hidden.detach())
             kwargs[i].append(kw)
@@ -93,6 +94,27 @@ def capture(model: nn.Module, blocks: list[DecoderBlock], batches: list[dict]):
             with contextlib.suppress(_Stop):
                 model(**batch, use_cache=False)
     return states, kwargs, masks
+
+
+def _named(block: DecoderBlock, args: tuple, kw: dict) -> dict:
+    """The keyword arguments of a block call made with positional ones (after the hidden
+    states), by the signature of the layer's class forward."""
+    sig = inspect.signature(type(block.layer).forward)
+    try:
+        bound = sig.bind(block.layer, None, *args, **kw)
+    except TypeError as e:
+        raise InputError(f"{block.path}: its call does not fit its forward ({e})") from None
+    named = {}
+    for name, value in list(bound.arguments.items())[2:]:  # self and the hidden states
+        kind = sig.parameters[name].kind
+        if kind is inspect.Parameter.VAR_POSITIONAL:
+            if value:
+                raise InputError(f"{block.path} is called with extra positional arguments")
+        elif kind is inspect.Parameter.VAR_KEYWORD:
+            named.update(value)
+        else:
+            named[name] = value
+    return named
 
 
 @contextlib.contextmanager
@@ -165,5 +187,9 @@ class Moments:
         self.tokens += len(x)
 
     def mean(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(Gram, cross Gram) per token, divided in place: the sums are spent (no second
+        copy of a block's largest statistic while it is used)."""
         n = max(self.tokens, 1)
-        return self.gram / n, None if self.cross is None else self.cross / n
+        gram, cross = self.gram.div_(n), None if self.cross is None else self.cross.div_(n)
+        self.gram = self.cross = None
+        return gram, cross

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from ...core.components import eval_mode
 from ...core.errors import InputError
 from ...core.plugin import COUNT, NONNEGATIVE, RATIO, Editor, option
-from ...graph.decoder import DecoderBlock, decoder_blocks, sync_config
+from ...graph.decoder import DecoderBlock, decoder_blocks, is_conv1d, qkv_rows, sync_config
 from ...linalg import DEFAULT_RIDGE, IllConditionedWarning
 from .calib import capture, token_batches
 from .plan import adaptive, fill, fixed_plan, loss_curves, uniform_groups
@@ -66,8 +66,9 @@ class ModHiFiLLMOptions:
     kv_plan: bool = option(
         False,
         "uniform with params: the KV-group count of least summed loss (a planning forward); "
-        "off: floor(params x KV groups). Off by default: on SmolLM2 the groups the losses "
-        "called cheap cost far more perplexity than the FFN channels they spare",
+        "off: floor(params x KV groups). Off by default: on SmolLM2 the groups the o_proj-level "
+        "losses called cheap cost far more perplexity than the FFN channels they spare; groups "
+        "are now costed at the block output (plan.py), not yet re-measured on SmolLM2",
     )
     max_block: float = option(
         0.6, "adaptive: most of a block's FFN channels that may go", at_least=0, below=1
@@ -82,23 +83,33 @@ class ModHiFiLLMOptions:
 
 
 def _steps(names: dict, block: DecoderBlock, groups: list[int], chans: list[int]) -> list[dict]:
-    """Replayable steps (``graph.replay``) of the removals in ``block``."""
+    """Replayable steps (``graph.replay``) of the removals in ``block`` (made after the cut)."""
     steps = []
 
     def add(module, dim: str, idxs) -> None:
-        steps.append(
-            {
-                "module": names[id(module)],
-                "fn": f"prune_linear_{dim}_channels",
-                "idxs": sorted(int(i) for i in idxs),
-            }
-        )
+        idxs, path = sorted(int(i) for i in idxs), names[id(module)]
+        if not is_conv1d(module):
+            steps.append({"module": path, "fn": f"prune_linear_{dim}_channels", "idxs": idxs})
+            return
+        # GPT-2's Conv1D has no torch-pruning function: its weight ([in, out]) and bias are
+        # cut as bare parameters, then its width attribute (which its forward reads) is set
+        steps.append({"parameter": f"{path}.weight", "dim": int(dim == "out"), "idxs": idxs})
+        if dim == "out" and module.bias is not None:
+            steps.append({"parameter": f"{path}.bias", "dim": 0, "idxs": idxs})
+        attr = "nf" if dim == "out" else "nx"
+        steps.append({"module": path, "attrs": {attr: getattr(module, attr)}})
 
     if groups:
         cols, rows = block.group_columns(groups), block.kv_rows(groups)
-        add(block.q, "out", cols)
-        add(block.k, "out", rows)
-        add(block.v, "out", rows)
+        if block.packed:
+            width = (block.num_heads + len(groups) * block.group_size) * block.head_dim
+            add(block.q, "out", qkv_rows(block, groups, width))
+            attrs = {"split_size": block.attn.split_size, "num_heads": block.num_heads}
+            steps.append({"module": names[id(block.attn)], "attrs": attrs})
+        else:
+            add(block.q, "out", cols)
+            add(block.k, "out", rows)
+            add(block.v, "out", rows)
         add(block.o, "in", cols)
     if chans:
         for m in block.ffn_in:
@@ -117,6 +128,9 @@ class ModHiFiLLM(Editor):
     needs_data = True
     uses_scores = False
     takes_tokens = True  # api: the data are token ids, checked here (not (x, y) batches)
+    # api: the undo state on disk, the model's tensors held weakly: the weights each block's
+    # surgery replaces are freed as it goes, so memory does not grow with depth
+    spills_snapshot = True
 
     Options = ModHiFiLLMOptions
 
@@ -203,5 +217,8 @@ class ModHiFiLLM(Editor):
             "plan_seconds": round(plan_seconds, 3),
             "tokens": sum(int(b["input_ids"].numel()) for b in batches),
         }
-        changes = {s["module"]: s["idxs"] for s in steps}
+        changes = {}  # layer path -> indices removed (a Conv1D's from its weight's step)
+        for s in steps:
+            if "idxs" in s:
+                changes.setdefault(s.get("module") or s["parameter"].rpartition(".")[0], s["idxs"])
         return self.record("removed", None, changes=changes, steps=steps, info=info)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 
 from ...core.errors import EditError
-from ...graph.decoder import DecoderBlock
+from ...graph.decoder import DecoderBlock, matrix
 from ...linalg import DEFAULT_RIDGE, regularised_cholesky
 
 METHODS = ("modhifi", "magnitude", "wanda")
@@ -91,7 +91,7 @@ def obs_removal(
         where[cols[r]] = -2  # removed for good
         if int((where[cols] == -2).sum()) * 4 >= len(cols):
             k = (where[cols] != -2).nonzero().squeeze(1)
-            w, h, cols = w[:, k].contiguous(), h[k][:, k].contiguous(), cols[k]
+            w, h, cols = w[:, k].contiguous(), h[k[:, None], k], cols[k]  # one copy of h
             where[cols] = torch.arange(len(cols))
     out = torch.zeros_like(full)
     out[:, cols] = w
@@ -101,17 +101,17 @@ def obs_removal(
 def unit_scores(block: DecoderBlock, kind: str, method: str, gram: torch.Tensor) -> torch.Tensor:
     """[units] importance of the uncompensated baselines (higher = more important)."""
     units = units_of(block, kind)
-    out = (block.o if kind == "attn" else block.ffn_out).weight.detach().double().cpu()
+    out = matrix(block.o if kind == "attn" else block.ffn_out).detach().double().cpu()
     if method == "wanda":
         norms = gram.diagonal().clamp_min(0).sqrt()
         return (out.abs().sum(0) * norms)[units].sum(1)
     energy = out.square().sum(0)[units].sum(1)
     if kind == "attn":
-        rows_q = block.q.weight.detach().double().cpu().square().sum(1)[units].sum(1)
+        rows_q = block.rows("q").detach().double().cpu().square().sum(1)[units].sum(1)
         kv = block.kv_rows(range(block.num_kv_heads)).reshape(block.num_kv_heads, -1)
-        rows_kv = sum(m.weight.detach().double().cpu().square().sum(1) for m in (block.k, block.v))
+        rows_kv = sum(block.rows(m).detach().double().cpu().square().sum(1) for m in "kv")
         return (energy + rows_q + rows_kv[kv].sum(1)).sqrt()
-    rows = sum(m.weight.detach().double().cpu().square().sum(1) for m in block.ffn_in)
+    rows = sum(matrix(m).detach().double().cpu().square().sum(1) for m in block.ffn_in)
     return (energy + rows).sqrt()
 
 
@@ -141,7 +141,7 @@ def prune_kind(
         return [], []
     linear = block.o if kind == "attn" else block.ffn_out
     units = units_of(block, kind)
-    w = linear.weight.detach().double().cpu()
+    w = matrix(linear).detach().double().cpu()
     if method == "modhifi" or compensate:
         h = inverse_gram(gram, ridge)
         if cross is not None:
@@ -150,7 +150,7 @@ def prune_kind(
         removed, scores, new = [], [], w
     elif method == "modhifi":
         step = step_size(remove, rounds)
-        removed, scores, new = obs_removal(w, h.clone(), units, remove, step)
+        removed, scores, new = obs_removal(w, h, units, remove, step)  # h not used after
     else:
         s = unit_scores(block, kind, method, gram)
         removed = s.argsort()[:remove].tolist()
@@ -160,7 +160,7 @@ def prune_kind(
     if compensate:
         if not torch.isfinite(new).all():
             raise EditError(f"{linear}: the compensation produced NaN or Inf")
-        linear.weight.copy_(new.to(linear.weight))
+        matrix(linear).copy_(new.to(linear.weight))
     return removed, scores
 
 
