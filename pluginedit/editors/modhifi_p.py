@@ -26,14 +26,16 @@ from .common.bnrecal import recalibrate_bn
 from .common.modhifi_cnn import (
     Removals,
     calib_batch,
+    calib_count,
     compensate_all,
     fidelity_scores,
     gram_budget,
     halves,
 )
+from .common.modhifi_totals import new_totals, report_totals, warn_totals
 from .common.modhifi_transformer import bert_units, prune_transformer
 from .common.seqrefit import kept_rows, sequential_refit
-from .prune import check_leaves_channels, check_still_runs, output_shape, warn_kept_whole
+from .prune import check_leaves_channels, check_still_runs, output_shape
 
 
 @dataclass(frozen=True)
@@ -60,11 +62,18 @@ class ModHiFiPOptions:
     conv_refit: Literal["full", "slice"] = option(
         "full", "conv delta*: full refit of the kept slices, or the paper's per-slice scale"
     )
-    refit: Literal["dense", "sequential"] = option(
-        "dense",
+    refit: Literal["auto", "dense", "sequential"] = option(
+        "auto",
         "delta* from the dense model's inputs only; or then, after removal, refit each layer in "
         "forward order on the pruned model's inputs against the dense outputs (one calibration "
-        "pass per refit layer)",
+        "pass per refit layer); auto: sequential when those passes cost at most "
+        "sequential_gmacs",
+    )
+    sequential_gmacs: float = option(
+        1000.0,
+        "refit='auto': the most GMACs the sequential passes may cost (estimate: refit layers x "
+        "calibration samples x MACs per sample)",
+        **NONNEGATIVE,
     )
     calib_samples: int = option(2048, "calibration samples per step", **COUNT)
     halves: bool = option(
@@ -94,49 +103,6 @@ def _layers(model, example) -> list[str]:
     return [p for p, m in groups(model).items() if p not in head and kind_of(m) != "attn_head"]
 
 
-PARTS = ("scores", "statistics", "solves", "surgery", "recalibration")
-
-
-def _totals() -> dict:
-    """What the steps add up: removals, steps, ridges, warnings, delta* modes, seconds."""
-    return {
-        "removed": {},
-        "steps": [],
-        "ridges": [],
-        "warned": 0,
-        "uncompensated": {},
-        "modes": {},
-        "kept_whole": {},
-        "unscored": {},
-        "seconds": dict.fromkeys(PARTS, 0.0),
-    }
-
-
-def _warn(totals: dict) -> None:
-    if totals["warned"]:
-        warnings.warn(
-            f"modhifi-p: {totals['warned']} compensation solve(s) met an ill-conditioned "
-            "Gram; the ridge was grown there",
-            IllConditionedWarning,
-            stacklevel=3,
-        )
-    if totals["uncompensated"]:
-        named = "; ".join(f"{p!r}: {why}" for p, why in list(totals["uncompensated"].items())[:3])
-        warnings.warn(
-            f"modhifi-p: {len(totals['uncompensated'])} consumer(s) pruned without delta* "
-            f"({named})",
-            stacklevel=3,
-        )
-    if totals["unscored"]:
-        named = ", ".join(repr(p) for p in list(totals["unscored"])[:3])
-        warnings.warn(
-            f"modhifi-p: {len(totals['unscored'])} layer(s) not scored, their channels kept "
-            f"unless a scored layer shares their group ({named}; record.info['unscored'])",
-            stacklevel=3,
-        )
-    warn_kept_whole("modhifi-p", totals["kept_whole"])
-
-
 def _scoreable(model, cons: dict) -> tuple[dict, dict]:
     """(the producers of ``cons`` fidelity can score, {the others: why}): a producer read only by
     depthwise convolutions (a stem before a depthwise-separable block without expansion) or by
@@ -157,21 +123,6 @@ def _scoreable(model, cons: dict) -> tuple[dict, dict]:
                 "path it misreads)"
             )
     return scored, unscored
-
-
-def _report(totals: dict) -> dict:
-    """The record's info on delta* and time: modes used (exact: the Gram of the kept inputs;
-    position: per-position Grams under the memory budget), consumers left uncompensated and
-    why, seconds per part (scores: their statistics pass and formulas; statistics: the delta*
-    pass; solves; surgery: the removal plan and torch-pruning; recalibration)."""
-    return {
-        "compensation_modes": totals["modes"],
-        "uncompensated": totals["uncompensated"],
-        "kept_whole": totals["kept_whole"],
-        "unscored": totals["unscored"],
-        "sequential_passes": totals.get("sequential_passes", 0),
-        "seconds": {k: round(v, 3) for k, v in totals["seconds"].items()},
-    }
 
 
 class ModHiFiP(Editor):
@@ -198,10 +149,12 @@ class ModHiFiP(Editor):
             layers = scores if scores is not None else _layers(model, example)
             check_leaves_channels(model, set(layers) - self._kept_whole(model, inputs), plan[0])
         used = scores.scorer if scores is not None else opts.scorer
-        totals, shape = _totals(), output_shape(model, example)
+        totals, shape = new_totals(), output_shape(model, example)
+        totals["macs"], totals["samples"] = macs0, calib_count(inputs.data, opts.calib_samples)
         for i, step_ratio in enumerate(bar(plan, desc="modhifi-p steps")):
             self._step(model, scores if i == 0 else None, inputs, step_ratio, totals)
             macs, params = count_ops_and_params(model, example)
+            totals["macs"] = macs
             if (
                 opts.target != "channels"
                 and 1 - (params / params0 if opts.target == "params" else macs / macs0) >= amount
@@ -213,7 +166,7 @@ class ModHiFiP(Editor):
                     f"could not remove {amount:.0%} of the {opts.target} in {opts.max_steps} steps"
                 )
         check_still_runs(model, example, shape)
-        _warn(totals)
+        warn_totals(totals)
         record = self.record(
             "removed (physical, torch-pruning)"
             + (" + delta*" if opts.compensate else "")
@@ -232,7 +185,7 @@ class ModHiFiP(Editor):
             "ill_conditioned_solves": totals["warned"],
             "max_ridge": max(totals["ridges"], default=0.0),
             "scores_used": used,
-            **_report(totals),
+            **report_totals(totals),
             "topk_reading": f"channel score = {opts.reduce} over consumers and outputs; "
             "lowest pruned"
             if used == "fidelity"
@@ -322,7 +275,7 @@ class ModHiFiP(Editor):
             planned, ignored = seen.removed, ignored | set(kept)
             totals["kept_whole"].update(kept)
             sec["surgery"] += time.perf_counter() - t
-            dense = copy.deepcopy(model) if opts.compensate and opts.refit != "dense" else None
+            dense = copy.deepcopy(model) if self._wants_sequential(planned, totals) else None
             if opts.compensate:
                 bns = {c: model.get_submodule(b) for c, b in bn_of(model).items()}
                 done = compensate_all(model, cons, second, planned, bns, opts, batch, sec)
@@ -353,6 +306,16 @@ class ModHiFiP(Editor):
             recalibrate_bn(model, inputs.data, opts.calib_samples, batch, skip)
             sec["recalibration"] += time.perf_counter() - t
 
+    def _wants_sequential(self, planned, totals) -> bool:
+        """Whether this step refits sequentially: asked for, or under refit='auto' when the
+        estimated cost of its passes is within ``sequential_gmacs`` (noted in the record)."""
+        opts = self.options
+        if not opts.compensate or opts.refit == "dense":
+            return False
+        gmacs = len(planned["in"]) * totals["samples"] * totals["macs"] / 1e9
+        totals["sequential_gmacs"].append(round(gmacs, 1))
+        return opts.refit == "sequential" or gmacs <= opts.sequential_gmacs
+
     def _sequential(self, model, dense, data, planned, batch, totals) -> list[str]:
         """The error-corrected refit after removal (``editors.common.seqrefit``); returns the BN
         paths it set, which the recalibration leaves."""
@@ -360,7 +323,8 @@ class ModHiFiP(Editor):
         rows = kept_rows(dense, model, planned, gram_budget())
         done = sequential_refit(model, dense, rows, data, bn_of(model), self.options, batch)
         totals["ridges"] += done["ridges"]
-        totals["sequential_passes"] = totals.get("sequential_passes", 0) + done["passes"]
+        totals["sequential_passes"] += done["passes"]
+        totals["sequential_resumed"] += done["resumed"]
         totals["seconds"]["solves"] += time.perf_counter() - t
         return done["bns"]
 

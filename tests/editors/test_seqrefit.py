@@ -94,3 +94,55 @@ def test_sequential_refit_without_compensation_is_refused(residual):
     assert all(
         torch.equal(a, b) for a, b in zip(m.state_dict().values(), model.state_dict().values())
     )
+
+
+def _pruned_with(model, calib, **kw):
+    m = copy.deepcopy(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rec = api.edit(m, "modhifi-p", None, data=calib, ratio=0.5, calib_samples=512, **kw)
+    return m, rec
+
+
+def test_auto_refit_is_sequential_within_its_budget_and_dense_beyond(residual):
+    """refit='auto' (the default) runs the sequential refit exactly when the estimate of its
+    passes (refit layers x samples x MACs per sample) is within ``sequential_gmacs``: the same
+    weights as asking for it, or as refit='dense' when the budget is too small."""
+    model, calib, _ = residual
+    seq, _ = _prune(model, calib, "sequential")
+    dense, _ = _prune(model, calib, "dense")
+    auto, rec = _pruned_with(model, calib)
+    (estimate,) = rec.info["sequential_gmacs"]
+    assert 0 < estimate <= 1000 and rec.info["sequential_passes"] >= 6
+    small, rec_small = _pruned_with(model, calib, sequential_gmacs=estimate / 2)
+    assert rec_small.info["sequential_passes"] == 0
+    for got, want in ((auto, seq), (small, dense)):
+        assert all(
+            torch.equal(a, b) for a, b in zip(got.state_dict().values(), want.state_dict().values())
+        )
+
+
+@pytest.mark.parametrize("arch", ["residual", "chain"])
+def test_passes_started_part_way_give_the_same_refit(residual, monkeypatch, arch):
+    """The refit's passes start at the chain link above each layer (cached inputs, the links
+    before it skipped): the weights are exactly those of whole passes, and most passes resume."""
+    from pluginedit.editors.common import seqrefit
+
+    model, calib, _ = residual
+    if arch == "chain":  # a VGG-like nn.Sequential: every conv is a link
+        torch.manual_seed(1)
+        layers = [nn.Conv2d(3, 12, 3, padding=1), nn.BatchNorm2d(12), nn.ReLU()]
+        layers += [nn.Conv2d(12, 12, 3, padding=1), nn.BatchNorm2d(12), nn.ReLU()] * 1
+        layers += [nn.Conv2d(12, 12, 3, padding=1), nn.BatchNorm2d(12), nn.ReLU()]
+        layers += [nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(48, 5)]
+        model = nn.Sequential(*layers)
+        recalibrate_bn(model, calib)
+        model.eval()
+    whole_run = {}
+    for cache in (0, seqrefit.CACHE):
+        monkeypatch.setattr(seqrefit, "CACHE", cache)
+        whole_run[cache] = _prune(model, calib, "sequential")
+    (a, rec_a), (b, rec_b) = whole_run[0], whole_run[seqrefit.CACHE]
+    assert rec_a.info["sequential_resumed"] == 0
+    assert rec_b.info["sequential_resumed"] >= rec_b.info["sequential_passes"] - 1 >= 2
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))

@@ -99,6 +99,19 @@ def halves(data, n_max: int):
     return None
 
 
+def calib_count(data, n_max: int) -> int:
+    """How many samples a calibration pass over ``data`` reads: at most ``n_max`` (an unsized
+    loader counts as ``n_max``: the pass stops there)."""
+    if isinstance(data, Split) or (
+        isinstance(data, (tuple, list)) and len(data) == 2 and torch.is_tensor(data[1])
+    ):
+        data = data.y if isinstance(data, Split) else data[1]
+    try:
+        return min(len(data), n_max)
+    except TypeError:
+        return n_max
+
+
 def fidelity_scores(model, cons, data, variant, reduce, batch, max_samples):
     """Channel scores of the producers of ``cons`` (``graph.groups.consumers``) from one pass
     of ``PairStats`` over ``data``."""

@@ -23,20 +23,18 @@ from torch import nn
 from ...capture import batches
 from ...core.components import eval_mode, get_module
 from ...linalg import DEFAULT_MAX_COND, shrinkage_ridge, solve_spd
+from ...scorers.fidelity import geometry
+from .resume import Resumer, Stop
 
 CHUNK = 64 << 20  # bytes of float64 patches formed at once
-
-
-class _Stop(Exception):
-    """Raised by a hook to end a forward once the layer refit has been seen."""
+CACHE = 2 << 30  # bytes of cached activations (both models) that let passes start part-way
 
 
 def _patches(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The rows the layer multiplies by its weight: [rows, in * kh * kw] (or [rows, in])."""
     if isinstance(module, nn.Conv2d):
-        if isinstance(module.padding, str):
-            raise ValueError("string padding")
-        cols = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)
+        g = geometry(module)  # "same" / "valid" padding as the numbers it pads by
+        cols = F.unfold(x, g["kernel_size"], g["dilation"], g["padding"], g["stride"])
         return cols.transpose(1, 2).reshape(-1, cols.shape[1])
     return x.reshape(-1, x.shape[-1])
 
@@ -48,9 +46,10 @@ def _outputs(y: torch.Tensor, conv: bool) -> torch.Tensor:
 
 
 def refittable(module: nn.Module, budget: int) -> bool:
-    """A plain Conv2d (no groups, numeric padding) or Linear whose Gram fits ``budget`` bytes."""
+    """A plain Conv2d (no groups, zero padding a number can say) or Linear whose Gram fits
+    ``budget`` bytes."""
     if isinstance(module, nn.Conv2d):
-        if module.groups != 1 or isinstance(module.padding, str) or module.padding_mode != "zeros":
+        if module.groups != 1 or geometry(module) is None:
             return False
     elif not isinstance(module, nn.Linear):
         return False
@@ -89,49 +88,37 @@ class _Sums:
 
 
 @torch.no_grad()
-def _moments(pruned, dense, paths, rows, data, batch, max_samples) -> dict:
-    """{path: ``_Sums.moments``} of each pruned layer's inputs against the dense layer's outputs
-    (kept rows), from one pass over ``data``, stopped after the last of ``paths`` (in forward
-    order) in both models."""
-    acc, sums = {}, {p: _Sums() for p in paths}
+def _moments(res: Resumer, path: str, rows) -> tuple:
+    """``_Sums.moments`` of the pruned layer ``path``'s inputs against the dense layer's outputs
+    (kept ``rows``), from one pass over the calibration batches, resumed where ``res`` caches
+    and stopped at the layer in both models."""
+    pruned, dense = res.models["pruned"], res.models["dense"]
+    conv, acc, sums = isinstance(get_module(dense, path), nn.Conv2d), {}, _Sums()
 
-    def take(path, last):
-        def hook(_m, args):
-            acc["x", path] = args[0]
-            if last:
-                raise _Stop
+    def take(_m, args):
+        acc["x"] = args[0]
+        raise Stop
 
-        return hook
+    def target(_m, _args, out):
+        acc["y"] = _outputs(out[:, rows] if conv else out[..., rows], conv)
+        raise Stop
 
-    def target(path, last):
-        conv = isinstance(get_module(dense, path), nn.Conv2d)
-
-        def hook(_m, _args, out):
-            acc["y", path] = _outputs(out[:, rows[path]] if conv else out[..., rows[path]], conv)
-            if last:
-                raise _Stop
-
-        return hook
-
-    hs = []
-    for k, path in enumerate(paths):
-        last = k == len(paths) - 1
-        hs.append(get_module(pruned, path).register_forward_pre_hook(take(path, last)))
-        hs.append(get_module(dense, path).register_forward_hook(target(path, last)))
+    hs = [
+        get_module(pruned, path).register_forward_pre_hook(take),
+        get_module(dense, path).register_forward_hook(target),
+    ]
     try:
-        for x, _ in batches(pruned, data, None, batch, max_samples):
-            for model in (pruned, dense):
+        for b in range(len(res.xs)):
+            for key in ("pruned", "dense"):
                 try:
-                    model(x)
-                except _Stop:
+                    res.run(key, b)
+                except Stop:
                     pass
-            for path in paths:
-                layer = get_module(pruned, path)
-                sums[path].add(layer, acc.pop(("x", path)), acc.pop(("y", path)).double())
+            sums.add(get_module(pruned, path), acc.pop("x"), acc.pop("y").double())
     finally:
         for h in hs:
             h.remove()
-    return {p: s.moments() for p, s in sums.items()}
+    return sums.moments()
 
 
 @torch.no_grad()
@@ -182,27 +169,32 @@ def forward_order(model, paths, data, batch) -> list[str]:
     return [p for p in dict.fromkeys(seen) if p in set(paths)]
 
 
-def sequential_refit(pruned, dense, rows, data, bns, opts, batch, max_cond=DEFAULT_MAX_COND):
+def sequential_refit(
+    pruned, dense, rows, data, bns, opts, batch, max_cond=DEFAULT_MAX_COND, cache=None
+):
     """Refit each layer of ``rows`` ({path: kept output rows of the dense layer}) of the pruned
     model against the dense copy ``dense``, in forward order, one stopped pass each (all from
     one pass, each layer seeing its inputs before the layers upstream were refit, measured worse:
-    the corrections compound). ``bns``: {path: BN
-    path} of the BN after each layer (the same in both models).
-    Returns {"ridges": [...], "passes": number of (stopped) calibration passes, "bns": the BN
-    paths whose statistics were set (a later recalibration should leave them: it would rescale
-    each refit output, a projection with less variance than its dense target, to unit variance,
-    which measured worse)}."""
+    the corrections compound). Each pass starts at the chain link closest above the layer
+    (``resume.Resumer``; up to ``cache`` bytes of cached inputs, default ``CACHE``), so the
+    passes together cost a few forwards rather than one per layer. ``bns``: {path: BN path} of
+    the BN after each layer (the same in both models).
+    Returns {"ridges": [...], "passes": number of (stopped) calibration passes, "resumed": how
+    many started part-way, "bns": the BN paths whose statistics were set (a later
+    recalibration should leave them: it would rescale each refit output, a projection with less
+    variance than its dense target, to unit variance, which measured worse)}."""
     order = forward_order(pruned, list(rows), data, batch)
-    stages = [[p] for p in order]
-    ridges, set_bns = [], []
-    with eval_mode(pruned), eval_mode(dense):
-        for stage in stages:
-            got = _moments(pruned, dense, stage, rows, data, batch, opts.calib_samples)
-            for path in stage:
-                bn = _bn(pruned, dense, bns.get(path), rows[path], set_bns)
-                layer = get_module(pruned, path)
-                ridges.append(_refit(layer, bn, *got[path], opts.ridge, max_cond))
-    return {"ridges": ridges, "passes": len(stages), "bns": set_bns}
+    ridges, set_bns, resumed = [], [], 0
+    with eval_mode(pruned), eval_mode(dense), torch.no_grad():
+        xs = [x for x, _ in batches(pruned, data, None, batch, opts.calib_samples)]
+        res = Resumer({"pruned": pruned, "dense": dense}, xs, CACHE if cache is None else cache)
+        for path in order:
+            res.move_to(path)
+            resumed += res.at is not None
+            got = _moments(res, path, rows[path])
+            bn = _bn(pruned, dense, bns.get(path), rows[path], set_bns)
+            ridges.append(_refit(get_module(pruned, path), bn, *got, opts.ridge, max_cond))
+    return {"ridges": ridges, "passes": len(order), "resumed": resumed, "bns": set_bns}
 
 
 def _bn(pruned, dense, path, rows, set_bns):
