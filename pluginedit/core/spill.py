@@ -36,7 +36,9 @@ class SpilledSnapshot:
     def __init__(self, model: nn.Module):
         self.modules = list(model.modules())
         slots: dict[int, int] = {}
-        self.refs, self.kinds, values = [], [], {}
+        self.refs: list[weakref.ref] = []
+        self.kinds: list[tuple] = []
+        values: dict[str, torch.Tensor] = {}
         for m in self.modules:
             for t in list(m._parameters.values()) + list(m._buffers.values()):
                 if t is not None and id(t) not in slots:
