@@ -13,11 +13,15 @@ std::tuple<at::Tensor, at::Tensor> class_moments_cpu(const at::Tensor&, const at
                                                      const c10::optional<at::Tensor>&);
 std::tuple<at::Tensor, at::Tensor> gram_cpu(const at::Tensor&, at::IntArrayRef, at::IntArrayRef,
                                             at::IntArrayRef, at::IntArrayRef);
+at::Tensor class_maps_fold_cpu(at::Tensor&, at::Tensor&, const at::Tensor&, const at::Tensor&, bool);
+std::tuple<at::Tensor, at::Tensor> class_maps_gram_cpu(const at::Tensor&, const at::Tensor&);
 }  // namespace pluginedit
 
 TORCH_LIBRARY_IMPL(pluginedit, CPU, m) {
   m.impl("class_moments", &pluginedit::class_moments_cpu);
   m.impl("gram", &pluginedit::gram_cpu);
+  m.impl("class_maps_fold", &pluginedit::class_maps_fold_cpu);
+  m.impl("class_maps_gram", &pluginedit::class_maps_gram_cpu);
 }
 
 // A plain Python module so `import pluginedit._C` loads the library (and runs the registrations

@@ -253,12 +253,16 @@ def head_layers(
 
 
 def default_targets(
-    model: nn.Module, example: torch.Tensor | None = None, num_classes: int | None = None
+    model: nn.Module,
+    example: torch.Tensor | None = None,
+    num_classes: int | None = None,
+    heads: list[str] | None = None,
 ) -> list[str]:
     """Every conv / linear layer except the classifier head; for a transformer, its attention
     blocks (heads) and FFN up projections (neurons)."""
     units = transformer_units(model)
     if units:
         return units
-    heads = set(head_layers(model, example, num_classes))
-    return [p for p in groups(model) if p not in heads and kind_of(groups(model)[p]) != "attn_head"]
+    # ``heads`` when a forward already found them (capture.checked_inputs): no second forward
+    heads, layers = set(heads or head_layers(model, example, num_classes)), groups(model)
+    return [p for p, m in layers.items() if p not in heads and kind_of(m) != "attn_head"]

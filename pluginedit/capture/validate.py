@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from ..core import checks
 from ..core.batches import call
-from ..core.components import check_targets, eval_mode, groups, size_of
+from ..core.components import check_targets, eval_mode, groups, heads_recorder, size_of
 from ..core.errors import InputError
 from ..core.outputs import output, primary, tensors
 from ..core.plugin import Inputs
@@ -197,10 +197,16 @@ def checked_inputs(
     check_nonempty(data)
     data, example = for_model(model, data, example)
     example = example if example is not None else example_batch(data)
-    raw = check_runs(model, example)  # one forward serves the class checks too
+    heads = None
+    if not targets and all_by_default:  # the same forward finds the classifier head
+        with heads_recorder(model) as found_in:
+            raw = check_runs(model, example)
+        heads = found_in(raw) if raw is not None else None
+    else:
+        raw = check_runs(model, example)  # one forward serves the class checks too
     num_classes = checked_classes(model, data, example, num_classes, need, raw)
     if not targets and all_by_default:
-        targets = default_targets(model, example, num_classes)
+        targets = default_targets(model, example, num_classes, heads=heads)
     return Inputs(
         data=data,
         example=example,

@@ -38,8 +38,8 @@ def class_moments(
     samples of class k of (s, s^2, s^3, s^4, e, e^2); absent classes have zero rows.
 
     The contract of every backend: fresh float64 results per call (accumulating across batches
-    is the statistic's job), spatial reductions in at least fp32 (float64 here and in C++),
-    the features formed in float64.
+    is the statistic's job), spatial reductions in at least fp32 (float64 here; C++: fp32
+    blocks of 16 folded into float64), the features formed in float64.
     """
     v = _as_nc_l(x).double()
     return power_sums(v.sum(2), v.square().sum(2), labels, num_classes, gamma, shift)

@@ -107,6 +107,7 @@ class TVSScorer(Scorer):
                 inputs.num_classes,
                 full=opts.form == "full",
                 max_full=opts.max_full,
+                pixel_squares=opts.form != "iso",  # iso pools the variance: squares per channel
             )
             reqs[path] = Request(module, stat, where)
         return reqs

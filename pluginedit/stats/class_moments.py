@@ -3,12 +3,12 @@
 ``ClassMoments``: per class, sums of the witness features (s, s^2, s^3, s^4, e, e^2) of every
 channel, s the per-example spatial sum and e = exp(-gamma ||A||_F). ``ClassMaps``: per class,
 sums (and squares, optionally outer products) of whole activation maps. Both keep true sample
-counts; "rest of the classes" is total minus class, so no extra pass is needed.
-"""
+counts; "rest of the classes" is total minus class, so no extra pass is needed."""
 
 from __future__ import annotations
 
 import math
+import os
 from math import comb
 
 import torch
@@ -16,7 +16,7 @@ import torch
 from .. import ops
 from ..core.errors import InputError
 from ..ops._common import _as_nc_l
-from ..ops.class_maps import BLOCK, accumulate_maps
+from ..ops.class_maps import BLOCK
 from .base import Statistic, check_activations, check_labels
 
 FEATURES = ("linear", "poly", "exp")  # phi = s | (s, s^2) | e
@@ -79,10 +79,19 @@ def unshift_poly(mean: torch.Tensor, cov: torch.Tensor, shift: torch.Tensor):
     return new_mean, a @ cov @ a.transpose(-1, -2)
 
 
+def first_shift(x: torch.Tensor) -> torch.Tensor:
+    """The s-shift [C] a fresh ClassMoments takes from its first batch x: the spatial sums of
+    its first sample (fp32, then float64). Any centre near the data conditions the fourth powers
+    (``centred`` re-centres exactly); one sample's sums are within a spread of the mean and cost
+    a read of 1/N of the batch, where the batch mean would read it all a second time."""
+    return _as_nc_l(x[:1].detach()).sum(2).double()[0]
+
+
 class ClassMoments(Statistic):
     """Per-class witness-feature power sums [K, C, 6] and counts [K] (float64).
 
-    The s-powers are taken about a per-channel ``shift`` (default: the first batch's mean of s)
+    The s-powers are taken about a per-channel ``shift`` (default: s of the first batch's first
+    sample, ``first_shift``)
     so fourth powers stay well conditioned; ``merge`` re-centres the other side binomially."""
 
     def __init__(
@@ -95,12 +104,8 @@ class ClassMoments(Statistic):
     ):
         if gamma <= 0:
             raise InputError(f"gamma must be positive, got {gamma}")
-        self.num_channels, self.num_classes, self.gamma, self._backend = (
-            num_channels,
-            num_classes,
-            float(gamma),
-            backend,
-        )
+        self.num_channels, self.num_classes, self._backend = num_channels, num_classes, backend
+        self.gamma = float(gamma)
         self.count = torch.zeros(num_classes, dtype=torch.float64)
         self.sums = torch.zeros(num_classes, num_channels, 6, dtype=torch.float64)
         self.shift = None if shift is None else shift.detach().double().reshape(num_channels)
@@ -112,11 +117,7 @@ class ClassMoments(Statistic):
             raise InputError(f"expected {self.num_channels} channels, got {x.shape[1]}")
         labels = _labels(x, labels, self.num_classes)
         self.to(x.device)
-        shift = self.shift
-        if shift is None:
-            # any centre conditions the powers (centred() re-centres exactly): an fp32 spatial
-            # sum, not a float64 copy of the batch
-            shift = _as_nc_l(x.detach()).sum(2).double().mean(0)
+        shift = self.shift if self.shift is not None else first_shift(x)
         self.backend, fn = ops.resolve("class_moments", x, self._backend)
         # detached: a statistic is not differentiated, and the op's autograd wrapper would
         # otherwise chain every batch's sums into one graph
@@ -125,7 +126,7 @@ class ClassMoments(Statistic):
         # the finite check (one host sync): NaN/Inf in x reach the sums of s, so the input is
         # read again (check_activations, the precise message) only when the sums are not
         # finite; the state is updated only after it
-        if not bool(torch.isfinite(total).all()):
+        if not math.isfinite(float(total.sum())):  # 10x cheaper than isfinite().all()
             check_activations(x)
             raise InputError("witness power sums overflowed float64 (activations too large)")
         self.shift, self.sums = shift, total
@@ -210,7 +211,9 @@ class ClassMaps(Statistic):
     """Per-class sums of activation maps [K, C, L], their squares and (``full``) outer products
     [K, C, L, L] (float64): class-mean maps and per-pixel or full covariances (TVSPrune).
     Outer products are kept only for maps of at most ``max_full`` pixels (memory is K C L^2);
-    for larger maps ``full`` turns False at the first batch."""
+    for larger maps ``full`` turns False at the first batch. ``pixel_squares=False`` keeps the
+    squares summed over space ([K, C, 1]): enough for the pooled variance, half the state and
+    half its memory traffic (per-pixel variances then raise)."""
 
     def __init__(
         self,
@@ -219,14 +222,12 @@ class ClassMaps(Statistic):
         full: bool = False,
         max_full: int = 64,
         backend: str | None = None,
+        pixel_squares: bool = True,
     ):
-        self.num_channels, self.num_classes, self.full, self._backend = (
-            num_channels,
-            num_classes,
-            full,
-            backend,
-        )
-        self.max_full = max_full
+        if full and not pixel_squares:
+            raise InputError("full covariances need per-pixel squares (pixel_squares=True)")
+        self.num_channels, self.num_classes, self._backend = num_channels, num_classes, backend
+        self.full, self.max_full, self.pixel_squares = full, max_full, pixel_squares
         self.count = torch.zeros(num_classes, dtype=torch.float64)
         self.sums = self.squares = self.outer = None
 
@@ -247,22 +248,29 @@ class ClassMaps(Statistic):
         self.outer = outer if self.outer is None else self.outer + outer
 
     def _fold(self, x, labels):
-        """Sums and squares added in place into the float64 state from one blocked read of x
-        (ops.class_maps.accumulate_maps); the finite check rides on the batch's sum of squares
-        (one host sync), the precise message from check_activations only on failure."""
-        self.backend = "torch"
+        """Sums and squares folded in place into the float64 state from one read of x (the op
+        ``class_maps_fold``: csrc/class_maps.cpp, or the reference ops.class_maps.accumulate_maps);
+        the first batch writes fresh (uninitialised) state instead of adding to zeros. The finite
+        check rides on the fold's total (one host sync), the precise message from
+        check_activations only on failure."""
         self.to(x.device)
-        if self.sums is None:
-            shape = (self.num_classes, x.shape[1], math.prod(x.shape[2:]))
-            self.sums = torch.zeros(shape, dtype=torch.float64, device=x.device)
-            self.squares = torch.zeros_like(self.sums)
-        elif x.shape[1:2] != self.sums.shape[1:2] or math.prod(x.shape[2:]) != self.sums.shape[2]:
+        length = math.prod(x.shape[2:])
+        init = self.sums is None
+        if init:
+            shape = (self.num_classes, x.shape[1], length)
+            self.sums = torch.empty(shape, dtype=torch.float64, device=x.device)
+            self.squares = self.sums.new_empty(shape[:2] + (length if self.pixel_squares else 1,))
+        elif x.shape[1:2] != self.sums.shape[1:2] or length != self.sums.shape[2]:
             raise InputError(
                 f"map of shape {tuple(x.shape[1:])} does not match the statistic's "
                 f"{tuple(self.sums.shape[1:])}"
             )
-        total = accumulate_maps(self.sums, self.squares, x, labels)
-        if not bool(torch.isfinite(total)):
+        # a backend forced for class_maps (triton: the full form) applies where the fold has it
+        forced = self._backend or os.environ.get(ops.ENV)
+        fold = forced if forced in ops.available("class_maps_fold", x.device) else "auto"
+        self.backend, fn = ops.resolve("class_maps_fold", x, fold)
+        total = fn(self.sums, self.squares, x, labels, init)
+        if not math.isfinite(float(total)):
             check_activations(x)
             raise InputError("activation maps overflowed float64 (activations too large)")
         self.count = self.count + torch.bincount(labels, minlength=self.num_classes).to(self.count)
@@ -295,7 +303,7 @@ class ClassMaps(Statistic):
             self.sums = torch.zeros(
                 self.num_classes, self.num_channels, size, dtype=torch.float64, device=dev
             )
-            self.squares = torch.zeros_like(self.sums)
+            self.squares = torch.zeros_like(self.sums if self.pixel_squares else self.sums[..., :1])
             if self.full:
                 self.outer = torch.zeros(*self.sums.shape, size, dtype=torch.float64, device=dev)
         self._sum_state(comm)
@@ -319,6 +327,8 @@ class ClassMaps(Statistic):
 
     def variances(self) -> torch.Tensor:
         """Per-class per-pixel variances [K, C, L] (population)."""
+        if not self.pixel_squares:
+            raise InputError("per-pixel variances need ClassMaps(pixel_squares=True)")
         return (self.squares / self._n(1) - self.means().square()).clamp_min(0)
 
     block = 16 * BLOCK  # state elements per block of the derived quantities (4 MiB)
@@ -333,8 +343,26 @@ class ClassMaps(Statistic):
         step = max(1, self.block // max(k * length, 1))
         return [slice(i, i + step) for i in range(0, c, step)]
 
+    def maps_gram(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gram [C, K, K], msq [K, C]) of ops.class_maps.maps_gram from one read of the state
+        (op ``class_maps_gram``), kept until the state changes: both derived quantities read it."""
+        if self.sums is None:
+            raise InputError("ClassMaps has seen no data")
+        key = (id(self.sums), self.sums._version, id(self.count), self.count._version)
+        cached = getattr(self, "_gram_cache", None)
+        if cached is None or cached[0] != key:
+            _, fn = ops.resolve("class_maps_gram", self.sums)
+            cached = (key, fn(self.sums, self.count))
+            self._gram_cache = cached
+        return cached[1]
+
     def pooled_variance(self) -> torch.Tensor:
-        """variances().mean() (0-dim), block by block."""
+        """variances().mean() (0-dim), block by block; with per-channel squares, the sum over
+        space of E[x^2] - mu^2 per (class, channel) from ``maps_gram``'s sums of mu^2."""
+        if not self.pixel_squares:
+            n = self.count.clamp_min(1).reshape(-1, 1)
+            msq = self.maps_gram()[1]
+            return (self.squares[..., 0] / n - msq).clamp_min_(0).sum() / self.sums.numel()
         total = self.sums.new_zeros(())
         n = self._n(1)
         for b in self._channel_blocks():
@@ -346,24 +374,22 @@ class ClassMaps(Statistic):
         """Squared distances ||mu_P - mu_Q||^2 between class-mean maps, [P, C]: for every class
         pair i < j (``pairwise_min``, the order of ``torch.triu_indices``), or each class vs the
         rest of the data (``ovr_min``). Pairs come from one per-channel K x K Gram of the means
-        (K^2 C L multiply-adds, no [P, C, L] tensor); the means are centred per pixel first so
-        near-equal classes do not cancel catastrophically. Formed per block of channels."""
+        (``maps_gram``: K^2 C L multiply-adds, no [P, C, L] tensor); the means are centred per
+        pixel first so near-equal classes do not cancel catastrophically."""
         if aggregation not in ("ovr_min", "pairwise_min"):
             raise InputError(f"unknown aggregation {aggregation!r}")
+        if aggregation == "pairwise_min":
+            i, j = torch.triu_indices(self.num_classes, self.num_classes, offset=1)
+            gram = self.maps_gram()[0]
+            sq = torch.diagonal(gram, dim1=1, dim2=2)  # [C, K]
+            return (sq[:, i] + sq[:, j] - 2 * gram[:, i, j]).clamp_min(0).T
         n = self._n(1)
         rn = (self.count.sum() - self.count).clamp_min(1).reshape(-1, 1, 1)
-        i, j = torch.triu_indices(self.num_classes, self.num_classes, offset=1)
         out = []
         for b in self._channel_blocks():
             mu = self.sums[:, b] / n
-            if aggregation == "ovr_min":
-                rest = (self.sums[:, b].sum(0, keepdim=True) - self.sums[:, b]) / rn
-                out.append(mu.sub_(rest).square_().sum(-1))
-                continue
-            z = (mu - mu.mean(0, keepdim=True)).transpose(0, 1)  # [c, K, L]
-            gram = z @ z.transpose(1, 2)  # [c, K, K]
-            sq = torch.diagonal(gram, dim1=1, dim2=2)  # [c, K]
-            out.append((sq[:, i] + sq[:, j] - 2 * gram[:, i, j]).clamp_min(0).T)
+            rest = (self.sums[:, b].sum(0, keepdim=True) - self.sums[:, b]) / rn
+            out.append(mu.sub_(rest).square_().sum(-1))
         return torch.cat(out, 1)
 
     def covariances(self) -> torch.Tensor:

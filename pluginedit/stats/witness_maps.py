@@ -17,7 +17,7 @@ from ..ops._common import _as_nc_l
 from ..ops.class_maps import map_sums
 from ..ops.class_moments import power_sums
 from .base import Statistic, check_activations
-from .class_moments import ClassMaps, ClassMoments, _labels
+from .class_moments import ClassMaps, ClassMoments, _labels, first_shift
 
 
 class WitnessMaps(Statistic):
@@ -45,8 +45,8 @@ class WitnessMaps(Statistic):
         sq = v.square()
         s = v.sum(2)
         m.to(x.device)
-        if m.shift is None:  # as ClassMoments: the first batch's mean of the fp32 spatial sums
-            m.shift = _as_nc_l(x.detach()).sum(2).double().mean(0)
+        if m.shift is None:  # as ClassMoments
+            m.shift = first_shift(x)
         counts, sums = power_sums(s, sq.sum(2), labels, k, m.gamma, m.shift)
         m.sums, m.count = m.sums + sums, m.count + counts
         if not torch.isfinite(m.sums).all():

@@ -68,7 +68,8 @@ def test_opcheck_csrc_ops(shape):
 def test_each_op_is_registered_once():
     # One op per statistic: no second (``*_ref``) registration, and every op is defined with a
     # schema from Python, whether or not the extension is loaded.
-    names = {"channel_moments", "class_maps", "class_moments", "gram"}
+    names = {"channel_moments", "class_maps", "class_maps_fold", "class_maps_gram", "class_moments"}
+    names.add("gram")
     for name in names:
         assert torch._C._dispatch_has_kernel(f"pluginedit::{name}"), name
         assert not hasattr(torch.ops.pluginedit, f"{name}_ref"), name

@@ -71,3 +71,27 @@ def test_blocked_scores_equal_whole_tensor_formulas(aggregation):
         rest = (maps.sums.sum(0, keepdim=True) - maps.sums) / (n.sum() - n)
         want = (mu - rest).square().sum(-1)
     torch.testing.assert_close(maps.mean_sq_dists(aggregation), want, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("aggregation", ["pairwise_min", "ovr_min"])
+def test_per_channel_squares_give_the_same_iso_quantities(aggregation):
+    """pixel_squares=False keeps sum over space of x^2 per (class, channel): the pooled variance
+    and the mean distances (all the iso TVS bound reads) equal the per-pixel statistic's."""
+    x, y = batch(n=30, c=7, shape=(9, 11), seed=3, mean=5.0)
+    pixel, channel = ClassMaps(7, K), ClassMaps(7, K, pixel_squares=False)
+    for xb, yb in zip(x.split(8), y.split(8)):
+        pixel.update(xb, yb)
+        channel.update(xb, yb)
+    assert channel.squares.shape == (K, 7, 1)
+    torch.testing.assert_close(channel.sums, pixel.sums, rtol=0, atol=0)
+    torch.testing.assert_close(channel.squares[..., 0], pixel.squares.sum(-1), rtol=1e-13, atol=0)
+    torch.testing.assert_close(
+        channel.pooled_variance(), pixel.pooled_variance(), rtol=1e-10, atol=0
+    )
+    torch.testing.assert_close(
+        channel.mean_sq_dists(aggregation), pixel.mean_sq_dists(aggregation), rtol=1e-12, atol=0
+    )
+    with pytest.raises(InputError, match="pixel_squares"):
+        channel.variances()
+    with pytest.raises(InputError, match="per-pixel squares"):
+        ClassMaps(7, K, full=True, pixel_squares=False)
