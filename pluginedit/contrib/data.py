@@ -55,18 +55,6 @@ def _normalise(x: torch.Tensor, mean: float, std: float) -> torch.Tensor:
     return ((x - mean) / std).float()
 
 
-def _mean_std(x: torch.Tensor) -> tuple[float, float]:
-    """Mean and std summed on one thread: a multi-threaded sum's last bits depend on the thread
-    count, and the trained-model cache key (``train.data_hash``) hashes the normalised images,
-    so a process with other threads would retrain silently."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return x.mean().item(), x.std().item()
-    finally:
-        torch.set_num_threads(threads)
-
-
 def load_digits(test_fraction: float = 0.25, seed: int = 0) -> DataBundle:
     """scikit-learn's 8x8 digits (1,797 images, 10 classes), a stratified seeded split."""
     from sklearn.datasets import load_digits as sk_digits
@@ -79,7 +67,7 @@ def load_digits(test_fraction: float = 0.25, seed: int = 0) -> DataBundle:
     tr, te = train_test_split(
         np.arange(len(y)), test_size=test_fraction, stratify=d.target, random_state=seed
     )
-    mean, std = _mean_std(x[tr])
+    mean, std = x[tr].mean().item(), x[tr].std().item()
     x = _normalise(x, mean, std)
     names = tuple(str(i) for i in range(10))
     return DataBundle("digits", Split(x[tr], y[tr]), Split(x[te], y[te]), 10, names)
@@ -178,7 +166,7 @@ def load_idx_dataset(name: str, root: str | Path | None = None) -> DataBundle:
             torch.from_numpy(x.copy()).float().div_(255).unsqueeze(1),
             torch.from_numpy(y.astype(np.int64)),
         )
-    mean, std = _mean_std(splits["train"][0])
+    mean, std = splits["train"][0].mean().item(), splits["train"][0].std().item()
     train, test = (Split(_normalise(x, mean, std), y) for x, y in splits.values())
     names = FASHION_CLASSES if name == "fashion-mnist" else tuple(str(i) for i in range(10))
     return DataBundle(name, train, test, 10, names)

@@ -142,18 +142,21 @@ class Resumer:
         return got["x"]
 
     def _usable(self, link: str) -> bool:
-        """Whether resuming at ``link`` gives the whole forward's output (checked once, on the
-        dense model's first batch) and its cache fits the memory budget."""
+        """Whether resuming at ``link`` gives the whole forward's output in both models
+        (checked once, on the first batch; a forward that fails resumed, as where a skipped
+        link's output is not batch-first, rules the link out) and its cache fits the budget."""
         if link not in self.valid:
-            model, x = self.models["dense"], self.xs[0]
-            size = self._bytes(link)
-            ok = size * 2 <= self.budget
-            if ok:
-                with torch.no_grad():
-                    whole = model(x)
-                    with self._resumed("dense", link, self._take("dense", 0, link, None)):
-                        part = model(x)
-                ok = _same(whole, part)
+            ok = self._bytes(link) * 2 <= self.budget
+            for key in self.models if ok else ():
+                model, x = self.models[key], self.xs[0]
+                try:
+                    with torch.no_grad():
+                        whole = model(x)
+                        with self._resumed(key, link, self._take(key, 0, link, None)):
+                            part = model(x)
+                    ok = ok and _same(whole, part)
+                except Exception:  # noqa: BLE001 - any failure only means: do not resume here
+                    ok = False
             self.valid[link] = ok
         return self.valid[link]
 
@@ -172,7 +175,10 @@ class Resumer:
             shape = (n, *shapes[p][1:])
             get_module(model, p).forward = lambda *a, _s=shape, **k: xin.new_zeros(_s)
         # first of the hooks there, so the others (the refit's) see the cached input
-        h = get_module(model, link).register_forward_pre_hook(lambda _m, _a: (xin,), prepend=True)
+        # (the other positional arguments as given: a block may take more, e.g. height, width)
+        h = get_module(model, link).register_forward_pre_hook(
+            lambda _m, a: (xin, *a[1:]), prepend=True
+        )
         try:
             yield
         finally:
