@@ -5,8 +5,10 @@
 
 Rows: dense; for each share of block parameters removed, ``modhifi`` (uniform: the same shape in
 every block, so plain ``from_pretrained`` loads it; compensated subset fidelity + least-squares
-refit of o_proj / down_proj onto the dense model's block outputs), ``modhifi-adaptive``
-(per-block counts from a global ranking of normalised losses), the uncompensated baselines
+refit of o_proj / down_proj), ``modhifi-adaptive`` (per-block counts from a global ranking of
+normalised losses), ``modhifi-kvplan`` / ``modhifi-kvplan-adaptive`` (the same with KV groups
+allowed, costed at the block output: ``kv_plan=True`` / adaptive over both kinds), the
+uncompensated baselines
 ``magnitude`` and ``wanda`` (structured |W| x input norm), all from the same sequential pass,
 and ``peer``: Torch-Pruning's pruner as in its LLM example, cache off, at the ratio matching
 the parameter count (``llm_peer``; its error is recorded when it stops). Columns: perplexity on
@@ -15,7 +17,8 @@ added while pruning. Text: King James Bible (Debian ``bible-kjv-text``): calibra
 Genesis, evaluation chunks from Matthew (``contrib.llm``); options were chosen on a split of
 Genesis only. The uniform modhifi model is saved with ``save_pretrained`` and reloaded with
 plain ``from_pretrained`` (max |logit difference| reported); a few greedy generations are
-shown. Then the depth-scaling table of ``llm_scaling`` (``--depths``; none to skip).
+shown. The depth-scaling table is ``benchmarks/llm_scaling.py``'s (results/llm_scaling.md):
+the report points to it.
 Writes llm.{json,md} to --out (default: a scratch folder, see benchmarks/_results.py)."""
 
 from __future__ import annotations
@@ -32,7 +35,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import _results  # noqa: E402  (the helper beside this script)
 import llm_peer  # noqa: E402
-import llm_scaling  # noqa: E402
 import psutil  # noqa: E402
 import torch  # noqa: E402
 
@@ -101,6 +103,9 @@ METHODS = {  # row name: options of the modhifi-llm editor (None: the peer)
     # KV groups when the loss curves call them cheaper than FFN channels
     "modhifi-kv": dict(method="modhifi", target="dense", kv_plan=True),
     "modhifi-kv-adaptive": dict(method="modhifi", target="dense", allocation="adaptive"),
+    # self target, KV groups costed at the block output (plan.py): uniform count / adaptive
+    "modhifi-kvplan": dict(method="modhifi", target="self", kv_plan=True),
+    "modhifi-kvplan-adaptive": dict(method="modhifi", target="self", allocation="adaptive"),
     "magnitude": dict(method="magnitude"),
     "wanda": dict(method="wanda"),
     "peer": None,
@@ -142,7 +147,7 @@ def prune_row(dense, tok, calib, ev, method: str, ratio: float, args) -> dict:
         return {**row, **info, "params": sum(p.numel() for p in model.parameters())}
     row.update(info)
     row.update(measure(model, tok, ev, method.startswith("modhifi")))
-    if method == "modhifi":
+    if method in ("modhifi", "modhifi-kvplan"):  # uniform: plain from_pretrained loads it
         row["reload_max_abs_diff"] = reload_check(model, ev)
     return row
 
@@ -169,18 +174,15 @@ def run(args) -> dict:
         "seq_len": args.seq_len,
         "threads": args.threads,
     }
-    res = {"setup": setup, "rows": rows}
-    if args.depths:
-        res["scaling"] = [llm_scaling.depth_row(d, args.threads) for d in args.depths]
-    return res
+    return {"setup": setup, "rows": rows}
 
 
 def combine(paths: list[str]) -> dict:
-    """One result from the rows of runs made in parallel (the first one's setup)."""
+    """One result from the rows of runs made in parallel (the first one's setup).
+
+    Scaling rows of older files are dropped: that table is llm_scaling.md's now."""
     parts = [_results.read(p) for p in paths]
-    res = {"setup": parts[0]["setup"], "rows": [r for p in parts for r in p["rows"]]}
-    scaling = [r for p in parts for r in p.get("scaling", [])]
-    return {**res, "scaling": scaling} if scaling else res
+    return {"setup": parts[0]["setup"], "rows": [r for p in parts for r in p["rows"]]}
 
 
 def markdown(res: dict) -> str:
@@ -211,7 +213,7 @@ def markdown(res: dict) -> str:
                 f"`{r['where'].strip()}` with `{r['error']}`"
             )
     lines += [""] + [f"* {n}" for n in res.get("notes", [])]
-    lines += _scaling_md(res.get("scaling", []))
+    lines += _scaling_md()
     for r in res["rows"]:
         if "reload_max_abs_diff" in r:
             lines += [
@@ -226,26 +228,24 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _scaling_md(rows: list[dict]) -> list[str]:
-    if not rows:
-        return []
+def _scaling_md() -> list[str]:
+    """A pointer to llm_scaling's committed table (its figures, when the file is there)."""
     out = [
         "",
-        "## Depth scaling: random-initialised GQA Llamas (hidden 512, 8 heads, 2 KV heads)",
+        "## Depth scaling",
         "",
-        f"{rows[0]['tokens']} calibration tokens, modhifi-llm at 20 % of block parameters "
-        "(uniform, dense target); the peer's dependency-graph build (cache off) alone.",
-        "",
-        "| layers | params | modhifi s | s per block | median block s | peak +MB | "
-        "peer graph s | peer graph s per block |",
-        "|---|---|---|---|---|---|---|---|",
+        "Random-initialised GQA Llamas of 4-32 layers: see [llm_scaling.md](llm_scaling.md) "
+        "(`python benchmarks/llm_scaling.py --depths 4 8 16 32 --out benchmarks/results`).",
     ]
-    for r in rows:
-        out.append(
-            f"| {r['layers']} | {r['params']:,} | {r['modhifi_seconds']} | "
-            f"{r['modhifi_per_block_s']} | {r['modhifi_block_median_s']} | "
-            f"{r['modhifi_peak_added_mb']} | {r['peer_graph_seconds']} | "
-            f"{r['peer_graph_per_block_s']} |"
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "llm_scaling.json")
+    if os.path.exists(path):
+        rows = _results.read(path)  # its stamp dropped: the list of rows
+        mb = [r["modhifi_peak_added_mb"] for r in rows]
+        per = [r["modhifi_per_block_s"] for r in rows]
+        out[-1] += (
+            f" There, from {rows[0]['layers']} to {rows[-1]['layers']} layers, peak added "
+            f"memory is {min(mb):.0f}-{max(mb):.0f} MB and seconds per block "
+            f"{min(per):.2f}-{max(per):.2f}: flat in depth."
         )
     return out
 
@@ -260,8 +260,9 @@ def main(argv=None) -> int:
         "--depths",
         type=int,
         nargs="*",
-        default=[4, 8, 16, 32],
-        help="layers of the random GQA Llamas of the scaling table (none: no table)",
+        default=[],
+        help="no longer here: run benchmarks/llm_scaling.py (kept so that the recorded row "
+        "commands, which pass it empty, still run)",
     )
     ap.add_argument("--calib", type=int, default=64, help="calibration sequences")
     ap.add_argument("--eval", type=int, default=32, help="evaluation sequences")
@@ -279,6 +280,8 @@ def main(argv=None) -> int:
     ap.add_argument("--note", action="append", default=[], help="a line for the notes (repeatable)")
     ap.add_argument("--out", default=None, help=_results.out_help("llm"))
     args = ap.parse_args(argv)
+    if args.depths:
+        ap.error("the depth-scaling table moved: python benchmarks/llm_scaling.py --depths ...")
     res = combine(args.combine) if args.combine else run(args)
     if args.note:
         res["notes"] = res.get("notes", []) + args.note
