@@ -139,6 +139,8 @@ def part_time(n: int, px: int, ratio: float) -> dict:
         "params_after": info["params_after"],
         "compensation_modes": info["compensation_modes"],
         "ill_conditioned_solves": info["ill_conditioned_solves"],
+        "sequential_gmacs": info["sequential_gmacs"],
+        "sequential_passes": info["sequential_passes"],
     }
 
 
@@ -149,6 +151,7 @@ def child_memory(n: int, px: int, ratio: float) -> None:
     x, y = images(n, px)
     total, info = modhifi(model, x, y, ratio)
     keys = ("seconds", "compensation_modes", "uncompensated", "params_before", "params_after")
+    keys += ("sequential_gmacs", "sequential_passes")
     print(json.dumps({"modhifi_p_s": total} | {k: info[k] for k in keys}), flush=True)
 
 
@@ -173,7 +176,18 @@ def part_memory(n: int, px: int, ratio: float) -> dict:
         "uncompensated": got["uncompensated"],
         "params_before": got["params_before"],
         "params_after": got["params_after"],
+        "sequential_gmacs": got["sequential_gmacs"],
+        "sequential_passes": got["sequential_passes"],
     }
+
+
+def _refit(r: dict) -> str:
+    """What refit='auto' (the default) chose, from the record."""
+    est = r.get("sequential_gmacs")
+    if not est:
+        return ""
+    how = "sequential" if r.get("sequential_passes") else "dense (delta* from the dense inputs)"
+    return f" refit='auto' estimated the sequential refit at {est[0]:,.0f} GMAC and ran: {how}."
 
 
 def markdown(res: dict) -> str:
@@ -195,7 +209,7 @@ def markdown(res: dict) -> str:
             f"modhifi-p / (forward + peer) = **{t['ratio_to_forward_plus_peer']:.2f}** "
             "(target <= 3); parameters "
             f"{t['params_before'] / 1e6:.1f} M -> {t['params_after'] / 1e6:.1f} M; delta* modes "
-            f"{t['compensation_modes']}.",
+            f"{t['compensation_modes']}.{_refit(t)}",
             "",
             "Parts: *scores* = the pass collecting pair statistics (the first half of the images: "
             "a forward and each layer's weight gradient) and the fidelity scores; *statistics* = "
@@ -213,7 +227,8 @@ def markdown(res: dict) -> str:
             "",
             f"Peak RSS of the child process: **{m['peak_rss_gib']:.2f} GiB** (target <= 6 GB); "
             f"{m['modhifi_p_s']:.0f} s; delta* modes {m['compensation_modes']}; "
-            f"parameters {m['params_before'] / 1e6:.1f} M -> {m['params_after'] / 1e6:.1f} M.",
+            f"parameters {m['params_before'] / 1e6:.1f} M -> {m['params_after'] / 1e6:.1f} M."
+            f"{_refit(m)}",
             "",
         ]
     return "\n".join(lines)

@@ -5,7 +5,7 @@ images, each statistic's time divided by plain inference on the same images, thr
     python benchmarks/resnet50_throughput.py [--images 16] [--batch 8] [--repeats 2]
 
 Rows: plain inference (``model(x)`` under no_grad); witness (K2 per-class power sums at every
-conv output); tvs (class-mean maps); fidelity (K3: the input Gram of every conv and linear);
+conv output); tvs (class-mean maps); fidelity (ModHiFi's pair statistics of every conv and linear);
 COAR's masks (``--masks`` keep masks of ``--examples`` images, ``--chunk`` masks per forward,
 difference of means: no C x C system, which ResNet-50's 26k components would make 27 GB).
 For each: seconds of the whole ``pe.score``, of its collection alone (statistics = collection -
@@ -17,9 +17,11 @@ a scratch folder, see benchmarks/_results.py; --out benchmarks/results updates t
 
 Work model (per statistic, beyond the forward): K2 reads each hooked activation once (4 B) and
 does ~6 FLOPs per element (s, s^2 ... e); tvs reads it once and writes float64 sums, squares;
-K3 is a 2 M D^2 GEMM per conv (M patch rows, D = C_in k^2) whose patch rows are gathered once
-(M D x 4 B written and read) plus the Gram state (4 B fp32 out, and the float64 fold, counted
-as 36 B per D^2 entry per batch); COAR's mask is one multiply-add per conv output element
+fidelity's pair statistics are the cross products of each layer's outputs with its input
+patches, one weight-gradient GEMM per conv (``conv2d_weight``: 2 x output elements x D FLOPs,
+D = C_in k^2 / groups, as many as the layer's forward) reading the layer's input and output
+once (4 B each), plus per-input patch sums (no patch Gram: the default ``centred`` variant needs
+none); COAR's mask is one multiply-add per conv output element
 (read + write, 8 B) on top of a forward of ``chunk x examples`` images per ``chunk`` masks.
 """
 
@@ -104,16 +106,13 @@ def work(model: nn.Module, x: torch.Tensor, batch: int, targets: list[nn.Module]
         out_el = n * float(torch.tensor(out[1:]).prod())
         in_el = n * float(torch.tensor(inp[1:]).prod())
         if isinstance(m, nn.Conv2d):
-            d, rows = (
-                m.in_channels * m.kernel_size[0] * m.kernel_size[1] // m.groups,
-                out_el / m.out_channels,
-            )
+            d = m.in_channels * m.kernel_size[0] * m.kernel_size[1] // m.groups
         else:
-            d, rows = m.in_features, n
+            d = m.in_features
         f["forward_flops"] += 2 * out_el * d
         f["forward_bytes"] += 4 * (in_el + out_el + m.weight.numel())
-        f["k3_flops"] += 2 * rows * d * d
-        f["k3_bytes"] += 4 * in_el + 2 * 4 * rows * d + (4 + 36) * d * d * -(-n // batch)
+        f["k3_flops"] += 2 * out_el * d  # the weight-gradient GEMM: a forward's FLOPs
+        f["k3_bytes"] += 4 * (in_el + out_el)
         if m in targets:
             f["k2_flops"] += 6 * out_el
             f["k2_bytes"] += 4 * out_el
@@ -159,18 +158,24 @@ def collect_seconds(model, name: str, data, repeats: int, batch: int, options: d
 def isolated_seconds(model, name: str, data, repeats: int, batch: int) -> float | None:
     """Seconds of the statistic's updates alone, no forward: every hooked tensor of every batch
     recorded once (cloned: later in-place ops would change it), then fed to fresh statistics.
-    The roofline fraction of the statistic itself; None where a request reads ("io") pairs."""
+    The roofline fraction of the statistic itself; None where a request reads something other
+    than a layer's input, output or (input, output) pair."""
     scorer = registry.get_scorer(name)
     inputs = scorer_inputs(model, data)
     reqs = list(scorer.requests(model, inputs).values())
-    if any(r.where not in ("input", "output") for r in reqs):
+    picks = {
+        "input": lambda i, o: i[0].detach().clone(),
+        "output": lambda i, o: o.detach().clone(),
+        "io": lambda i, o: (i[0].detach().clone(), o.detach().clone()),
+    }
+    if any(r.where not in picks for r in reqs):
         return None
     tapes, handles = [[] for _ in reqs], []
     for r, tape in zip(reqs, tapes):
-        pick = (lambda i, o: i[0]) if r.where == "input" else (lambda i, o: o)
+        pick = picks[r.where]
         handles.append(
             model.get_submodule(r.module).register_forward_hook(
-                lambda m, i, o, t=tape, f=pick: t.append(f(i, o).detach().clone())
+                lambda m, i, o, t=tape, f=pick: t.append(f(i, o))
             )
         )
     with torch.no_grad():
@@ -326,9 +331,8 @@ def markdown(r: dict, command: str) -> str:
         if x["name"] in goals:
             ratio, frac = goals[x["name"]]
             got = x.get("isolated_fraction_of_bound", x["fraction_of_bound"])
-            # a fraction above 1 means the work model counts work the statistic does not do
-            # (fidelity: a full k x k patch Gram, while the scorer goes through the conv's
-            # backward): no roofline verdict is drawn from it
+            # a fraction above 1 would mean the work model counts work the statistic does not
+            # do: no roofline verdict is drawn from it
             roof = (
                 f"statistic at {got:.0%} of its bound (goal >= {frac:.0%}: "
                 f"{'met' if got >= frac else 'NOT met'})"
