@@ -129,7 +129,9 @@ class ModHiFiP(Editor):
     """Each step: channel scores (fidelity from one pass of pair statistics, or the given
     Scores for the first step), the removal torch-pruning will make, delta* of every consumer
     from the Gram of its kept inputs on the dense model (half of the calibration samples each),
-    removal of the lowest channels with torch-pruning, BN recalibration
+    removal of the lowest channels with torch-pruning, then (``refit``: where its passes are
+    cheap enough, by default) each consumer refit in forward order on the pruned model's inputs
+    against the dense outputs (``editors.common.seqrefit``), BN recalibration of the other BNs
     (``editors.common.modhifi_cnn``)."""
 
     name = "modhifi-p"
