@@ -103,10 +103,15 @@ class Resumer:
 
     def run(self, key: str, b: int):
         """Forward batch b of model ``key`` from the cached link (whole where none is)."""
+        return self._forward(key, b, self.at)
+
+    def _forward(self, key: str, b: int, start: str | None):
+        """Forward batch b of model ``key`` resumed at ``start`` (whose inputs are cached), or
+        whole where ``start`` is None."""
         model = self.models[key]
-        if self.at is None:
+        if start is None:
             return model(self.xs[b])
-        with self._resumed(key, self.at, self.cache[key][b]):
+        with self._resumed(key, start, self.cache[key][b]):
             return model(self.xs[b])
 
     def _link_for(self, layer: str) -> str | None:
@@ -130,11 +135,7 @@ class Resumer:
 
         h = get_module(self.models[key], link).register_forward_pre_hook(grab)
         try:
-            if start is None:
-                self.models[key](self.xs[b])
-            else:
-                with self._resumed(key, start, self.cache[key][b]):
-                    self.models[key](self.xs[b])
+            self._forward(key, b, start)
         except Stop:
             pass
         finally:

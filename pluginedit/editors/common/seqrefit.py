@@ -151,8 +151,8 @@ def kept_rows(dense, pruned, removed: dict, budget: int) -> dict:
     return out
 
 
-def forward_order(model, paths, data, batch) -> list[str]:
-    """``paths`` in the order one forward reaches them."""
+def forward_order(model, paths, x) -> list[str]:
+    """``paths`` in the order the forward of the batch ``x`` reaches them."""
     seen: list[str] = []
     hs = [
         get_module(model, p).register_forward_pre_hook(lambda _m, _a, p=p: seen.append(p))
@@ -160,9 +160,7 @@ def forward_order(model, paths, data, batch) -> list[str]:
     ]
     try:
         with eval_mode(model), torch.no_grad():
-            for x, _ in batches(model, data, None, batch, batch):
-                model(x[:1])
-                break
+            model(x[:1])
     finally:
         for h in hs:
             h.remove()
@@ -183,10 +181,10 @@ def sequential_refit(
     many started part-way, "bns": the BN paths whose statistics were set (a later
     recalibration should leave them: it would rescale each refit output, a projection with less
     variance than its dense target, to unit variance, which measured worse)}."""
-    order = forward_order(pruned, list(rows), data, batch)
     ridges, set_bns, resumed = [], [], 0
     with eval_mode(pruned), eval_mode(dense), torch.no_grad():
         xs = [x for x, _ in batches(pruned, data, None, batch, opts.calib_samples)]
+        order = forward_order(pruned, list(rows), xs[0])
         res = Resumer({"pruned": pruned, "dense": dense}, xs, CACHE if cache is None else cache)
         for path in order:
             res.move_to(path)
